@@ -1,0 +1,1 @@
+"""rbm-relay: dependable RCS Business Messaging delivery on Google Cloud."""

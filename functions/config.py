@@ -1,0 +1,105 @@
+"""Every setting rbm-relay reads from the environment, in one place.
+
+Settings are read when asked for, not at import, so tests and the local stack
+can point a process at emulators and fakes through its environment alone.
+Each function reads only the settings of its own concern.
+"""
+
+import os
+
+
+def env(name: str, default: str = "") -> str:
+    """One environment setting; an empty value counts as unset."""
+    return os.environ.get(name) or default
+
+
+def env_int(name: str, default: int) -> int:
+    return int(env(name, str(default)))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(env(name, str(default)))
+
+
+def project() -> str:
+    return env("GOOGLE_CLOUD_PROJECT")
+
+
+def client_tokens() -> list[str]:
+    """Webhook client tokens; more than one while a token is being rotated."""
+    return [t.strip() for t in env("RBM_CLIENT_TOKEN").split(",") if t.strip()]
+
+
+def events_topic() -> str:
+    return env("RBM_EVENTS_TOPIC", "rbm-events")
+
+
+def dead_letter_topic() -> str:
+    return env("RBM_DEAD_LETTER_TOPIC", "rbm-events-dead-letter")
+
+
+def publish_timeout() -> float:
+    """Seconds the webhook waits for Pub/Sub before answering 503."""
+    return env_float("PUBLISH_TIMEOUT_SECONDS", 5.0)
+
+
+def agent_id() -> str:
+    return env("RBM_AGENT_ID")
+
+
+def rbm_endpoint() -> str:
+    return env("RBM_API_ENDPOINT", "https://rcsbusinessmessaging.googleapis.com").rstrip("/")
+
+
+def rbm_service_account_key() -> str:
+    """JSON key of the RBM service account; empty means Application Default Credentials."""
+    return env("RBM_SERVICE_ACCOUNT_KEY")
+
+
+def messages_collection() -> str:
+    return env("RBM_MESSAGES_COLLECTION", "rbm_messages")
+
+
+def conversations_collection() -> str:
+    return env("RBM_CONVERSATIONS_COLLECTION", "rbm_conversations")
+
+
+def firestore_database() -> str:
+    return env("FIRESTORE_DATABASE", "(default)")
+
+
+def retention_days() -> int:
+    """Days a document is kept after its last change; the TTL policy deletes it then."""
+    return env_int("RETENTION_DAYS", 90)
+
+
+def sweep_parallelism() -> int:
+    return env_int("SWEEP_PARALLELISM", 16)
+
+
+def sweep_budget() -> float:
+    """Seconds a sweep may spend claiming work; well inside the function timeout."""
+    return env_float("SWEEP_BUDGET_SECONDS", 90.0)
+
+
+def lease_seconds() -> float:
+    """How long a sweep owns a claimed message before another may take it over."""
+    return env_float("LEASE_SECONDS", 120.0)
+
+
+def revoke_max_attempts() -> int:
+    return env_int("REVOKE_MAX_ATTEMPTS", 8)
+
+
+def fallback_max_attempts() -> int:
+    return env_int("FALLBACK_MAX_ATTEMPTS", 5)
+
+
+def pending_resend_seconds() -> float:
+    """Age after which a message still PENDING is re-sent by revoke_expired."""
+    return env_float("PENDING_RESEND_SECONDS", 60.0)
+
+
+def sms_provider() -> str:
+    """`twilio`, `webhook`, or empty for no SMS provider."""
+    return env("SMS_PROVIDER")

@@ -1,0 +1,105 @@
+"""The RBM event model: one parser for every payload shape the platform sends.
+
+The webhook classifies with it, the subscribers read with it; nothing else
+parses RBM payloads. Unknown fields are kept in `raw` and unknown shapes
+become `Kind.UNKNOWN`, which is still forwarded: the platform adds types.
+"""
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    USER_MESSAGE = "user_message"
+    USER_EVENT = "user_event"
+    SERVER_EVENT = "server_event"
+    AGENT_LAUNCH_EVENT = "agent_launch_event"
+    UNKNOWN = "unknown"
+
+
+class EventError(ValueError):
+    """The bytes are not an RBM event at all (not a JSON object)."""
+
+
+CONTENT_FIELDS = ("text", "userFile", "location", "suggestionResponse")
+# Pub/Sub caps attribute values at 1024 bytes; ids longer than this are not ids.
+_MAX_ATTRIBUTE = 256
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Kind
+    raw: dict
+    event_type: str | None = None
+    agent_id: str | None = None
+    message_id: str | None = None
+    event_id: str | None = None
+    phone: str | None = None
+    send_time: str | None = None
+
+    @property
+    def content_type(self) -> str | None:
+        """Which of text / userFile / location / suggestionResponse a user message carries."""
+        return next((f for f in CONTENT_FIELDS if f in self.raw), None)
+
+    @property
+    def dedupe_id(self) -> str | None:
+        """The id that, with the phone, identifies this event among retries and replays."""
+        return self.event_id or self.message_id
+
+    def attributes(self) -> dict[str, str]:
+        """Pub/Sub attributes subscriptions filter on; never the phone number."""
+        fields = {
+            "kind": self.kind.value,
+            "event_type": self.event_type,
+            "agent_id": self.agent_id,
+            "message_id": self.message_id,
+            "event_id": self.event_id,
+        }
+        return {k: v for k, v in fields.items() if v and len(v) <= _MAX_ATTRIBUTE}
+
+
+def _text(payload: dict, key: str) -> str | None:
+    value = payload.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _kind(payload: dict, envelope_type: str | None) -> Kind:
+    if envelope_type == Kind.AGENT_LAUNCH_EVENT or "newLaunchState" in payload:
+        return Kind.AGENT_LAUNCH_EVENT
+    if _text(payload, "phoneNumber") and _text(payload, "eventType"):
+        return Kind.SERVER_EVENT
+    if _text(payload, "senderPhoneNumber"):
+        if _text(payload, "eventType"):
+            return Kind.USER_EVENT
+        if any(f in payload for f in CONTENT_FIELDS):
+            return Kind.USER_MESSAGE
+    return Kind.UNKNOWN
+
+
+def parse(payload: dict, envelope_type: str | None = None) -> Event:
+    """A decoded RBM payload → Event. `envelope_type` is the push envelope's `type`
+    attribute (`agent_launch_event` marks launch notifications)."""
+    kind = _kind(payload, envelope_type)
+    return Event(
+        kind=kind,
+        raw=payload,
+        event_type=_text(payload, "eventType"),
+        agent_id=_text(payload, "agentId"),
+        message_id=_text(payload, "messageId"),
+        event_id=_text(payload, "eventId"),
+        phone=_text(payload, "senderPhoneNumber") or _text(payload, "phoneNumber"),
+        send_time=_text(payload, "sendTime"),
+    )
+
+
+def decode(data: bytes, envelope_type: str | None = None) -> Event:
+    """Event bytes (the decoded `message.data`) → Event, or EventError."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventError("event data is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise EventError("event data is not a JSON object")
+    return parse(payload, envelope_type)

@@ -1,0 +1,78 @@
+"""receive_webhook: the RBM webhook edge.
+
+Verify, classify, publish, answer. It answers 200 only once Pub/Sub has the
+event, so RBM retries anything not safely queued; it does no processing, so
+it answers fast (a slow endpoint delays every agent of the partner).
+"""
+
+import base64
+import binascii
+import hmac
+import json
+
+from functions import config, events, logs, pubsub, signature
+from functions.replies import reject, reply
+
+MAX_BODY = 1 << 20
+
+
+def _handshake(body: dict):
+    """RBM's webhook registration: echo the secret, as plain text, to a known token."""
+    token, secret = body.get("clientToken"), body.get("secret")
+    if not isinstance(token, str) or not isinstance(secret, str):
+        return reject(400, "handshake needs string clientToken and secret")
+    if not any(hmac.compare_digest(token.encode(), t.encode()) for t in config.client_tokens()):
+        return reject(403, "unknown client token", event="handshake_rejected")
+    logs.info("webhook handshake answered", event="handshake_answered")
+    return secret, 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def _envelope_data(body: dict) -> tuple[bytes, str | None]:
+    """The decoded `message.data` bytes and the envelope's `type` attribute."""
+    message = body.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("data"), str):
+        raise ValueError("body is not an RBM push envelope (message.data)")
+    attributes = message.get("attributes")
+    envelope_type = attributes.get("type") if isinstance(attributes, dict) else None
+    try:
+        data = base64.b64decode(message["data"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("message.data is not base64") from exc
+    return data, envelope_type if isinstance(envelope_type, str) else None
+
+
+def handle(request):
+    logs.bind_trace(request.headers)
+    if request.method != "POST":
+        return reject(405, "method not allowed")
+    if (request.content_length or 0) > MAX_BODY:
+        return reject(413, "body too large")
+    raw = request.stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        return reject(413, "body too large")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return reject(400, "body is not JSON")
+    if not isinstance(body, dict):
+        return reject(400, "body is not a JSON object")
+    if "clientToken" in body and "message" not in body:
+        return _handshake(body)
+    try:
+        data, envelope_type = _envelope_data(body)
+    except ValueError as exc:
+        return reject(400, str(exc))
+    if not signature.verify(request.headers.get("X-Goog-Signature"), data, config.client_tokens()):
+        return reject(401, "bad or missing X-Goog-Signature", event="signature_rejected")
+    try:
+        event = events.decode(data, envelope_type)
+    except events.EventError as exc:
+        return reject(400, str(exc))
+    attributes = event.attributes()
+    try:
+        published = pubsub.publish(config.events_topic(), data, attributes)
+    except pubsub.PublishError as exc:
+        logs.error("publish failed; answering 503 so RBM retries", event="publish_failed", reason=str(exc), **attributes)
+        return reply(503, {"error": "event not queued, retry"})
+    logs.info("event published", event="event_published", pubsub_id=published, **attributes)
+    return reply(200, {"published": published})

@@ -1,0 +1,49 @@
+"""Entry points of rbm-relay; each deployment picks one with --entry-point.
+
+Each entry point imports its own module on first call, so a function pays at
+cold start only for what it uses (the webhook never loads Firestore).
+"""
+
+import functions_framework
+
+
+@functions_framework.http
+def receive_webhook(request):
+    from functions import webhook
+
+    return webhook.handle(request)
+
+
+@functions_framework.cloud_event
+def track_delivery(cloud_event):
+    from functions import tracker
+
+    tracker.handle(cloud_event)
+
+
+@functions_framework.cloud_event
+def record_inbound(cloud_event):
+    from functions import inbound
+
+    inbound.handle(cloud_event)
+
+
+@functions_framework.http
+def send_message(request):
+    from functions import sender
+
+    return sender.handle(request)
+
+
+@functions_framework.http
+def revoke_expired(request):
+    from functions import revoker
+
+    return revoker.handle(request)
+
+
+@functions_framework.http
+def send_fallbacks(request):
+    from functions import fallbacks
+
+    return fallbacks.handle(request)

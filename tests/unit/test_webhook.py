@@ -1,0 +1,128 @@
+"""receive_webhook's answers, on the handler itself with Pub/Sub replaced by a recorder.
+
+The end-to-end version against a real functions-framework process and the
+Pub/Sub emulator lives in tests/integration/test_webhook.py.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+
+import flask
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from functions import pubsub, webhook
+
+TOKEN = "unit-token"
+app = flask.Flask(__name__)
+
+
+def sign(data: bytes, token: str = TOKEN) -> str:
+    return base64.b64encode(hmac.new(token.encode(), data, hashlib.sha512).digest()).decode()
+
+
+def envelope(event: dict) -> tuple[bytes, dict]:
+    data = json.dumps(event).encode()
+    body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"}, "subscription": "s"}
+    return json.dumps(body).encode(), {"X-Goog-Signature": sign(data)}
+
+
+@pytest.fixture
+def published(monkeypatch):
+    sent = []
+    monkeypatch.setenv("RBM_CLIENT_TOKEN", f"old-token,{TOKEN}")
+
+    def record(topic, data, attributes):
+        sent.append((topic, data, attributes))
+        return str(len(sent))
+
+    monkeypatch.setattr(pubsub, "publish", record)
+    return sent
+
+
+def call(body: bytes, headers=None, method="POST"):
+    with app.test_request_context("/", method=method, data=body, headers=headers or {}):
+        result = webhook.handle(flask.request)
+    return app.make_response(result)
+
+
+def test_signed_event_is_published_verbatim_with_attributes(published):
+    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": "e1", "messageId": "m1", "agentId": "a"}
+    body, headers = envelope(event)
+    response = call(body, headers)
+    assert response.status_code == 200
+    [(topic, data, attributes)] = published
+    assert topic == "rbm-events" and json.loads(data) == event
+    assert attributes == {"kind": "user_event", "event_type": "READ", "event_id": "e1", "message_id": "m1", "agent_id": "a"}
+
+
+def test_handshake_answers_the_secret_as_plain_text(published):
+    response = call(json.dumps({"clientToken": TOKEN, "secret": "s3cr3t"}).encode())
+    assert (response.status_code, response.get_data(as_text=True), response.mimetype) == (200, "s3cr3t", "text/plain")
+    assert call(json.dumps({"clientToken": "nope", "secret": "s"}).encode()).status_code == 403
+    assert not published
+
+
+@pytest.mark.parametrize(
+    "body, headers, status",
+    [
+        (b"not json", {}, 400),
+        (b"[]", {}, 400),
+        (b'{"message": {}}', {}, 400),
+        (b'{"message": {"data": "***"}}', {}, 400),
+        (json.dumps({"message": {"data": base64.b64encode(b"[1]").decode()}}).encode(), {"X-Goog-Signature": sign(b"[1]")}, 400),
+        (envelope({"text": "x"})[0], {}, 401),
+        (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(b"other")}, 401),
+        (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(json.dumps({"text": "x"}).encode(), "wrong")}, 401),
+        (b"x" * (webhook.MAX_BODY + 1), {}, 413),
+    ],
+)
+def test_bad_requests_get_a_json_reason_and_publish_nothing(published, body, headers, status):
+    response = call(body, headers)
+    assert response.status_code == status
+    assert response.get_json()["error"]
+    assert not published
+
+
+def test_other_methods_are_405(published):
+    assert call(b"", method="GET").status_code == 405
+
+
+def test_publish_failure_is_503(published, monkeypatch):
+    def fail(*_):
+        raise pubsub.PublishError("down")
+
+    monkeypatch.setattr(pubsub, "publish", fail)
+    assert call(*envelope({"text": "x", "senderPhoneNumber": "+1"})).status_code == 503
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def requests(draw):
+    """Arbitrary bodies, from raw bytes to near-valid envelopes, with arbitrary headers."""
+    data = draw(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+    message = draw(st.fixed_dictionaries({}, optional={
+        "data": st.just(base64.b64encode(data).decode()) | st.text(max_size=30) | json_values,
+        "attributes": json_values,
+    }))
+    body = draw(st.binary(max_size=300) | st.just(json.dumps({"message": message}).encode()) | json_values.map(lambda v: json.dumps(v).encode()))
+    signature = draw(st.none() | st.text(max_size=100) | st.just(sign(data, "attacker")))
+    headers = {"X-Goog-Signature": signature} if signature is not None else {}
+    return body, headers
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=requests())
+def test_arbitrary_unsigned_requests_never_publish_and_never_5xx(published, request):
+    response = call(*request)
+    assert 400 <= response.status_code < 500 or response.status_code == 200
+    assert not published
