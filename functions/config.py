@@ -56,6 +56,16 @@ def rbm_service_account_key() -> str:
     return env("RBM_SERVICE_ACCOUNT_KEY")
 
 
+def rbm_retry_seconds() -> float:
+    """How long one RBM call may keep retrying 429 / 5xx / connection failures."""
+    return env_float("RBM_RETRY_SECONDS", 10.0)
+
+
+def retry_backoff_seconds() -> float:
+    """First wait before a sweep tries a failed revoke or SMS again; it doubles each time."""
+    return env_float("RETRY_BACKOFF_SECONDS", 30.0)
+
+
 def messages_collection() -> str:
     return env("RBM_MESSAGES_COLLECTION", "rbm_messages")
 

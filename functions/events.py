@@ -6,7 +6,9 @@ become `Kind.UNKNOWN`, which is still forwarded: the platform adds types.
 """
 
 import json
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -42,6 +44,15 @@ class Event:
     def content_type(self) -> str | None:
         """Which of text / userFile / location / suggestionResponse a user message carries."""
         return next((f for f in CONTENT_FIELDS if f in self.raw), None)
+
+    @property
+    def time(self) -> datetime | None:
+        """`sendTime` as a datetime; RBM sends RFC 3339 with up to nanoseconds."""
+        match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", self.send_time or "")
+        if not match:
+            return None
+        whole, fraction, zone = match.groups()
+        return datetime.fromisoformat(whole + (fraction or "")[:7] + zone.replace("Z", "+00:00"))
 
     @property
     def dedupe_id(self) -> str | None:

@@ -1,0 +1,58 @@
+"""send_fallbacks: one SMS for each message whose fallback is due, at most.
+
+The message is marked SENDING under a lease before the provider is called
+and SENT after. A send interrupted in between leaves SENDING; when its lease
+runs out the next sweep marks it UNKNOWN and reports it, and nothing sends
+it again: a possibly missing SMS is reported, a second SMS never happens.
+"""
+
+from functions import config, logs, sms, store, sweep
+from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
+from functions.replies import reply
+from functions.transitions import claim_fallback, fallback_failed, fallback_sent, fallback_unknown, retry_fallback
+
+# How each outcome is logged: severity, and the event name log-based metrics count.
+_REPORT = {
+    Fallback.SENT: ("INFO", "sms_sent"),
+    Fallback.DUE: ("WARNING", "sms_retry"),
+    Fallback.FAILED: ("ERROR", "sms_failed"),
+    Fallback.CANCELLED: ("INFO", "fallback_cancelled"),
+    Fallback.UNKNOWN: ("ERROR", "fallback_unknown"),
+}
+
+
+def _claim(m: Message, now, lease, owner) -> Message | None:
+    opted_out = m.fallback is Fallback.DUE and store.opted_out(m.agent_id, m.phone)
+    return claim_fallback(m, now, lease, owner, opted_out)
+
+
+def _send(message: Message) -> Message:
+    """Calls the provider for a message this sweep holds, and records the answer."""
+    result, now = sms.provider().send(message.phone, message.fallback_text, message.message_id), store.now()
+    match result.outcome:
+        case sms.SmsOutcome.SENT:
+            change = lambda m: fallback_sent(m, now, result.provider_id)  # noqa: E731
+        case sms.SmsOutcome.TRANSIENT:
+            change = lambda m: retry_fallback(  # noqa: E731
+                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds())
+        case sms.SmsOutcome.REJECTED:
+            change = lambda m: fallback_failed(m, result.error)  # noqa: E731
+        case _:
+            change = lambda m: fallback_unknown(m, result.error)  # noqa: E731
+    return store.update_message(message.message_id, change)
+
+
+def _act(claimed: Message) -> str:
+    after = _send(claimed) if claimed.fallback is Fallback.SENDING else claimed
+    severity, event = _REPORT[after.fallback]
+    logs.log(severity, f"fallback {after.fallback.value}" + (f": {after.last_error}" if severity != "INFO" else ""),
+             event=event, message_id=after.message_id, agent_id=after.agent_id, phone=after.phone, sms_id=after.sms_id)
+    return "retried" if after.fallback is Fallback.DUE else after.fallback.value.lower()
+
+
+def handle(request):
+    logs.bind_trace(request.headers)
+    if sms.provider() is None:
+        logs.error("send_fallbacks called but no SMS_PROVIDER is configured", event="sms_unconfigured")
+        return reply(503, {"error": "no SMS_PROVIDER configured"})
+    return reply(200, sweep.run("send_fallbacks", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act))

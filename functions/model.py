@@ -1,0 +1,129 @@
+"""The Firestore schema: one definition of every document rbm-relay writes and reads.
+
+A message document (collection `rbm_messages`, id = the RBM messageId) carries
+two independent states: `state`, how far RCS delivery got, and `fallback`,
+how far the SMS fallback got. The README documents every field.
+"""
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from functions import config
+
+
+class State(StrEnum):
+    PENDING = "PENDING"  # recorded; RBM has not accepted it yet
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    REVOKED = "REVOKED"
+    REVOKE_FAILED = "REVOKE_FAILED"  # expired, revoke did not take; waiting for DELIVERED or another revoke
+    UNREACHABLE = "UNREACHABLE"  # RBM answered 404 at send: no RCS
+    FAILED = "FAILED"  # permanent send error
+
+
+class Fallback(StrEnum):
+    NONE = "NONE"  # no fallback configured
+    WAITING = "WAITING"
+    DUE = "DUE"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # delivered after all, or opted out
+    UNKNOWN = "UNKNOWN"  # a send was interrupted; never retried blindly, always reported
+
+
+# Delivery states ordered so that a later state never gives way to an earlier
+# one: the state of a message is the maximum of everything known about it, so
+# any arrival order of the same facts ends in the same state.
+RANK = {s: i for i, s in enumerate([
+    State.PENDING, State.FAILED, State.UNREACHABLE, State.SENT,
+    State.REVOKE_FAILED, State.REVOKED, State.DELIVERED, State.READ,
+])}
+# States in which revoke_expired still has work: re-send, revoke, revoke again.
+SWEPT_STATES = (State.PENDING, State.SENT, State.REVOKE_FAILED)
+# Fallback states send_fallbacks looks at: due ones, and sends whose lease ran out.
+SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING)
+# The sweeps' queries: an `in` filter on the first field, a range on the second.
+REVOKE_QUERY = ("state", "next_action_at")
+FALLBACK_QUERY = ("fallback", "fallback_at")
+# The composite indexes behind them (infra declares the same ones).
+COMPOSITE_INDEXES = (("rbm_messages", REVOKE_QUERY), ("rbm_messages", FALLBACK_QUERY))
+
+APPLIED_KEEP = 50  # event ids remembered per message; far more than one message gets
+
+
+@dataclass
+class Message:
+    message_id: str
+    phone: str
+    agent_id: str | None = None
+    state: State = State.PENDING
+    fallback: Fallback = Fallback.NONE
+    content: dict | None = None  # the RBM contentMessage, kept to re-send a PENDING message
+    traffic_type: str | None = None
+    fallback_text: str | None = None
+    time_sensitive: bool = False
+    tracked: bool = True  # False: a receipt for a message another system sent
+    revoke_at: datetime | None = None  # the deadline
+    next_action_at: datetime | None = None  # when revoke_expired acts next; a claim's lease end
+    fallback_at: datetime | None = None  # when send_fallbacks acts next; a claim's lease end
+    lease_owner: str | None = None
+    attempts: int = 0  # send / revoke attempts by the sweep
+    fallback_attempts: int = 0
+    last_error: str | None = None
+    sms_id: str | None = None
+    created_at: datetime | None = None
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    read_at: datetime | None = None
+    revoked_at: datetime | None = None
+    fallback_sent_at: datetime | None = None
+    applied: list[str] = field(default_factory=list)  # ids of the RBM events applied
+    updated_at: datetime | None = None
+    expire_at: datetime | None = None  # TTL policy field
+
+    @classmethod
+    def from_doc(cls, data: dict) -> "Message":
+        known = {f.name for f in dataclasses.fields(cls)}
+        message = cls(**{k: v for k, v in data.items() if k in known})
+        message.state, message.fallback = State(message.state), Fallback(message.fallback)
+        return message
+
+    def to_doc(self) -> dict:
+        return dataclasses.asdict(self) | {"state": self.state.value, "fallback": self.fallback.value}
+
+
+def retention(now: datetime) -> datetime:
+    """The TTL field's value for a document changed at `now`."""
+    return now + timedelta(days=config.retention_days())
+
+
+def conversation_id(agent_id: str, phone: str) -> str:
+    """A conversation's document id: stable per (agent, user), with no phone number in it."""
+    return hashlib.sha256(f"{agent_id}|{phone}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Conversation:
+    """rbm_conversations/{conversation_id}: one per (agent, user); user messages below it."""
+
+    agent_id: str
+    phone: str
+    opted_out: bool = False
+    subscription_changed_at: datetime | None = None  # sendTime of the latest (UN)SUBSCRIBE applied
+    last_activity_at: datetime | None = None
+    last_typing_at: datetime | None = None
+    updated_at: datetime | None = None
+    expire_at: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, data: dict) -> "Conversation":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_doc(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,46 @@
+"""revoke_expired: revoke messages that missed their deadline; re-send stuck PENDING ones.
+
+A revoke answered 200 makes the fallback due; 404 means the message reached
+the user first, so its fallback is cancelled. Anything else is retried with
+backoff a bounded number of times, then given up with the reason recorded
+(and, for a time-sensitive message, its SMS made due: delivery is uncertain).
+"""
+
+from functions import config, logs, rbm, sender, store, sweep
+from functions.model import REVOKE_QUERY, SWEPT_STATES, Message, State
+from functions.replies import reply
+from functions.transitions import Fact, claim_revoke, learn, retry_revoke
+
+REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVERED}
+
+
+def _retry(message: Message, error: str) -> str:
+    now = store.now()
+    after = store.update_message(message.message_id, lambda m: retry_revoke(
+        m, now, error, config.revoke_max_attempts(), config.retry_backoff_seconds()))
+    gave_up = after.next_action_at is None
+    logs.log("ERROR" if gave_up else "WARNING", "gave up; recorded" if gave_up else "will retry",
+             event="revoke_gave_up" if gave_up else "revoke_retry", message_id=message.message_id,
+             attempts=after.attempts, reason=after.last_error, state=after.state.value, fallback=after.fallback.value)
+    return "failed" if gave_up else "retried"
+
+
+def _act(message: Message) -> str:
+    if message.state is State.PENDING:
+        sent = sender.deliver(message)
+        return "resent" if sent else _retry(message, "RBM create failed transiently")
+    result = rbm.client().revoke_message(message.phone, message.message_id, message.agent_id)
+    fact = REVOKE_FACTS.get(result.outcome)
+    if fact is None:
+        return _retry(message, result.error)
+    now = store.now()
+    after = store.update_message(message.message_id, lambda m: learn(m, fact, now))
+    outcome = "revoked" if fact is Fact.REVOKED else "delivered"
+    logs.info(f"message {outcome}", event=f"message_{outcome}", message_id=message.message_id, agent_id=message.agent_id,
+              state=after.state.value, fallback=after.fallback.value)
+    return outcome
+
+
+def handle(request):
+    logs.bind_trace(request.headers)
+    return reply(200, sweep.run("revoke_expired", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act))

@@ -1,0 +1,59 @@
+"""send_message: record an outbound message first, then send it through RBM.
+
+The message id is generated (or given) and stored before the API call, and
+the platform ignores a messageId it has seen: whoever retries, a message is
+sent at most once. A create that never got through stays PENDING and
+revoke_expired sends it again, under the same id.
+"""
+
+from functions import config, logs, outbound, rbm, store
+from functions.model import Message, State
+from functions.replies import reject, reply
+from functions.transitions import Fact, learn
+
+# What each create outcome teaches about the message.
+CREATE_FACTS = {
+    rbm.Outcome.OK: Fact.ACCEPTED,
+    rbm.Outcome.NOT_FOUND: Fact.UNREACHABLE,
+    rbm.Outcome.INVALID: Fact.SEND_FAILED,
+    rbm.Outcome.FORBIDDEN: Fact.SEND_FAILED,
+}
+
+
+def summary(message: Message) -> dict:
+    return {"message_id": message.message_id, "state": message.state.value, "fallback": message.fallback.value}
+
+
+def deliver(message: Message) -> Message | None:
+    """Calls create for a PENDING message and records what RBM answered; None if
+    the call failed transiently (the message stays PENDING for a later retry)."""
+    result = rbm.client().create_message(message.phone, message.message_id, message.agent_id, message.content, message.traffic_type)
+    if result.outcome is rbm.Outcome.TRANSIENT:
+        logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id, reason=result.error)
+        return None
+    fact, now = CREATE_FACTS[result.outcome], store.now()
+    error = None if fact is Fact.ACCEPTED else result.error
+    message = store.update_message(message.message_id, lambda m: learn(m, fact, now, error=error))
+    logs.info(f"message {message.state.value.lower()}", event=f"message_{message.state.value.lower()}",
+              message_id=message.message_id, agent_id=message.agent_id, phone=message.phone, reason=error)
+    return message
+
+
+def handle(request):
+    logs.bind_trace(request.headers)
+    if request.method != "POST":
+        return reject(405, "method not allowed")
+    try:
+        wanted = outbound.parse(request.get_json(silent=True), config.agent_id())
+    except outbound.InvalidRequest as exc:
+        return reject(400, str(exc))
+    if store.opted_out(wanted.agent_id, wanted.phone):
+        return reject(409, "the user unsubscribed from this agent", message_id=wanted.message_id)
+    fresh = wanted.record(store.now(), config.pending_resend_seconds())
+    stored = store.update_message(wanted.message_id, lambda current: current or fresh)
+    if stored.phone != wanted.phone or stored.agent_id != wanted.agent_id:
+        return reject(409, "message_id already used for another recipient", message_id=wanted.message_id)
+    message = deliver(stored) if stored.state is State.PENDING else stored
+    if message is None:
+        return reply(503, {"error": "RBM unavailable; the message stays PENDING and is retried"} | summary(stored))
+    return reply(422 if message.state is State.FAILED else 200, summary(message))

@@ -1,0 +1,44 @@
+"""What every Pub/Sub subscriber does around its own work.
+
+Return acknowledges, raise makes Pub/Sub redeliver. An event that can never
+be processed is published to the dead-letter topic with its reason and then
+acknowledged, so poison never loops. Kinds a subscriber does not handle are
+acknowledged without action: production subscriptions filter them out, but
+the Pub/Sub emulator ignores filters.
+"""
+
+import base64
+import binascii
+from typing import Callable
+
+from functions import config, events, logs, pubsub
+
+
+class PoisonError(ValueError):
+    """The event can never be processed; retrying would not help."""
+
+
+def _dead_letter(data: bytes, attributes: dict, reason: str, subscriber: str) -> None:
+    pubsub.publish(
+        config.dead_letter_topic(), data, attributes | {"dead_letter_reason": reason[:1000], "dead_letter_subscriber": subscriber}
+    )
+    logs.error(f"event dead-lettered: {reason}", event="event_dead_lettered", subscriber=subscriber, reason=reason, **attributes)
+
+
+def run(cloud_event, subscriber: str, handles: Callable[[events.Event], bool], process: Callable[[events.Event], None]) -> None:
+    """Decodes the pushed Pub/Sub message and gives it to `process` if `handles` it."""
+    message = (cloud_event.data or {}).get("message") or {}
+    attributes = {k: v for k, v in (message.get("attributes") or {}).items() if isinstance(v, str)}
+    raw = message.get("data") or ""
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return _dead_letter(str(raw).encode(), attributes, "message data is not base64", subscriber)
+    try:
+        event = events.decode(data, attributes.get("kind"))
+        if not handles(event):
+            logs.debug("event kind not handled here; acknowledged", subscriber=subscriber, **event.attributes())
+            return
+        process(event)
+    except (events.EventError, PoisonError) as exc:
+        _dead_letter(data, attributes, str(exc), subscriber)

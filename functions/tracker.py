@@ -1,0 +1,34 @@
+"""track_delivery: delivery receipts and server events → the message document."""
+
+from functions import events, logs, store, subscriber
+from functions.events import Event, Kind
+from functions.model import Message
+from functions.transitions import EVENT_FACTS, learn
+
+
+def _handles(event: Event) -> bool:
+    return event.kind in (Kind.USER_EVENT, Kind.SERVER_EVENT) and event.event_type in EVENT_FACTS
+
+
+def _record(event: Event) -> None:
+    if not event.message_id or not event.phone or not event.dedupe_id:
+        raise subscriber.PoisonError(f"{event.event_type} without messageId, phone or eventId")
+    fact, at = EVENT_FACTS[event.event_type], event.time or store.now()
+
+    def change(current: Message | None) -> Message:
+        # A receipt for a message another system sent still gets a (minimal) record.
+        message = current or Message(event.message_id, event.phone, event.agent_id, tracked=False)
+        return learn(message, fact, at, event.dedupe_id)
+
+    message = store.update_message(event.message_id, change)
+    logs.info(
+        f"{event.event_type} recorded",
+        event=f"receipt_{event.event_type.lower()}",
+        state=message.state.value,
+        fallback=message.fallback.value,
+        **event.attributes(),
+    )
+
+
+def handle(cloud_event) -> None:
+    subscriber.run(cloud_event, "track_delivery", _handles, _record)

@@ -1,0 +1,184 @@
+"""How a message document changes: pure functions, no I/O.
+
+Everything that can happen to a message is a `Fact` learned at a time.
+Delivery state only moves up `model.RANK`, timestamps keep the earliest
+sighting and each RBM event id is applied once, so the same facts in any
+order, any number of times, give the same document. The fallback follows the
+delivery state until an SMS is under way; from then on only the sweep moves it.
+"""
+
+import dataclasses
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from functions.model import APPLIED_KEEP, RANK, SWEPT_STATES, Conversation, Fallback, Message, State
+
+
+class Fact(StrEnum):
+    ACCEPTED = "ACCEPTED"  # RBM accepted the create call
+    UNREACHABLE = "UNREACHABLE"  # create answered 404: the user has no RCS
+    SEND_FAILED = "SEND_FAILED"  # create refused for good, or re-sending gave up
+    DELIVERED = "DELIVERED"  # a DELIVERED receipt, or a revoke answered 404
+    READ = "READ"
+    REVOKED = "REVOKED"  # TTL_EXPIRATION_REVOKED, or a revoke answered 200
+    REVOKE_FAILED = "REVOKE_FAILED"  # TTL_EXPIRATION_REVOKE_FAILED: revoke again
+    REVOKE_ABANDONED = "REVOKE_ABANDONED"  # our revokes ran out of attempts: delivery uncertain
+
+
+# RBM event types that track_delivery turns into facts.
+EVENT_FACTS = {
+    "DELIVERED": Fact.DELIVERED,
+    "READ": Fact.READ,
+    "TTL_EXPIRATION_REVOKED": Fact.REVOKED,
+    "TTL_EXPIRATION_REVOKE_FAILED": Fact.REVOKE_FAILED,
+}
+
+_FACT_STATE = {
+    Fact.ACCEPTED: State.SENT,
+    Fact.UNREACHABLE: State.UNREACHABLE,
+    Fact.SEND_FAILED: State.FAILED,
+    Fact.DELIVERED: State.DELIVERED,
+    Fact.READ: State.READ,
+    Fact.REVOKED: State.REVOKED,
+    Fact.REVOKE_FAILED: State.REVOKE_FAILED,
+    Fact.REVOKE_ABANDONED: State.REVOKE_FAILED,
+}
+_FIRST_SEEN = {
+    Fact.ACCEPTED: ("sent_at",),
+    Fact.DELIVERED: ("delivered_at",),
+    Fact.READ: ("read_at", "delivered_at"),
+    Fact.REVOKED: ("revoked_at",),
+}
+_DELIVERED = (State.DELIVERED, State.READ)
+
+
+def _earliest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else min(a, b)
+
+
+def _fallback_for(m: Message) -> Fallback:
+    """What a fallback not yet under way should be, given what is known of delivery."""
+    if m.fallback not in (Fallback.WAITING, Fallback.DUE):
+        return m.fallback
+    if m.state in _DELIVERED:
+        return Fallback.CANCELLED
+    if m.state in (State.REVOKED, State.UNREACHABLE, State.FAILED):
+        return Fallback.DUE
+    if m.state is State.REVOKE_FAILED and m.time_sensitive:
+        return Fallback.DUE  # Google's advice: a one-time code goes out even at the risk of a duplicate
+    return Fallback.WAITING
+
+
+def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, error: str | None = None) -> Message:
+    """The message once `fact`, seen at `at`, is known; unchanged if `event_id` was applied already."""
+    if event_id and event_id in m.applied:
+        return m
+    m = dataclasses.replace(m, applied=(m.applied + [event_id])[-APPLIED_KEEP:] if event_id else m.applied)
+    m.state = max(m.state, _FACT_STATE[fact], key=RANK.__getitem__)
+    for name in _FIRST_SEEN.get(fact, ()):
+        setattr(m, name, _earliest(getattr(m, name), at))
+    if error:
+        m.last_error = error
+    if m.state not in SWEPT_STATES:
+        m.next_action_at = None
+    elif fact is Fact.ACCEPTED and m.state is State.SENT:
+        m.next_action_at, m.attempts = m.revoke_at, 0
+    elif fact is Fact.REVOKE_FAILED:
+        m.next_action_at = _earliest(m.next_action_at, at)
+    elif fact is Fact.REVOKE_ABANDONED:
+        m.next_action_at = None
+    fallback = _fallback_for(m)
+    if fallback is Fallback.DUE:
+        m.fallback_at = _earliest(m.fallback_at if m.fallback is Fallback.DUE else None, at)
+    elif fallback is not m.fallback:
+        m.fallback_at = None
+    m.fallback = fallback
+    return m
+
+
+def backoff(attempt: int, base: float) -> timedelta:
+    """Exponential: base, 2·base, 4·base … capped at 32·base."""
+    return timedelta(seconds=base * 2 ** min(max(attempt - 1, 0), 5))
+
+
+# revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
+
+def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
+    """The message leased to `owner`, or None if it is not due (or another sweep holds it)."""
+    if m.state not in SWEPT_STATES or m.next_action_at is None or m.next_action_at > now:
+        return None
+    return dataclasses.replace(m, next_action_at=now + lease, lease_owner=owner, attempts=m.attempts + 1)
+
+
+def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base: float) -> Message:
+    """A transient failure of a re-send or revoke: try again later, or give up and say why."""
+    m = dataclasses.replace(m, lease_owner=None, last_error=error)
+    if m.state not in SWEPT_STATES:
+        return m
+    if m.attempts >= max_attempts:
+        fact = Fact.SEND_FAILED if m.state is State.PENDING else Fact.REVOKE_ABANDONED
+        return learn(m, fact, now, error=f"gave up after {m.attempts} attempts: {error}")
+    m.next_action_at = now + backoff(m.attempts, base)
+    return m
+
+
+# send_fallbacks: one SMS per message, at most.
+
+def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool) -> Message | None:
+    """DUE → SENDING under a lease, DUE → CANCELLED for an opted-out user, and a
+    SENDING whose lease ran out → UNKNOWN: its SMS may have gone, so it is never re-sent.
+    None if there is nothing to do."""
+    if m.fallback not in (Fallback.DUE, Fallback.SENDING) or m.fallback_at is None or m.fallback_at > now:
+        return None
+    m = dataclasses.replace(m, fallback_at=None, lease_owner=None)
+    if m.fallback is Fallback.SENDING:
+        m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"
+    elif opted_out:
+        m.fallback, m.last_error = Fallback.CANCELLED, "user opted out"
+    else:
+        m.fallback, m.fallback_at, m.lease_owner = Fallback.SENDING, now + lease, owner
+        m.fallback_attempts += 1
+    return m
+
+
+def fallback_sent(m: Message, now: datetime, sms_id: str) -> Message:
+    return dataclasses.replace(m, fallback=Fallback.SENT, sms_id=sms_id, fallback_sent_at=now, fallback_at=None, lease_owner=None)
+
+
+def fallback_failed(m: Message, error: str) -> Message:
+    return dataclasses.replace(m, fallback=Fallback.FAILED, last_error=error, fallback_at=None, lease_owner=None)
+
+
+def fallback_unknown(m: Message, error: str) -> Message:
+    """The provider got the request but its answer was lost: the SMS may be out."""
+    return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
+
+
+def retry_fallback(m: Message, now: datetime, error: str, max_attempts: int, base: float) -> Message:
+    """The provider failed transiently, so no SMS went out: due again later, or failed for good."""
+    if m.fallback_attempts >= max_attempts:
+        return fallback_failed(m, f"gave up after {m.fallback_attempts} attempts: {error}")
+    return dataclasses.replace(
+        m, fallback=Fallback.DUE, fallback_at=now + backoff(m.fallback_attempts, base), last_error=error, lease_owner=None
+    )
+
+
+# record_inbound: a conversation per (agent, user).
+
+def _latest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else max(a, b)
+
+
+def conversation_activity(c: Conversation, at: datetime) -> Conversation:
+    return dataclasses.replace(c, last_activity_at=_latest(c.last_activity_at, at))
+
+
+def conversation_typing(c: Conversation, at: datetime) -> Conversation:
+    return dataclasses.replace(c, last_typing_at=_latest(c.last_typing_at, at))
+
+
+def conversation_subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversation:
+    """The latest SUBSCRIBE / UNSUBSCRIBE by send time wins, whatever order they arrive in."""
+    if c.subscription_changed_at is not None and at <= c.subscription_changed_at:
+        return c
+    return dataclasses.replace(c, opted_out=opted_out, subscription_changed_at=at)

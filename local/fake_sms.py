@@ -1,0 +1,257 @@
+"""Fakes of the SMS providers a fallback can go through, for tests and demos.
+
+FakeTwilio speaks Twilio's Messages API; FakeSmsWebhook a generic gateway
+that takes an HMAC-signed JSON POST. Both record what they sent and can be
+told to fail, be slow, or hold their answer after sending, which is how a
+test kills a caller between the provider call and its own state write.
+
+    python -m local.fake_sms twilio --port 8092 --account-sid AC... --auth-token secret
+    python -m local.fake_sms webhook --port 8093 --secret secret
+"""
+
+import argparse
+import base64
+import hashlib
+import hmac
+import re
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from local.fakehttp import E164, FakeServer, Faults, Request, serve_until_interrupted
+
+
+class Rejected(Exception):
+    """A provider's refusal of a request: the HTTP status and error body."""
+
+    def __init__(self, status: int, body: Any):
+        super().__init__(status)
+        self.status, self.body = status, body
+
+
+class SmsFake(FakeServer):
+    """What both SMS fakes share: records, failures, delay and hold.
+
+    A subclass reads a request into {to, text, message_id, fields} or raises
+    Rejected, and words its own error and success answers.
+    """
+
+    def __init__(self, port: int = 0):
+        super().__init__(port)
+        self._released = threading.Event()
+        self.reset()
+
+    def _read(self, request: Request) -> dict:
+        raise NotImplementedError
+
+    def _failure(self, status: int) -> Any:
+        raise NotImplementedError
+
+    def _success(self, sent: dict) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    # Behaviour
+
+    def reset(self) -> None:
+        """Forget what was sent and every behaviour setting; releases a hold."""
+        with self._lock:
+            self._sent: list[dict] = []
+            self._faults = Faults()
+            self._delay = 0.0
+        self.release()
+
+    def script(self, statuses: list[int]) -> None:
+        """The next sends answer these statuses in turn; 2xx means "send normally"."""
+        with self._lock:
+            self._faults.script("send", statuses)
+
+    def fail_share(self, share: float, seed: int = 0) -> None:
+        """Answer 500 (and send nothing) to a random `share` of sends, repeatably."""
+        with self._lock:
+            self._faults.fail_share("send", share, seed)
+
+    def set_delay(self, seconds: float) -> None:
+        """Send at once, but answer `seconds` later."""
+        with self._lock:
+            self._delay = seconds
+
+    def hold(self) -> None:
+        """From now on, send (and record) but keep the answer until release()."""
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def stop(self) -> None:
+        self.release()  # let held answers finish rather than leak their threads
+        super().stop()
+
+    # Records
+
+    @property
+    def sent(self) -> list[dict]:
+        """Each SMS that went out: to, text, message_id, provider_id, time, fields."""
+        with self._lock:
+            return [dict(s) for s in self._sent]
+
+    def count(self, to: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for s in self._sent if to in (None, s["to"]))
+
+    def wait_sent(self, n: int = 1, timeout: float = 5.0) -> bool:
+        """Wait until at least n SMS went out; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._sent) >= n, timeout)
+
+    # Serving
+
+    def handle(self, request: Request) -> tuple[int, Any]:
+        try:
+            message = self._read(request)
+        except Rejected as rejected:
+            return rejected.status, rejected.body
+        with self._lock:
+            error = self._faults.next_error("send", "send")
+            if error:
+                return error, self._failure(error)  # a failed call sends nothing
+            sent = {**message, "provider_id": self._new_id(), "time": time.time()}
+            self._sent.append(sent)
+            self._lock.notify_all()
+            delay = self._delay
+        time.sleep(delay)
+        self._released.wait()
+        return self._success(sent)
+
+    def _new_id(self) -> str:
+        return uuid.uuid4().hex
+
+
+def twilio_error(status: int, code: int, message: str) -> dict:
+    """Twilio's JSON error body."""
+    return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status}
+
+
+_TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+_TWILIO_CODES = {401: 20003, 404: 20404, 429: 20429, 500: 20500, 503: 20503}
+
+
+class FakeTwilio(SmsFake):
+    """Twilio's Messages API: POST /2010-04-01/Accounts/{sid}/Messages.json,
+    form-encoded To, Body and From or MessagingServiceSid, HTTP Basic auth."""
+
+    def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "token", port: int = 0):
+        self.account_sid, self.auth_token = account_sid, auth_token
+        super().__init__(port)
+
+    def _read(self, request: Request) -> dict:
+        expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected.encode()):
+            raise Rejected(401, twilio_error(401, 20003, "Authenticate"))
+        match = _TWILIO_PATH.match(request.path)
+        if request.method != "POST" or not match or match[1] != self.account_sid:
+            raise Rejected(404, twilio_error(404, 20404, f"The requested resource {request.path} was not found"))
+        form = {k: v[0] for k, v in parse_qs(request.body.decode(errors="replace"), keep_blank_values=True).items()}
+        to, body = form.get("To", ""), form.get("Body", "")
+        if not to:
+            raise Rejected(400, twilio_error(400, 21604, "A 'To' phone number is required."))
+        if not E164.match(to):
+            raise Rejected(400, twilio_error(400, 21211, f"Invalid 'To' Phone Number: {to}"))
+        if not body:
+            raise Rejected(400, twilio_error(400, 21602, "Message body is required."))
+        if not form.get("From") and not form.get("MessagingServiceSid"):
+            raise Rejected(400, twilio_error(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required."))
+        return {"to": to, "text": body, "message_id": None, "fields": form}
+
+    def _new_id(self) -> str:
+        return "SM" + uuid.uuid4().hex
+
+    def _failure(self, status: int) -> Any:
+        return twilio_error(status, _TWILIO_CODES.get(status, 20500), "Scripted failure")
+
+    def _success(self, sent: dict) -> tuple[int, Any]:
+        form, sid = sent["fields"], sent["provider_id"]
+        created = format_datetime(datetime.fromtimestamp(sent["time"], timezone.utc))
+        uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
+        return 201, {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "api_version": "2010-04-01",
+            "to": sent["to"],
+            "from": form.get("From") or None,
+            "messaging_service_sid": form.get("MessagingServiceSid") or None,
+            "body": sent["text"],
+            # Twilio answers "accepted" when a Messaging Service picks the sender.
+            "status": "queued" if form.get("From") else "accepted",
+            "direction": "outbound-api",
+            "num_segments": "1",
+            "num_media": "0",
+            "price": None,
+            "price_unit": "USD",
+            "error_code": None,
+            "error_message": None,
+            "date_created": created,
+            "date_updated": created,
+            "date_sent": None,
+            "uri": uri,
+            "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
+        }
+
+
+class FakeSmsWebhook(SmsFake):
+    """A generic gateway: POST JSON {to, text, message_id} to any path, signed
+    with X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>."""
+
+    def __init__(self, secret: str = "secret", port: int = 0):
+        self.secret = secret.encode()
+        super().__init__(port)
+
+    def signature(self, body: bytes) -> str:
+        """The X-Signature value a caller must send with this body."""
+        return "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+
+    def _read(self, request: Request) -> dict:
+        if request.method != "POST":
+            raise Rejected(405, {"error": "method not allowed"})
+        if not hmac.compare_digest(request.headers.get("X-Signature", "").encode(), self.signature(request.body).encode()):
+            raise Rejected(401, {"error": "bad signature"})
+        try:
+            payload = request.json()
+        except ValueError:
+            raise Rejected(400, {"error": "body is not JSON"}) from None
+        if not isinstance(payload, dict) or not all(isinstance(payload.get(k), str) and payload[k] for k in ("to", "text", "message_id")):
+            raise Rejected(400, {"error": "to, text and message_id are required strings"})
+        if not E164.match(payload["to"]):
+            raise Rejected(400, {"error": "to must be an E.164 phone number"})
+        return {"to": payload["to"], "text": payload["text"], "message_id": payload["message_id"], "fields": payload}
+
+    def _failure(self, status: int) -> Any:
+        return {"error": f"gateway error {status}"}
+
+    def _success(self, sent: dict) -> tuple[int, Any]:
+        return 200, {"id": sent["provider_id"], "status": "accepted"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m local.fake_sms", description="Fake SMS provider on 127.0.0.1.")
+    providers = parser.add_subparsers(dest="provider", required=True)
+    twilio = providers.add_parser("twilio", help="Twilio's Messages API")
+    twilio.add_argument("--account-sid", default="AC" + "0" * 32)
+    twilio.add_argument("--auth-token", default="token")
+    webhook = providers.add_parser("webhook", help="signed JSON webhook gateway")
+    webhook.add_argument("--secret", default="secret")
+    for sub in (twilio, webhook):
+        sub.add_argument("--port", type=int, default=0, help="port to bind; a free one by default")
+    args = parser.parse_args(argv)
+    if args.provider == "twilio":
+        fake: SmsFake = FakeTwilio(args.account_sid, args.auth_token)
+    else:
+        fake = FakeSmsWebhook(args.secret)
+    serve_until_interrupted(fake, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+"""The local fakes speak the real wire formats and obey their controls.
+
+Each test runs a fake on loopback and talks to it over HTTP, as the code
+under test will.
+"""
+
+import hashlib
+import hmac
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from local.fake_rbm import FEATURES, FakeRbm
+from local.fake_sms import FakeSmsWebhook, FakeTwilio
+
+PHONE = "+15550000001"
+AGENT = "agent-1"
+CONTENT = {"text": "hello"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def rbm():
+    with FakeRbm() as fake:
+        yield fake
+
+
+def create(rbm, phone=PHONE, message_id=None, body=None, agent=AGENT, encode=True):
+    message_id = message_id or str(uuid.uuid4())
+    path_phone = phone.replace("+", "%2B") if encode else phone
+    params = {"agentId": agent} if message_id == "-" else {"messageId": message_id, "agentId": agent}
+    return requests.post(f"{rbm.url}/v1/phones/{path_phone}/agentMessages", params=params, json=body if body is not None else {"contentMessage": CONTENT}, timeout=5)
+
+
+def revoke(rbm, message_id, phone=PHONE):
+    return requests.delete(f"{rbm.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}", params={"agentId": AGENT}, timeout=5)
+
+
+def assert_google_error(response, code, status):
+    assert response.status_code == code
+    error = response.json()["error"]
+    assert (error["code"], error["status"]) == (code, status)
+    assert error["message"]
+
+
+# RBM: agentMessages.create
+
+
+@pytest.mark.parametrize("encode", [True, False])
+def test_create_answers_the_agent_message(rbm, encode):
+    message_id = str(uuid.uuid4())
+    response = create(rbm, message_id=message_id, body={"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"}, encode=encode)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == f"phones/{PHONE}/agentMessages/{message_id}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", body["sendTime"])
+    assert (body["contentMessage"], body["ttl"], body["messageTrafficType"]) == (CONTENT, "60s", "TRANSACTION")
+    assert rbm.messages[message_id] | {"send_time": None} == {
+        "phone": PHONE, "agent_id": AGENT, "body": {"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"},
+        "state": "queued", "send_time": None, "duplicates": 0,
+    }
+    [record] = rbm.requests
+    assert (record["method"], record["kind"], record["phone"], record["message_id"], record["agent_id"], record["status"]) == ("POST", "create", PHONE, message_id, AGENT, 200)
+    assert record["query"] == {"messageId": message_id, "agentId": AGENT}
+    assert record["body"] == {"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"}
+
+
+@pytest.mark.parametrize(
+    "body, params",
+    [
+        ({"contentMessage": CONTENT}, {"agentId": AGENT}),
+        ({"contentMessage": CONTENT}, {"messageId": "m1"}),
+        ({"contentMessage": CONTENT, "ttl": "60s", "expireTime": "2030-01-01T00:00:00Z"}, None),
+        ({"ttl": "60s"}, None),
+        ({"contentMessage": CONTENT, "ttl": "60"}, None),
+        ({"contentMessage": CONTENT, "expireTime": "tomorrow"}, None),
+        ({"contentMessage": CONTENT, "content_message": CONTENT}, None),
+    ],
+)
+def test_create_rejects_bad_requests(rbm, body, params):
+    params = params or {"messageId": "m1", "agentId": AGENT}
+    response = requests.post(f"{rbm.url}/v1/phones/%2B15550000001/agentMessages", params=params, json=body, timeout=5)
+    assert_google_error(response, 400, "INVALID_ARGUMENT")
+    assert rbm.messages == {}
+
+
+def test_create_accepts_expire_time(rbm):
+    assert create(rbm, body={"contentMessage": CONTENT, "expireTime": "2030-01-01T00:00:00.5+02:00"}).status_code == 200
+
+
+def test_create_rejects_a_phone_that_is_not_e164(rbm):
+    assert_google_error(create(rbm, phone="15550000001"), 400, "INVALID_ARGUMENT")
+
+
+def test_a_repeated_message_id_is_answered_but_not_queued_twice(rbm):
+    first = create(rbm, message_id="m1")
+    again = create(rbm, message_id="m1", body={"contentMessage": {"text": "other"}})
+    assert again.status_code == 200 and again.json() == first.json()
+    assert rbm.count("create", message_id="m1") == 2
+    assert [r["duplicate"] for r in rbm.requests] == [False, True]
+    assert rbm.messages["m1"]["duplicates"] == 1 and rbm.messages["m1"]["body"]["contentMessage"] == CONTENT
+    assert create(rbm, message_id="m1", agent="agent-2").status_code == 200
+    assert rbm.requests[-1]["duplicate"] is False  # the key is (agent, messageId)
+
+
+def test_not_rcs_phone_gets_404_on_create_capabilities_and_events(rbm):
+    rbm.set_phone(PHONE, "not_rcs")
+    assert_google_error(create(rbm), 404, "NOT_FOUND")
+    url = f"{rbm.url}/v1/phones/%2B15550000001"
+    assert_google_error(requests.get(f"{url}/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5), 404, "NOT_FOUND")
+    assert_google_error(requests.post(f"{url}/agentEvents", params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5), 404, "NOT_FOUND")
+    assert rbm.messages == {}
+    assert create(rbm, phone="+15550000002").status_code == 200  # other phones unaffected
+
+
+def test_error_phone_gets_500(rbm):
+    rbm.set_phone(PHONE, "error")
+    assert_google_error(create(rbm), 500, "INTERNAL")
+    assert rbm.messages == {}
+
+
+def test_slow_phone_answers_late(rbm):
+    rbm.set_phone(PHONE, "slow", delay=0.3)
+    started = time.monotonic()
+    assert create(rbm).status_code == 200
+    assert time.monotonic() - started >= 0.3
+    started = time.monotonic()
+    assert create(rbm, phone="+15550000002").status_code == 200
+    assert time.monotonic() - started < 0.3
+
+
+def test_set_phone_rejects_unknown_modes(rbm):
+    with pytest.raises(ValueError):
+        rbm.set_phone(PHONE, "offline")
+
+
+def test_scripted_creates_answer_in_turn_then_behave_normally(rbm):
+    rbm.script("create", PHONE, [500, 429, 503, 403, 200])
+    answers = [create(rbm, message_id="m1") for _ in range(6)]
+    assert [a.status_code for a in answers] == [500, 429, 503, 403, 200, 200]
+    for answer, status in zip(answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"]):
+        assert_google_error(answer, answer.status_code, status)
+    assert rbm.messages["m1"]["duplicates"] == 1
+    assert create(rbm, phone="+15550000002").status_code == 200  # scripts are per phone
+
+
+def test_fail_share_is_repeatable_per_seed(rbm):
+    def run(seed):
+        rbm.reset()
+        rbm.fail_share("create", 0.5, seed=seed)
+        return [create(rbm).status_code for _ in range(30)]
+
+    first = run(7)
+    assert first == run(7)
+    assert set(first) == {200, 500}
+    rbm.fail_share("create", 1.0)
+    assert create(rbm).status_code == 500
+    rbm.fail_share("create", 0.0)
+    assert create(rbm).status_code == 200
+
+
+# RBM: agentMessages.delete
+
+
+def test_revoke_a_queued_message_once(rbm):
+    create(rbm, message_id="m1")
+    response = revoke(rbm, "m1")
+    assert (response.status_code, response.json()) == (200, {})
+    assert rbm.messages["m1"]["state"] == "revoked"
+    assert_google_error(revoke(rbm, "m1"), 404, "NOT_FOUND")
+    assert rbm.count("revoke", message_id="m1") == 2 and rbm.count("revoke", status=404) == 1
+
+
+def test_revoke_after_delivery_or_of_unknown_message_is_404(rbm):
+    create(rbm, message_id="m1")
+    assert rbm.mark_delivered("m1") is True
+    assert rbm.mark_delivered("m1") is False
+    assert_google_error(revoke(rbm, "m1"), 404, "NOT_FOUND")
+    assert rbm.messages["m1"]["state"] == "delivered"
+    assert_google_error(revoke(rbm, "unknown"), 404, "NOT_FOUND")
+    assert rbm.mark_delivered("unknown") is False
+
+
+def test_scripted_revokes_fail_without_revoking(rbm):
+    create(rbm, message_id="m1")
+    rbm.script("revoke", "m1", [503, 500])
+    assert [revoke(rbm, "m1").status_code for _ in range(3)] == [503, 500, 200]
+    assert rbm.messages["m1"]["state"] == "revoked"
+
+
+def test_revoke_needs_agent_id(rbm):
+    create(rbm, message_id="m1")
+    response = requests.delete(f"{rbm.url}/v1/phones/+15550000001/agentMessages/m1", timeout=5)
+    assert_google_error(response, 400, "INVALID_ARGUMENT")
+
+
+# RBM: agentEvents and capabilities
+
+
+def test_agent_event_is_echoed_with_its_name(rbm):
+    response = requests.post(f"{rbm.url}/v1/phones/%2B15550000001/agentEvents", params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "READ", "messageId": "u1"}, timeout=5)
+    assert response.status_code == 200
+    assert response.json() == {"name": f"phones/{PHONE}/agentEvents/e1", "eventType": "READ", "messageId": "u1"}
+    assert rbm.count("event", message_id="u1", phone=PHONE) == 1
+
+
+@pytest.mark.parametrize("body, params", [({"eventType": "DELIVERED"}, None), ({"eventType": "READ"}, None), ({"eventType": "IS_TYPING"}, {"agentId": AGENT})])
+def test_bad_agent_events_are_400(rbm, body, params):
+    params = params or {"eventId": "e1", "agentId": AGENT}
+    response = requests.post(f"{rbm.url}/v1/phones/%2B15550000001/agentEvents", params=params, json=body, timeout=5)
+    assert_google_error(response, 400, "INVALID_ARGUMENT")
+
+
+def test_capabilities(rbm):
+    response = requests.get(f"{rbm.url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5)
+    assert (response.status_code, response.json()) == (200, {"features": FEATURES})
+    assert "ACTION_VIEW_LOCATION" in FEATURES and len(FEATURES) == 7
+    assert rbm.count("capabilities", phone=PHONE) == 1
+
+
+def test_unknown_path_is_a_google_404(rbm):
+    assert_google_error(requests.get(f"{rbm.url}/v1/agents", timeout=5), 404, "NOT_FOUND")
+
+
+def test_reset_forgets_records_and_behaviour(rbm):
+    rbm.set_phone(PHONE, "not_rcs")
+    rbm.script("create", "+15550000002", [500])
+    create(rbm)
+    rbm.reset()
+    assert rbm.requests == [] and rbm.messages == {}
+    assert create(rbm).status_code == 200 and create(rbm, phone="+15550000002").status_code == 200
+
+
+def test_restart_keeps_the_url():
+    fake = FakeRbm().start()
+    url = fake.url
+    fake.stop()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/v1/phones/%2B15550000001/capabilities", timeout=2)
+    fake.start()
+    try:
+        assert fake.url == url and create(fake).status_code == 200
+    finally:
+        fake.stop()
+
+
+# SMS providers
+
+SID, TOKEN, SECRET = "AC" + "1" * 32, "twilio-token", "webhook-secret"
+
+
+@pytest.fixture
+def twilio():
+    with FakeTwilio(SID, TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def gateway():
+    with FakeSmsWebhook(SECRET) as fake:
+        yield fake
+
+
+def twilio_send(fake, auth=(SID, TOKEN), timeout=5, **form):
+    form = form or {"To": PHONE, "From": "+15557770000", "Body": "code 1234"}
+    return requests.post(f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json", data=form, auth=auth, timeout=timeout)
+
+
+def gateway_send(fake, payload=None, signature=None, timeout=5):
+    body = json.dumps(payload or {"to": PHONE, "text": "code 1234", "message_id": "m1"}).encode()
+    headers = {"Content-Type": "application/json", "X-Signature": signature or fake.signature(body)}
+    return requests.post(fake.url + "/send", data=body, headers=headers, timeout=timeout)
+
+
+@pytest.fixture(params=["twilio", "webhook"])
+def provider(request):
+    """Either fake, with a function that sends one valid SMS through it."""
+    fake = FakeTwilio(SID, TOKEN) if request.param == "twilio" else FakeSmsWebhook(SECRET)
+    with fake:
+        yield fake, (twilio_send if request.param == "twilio" else gateway_send)
+
+
+def test_twilio_send_answers_201_with_a_message_resource(twilio):
+    response = twilio_send(twilio)
+    assert response.status_code == 201
+    body = response.json()
+    assert re.fullmatch(r"SM[0-9a-f]{32}", body["sid"])
+    assert (body["status"], body["to"], body["from"], body["body"], body["account_sid"], body["num_segments"]) == ("queued", PHONE, "+15557770000", "code 1234", SID, "1")
+    assert parsedate_to_datetime(body["date_created"]).utcoffset().total_seconds() == 0
+    [sent] = twilio.sent
+    assert (sent["to"], sent["text"], sent["message_id"], sent["provider_id"]) == (PHONE, "code 1234", None, body["sid"])
+    assert sent["fields"]["From"] == "+15557770000" and sent["time"] > 0
+
+
+def test_twilio_accepts_a_messaging_service_instead_of_from(twilio):
+    response = twilio_send(twilio, To=PHONE, MessagingServiceSid="MG" + "2" * 32, Body="hi")
+    assert response.status_code == 201
+    assert response.json()["messaging_service_sid"] == "MG" + "2" * 32 and response.json()["from"] is None
+
+
+@pytest.mark.parametrize("auth", [None, (SID, "wrong"), ("AC" + "9" * 32, TOKEN)])
+def test_twilio_rejects_bad_auth(twilio, auth):
+    response = twilio_send(twilio, auth=auth)
+    assert response.status_code == 401
+    assert response.json() == {"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}
+    assert twilio.count() == 0
+
+
+@pytest.mark.parametrize(
+    "form, code",
+    [
+        ({"From": "+15557770000", "Body": "hi"}, 21604),
+        ({"To": PHONE, "From": "+15557770000"}, 21602),
+        ({"To": PHONE, "Body": "hi"}, 21603),
+        ({"To": "555", "From": "+15557770000", "Body": "hi"}, 21211),
+    ],
+)
+def test_twilio_rejects_incomplete_messages(twilio, form, code):
+    response = twilio_send(twilio, **form)
+    assert response.status_code == 400
+    assert response.json()["code"] == code and response.json()["status"] == 400
+    assert twilio.count() == 0
+
+
+def test_webhook_send_answers_accepted(gateway):
+    response = gateway_send(gateway)
+    assert response.status_code == 200
+    assert response.json() == {"id": gateway.sent[0]["provider_id"], "status": "accepted"}
+    [sent] = gateway.sent
+    assert (sent["to"], sent["text"], sent["message_id"]) == (PHONE, "code 1234", "m1")
+
+
+def test_webhook_signature_is_hmac_sha256_of_the_raw_body(gateway):
+    body = b'{"to": "+15550000001", "text": "x", "message_id": "m2"}'
+    assert gateway.signature(body) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("signature", ["", "sha256=" + "0" * 64, "deadbeef"])
+def test_webhook_rejects_bad_signatures(gateway, signature):
+    body = b'{"to": "+15550000001", "text": "x", "message_id": "m1"}'
+    response = requests.post(gateway.url, data=body, headers={"X-Signature": signature}, timeout=5)
+    assert (response.status_code, response.json()) == (401, {"error": "bad signature"})
+    assert gateway.count() == 0
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"to": "+15550000001", "text": "x"}', b'{"to": "0155", "text": "x", "message_id": "m1"}'])
+def test_webhook_rejects_malformed_bodies(gateway, body):
+    response = requests.post(gateway.url, data=body, headers={"X-Signature": gateway.signature(body)}, timeout=5)
+    assert response.status_code == 400 and response.json()["error"]
+    assert gateway.count() == 0
+
+
+def test_scripted_failures_send_nothing(provider):
+    fake, send = provider
+    fake.script([500, 503, 200])
+    statuses = [send(fake).status_code for _ in range(4)]
+    assert statuses[:2] == [500, 503] and all(s < 300 for s in statuses[2:])
+    assert fake.count() == 2 and fake.count(to=PHONE) == 2 and fake.count(to="+15550000009") == 0
+
+
+def test_twilio_errors_use_twilio_bodies(twilio):
+    twilio.script([429])
+    body = twilio_send(twilio).json()
+    assert (body["status"], body["code"]) == (429, 20429)
+
+
+def test_sms_fail_share_is_repeatable(provider):
+    fake, send = provider
+
+    def run():
+        fake.reset()
+        fake.fail_share(0.5, seed=3)
+        return [send(fake).status_code for _ in range(20)]
+
+    first = run()
+    assert first == run() and 500 in first and len(set(first)) == 2
+    assert fake.count() == 20 - first.count(500)
+
+
+def test_delay_answers_late(provider):
+    fake, send = provider
+    fake.set_delay(0.3)
+    started = time.monotonic()
+    assert send(fake).status_code < 300
+    assert time.monotonic() - started >= 0.3
+
+
+def test_hold_records_the_send_then_blocks_the_answer_until_release(provider):
+    fake, send = provider
+    fake.hold()
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(send(fake)))
+    caller.start()
+    assert fake.wait_sent(1, timeout=5)  # the SMS went out ...
+    caller.join(0.2)
+    assert caller.is_alive() and answers == []  # ... but the caller has no answer yet
+    fake.release()
+    caller.join(5)
+    assert answers[0].status_code < 300 and fake.count() == 1
+
+
+def test_a_caller_that_gives_up_during_hold_still_sent(provider):
+    fake, send = provider
+    fake.hold()
+    with pytest.raises(requests.Timeout):
+        send(fake, timeout=0.3)
+    assert fake.count() == 1
+    fake.release()
+    assert send(fake).status_code < 300 and fake.count() == 2
+
+
+def test_sms_reset_forgets_and_releases(provider):
+    fake, send = provider
+    fake.script([500])
+    fake.set_delay(5)
+    fake.hold()
+    fake.reset()
+    started = time.monotonic()
+    assert send(fake).status_code < 300 and fake.count() == 1
+    assert time.monotonic() - started < 2
+
+
+# Command line
+
+
+@pytest.mark.parametrize(
+    "args, check",
+    [
+        (["local.fake_rbm", "--not-rcs", PHONE], lambda url: requests.get(f"{url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r", "agentId": "a"}, timeout=5).status_code == 404),
+        (["local.fake_sms", "twilio", "--account-sid", SID, "--auth-token", TOKEN], lambda url: requests.post(f"{url}/2010-04-01/Accounts/{SID}/Messages.json", data={"To": PHONE, "From": "+15557770000", "Body": "x"}, auth=(SID, TOKEN), timeout=5).status_code == 201),
+        (["local.fake_sms", "webhook", "--secret", SECRET], lambda url: requests.post(url, data=b"{}", headers={"X-Signature": "x"}, timeout=5).status_code == 401),
+    ],
+)
+def test_command_line_prints_the_url_and_serves(args, check):
+    process = subprocess.Popen([sys.executable, "-m", *args, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        url = process.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        assert check(url)
+    finally:
+        process.terminate()
+        process.wait(5)

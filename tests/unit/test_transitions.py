@@ -1,0 +1,149 @@
+"""The pure state machine: DESIGN.md §3 invariants 2, 3 and 5, with no I/O."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from functions.model import Fallback, Message, State
+from functions.transitions import (
+    EVENT_FACTS, Fact, claim_fallback, claim_revoke, fallback_sent, learn, retry_fallback, retry_revoke,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+LEASE = timedelta(seconds=60)
+
+
+def sent(time_sensitive=False, fallback=Fallback.WAITING) -> Message:
+    m = Message("m1", "+15550001111", "agent", fallback=fallback, fallback_text="code 1234",
+                time_sensitive=time_sensitive, revoke_at=T0 + timedelta(minutes=5))
+    return learn(m, Fact.ACCEPTED, T0)
+
+
+def fold(m: Message, events) -> Message:
+    for event_type, event_id, minute in events:
+        m = learn(m, EVENT_FACTS[event_type], T0 + timedelta(minutes=minute), event_id)
+    return m
+
+
+def comparable(m: Message) -> dict:
+    doc = m.to_doc()
+    doc["applied"] = sorted(doc["applied"])
+    return doc
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(sorted(EVENT_FACTS)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 20)),
+    max_size=8,
+).map(lambda evs: list({eid: (t, eid, mi) for t, eid, mi in evs}.values()))  # one payload per event id
+
+
+@given(events=events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6),
+       time_sensitive=st.booleans())
+def test_any_order_with_duplicates_converges_to_the_canonical_document(events, order, dupes, time_sensitive):
+    canonical = fold(sent(time_sensitive), sorted(events, key=lambda e: (e[2], e[1])))
+    delivered = events + [events[i] for i in dupes if i < len(events)]
+    order.shuffle(delivered)
+    assert comparable(fold(sent(time_sensitive), delivered)) == comparable(canonical)
+
+
+@given(events=events)
+def test_read_never_regresses_and_delivered_always_cancels_a_waiting_fallback(events):
+    m = sent()
+    for event in events:
+        before = m.state
+        m = fold(m, [event])
+        if before is State.READ:
+            assert m.state is State.READ
+        if m.state in (State.DELIVERED, State.READ):
+            assert m.fallback is Fallback.CANCELLED
+
+
+def test_each_event_id_is_applied_once():
+    m = fold(sent(), [("READ", "e1", 1)])
+    assert fold(m, [("READ", "e1", 0)]) is m  # a replay, even with another time, changes nothing
+
+
+def test_late_sent_never_hides_delivered():
+    m = fold(Message("m1", "+1"), [("DELIVERED", "e1", 1)])
+    assert learn(m, Fact.ACCEPTED, T0 + timedelta(minutes=2)).state is State.DELIVERED
+
+
+def test_delivered_after_revoked_wins_and_cancels_the_due_fallback():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    assert (m.state, m.fallback, m.fallback_at) == (State.REVOKED, Fallback.DUE, T0 + timedelta(minutes=1))
+    m = fold(m, [("DELIVERED", "e2", 2)])
+    assert (m.state, m.fallback, m.fallback_at) == (State.DELIVERED, Fallback.CANCELLED, None)
+
+
+def test_delivered_after_the_sms_went_out_leaves_the_fallback_sent():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    m = claim_fallback(m, T0 + timedelta(minutes=2), LEASE, "sweep", opted_out=False)
+    m = fallback_sent(m, T0 + timedelta(minutes=2), "SM1")
+    assert fold(m, [("DELIVERED", "e2", 3)]).fallback is Fallback.SENT
+
+
+@pytest.mark.parametrize("time_sensitive, fallback", [(True, Fallback.DUE), (False, Fallback.WAITING)])
+def test_revoke_failed_is_due_only_for_time_sensitive_messages(time_sensitive, fallback):
+    m = fold(sent(time_sensitive), [("TTL_EXPIRATION_REVOKE_FAILED", "e1", 6)])
+    assert (m.state, m.fallback) == (State.REVOKE_FAILED, fallback)
+    assert m.next_action_at == T0 + timedelta(minutes=5)  # revoke again at once: the deadline has passed
+
+
+def test_unreachable_and_failed_sends_make_the_fallback_due_and_none_stays_none():
+    base = Message("m1", "+1", fallback=Fallback.WAITING)
+    assert learn(base, Fact.UNREACHABLE, T0).fallback is Fallback.DUE
+    assert learn(base, Fact.SEND_FAILED, T0, error="403").fallback is Fallback.DUE
+    assert learn(Message("m1", "+1"), Fact.UNREACHABLE, T0).fallback is Fallback.NONE
+
+
+def test_revoke_claims_are_exclusive_until_the_lease_runs_out():
+    m = sent()
+    at = m.revoke_at
+    assert claim_revoke(m, at - timedelta(seconds=1), LEASE, "a") is None  # not due yet
+    claimed = claim_revoke(m, at, LEASE, "a")
+    assert claimed.lease_owner == "a" and claimed.attempts == 1
+    assert claim_revoke(claimed, at + LEASE / 2, LEASE, "b") is None
+    assert claim_revoke(claimed, at + LEASE, LEASE, "b").lease_owner == "b"
+
+
+def test_revoke_retries_back_off_then_give_up_and_a_time_sensitive_sms_becomes_due():
+    m = sent(time_sensitive=True)
+    now = m.revoke_at
+    for attempt in range(1, 4):
+        m = claim_revoke(m, m.next_action_at, LEASE, "a")
+        m = retry_revoke(m, m.next_action_at - LEASE, "500", max_attempts=3, base=10)
+    assert (m.state, m.next_action_at, m.fallback) == (State.REVOKE_FAILED, None, Fallback.DUE)
+    assert "gave up after 3 attempts" in m.last_error
+
+
+def test_pending_resends_that_give_up_fail_the_message():
+    m = Message("m1", "+1", fallback=Fallback.WAITING, next_action_at=T0)
+    m = retry_revoke(claim_revoke(m, T0, LEASE, "a"), T0, "503", max_attempts=1, base=10)
+    assert (m.state, m.fallback) == (State.FAILED, Fallback.DUE)
+
+
+def test_fallback_claim_send_and_interrupted_send_becomes_unknown():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    now = T0 + timedelta(minutes=2)
+    claimed = claim_fallback(m, now, LEASE, "a", opted_out=False)
+    assert (claimed.fallback, claimed.fallback_at) == (Fallback.SENDING, now + LEASE)
+    assert claim_fallback(claimed, now + LEASE / 2, LEASE, "b", opted_out=False) is None
+    lost = claim_fallback(claimed, now + LEASE, LEASE, "b", opted_out=False)
+    assert lost.fallback is Fallback.UNKNOWN and lost.fallback_at is None
+    assert claim_fallback(lost, now + 10 * LEASE, LEASE, "c", opted_out=False) is None  # never re-sent
+
+
+def test_opted_out_user_gets_no_sms():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    assert claim_fallback(m, T0 + timedelta(minutes=2), LEASE, "a", opted_out=True).fallback is Fallback.CANCELLED
+
+
+def test_provider_failures_retry_with_backoff_then_fail():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    now = T0 + timedelta(minutes=2)
+    m = retry_fallback(claim_fallback(m, now, LEASE, "a", False), now, "500", max_attempts=2, base=10)
+    assert (m.fallback, m.fallback_at) == (Fallback.DUE, now + timedelta(seconds=10))
+    m = retry_fallback(claim_fallback(m, m.fallback_at, LEASE, "a", False), now, "500", max_attempts=2, base=10)
+    assert m.fallback is Fallback.FAILED and "gave up after 2" in m.last_error
