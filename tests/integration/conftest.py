@@ -1,0 +1,64 @@
+"""Fixtures that wire functions to the emulators and the local fakes."""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from local.fake_rbm import FakeRbm
+from local.fake_sms import FakeTwilio
+from tests.conftest import PROJECT
+from tests.harness import create_push_subscription, create_topic, publish
+
+
+def wait_for(predicate, timeout=20.0, interval=0.1):
+    """Polls until `predicate()` is truthy; returns its value or fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def rbm():
+    with FakeRbm() as fake:
+        yield fake
+
+
+@pytest.fixture
+def twilio():
+    with FakeTwilio(account_sid="AC" + "1" * 32, auth_token="twilio-secret") as fake:
+        yield fake
+
+
+@pytest.fixture
+def sms_env(twilio):
+    return {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "twilio-secret",
+            "TWILIO_FROM_NUMBER": "+15005550006", "TWILIO_API_BASE": twilio.url}
+
+
+@pytest.fixture
+def subscriber(functions, firestore, pubsub_emulator):
+    """`subscriber("track_delivery")` → a function process fed by a push
+    subscription on a fresh events topic, and a `send(event, **attributes)`."""
+
+    def start(target, env=None):
+        suffix = uuid.uuid4().hex[:8]
+        topic, dead_letter = f"events-{suffix}", f"dead-{suffix}"
+        create_topic(PROJECT, topic)
+        create_topic(PROJECT, dead_letter)
+        process = functions(target, env={"RBM_DEAD_LETTER_TOPIC": dead_letter, **(env or {})})
+        create_push_subscription(PROJECT, topic, f"push-{suffix}", f"{process.url}/projects/{PROJECT}/topics/{topic}",
+                                 dead_letter_topic=dead_letter, max_delivery_attempts=5)
+
+        def send(event, raw: bytes | None = None, **attributes):
+            return publish(PROJECT, topic, raw if raw is not None else json.dumps(event).encode(), **attributes)
+
+        send.dead_letter, send.process = dead_letter, process
+        return send
+
+    return start
