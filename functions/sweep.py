@@ -71,7 +71,7 @@ def run(name: str, fields: tuple[str, str], values: tuple, claim: Claim, act: Ac
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 counts.update(f.result() for f in done)
         counts.update(f.result() for f in wait(running).done)
-    counts["left"] = _due_query(fields, values, now).count().get()[0][0].value
+    counts["left"] = int(_due_query(fields, values, now).count().get()[0][0].value)
     summary = {"scanned": 0, **counts, "seconds": round(time.monotonic() - started, 2)}
     logs.info(f"{name} finished", event=f"{name}_summary", summary=summary)
     return summary

@@ -1,0 +1,94 @@
+"""send_message as a real process, against the fake RBM platform and the Firestore emulator."""
+
+import uuid
+
+import pytest
+import requests
+
+from functions import store
+from functions.model import Conversation, Fallback, State
+from tests.integration.conftest import wait_for
+
+PHONE, AGENT = "+447700900789", "agent@rbm.goog"
+CONTENT = {"text": "Your code is 123456"}
+
+
+@pytest.fixture
+def send(functions, firestore, rbm):
+    process = functions("send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "RBM_RETRY_SECONDS": "1"})
+
+    def call(**body):
+        body = {"phone": PHONE, "content": CONTENT, "message_id": str(uuid.uuid4()), **body}
+        return requests.post(process.url, json=body, timeout=30)
+
+    return call
+
+
+def test_accepted_message_is_recorded_then_sent_with_its_id(send, rbm):
+    response = send(revoke_after_seconds=600, fallback={"text": "code 123456", "time_sensitive": True},
+                    traffic_type="AUTHENTICATION")
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["state"], answer["fallback"]) == ("SENT", "WAITING")
+    [call] = [r for r in rbm.requests if r["kind"] == "create"]
+    assert (call["phone"], call["message_id"], call["agent_id"]) == (PHONE, answer["message_id"], AGENT)
+    assert call["body"] == {"contentMessage": CONTENT, "messageTrafficType": "AUTHENTICATION"}
+    stored = store.get_message(answer["message_id"])
+    assert stored.revoke_at is not None and stored.next_action_at == stored.revoke_at and stored.time_sensitive
+
+
+def test_same_message_id_twice_never_sends_twice(send, rbm):
+    message_id = str(uuid.uuid4())
+    first, second = send(message_id=message_id), send(message_id=message_id)
+    assert first.json() == second.json() and second.status_code == 200
+    assert rbm.count("create") == 1
+    assert send(message_id=message_id, phone="+447700900000").status_code == 409
+
+
+def test_not_rcs_is_unreachable_with_the_fallback_due_at_once(send, rbm):
+    rbm.set_phone(PHONE, "not_rcs")
+    answer = send(revoke_after_seconds=60, fallback={"text": "hello by SMS"}).json()
+    assert (answer["state"], answer["fallback"]) == ("UNREACHABLE", "DUE")
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_permanent_refusals_fail_with_the_reason(send, rbm, status):
+    rbm.script("create", PHONE, [status])
+    response = send()
+    assert (response.status_code, response.json()["state"]) == (422, "FAILED")
+    assert f"RBM {status}" in store.get_message(response.json()["message_id"]).last_error
+
+
+def test_transient_failure_answers_503_and_stays_pending(send, rbm):
+    rbm.set_phone(PHONE, "error")
+    response = send()
+    assert response.status_code == 503
+    assert store.get_message(response.json()["message_id"]).state is State.PENDING
+    assert rbm.count("create") >= 2  # retried with backoff inside its bound
+    rbm.set_phone(PHONE, "accept")
+    assert send(message_id=response.json()["message_id"]).json()["state"] == "SENT"  # same id, sent once
+
+
+def test_opted_out_user_is_refused_and_nothing_is_sent(send, rbm):
+    store.update(store.conversation_ref(AGENT, PHONE), Conversation, lambda _: Conversation(AGENT, PHONE, opted_out=True))
+    response = send()
+    assert response.status_code == 409 and "unsubscribed" in response.json()["error"]
+    assert rbm.count("create") == 0
+
+
+@pytest.mark.parametrize("body", [
+    {"phone": "07700900789"},
+    {"content": {}},
+    {"message_id": "not-a-uuid"},
+    {"revoke_after_seconds": 5},
+    {"revoke_after_seconds": "60"},
+    {"traffic_type": "SPAM"},
+    {"fallback": {"text": "   "}},
+    {"fallback": {"text": "x" * 1601}},
+    {"fallback": {"text": "ok", "time_sensitive": "yes"}},
+    {"agent_id": 7},
+])
+def test_invalid_requests_get_400_with_a_reason(send, rbm, body):
+    response = send(**body)
+    assert response.status_code == 400 and response.json()["error"]
+    assert rbm.count("create") == 0

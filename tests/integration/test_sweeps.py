@@ -1,0 +1,175 @@
+"""revoke_expired and send_fallbacks as real processes over the Firestore emulator,
+against the fake RBM platform and the fake Twilio."""
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+import requests
+
+from functions import store
+from functions.model import Conversation, Fallback, Message, State
+from functions.transitions import Fact, learn
+from tests.integration.conftest import wait_for
+
+AGENT = "agent@rbm.goog"
+SWEEP_ENV = {"LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3", "RBM_AGENT_ID": AGENT}
+
+
+def phone(i: int) -> str:
+    return f"+4477009{i:05d}"
+
+
+def seed(count=1, state=State.SENT, fallback=Fallback.WAITING, time_sensitive=False, start=0) -> list[str]:
+    """Messages whose deadline has just passed."""
+    past = store.now() - timedelta(seconds=1)
+    ids = []
+    for i in range(start, start + count):
+        m = Message(f"msg-{i:05d}", phone(i), AGENT, state=state, fallback=fallback, fallback_text=f"fallback {i}",
+                    time_sensitive=time_sensitive, content={"text": f"rcs {i}"}, revoke_at=past,
+                    next_action_at=past if state in (State.SENT, State.PENDING, State.REVOKE_FAILED) else None,
+                    fallback_at=past if fallback is Fallback.DUE else None)
+        batch = store.client().batch()
+        batch.set(store.messages().document(m.message_id), m.to_doc())
+        batch.commit()
+        ids.append(m.message_id)
+    return ids
+
+
+def sweep(process) -> dict:
+    response = requests.post(process.url, json={}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def get(message_id) -> Message:
+    return store.get_message(message_id)
+
+
+@pytest.fixture
+def revoker(functions, firestore, rbm):
+    return lambda **env: functions("revoke_expired", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **env})
+
+
+@pytest.fixture
+def fallbacks(functions, firestore, sms_env):
+    return lambda **env: functions("send_fallbacks", env={**sms_env, **SWEEP_ENV, **env})
+
+
+def at_once(*calls):
+    """Runs the calls in threads released together; returns their results."""
+    barrier, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def run(i, call):
+        barrier.wait()
+        results[i] = call()
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def queue(rbm, message_id, i):
+    """Sends the message to the fake platform, so it is queued there and revocable."""
+    requests.post(f"{rbm.url}/v1/phones/{phone(i)}/agentMessages", params={"messageId": message_id, "agentId": AGENT},
+                  json={"contentMessage": {"text": "x"}}, timeout=5)
+
+
+def test_two_sweeps_at_once_revoke_once_and_text_once_over_300_messages(revoker, fallbacks, rbm, twilio):
+    ids = seed(300)
+    for i, message_id in enumerate(ids):
+        queue(rbm, message_id, i)
+    a, b = revoker(), revoker()
+    first = at_once(lambda: sweep(a), lambda: sweep(b))
+    assert sum(s.get("revoked", 0) for s in first) == 300
+    deletes = [r["message_id"] for r in rbm.requests if r["kind"] == "revoke"]
+    assert sorted(deletes) == sorted(ids)  # exactly one DELETE per message
+    c, d = fallbacks(), fallbacks()
+    second = at_once(lambda: sweep(c), lambda: sweep(d))
+    assert sum(s.get("sent", 0) for s in second) == 300
+    assert sorted(s["to"] for s in twilio.sent) == sorted(phone(i) for i in range(300))  # one SMS each
+    assert {get(i).fallback for i in ids} == {Fallback.SENT}
+
+
+def test_every_revoke_outcome(revoker, rbm):
+    ok, delivered, flaky, broken, broken_urgent = seed(4) + seed(1, time_sensitive=True, start=4)
+    for i, message_id in enumerate([ok, delivered, flaky, broken, broken_urgent]):
+        queue(rbm, message_id, i)
+    rbm.mark_delivered(delivered)
+    rbm.script("revoke", flaky, [500])
+    for message_id in (broken, broken_urgent):
+        rbm.script("revoke", message_id, [500] * 100)
+    process = revoker(REVOKE_MAX_ATTEMPTS="3", RBM_RETRY_SECONDS="0")  # each attempt one DELETE
+    summary = sweep(process)
+    assert (summary["revoked"], summary["delivered"], summary["retried"]) == (1, 1, 3)
+    assert (get(ok).state, get(ok).fallback) == (State.REVOKED, Fallback.DUE)
+    assert (get(delivered).state, get(delivered).fallback) == (State.DELIVERED, Fallback.CANCELLED)
+    wait_for(lambda: sweep(process) and get(broken).next_action_at is None, timeout=30, interval=0.3)
+    assert get(flaky).state is State.REVOKED
+    assert (get(broken).state, get(broken).fallback, get(broken).attempts) == (State.REVOKE_FAILED, Fallback.WAITING, 3)
+    assert "gave up after 3 attempts" in get(broken).last_error
+    assert (get(broken_urgent).state, get(broken_urgent).fallback) == (State.REVOKE_FAILED, Fallback.DUE)
+    assert rbm.count("revoke", message_id=broken) == 3  # one DELETE per attempt: retries are the sweep's
+
+
+def test_a_pending_message_is_sent_again_under_the_same_id(revoker, rbm):
+    [pending] = seed(1, state=State.PENDING)
+    assert sweep(revoker())["resent"] == 1
+    assert get(pending).state is State.SENT
+    assert [r["message_id"] for r in rbm.requests if r["kind"] == "create"] == [pending]
+
+
+def test_every_fallback_outcome(fallbacks, twilio):
+    sent, rejected, flaky, delivered, opted_out = seed(5, state=State.REVOKED, fallback=Fallback.DUE)
+    [urgent] = seed(1, state=State.REVOKE_FAILED, fallback=Fallback.DUE, time_sensitive=True, start=5)
+    store.update_message(delivered, lambda m: learn(m, Fact.DELIVERED, store.now()))
+    store.update(store.conversation_ref(AGENT, phone(4)), Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True))
+    twilio.script([200, 400, 500])  # in query order: sent, rejected, flaky
+    process = fallbacks(SWEEP_PARALLELISM="1")
+    summary = sweep(process)
+    assert (summary["sent"], summary["failed"], summary["retried"], summary["cancelled"]) == (2, 1, 1, 1)
+    wait_for(lambda: sweep(process) and get(flaky).fallback is Fallback.SENT, timeout=10, interval=0.3)
+    assert get(rejected).fallback is Fallback.FAILED and "provider 400" in get(rejected).last_error
+    assert get(delivered).fallback is Fallback.CANCELLED and get(opted_out).fallback is Fallback.CANCELLED
+    assert get(urgent).fallback is Fallback.SENT  # time-sensitive: out although delivery was uncertain
+    assert sorted(s["to"] for s in twilio.sent) == sorted([phone(0), phone(2), phone(5)])
+    assert get(sent).sms_id.startswith("SM")
+
+
+def test_a_crash_mid_send_never_sends_twice_and_ends_unknown(fallbacks, twilio):
+    [message_id] = seed(1, state=State.REVOKED, fallback=Fallback.DUE)
+    process = fallbacks()
+    twilio.hold()
+    threading.Thread(target=lambda: pytest.raises(requests.ConnectionError, requests.post, process.url, timeout=60),
+                     daemon=True).start()
+    assert twilio.wait_sent(1, timeout=20)
+    process.kill()  # between the provider call and the state write
+    twilio.release()
+    assert get(message_id).fallback is Fallback.SENDING
+    process.start()
+    time.sleep(2.1)  # the lease runs out
+    assert sweep(process)["unknown"] == 1
+    assert sweep(process).get("unknown", 0) == 0
+    assert get(message_id).fallback is Fallback.UNKNOWN
+    assert len(twilio.sent) == 1
+    assert '"fallback_unknown"' in process.read_log() and '"severity": "ERROR"' in process.read_log()
+
+
+def test_the_time_budget_stops_a_sweep_and_the_next_run_finishes(revoker, rbm):
+    ids = seed(24)
+    for i, message_id in enumerate(ids):
+        queue(rbm, message_id, i)
+        rbm.set_phone(phone(i), "slow", delay=0.5)
+    process = revoker(SWEEP_BUDGET_SECONDS="1", SWEEP_PARALLELISM="2")
+    started = time.monotonic()
+    first = sweep(process)
+    assert time.monotonic() - started < 5
+    assert first["left"] > 0 and first["revoked"] < 24
+    total = first["revoked"]
+    while total < 24:
+        total += sweep(process).get("revoked", 0)
+    assert {get(i).state for i in ids} == {State.REVOKED}
