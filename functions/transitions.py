@@ -56,17 +56,20 @@ def _earliest(a: datetime | None, b: datetime) -> datetime:
     return b if a is None else min(a, b)
 
 
+def _makes_due(state: State, time_sensitive: bool) -> bool:
+    """Whether knowing this delivery state alone makes a waiting SMS due."""
+    if state is State.REVOKE_FAILED:
+        return time_sensitive  # Google's advice: a one-time code goes out even at the risk of a duplicate
+    return state in (State.REVOKED, State.UNREACHABLE, State.FAILED)
+
+
 def _fallback_for(m: Message) -> Fallback:
     """What a fallback not yet under way should be, given what is known of delivery."""
     if m.fallback not in (Fallback.WAITING, Fallback.DUE):
         return m.fallback
     if m.state in _DELIVERED:
         return Fallback.CANCELLED
-    if m.state in (State.REVOKED, State.UNREACHABLE, State.FAILED):
-        return Fallback.DUE
-    if m.state is State.REVOKE_FAILED and m.time_sensitive:
-        return Fallback.DUE  # Google's advice: a one-time code goes out even at the risk of a duplicate
-    return Fallback.WAITING
+    return Fallback.DUE if _makes_due(m.state, m.time_sensitive) else Fallback.WAITING
 
 
 def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, error: str | None = None) -> Message:
@@ -88,9 +91,10 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
     elif fact is Fact.REVOKE_ABANDONED:
         m.next_action_at = None
     fallback = _fallback_for(m)
-    if fallback is Fallback.DUE:
+    if fallback is Fallback.DUE and _makes_due(_FACT_STATE[fact], m.time_sensitive):
+        # Due since the earliest fact that made it due, whatever the arrival order.
         m.fallback_at = _earliest(m.fallback_at if m.fallback is Fallback.DUE else None, at)
-    elif fallback is not m.fallback:
+    elif fallback is not Fallback.DUE and fallback is not m.fallback:
         m.fallback_at = None
     m.fallback = fallback
     return m

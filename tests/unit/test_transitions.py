@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from functions.model import Fallback, Message, State
@@ -39,6 +39,7 @@ events = st.lists(
 ).map(lambda evs: list({eid: (t, eid, mi) for t, eid, mi in evs}.values()))  # one payload per event id
 
 
+@settings(max_examples=500)
 @given(events=events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6),
        time_sensitive=st.booleans())
 def test_any_order_with_duplicates_converges_to_the_canonical_document(events, order, dupes, time_sensitive):

@@ -1,0 +1,26 @@
+# Quick start: `make run` starts the local stack, `make test` runs every test.
+# Extra arguments go through ARGS, e.g. make test ARGS="-k webhook -x".
+
+PYTHON ?= python3.11
+VENV := .venv
+
+.PHONY: venv test unit run
+
+venv: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when a requirements file changed.
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+test: venv
+	$(VENV)/bin/python -m pytest -q $(ARGS)
+
+unit: venv
+	$(VENV)/bin/python -m pytest -q tests/unit $(ARGS)
+
+run: venv
+	$(VENV)/bin/python -m local.stack $(ARGS)
