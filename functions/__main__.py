@@ -1,10 +1,26 @@
-"""Operator commands: `python -m functions status MESSAGE_ID`."""
+"""Operator commands.
+
+  python -m functions status MESSAGE_ID          one message's document as JSON (exit 1: no such message)
+  python -m functions list --fallback UNKNOWN    messages in a delivery or fallback state, one JSON per line
+  python -m functions replay [--dry-run]         dead letters back onto the events topic
+
+They use the environment the functions use: GOOGLE_CLOUD_PROJECT, and the
+emulator hosts locally.
+"""
 
 import argparse
 import json
+import os
+import socket
 import sys
 
 from google.api_core import exceptions
+from google.auth import exceptions as auth_exceptions
+
+from functions import config
+from functions.model import Fallback, State
+
+INTERNAL_ATTRIBUTES = ("dead_letter_", "CloudPubSubDeadLetter")
 
 
 def status(args) -> int:
@@ -18,17 +34,85 @@ def status(args) -> int:
     return 0
 
 
+def list_messages(args) -> int:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from functions import store
+    from functions.model import Message
+
+    field, value = ("state", args.state) if args.state else ("fallback", args.fallback)
+    for snapshot in store.messages().where(filter=FieldFilter(field, "==", value)).limit(args.limit).stream():
+        m = Message.from_doc(snapshot.to_dict())
+        print(json.dumps({"message_id": m.message_id, "state": m.state.value, "fallback": m.fallback.value,
+                          "agent_id": m.agent_id, "updated_at": m.updated_at, "last_error": m.last_error}, default=str))
+    return 0
+
+
+def replay(args) -> int:
+    """Moves dead letters back onto the events topic, without the attributes the
+    dead-lettering added; acknowledges each only once it is republished."""
+    from google.cloud import pubsub_v1
+
+    subscriber, publisher = pubsub_v1.SubscriberClient(), pubsub_v1.PublisherClient()
+    subscription = subscriber.subscription_path(config.project(), args.subscription)
+    topic = publisher.topic_path(config.project(), config.events_topic())
+    moved = 0
+    while moved < args.max:
+        response = subscriber.pull(subscription=subscription, max_messages=min(100, args.max - moved), timeout=10)
+        if not response.received_messages:
+            break
+        for received in response.received_messages:
+            message = received.message
+            attributes = {k: v for k, v in message.attributes.items() if not k.startswith(INTERNAL_ATTRIBUTES)}
+            print(json.dumps({"pubsub_id": message.message_id, "reason": message.attributes.get("dead_letter_reason"),
+                              "attributes": attributes, "action": "would replay" if args.dry_run else "replayed"}))
+            if not args.dry_run:
+                publisher.publish(topic, message.data, **attributes).result(timeout=30)
+        ack_ids = [r.ack_id for r in response.received_messages]
+        if args.dry_run:  # leave them for later: make them available again at once
+            subscriber.modify_ack_deadline(subscription=subscription, ack_ids=ack_ids, ack_deadline_seconds=0)
+            moved += len(ack_ids)
+            break
+        subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids)
+        moved += len(ack_ids)
+    print(f"{'found' if args.dry_run else 'replayed'} {moved} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def _check_emulators() -> None:
+    """Fails at once on an emulator that is not listening; the clients would retry for minutes."""
+    for var in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
+        host = os.environ.get(var)
+        if host:
+            name, _, port = host.rpartition(":")
+            socket.create_connection((name, int(port)), timeout=2).close()
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m functions", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m functions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("status", help="print a message's document as JSON; exit 1 if it does not exist")
     show.add_argument("message_id")
     show.set_defaults(run=status)
+    listing = commands.add_parser("list", help="list messages by delivery or fallback state")
+    which = listing.add_mutually_exclusive_group(required=True)
+    which.add_argument("--state", choices=[s.value for s in State])
+    which.add_argument("--fallback", choices=[f.value for f in Fallback])
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run=list_messages)
+    again = commands.add_parser("replay", help="republish dead letters onto the events topic")
+    again.add_argument("--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription")
+    again.add_argument("--max", type=int, default=1000, help="replay at most this many")
+    again.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
+    again.set_defaults(run=replay)
     args = parser.parse_args(argv)
     try:
+        _check_emulators()
         return args.run(args)
-    except (exceptions.GoogleAPIError, OSError) as exc:
-        print(f"cannot reach Firestore ({type(exc).__name__}): is GOOGLE_CLOUD_PROJECT or FIRESTORE_EMULATOR_HOST right?", file=sys.stderr)
+    except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError) as exc:
+        print(f"cannot reach Google Cloud ({type(exc).__name__}: {str(exc)[:200]}); "
+              "check GOOGLE_CLOUD_PROJECT, credentials, or the emulator hosts", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,54 @@
+"""The operator commands against the emulators, run as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+from functions import store
+from functions.model import Fallback, Message, State
+from tests.conftest import PROJECT
+from tests.harness import create_pull_subscription, create_topic, free_port, publish, pull_all
+
+
+def cli(*args, env=None):
+    full_env = {**os.environ, "GOOGLE_CLOUD_PROJECT": PROJECT, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "functions", *args], capture_output=True, text=True, env=full_env, timeout=60)
+
+
+def test_status_prints_the_document_or_exits_1(firestore):
+    store.update_message("m-42", lambda _: Message("m-42", "+447700900999", "agent", state=State.SENT))
+    shown = cli("status", "m-42")
+    assert shown.returncode == 0
+    doc = json.loads(shown.stdout)
+    assert (doc["message_id"], doc["state"], doc["fallback"]) == ("m-42", "SENT", "NONE") and doc["updated_at"]
+    assert cli("status", "nope").returncode == 1
+
+
+def test_list_by_fallback_state(firestore):
+    store.update_message("a", lambda _: Message("a", "+447700900001", fallback=Fallback.UNKNOWN))
+    store.update_message("b", lambda _: Message("b", "+447700900002", fallback=Fallback.SENT))
+    listed = cli("list", "--fallback", "UNKNOWN")
+    assert [json.loads(line)["message_id"] for line in listed.stdout.splitlines()] == ["a"]
+    assert "+4477" not in listed.stdout
+
+
+def test_replay_moves_dead_letters_back_without_their_dead_letter_attributes(pubsub_emulator):
+    create_topic(PROJECT, "replay-events")
+    create_pull_subscription(PROJECT, "replay-events", "replay-events-pull")
+    create_topic(PROJECT, "replay-dead")
+    create_pull_subscription(PROJECT, "replay-dead", "replay-dead-inspect")
+    publish(PROJECT, "replay-dead", b'{"eventType": "DELIVERED"}', kind="user_event", dead_letter_reason="boom")
+    env = {"RBM_EVENTS_TOPIC": "replay-events"}
+    dry = cli("replay", "--subscription", "replay-dead-inspect", "--dry-run", env=env)
+    assert dry.returncode == 0 and '"would replay"' in dry.stdout and "boom" in dry.stdout
+    assert pull_all(PROJECT, "replay-events-pull", wait_seconds=1) == []
+    done = cli("replay", "--subscription", "replay-dead-inspect", env=env)
+    assert done.returncode == 0, done.stderr
+    assert pull_all(PROJECT, "replay-events-pull", wait_seconds=5, expect=1) == [(b'{"eventType": "DELIVERED"}', {"kind": "user_event"})]
+    assert pull_all(PROJECT, "replay-dead-inspect", wait_seconds=1) == []
+
+
+def test_unreachable_emulator_is_a_clear_error():
+    result = cli("status", "x", env={"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{free_port()}"})
+    assert result.returncode == 2 and "cannot reach" in result.stderr
