@@ -1,0 +1,44 @@
+"""Structured log lines: Cloud Logging's fields, masked phones, trace ids."""
+
+import json
+
+import pytest
+
+from functions import logs
+
+
+def lines(capsys):
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.mark.parametrize("phone, masked", [("+447700900123", "+44********23"), ("+15", "*15"), (None, None)])
+def test_mask_keeps_country_code_and_last_two_digits(phone, masked):
+    assert logs.mask_phone(phone) == masked
+
+
+def test_a_line_has_severity_message_labels_and_a_masked_phone(capsys):
+    logs.info("hello", phone="+447700900123", message_id="m1", agent_id="a", event="x")
+    [line] = lines(capsys)
+    assert line["severity"] == "INFO" and line["message"] == "hello" and line["event"] == "x"
+    assert line["phone"] == "+44********23"
+    assert line["logging.googleapis.com/labels"] == {"message_id": "m1", "agent_id": "a"}
+
+
+@pytest.mark.parametrize("headers", [
+    {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    {"X-Cloud-Trace-Context": "0af7651916cd43dd8448eb211c80319c/123;o=1"},
+])
+def test_trace_comes_from_either_header(capsys, monkeypatch, headers):
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "p")
+    logs.bind_trace(headers)
+    logs.info("traced")
+    assert lines(capsys)[0]["logging.googleapis.com/trace"] == "projects/p/traces/0af7651916cd43dd8448eb211c80319c"
+    logs.bind_trace({})
+
+
+def test_debug_is_off_unless_asked(capsys, monkeypatch):
+    logs.debug("quiet")
+    assert lines(capsys) == []
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    logs.debug("loud")
+    assert lines(capsys)[0]["severity"] == "DEBUG"
