@@ -263,13 +263,15 @@ def create_pull_subscription(project: str, topic: str, sub: str) -> str:
 
 
 def create_push_subscription(project: str, topic: str, sub: str, push_endpoint: str,
-                             dead_letter_topic=None, max_delivery_attempts=None) -> str:
+                             dead_letter_topic=None, max_delivery_attempts=None, filter: str = "") -> str:
     """A push subscription; with `dead_letter_topic` (an id in `project`),
-    messages go there after `max_delivery_attempts` failed pushes."""
+    messages go there after `max_delivery_attempts` failed pushes. The
+    emulator accepts `filter` but does not apply it."""
     request = {
         "name": f"projects/{project}/subscriptions/{sub}",
         "topic": f"projects/{project}/topics/{topic}",
         "push_config": {"push_endpoint": push_endpoint},
+        "filter": filter,
     }
     if dead_letter_topic:
         request["dead_letter_policy"] = {

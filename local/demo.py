@@ -1,0 +1,163 @@
+"""The demo scenario: a mixed population of users, sent through the whole stack.
+
+Each kind of user has a fate the relay must reach (`KINDS`); the demo shows
+the states moving, then a table of every message with its timings, and
+checks the fates, including the SMS counted at the fake provider.
+"""
+
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from functions import store
+from functions.logs import mask_phone
+from functions.model import Fallback, Message, State
+
+
+@dataclass(frozen=True)
+class Kind:
+    device: str  # simulator mode: online, offline, not_rcs
+    expect: tuple[State, Fallback]
+    online_after: float | None = None  # × deadline, for an offline device that connects later
+    time_sensitive: bool = False
+    revoke_fails: bool = False  # every revoke answers 500: delivery stays uncertain
+    unsubscribes: bool = False  # the user unsubscribes before the deadline
+
+
+KINDS = {
+    "online": Kind("online", (State.READ, Fallback.CANCELLED)),
+    "late": Kind("offline", (State.DELIVERED, Fallback.CANCELLED), online_after=0.4),
+    "never": Kind("offline", (State.REVOKED, Fallback.SENT)),
+    "not_rcs": Kind("not_rcs", (State.UNREACHABLE, Fallback.SENT)),
+    "unsubscribes": Kind("offline", (State.REVOKED, Fallback.CANCELLED), unsubscribes=True),
+    # Its revoke never succeeds, so its SMS goes out anyway; RCS arrives later: both reach the user.
+    "urgent": Kind("offline", (State.DELIVERED, Fallback.SENT), online_after=3.0, time_sensitive=True, revoke_fails=True),
+}
+SMS_EXPECTED = {"never", "not_rcs", "urgent"}  # not delivered by the deadline: exactly one SMS each
+
+
+@dataclass
+class Planned:
+    kind: str
+    phone: str
+    message_id: str
+
+
+def plan(population: int) -> list[Planned]:
+    names = list(KINDS)
+    return [Planned(names[i % len(names)], f"+1555{i:07d}", str(uuid.uuid4())) for i in range(population)]
+
+
+def launch(stack, planned: list[Planned], deadline: int) -> None:
+    """Devices into the simulator, then every message through send_message."""
+    rbm = stack.rbm
+    for p in planned:
+        kind = KINDS[p.kind]
+        online_after = kind.online_after * deadline if kind.online_after else None
+        rbm.add_device(p.phone, kind.device, online_after=online_after, read_after=1.0 if p.kind == "online" else None)
+        if kind.revoke_fails:
+            rbm.script("revoke", p.message_id, [500] * 1000)
+        if kind.unsubscribes:
+            threading.Timer(deadline * 0.25, rbm.unsubscribe, [p.phone]).start()
+    for p in planned:
+        body = {"phone": p.phone, "message_id": p.message_id, "content": {"text": f"Hello {p.kind}"},
+                "revoke_after_seconds": deadline,
+                "fallback": {"text": f"SMS for {p.kind}", "time_sensitive": KINDS[p.kind].time_sensitive}}
+        response = stack.send(**body)
+        if response.status_code >= 500:
+            raise RuntimeError(f"send_message answered {response.status_code}: {response.text}")
+
+
+def documents(planned: list[Planned]) -> dict[str, Message | None]:
+    return {p.message_id: store.get_message(p.message_id) for p in planned}
+
+
+def settled(planned: list[Planned], docs: dict) -> bool:
+    return all(docs[p.message_id] and (docs[p.message_id].state, docs[p.message_id].fallback) == KINDS[p.kind].expect
+               for p in planned)
+
+
+def progress(docs: dict, started: float) -> str:
+    states, fallbacks = {}, {}
+    for m in filter(None, docs.values()):
+        states[m.state.value] = states.get(m.state.value, 0) + 1
+        fallbacks[m.fallback.value] = fallbacks.get(m.fallback.value, 0) + 1
+    show = lambda counts: " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))  # noqa: E731
+    return f"t={time.monotonic() - started:5.1f}s  state {show(states)}  |  fallback {show(fallbacks)}"
+
+
+def _seconds(start, end) -> float | None:
+    return round((end - start).total_seconds(), 1) if start and end else None
+
+
+def timings(m: Message) -> dict:
+    """Seconds between the milestones of a message; an SMS sent before the
+    deadline (no RCS at all) is timed from the send instead."""
+    early = m.fallback_sent_at and m.revoke_at and m.fallback_sent_at < m.revoke_at
+    return {"send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at), "send→read": _seconds(m.sent_at, m.read_at),
+            "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
+            "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
+            "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None}
+
+
+def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
+    """Every way the run broke the scenario's fates or the one-SMS rule."""
+    found = []
+    sms = {}
+    for record in stack.sms.sent:
+        sms[record["to"]] = sms.get(record["to"], 0) + 1
+    for p in planned:
+        m = docs[p.message_id]
+        got = (m.state, m.fallback) if m else None
+        if got != KINDS[p.kind].expect:
+            found.append(f"{p.kind} {p.message_id}: {got} instead of {KINDS[p.kind].expect}")
+        want = 1 if p.kind in SMS_EXPECTED else 0
+        if sms.get(p.phone, 0) != want:
+            found.append(f"{p.kind} {p.message_id}: {sms.get(p.phone, 0)} SMS instead of {want}")
+    return found
+
+
+def table(planned: list[Planned], docs: dict) -> str:
+    columns = ["kind", "phone", "state", "fallback", "send→delivered", "send→read", "deadline→revoked", "deadline→SMS", "send→SMS"]
+    rows = [columns]
+    for p in planned:
+        m = docs[p.message_id]
+        cells = {"kind": p.kind, "phone": mask_phone(p.phone), "state": m.state.value if m else "-",
+                 "fallback": m.fallback.value if m else "-", **(timings(m) if m else {})}
+        rows.append([str(cells.get(c) if cells.get(c) is not None else "-") for c in columns])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def summary(docs: dict) -> dict:
+    """p50 / p99 of the pipeline's timings over the run."""
+    out = {}
+    for name in ("send→delivered", "deadline→SMS"):
+        values = sorted(v for m in filter(None, docs.values()) if (v := timings(m)[name]) is not None)
+        if values:
+            out[name] = {"n": len(values), "p50": statistics.median(values),
+                         "p99": values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]}
+    return out
+
+
+def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0, out=sys.stdout) -> bool:
+    planned = plan(population)
+    started = time.monotonic()
+    launch(stack, planned, deadline)
+    tty = out.isatty()
+    docs = documents(planned)
+    while not settled(planned, docs) and time.monotonic() - started < timeout:
+        print(("\r" if tty else "") + progress(docs, started), end="" if tty else "\n", file=out, flush=True)
+        time.sleep(1.0 if tty else 5.0)
+        docs = documents(planned)
+    stack.rbm.wait_idle(10)
+    docs = documents(planned)
+    print(("\r" if tty else "") + progress(docs, started), file=out)
+    print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period} s: {summary(docs)}", file=out)
+    found = problems(stack, planned, docs)
+    print("\n".join(["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found
+                    else ["PROBLEMS:"] + found), file=out, flush=True)
+    return not found
