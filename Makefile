@@ -3,6 +3,7 @@
 
 PYTHON ?= python3.11
 VENV := .venv
+CHECKOV_VENV := .venv-checkov
 
 .PHONY: venv test unit run
 
@@ -16,8 +17,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -q -r requirements-dev.txt
 	touch $@
 
-test: venv
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+# checkov (the infra policy check) in an environment of its own.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r requirements-checkov.txt
+	touch $@
+
+test: venv $(CHECKOV_VENV)/.installed
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(VENV)/bin/python -m pytest -q $(ARGS)
 
 unit: venv
 	$(VENV)/bin/python -m pytest -q tests/unit $(ARGS)

@@ -46,9 +46,9 @@ class Planned:
     message_id: str
 
 
-def plan(population: int) -> list[Planned]:
-    names = list(KINDS)
-    return [Planned(names[i % len(names)], f"+1555{i:07d}", str(uuid.uuid4())) for i in range(population)]
+def plan(population: int, kinds=tuple(KINDS), first_phone: int = 0) -> list[Planned]:
+    """`population` messages, one user each, the kinds taken in turn."""
+    return [Planned(kinds[i % len(kinds)], f"+1555{first_phone + i:07d}", str(uuid.uuid4())) for i in range(population)]
 
 
 def launch(stack, planned: list[Planned], deadline: int) -> None:
@@ -67,7 +67,7 @@ def launch(stack, planned: list[Planned], deadline: int) -> None:
                 "revoke_after_seconds": deadline,
                 "fallback": {"text": f"SMS for {p.kind}", "time_sensitive": KINDS[p.kind].time_sensitive}}
         response = stack.send(**body)
-        if response.status_code >= 500:
+        if response.status_code != 200:
             raise RuntimeError(f"send_message answered {response.status_code}: {response.text}")
 
 
@@ -143,11 +143,9 @@ def summary(docs: dict) -> dict:
     return out
 
 
-def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0, out=sys.stdout) -> bool:
-    planned = plan(population)
-    started = time.monotonic()
-    launch(stack, planned, deadline)
-    tty = out.isatty()
+def watch(stack, planned: list[Planned], timeout: float, out=sys.stdout) -> dict[str, Message | None]:
+    """Shows progress until every message reached its fate, or `timeout`; the final documents."""
+    started, tty = time.monotonic(), out.isatty()
     docs = documents(planned)
     while not settled(planned, docs) and time.monotonic() - started < timeout:
         print(("\r" if tty else "") + progress(docs, started), end="" if tty else "\n", file=out, flush=True)
@@ -155,7 +153,15 @@ def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0,
         docs = documents(planned)
     stack.rbm.wait_idle(10)
     docs = documents(planned)
-    print(("\r" if tty else "") + progress(docs, started), file=out)
+    print(("\r" if tty else "") + progress(docs, started), file=out, flush=True)
+    return docs
+
+
+def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0, out=sys.stdout) -> bool:
+    """The demo: launch, watch, then the table, the timings and the verdict."""
+    planned = plan(population)
+    launch(stack, planned, deadline)
+    docs = watch(stack, planned, timeout, out)
     print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period} s: {summary(docs)}", file=out)
     found = problems(stack, planned, docs)
     print("\n".join(["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found

@@ -57,7 +57,8 @@ def google_error(status: int, message: str = "") -> tuple[int, dict]:
     return status, {"error": {"code": status, "message": message or default, "status": name}}
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
+    """The current UTC time as RBM writes it, e.g. 2026-01-01T00:00:00.123456Z."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -138,6 +139,14 @@ class FakeRbm(FakeServer):
                 return False
             message["state"] = "delivered"
             return True
+
+    # Hooks for a subclass that plays the devices; called under the lock.
+
+    def _queued(self, message_id: str, message: dict) -> None:
+        """A create queued a new message (not a repeated messageId)."""
+
+    def _revoked(self, message_id: str, message: dict) -> None:
+        """A DELETE revoked a queued message."""
 
     # Records
 
@@ -238,8 +247,9 @@ class FakeRbm(FakeServer):
             r["duplicate"] = True
             message["duplicates"] += 1
         else:
-            message = {"phone": phone, "agent_id": r["agent_id"], "body": body, "state": "queued", "send_time": _now(), "duplicates": 0}
+            message = {"phone": phone, "agent_id": r["agent_id"], "body": body, "state": "queued", "send_time": now_rfc3339(), "duplicates": 0}
             self._messages[message_id] = message
+            self._queued(message_id, message)
         fields = {k: v for k, v in message["body"].items() if k not in ("name", "sendTime")}
         return 200, {"name": f"phones/{message['phone']}/agentMessages/{message_id}", "sendTime": message["send_time"], **fields}
 
@@ -251,6 +261,7 @@ class FakeRbm(FakeServer):
         if message is None or (message["phone"], message["agent_id"], message["state"]) != (r["phone"], r["agent_id"], "queued"):
             return google_error(404)  # unknown, delivered already, or revoked already
         message["state"] = "revoked"
+        self._revoked(r["message_id"], message)
         return 200, {}
 
     def _event(self, r: dict) -> tuple[int, Any]:

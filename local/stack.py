@@ -33,8 +33,10 @@ class Stack:
     """Starts and stops the pipeline. `functions[name]` is each entry point's process."""
 
     def __init__(self, workdir: Path | None = None, period: float = 5.0, settings: dict | None = None,
-                 simulator_options: dict | None = None):
+                 simulator_options: dict | None = None, pubsub_host: str | None = None, firestore_host: str | None = None):
+        """Emulator hosts given are used as they are; otherwise the stack starts its own."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rbm-relay-"))
+        self.pubsub_host, self.firestore_host = pubsub_host, firestore_host
         self.period, self.settings, self.simulator_options = period, settings or {}, simulator_options or {}
         self.functions: dict[str, FunctionProcess] = {}
         self.started: list = []
@@ -43,8 +45,8 @@ class Stack:
     def _env(self) -> dict:
         return {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
-            "PUBSUB_EMULATOR_HOST": self.pubsub.host,
-            "FIRESTORE_EMULATOR_HOST": self.firestore.host,
+            "PUBSUB_EMULATOR_HOST": self.pubsub_host,
+            "FIRESTORE_EMULATOR_HOST": self.firestore_host,
             "RBM_CLIENT_TOKEN": CLIENT_TOKEN,
             "RBM_EVENTS_TOPIC": TOPOLOGY["events_topic"],
             "RBM_DEAD_LETTER_TOPIC": TOPOLOGY["dead_letter_topic"],
@@ -69,10 +71,10 @@ class Stack:
         return thing.start()
 
     def start(self) -> "Stack":
-        self.pubsub = self._start(Emulator("pubsub", self.workdir, PROJECT))
-        self.firestore = self._start(Emulator("firestore", self.workdir, PROJECT))
-        os.environ.update(GOOGLE_CLOUD_PROJECT=PROJECT, PUBSUB_EMULATOR_HOST=self.pubsub.host,
-                          FIRESTORE_EMULATOR_HOST=self.firestore.host)
+        self.pubsub_host = self.pubsub_host or self._start(Emulator("pubsub", self.workdir, PROJECT)).host
+        self.firestore_host = self.firestore_host or self._start(Emulator("firestore", self.workdir, PROJECT)).host
+        os.environ.update(GOOGLE_CLOUD_PROJECT=PROJECT, PUBSUB_EMULATOR_HOST=self.pubsub_host,
+                          FIRESTORE_EMULATOR_HOST=self.firestore_host)
         self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))
         self.rbm = self._start(Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options))
         for name in HTTP_FUNCTIONS:

@@ -1,0 +1,584 @@
+#!/usr/bin/env bash
+# Deploys rbm-relay with gcloud alone: the resources infra/terraform/module
+# declares, created when missing and updated when present, so running it
+# again is safe.
+#
+#   infra/gcloud/deploy.sh [--dry-run] [--project ID] [--region REGION]
+#
+# --dry-run   prints every gcloud command that changes something on stdout, one
+#             per line, shell-quoted, and runs none. It shows a deployment into
+#             an empty project: the look-ups a real run makes go to stderr as
+#             "# check:" / "# query:" comments and are answered "missing";
+#             function URLs take their run.app form
+#             https://NAME-PROJECT_NUMBER.REGION.run.app. Same input and source tree,
+#             same output.
+#
+# Configuration comes from the environment; the flags above win. The
+# functions' own settings keep their names (see infra/README.md):
+#   PROJECT (required)          project id
+#   REGION                      default europe-west1
+#   PROJECT_NUMBER              looked up when unset
+#   RBM_AGENT_ID (required)     default agent of send_message
+#   RBM_API_ENDPOINT            default https://rcsbusinessmessaging.googleapis.com
+#   RBM_KEY_FROM_SECRET         true: RBM calls use the key in secret rbm-service-account-key
+#                               (default false: the functions' own identity)
+#   SMS_PROVIDER                twilio | webhook | empty (no SMS fallback)
+#   TWILIO_ACCOUNT_SID, TWILIO_FROM_NUMBER, TWILIO_MESSAGING_SERVICE_SID, TWILIO_API_BASE
+#   SMS_WEBHOOK_URL
+#   FIRESTORE_DATABASE          default (default); CREATE_FIRESTORE_DATABASE default true
+#   FIRESTORE_LOCATION          default REGION
+#   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
+#   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
+#   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
+#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS      tuning; the code's defaults otherwise
+#   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
+#   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
+#   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
+#   NOTIFICATION_CHANNELS       comma-separated notification channel ids for the alerts
+#   SIGNATURE_REJECTIONS_THRESHOLD  default 10 per 5 minutes
+#   PYTHON_RUNTIME              default python312
+#
+# Secrets are never passed to this script: add their values with
+#   printf '%s' "$VALUE" | gcloud secrets versions add SECRET_ID --data-file=-
+# The script creates the secrets and stops before deploying a function whose
+# secret has no value yet; run it again once the values are in.
+
+# shellcheck disable=SC2034 # the functions' settings are read by name, as ${!name}
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DRY_RUN=0
+
+while (($#)); do
+  case $1 in
+    --dry-run) DRY_RUN=1 ;;
+    --project) PROJECT=$2; shift ;;
+    --project=*) PROJECT=${1#*=} ;;
+    --region) REGION=$2; shift ;;
+    --region=*) REGION=${1#*=} ;;
+    -h | --help) sed -n '2,/^$/{/^$/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+die() { echo "deploy.sh: $*" >&2; exit 1; }
+
+: "${PROJECT:?set PROJECT (or --project)}"
+: "${RBM_AGENT_ID:?set RBM_AGENT_ID}"
+REGION=${REGION:-europe-west1}
+RBM_API_ENDPOINT=${RBM_API_ENDPOINT:-https://rcsbusinessmessaging.googleapis.com}
+RBM_KEY_FROM_SECRET=${RBM_KEY_FROM_SECRET:-false}
+SMS_PROVIDER=${SMS_PROVIDER:-}
+FIRESTORE_DATABASE=${FIRESTORE_DATABASE:-(default)}
+FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
+CREATE_FIRESTORE_DATABASE=${CREATE_FIRESTORE_DATABASE:-true}
+RBM_MESSAGES_COLLECTION=${RBM_MESSAGES_COLLECTION:-rbm_messages}
+RBM_CONVERSATIONS_COLLECTION=${RBM_CONVERSATIONS_COLLECTION:-rbm_conversations}
+LOG_LEVEL=${LOG_LEVEL:-INFO}
+PUBLISH_TIMEOUT_SECONDS=${PUBLISH_TIMEOUT_SECONDS:-5}
+RBM_RETRY_SECONDS=${RBM_RETRY_SECONDS:-10}
+PENDING_RESEND_SECONDS=${PENDING_RESEND_SECONDS:-60}
+RETENTION_DAYS=${RETENTION_DAYS:-90}
+SWEEP_PARALLELISM=${SWEEP_PARALLELISM:-16}
+SWEEP_BUDGET_SECONDS=${SWEEP_BUDGET_SECONDS:-90}
+LEASE_SECONDS=${LEASE_SECONDS:-120}
+RETRY_BACKOFF_SECONDS=${RETRY_BACKOFF_SECONDS:-30}
+REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
+FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
+WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
+WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
+SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
+SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
+NOTIFICATION_CHANNELS=${NOTIFICATION_CHANNELS:-}
+SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
+PYTHON_RUNTIME=${PYTHON_RUNTIME:-python312}
+
+# The settings of a provider not in use are dropped, as in Terraform.
+case $SMS_PROVIDER in
+  twilio) SMS_WEBHOOK_URL='' TWILIO_API_BASE=${TWILIO_API_BASE:-https://api.twilio.com} ;;
+  webhook) TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
+  "") SMS_WEBHOOK_URL='' TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
+  *) die "SMS_PROVIDER must be twilio, webhook or empty" ;;
+esac
+((SWEEP_BUDGET_SECONDS + 15 <= 120)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of the sweeps' 120 s timeout"
+
+# --- printing and running -----------------------------------------------------
+
+# Shell-quotes words only where needed, so the dry run reads like a script.
+quote() {
+  local out=() w
+  for w in "$@"; do
+    if [[ $w =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then out+=("$w"); else out+=("'${w//\'/\'\\\'\'}'"); fi
+  done
+  printf '%s\n' "${out[*]}"
+}
+
+# Runs a command that changes something (prints it only, in a dry run).
+run() {
+  if ((DRY_RUN)); then quote "$@"; else printf '+ %s' "$(quote "$@")" >&2; echo >&2; "$@"; fi
+}
+
+# True when a look-up command succeeds; a dry run assumes nothing exists.
+exists() {
+  if ((DRY_RUN)); then echo "# check: $(quote "$@")" >&2; return 1; fi
+  "$@" >/dev/null 2>&1
+}
+
+# Output of a look-up command; in a dry run, the given stand-in ($1).
+query() {
+  local stand_in=$1; shift
+  if ((DRY_RUN)); then echo "# query: $(quote "$@")" >&2; printf '%s\n' "$stand_in"; else "$@"; fi
+}
+
+# JSON files, source archives and monitoring definitions are handled in Python.
+py() { python3 -c "$PYHELPER" "$@"; }
+PYHELPER=$(cat <<'PY'
+import fnmatch, hashlib, io, json, os, re, shlex, sys, zipfile
+
+cmd, args = sys.argv[1], sys.argv[2:]
+
+def sh(name, value):
+    if isinstance(value, list):
+        print(f"{name}=({' '.join(shlex.quote(str(v)) for v in value)})")
+    else:
+        print(f"{name}={shlex.quote(str(value))}")
+
+def glob_re(pattern):
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+def source_files(root, excludes):
+    rules = [glob_re(p) for p in excludes]
+    for folder, dirs, files in os.walk(root):
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        rel = "" if rel == "." else rel + "/"
+        dirs[:] = sorted(d for d in dirs if not any(r.match(rel + d) or r.match(f"{rel}{d}/") for r in rules))
+        for f in sorted(files):
+            if not any(r.match(rel + f) for r in rules):
+                yield rel + f
+
+if cmd == "config":  # topology.json and firestore_indexes.json as shell variables
+    topology, indexes = (json.load(open(p)) for p in args)
+    for key in ("events_topic", "dead_letter_topic", "dead_letter_subscription", "max_delivery_attempts",
+                "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention"):
+        sh(key.upper(), topology[key])
+    for key in ("name", "entry_point", "filter"):
+        sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
+    sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
+    sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
+elif cmd in ("source-hash", "source-zip"):  # the deployed source: the repository less the excludes
+    root, excludes = args[0], args[1:]
+    files = list(source_files(root, excludes))
+    if cmd == "source-hash":
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.encode() + b"\0" + open(os.path.join(root, f), "rb").read() + b"\0")
+        print(digest.hexdigest()[:16])
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for f in files:
+                archive.write(os.path.join(root, f), f)
+        sys.stdout.buffer.write(buffer.getvalue())
+elif cmd == "index-keys":  # existing composite indexes, as collection:field,field
+    text = sys.stdin.read().strip()
+    for index in json.loads(text) if text else []:
+        collection = index["name"].split("/collectionGroups/")[1].split("/")[0]
+        fields = [f["fieldPath"] for f in index.get("fields", []) if f["fieldPath"] != "__name__"]
+        print(f"{collection}:{','.join(fields)}")
+elif cmd == "alert-policy":  # title severity filter aligner threshold documentation channels
+    title, severity, filt, aligner, threshold, doc, channels = args
+    print(json.dumps({
+        "displayName": title, "combiner": "OR", "severity": severity,
+        "notificationChannels": [c for c in channels.split(",") if c],
+        "userLabels": {"app": "rbm-relay"},
+        "conditions": [{"displayName": title, "conditionThreshold": {
+            "filter": filt, "comparison": "COMPARISON_GT", "thresholdValue": float(threshold), "duration": "0s",
+            "aggregations": [{"alignmentPeriod": "300s", "perSeriesAligner": aligner, "crossSeriesReducer": "REDUCE_SUM"}],
+            "trigger": {"count": 1}}}],
+        "alertStrategy": {"autoClose": "1800s"},
+        "documentation": {"content": doc, "mimeType": "text/markdown"},
+    }, sort_keys=True))
+elif cmd == "dashboard":  # service filter, dead-letter backlog filter, push subscription names
+    services, backlog, subscriptions = args[0], args[1], args[2:]
+    log = lambda e: f'metric.type="logging.googleapis.com/user/rbm_relay/{e}" AND resource.type="cloud_run_revision"'
+    age = ('metric.type="pubsub.googleapis.com/subscription/oldest_unacked_message_age" '
+           'AND resource.type="pubsub_subscription" AND resource.labels.subscription_id="{}"')
+    charts = [  # the same charts as monitoring.tf
+        ("Delivery funnel (per 5 min)", False,
+         {e: log(e) for e in ("message_sent", "receipt_delivered", "receipt_read", "message_revoked", "sms_sent")}),
+        ("Webhook: events published, signatures rejected", False,
+         {e: log(e) for e in ("event_published", "signature_rejected")}),
+        ("Needs a person: fallbacks UNKNOWN, events dead-lettered", False,
+         {e: log(e) for e in ("fallback_unknown", "event_dead_lettered")}),
+        ("Function 5xx responses", False, {"5xx": f'metric.type="run.googleapis.com/request_count" AND {services} '
+                                                  'AND metric.labels.response_code_class="5xx"'}),
+        ("Push subscriptions: oldest unacked event age (s)", True, {s: age.format(s) for s in subscriptions}),
+        ("Dead-letter backlog", True, {"backlog": backlog}),
+    ]
+    tiles = [{
+        "xPos": (i % 2) * 24, "yPos": (i // 2) * 16, "width": 24, "height": 16,
+        "widget": {"title": title, "xyChart": {"dataSets": [{
+            "plotType": "LINE", "legendTemplate": label, "targetAxis": "Y1",
+            "timeSeriesQuery": {"timeSeriesFilter": {"filter": f, "aggregation": {
+                "alignmentPeriod": "300s",
+                "perSeriesAligner": "ALIGN_MAX" if gauge else "ALIGN_SUM",
+                "crossSeriesReducer": "REDUCE_MAX" if gauge else "REDUCE_SUM"}}},
+        } for label, f in series.items()]}},
+    } for i, (title, gauge, series) in enumerate(charts)]
+    print(json.dumps({"displayName": "rbm-relay: delivery", "mosaicLayout": {"columns": 48, "tiles": tiles}}, sort_keys=True))
+else:
+    sys.exit(f"unknown helper command {cmd}")
+PY
+)
+
+eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.json")"
+
+# --- what gets deployed ---------------------------------------------------------
+
+# Every function, keyed by its entry point in main.py: the same table as
+# infra/terraform/module/locals.tf, where the sizing is justified. Each gets
+# 512Mi and 1 CPU; concurrency, timeout (s) and min / max instances vary.
+#  entry point     name                invoker   ingress               conc. timeout               min                    max                    settings                            secrets
+FUNCTIONS=(
+  "receive_webhook rbm-receive-webhook public    all                   80    30                    $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES common,publish                      RBM_CLIENT_TOKEN"
+  "track_delivery  rbm-track-delivery  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store            -"
+  "record_inbound  rbm-record-inbound  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store,agent      -"
+  "send_message    rbm-send-message    clients   $SEND_MESSAGE_INGRESS 20    60                    0                      20                     common,store,agent,rbm              RBM_SERVICE_ACCOUNT_KEY"
+  "revoke_expired  rbm-revoke-expired  scheduler internal-only         1     120                   0                      1                      common,store,agent,rbm,sweep,revoke RBM_SERVICE_ACCOUNT_KEY"
+  "send_fallbacks  rbm-send-fallbacks  scheduler internal-only         1     120                   0                      1                      common,store,sweep,sms              TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET"
+)
+MEMORY=512Mi
+CPU=1
+
+declare -A SETTING_GROUPS=(
+  [common]="GOOGLE_CLOUD_PROJECT LOG_LEVEL"
+  [publish]="RBM_EVENTS_TOPIC PUBLISH_TIMEOUT_SECONDS"
+  [dead_letter]="RBM_DEAD_LETTER_TOPIC PUBLISH_TIMEOUT_SECONDS"
+  [store]="FIRESTORE_DATABASE RBM_MESSAGES_COLLECTION RBM_CONVERSATIONS_COLLECTION RETENTION_DAYS"
+  [agent]="RBM_AGENT_ID"
+  [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
+  [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS"
+  [revoke]="REVOKE_MAX_ATTEMPTS"
+  [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE"
+)
+GOOGLE_CLOUD_PROJECT=$PROJECT
+RBM_EVENTS_TOPIC=$EVENTS_TOPIC
+RBM_DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC
+
+# Settings read from Secret Manager: environment name -> secret id, for the
+# ones this configuration uses.
+declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token)
+if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY]=rbm-service-account-key; fi
+if [[ $SMS_PROVIDER == twilio ]]; then SECRETS[TWILIO_AUTH_TOKEN]=rbm-twilio-auth-token; fi
+if [[ $SMS_PROVIDER == webhook ]]; then SECRETS[SMS_WEBHOOK_SECRET]=rbm-sms-webhook-secret; fi
+
+# Same list as source_excludes in infra/terraform/module/source.tf.
+SOURCE_EXCLUDES=(
+  .git ".git/**" ".github/**" ".ci/**" ".venv/**" ".run/**" ".terraform/**"
+  ".pytest_cache/**" ".hypothesis/**" "**/__pycache__/**" "**/*.pyc"
+  "tests/**" "bench/**" "local/**" "infra/**" "docs/**"
+  "**/*.md" .gitignore Makefile pytest.ini requirements-dev.txt
+)
+
+APIS=(
+  artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com
+  cloudscheduler.googleapis.com firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com
+  logging.googleapis.com monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com
+  secretmanager.googleapis.com storage.googleapis.com
+)
+
+LABELS=app=rbm-relay
+P=(--project="$PROJECT")
+sa_email() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
+
+# --- project ---------------------------------------------------------------------
+
+if ((DRY_RUN)); then echo "# dry run: project $PROJECT, region $REGION" >&2; fi
+run gcloud services enable "${APIS[@]}" "${P[@]}"
+PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe "$PROJECT" --format='value(projectNumber)')}
+
+# --- identities --------------------------------------------------------------------
+
+ensure_sa() {  # account-id description
+  exists gcloud iam service-accounts describe "$(sa_email "$1")" "${P[@]}" ||
+    run gcloud iam service-accounts create "$1" --display-name="rbm-relay $1" --description="$2" "${P[@]}"
+}
+for row in "${FUNCTIONS[@]}"; do
+  read -r ep name _ <<<"$row"
+  ensure_sa "$name" "Runs $ep."
+done
+ensure_sa rbm-pubsub-push "Identity in the OIDC token of the push subscriptions."
+ensure_sa rbm-scheduler "Identity in the OIDC token of the sweep jobs."
+ensure_sa rbm-build "Builds the functions."
+
+PUSH_SA=$(sa_email rbm-pubsub-push)
+SCHEDULER_SA=$(sa_email rbm-scheduler)
+BUILD_SA=$(sa_email rbm-build)
+run gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
+PUBSUB_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+for role in roles/logging.logWriter roles/artifactregistry.writer; do
+  run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role="$role" --condition=None --quiet
+done
+run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUBSUB_AGENT" \
+  --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
+
+# --- Pub/Sub: topics and the dead-letter inspection subscription ------------------------
+
+for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC"; do
+  exists gcloud pubsub topics describe "$topic" "${P[@]}" ||
+    run gcloud pubsub topics create "$topic" --labels="$LABELS" "${P[@]}"
+done
+run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
+
+INSPECT=(--ack-deadline="$ACK_DEADLINE_SECONDS" --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never)
+if exists gcloud pubsub subscriptions describe "$DEAD_LETTER_SUBSCRIPTION" "${P[@]}"; then
+  run gcloud pubsub subscriptions update "$DEAD_LETTER_SUBSCRIPTION" "${INSPECT[@]}" --update-labels="$LABELS" "${P[@]}"
+else
+  run gcloud pubsub subscriptions create "$DEAD_LETTER_SUBSCRIPTION" --topic="$DEAD_LETTER_TOPIC" "${INSPECT[@]}" --labels="$LABELS" "${P[@]}"
+fi
+
+# --- secrets: containers only; the values are added out of band ------------------------
+
+MISSING_VALUES=()
+for name in $(printf '%s\n' "${!SECRETS[@]}" | sort); do
+  secret=${SECRETS[$name]}
+  exists gcloud secrets describe "$secret" "${P[@]}" ||
+    run gcloud secrets create "$secret" --replication-policy=automatic --labels="$LABELS" "${P[@]}"
+  if ((!DRY_RUN)) && [[ -z $(gcloud secrets versions list "$secret" --filter=state:ENABLED --limit=1 --format='value(name)' "${P[@]}") ]]; then
+    MISSING_VALUES+=("$secret")
+  fi
+done
+if ((${#MISSING_VALUES[@]})); then
+  echo "These secrets have no value yet; add one to each, then run this script again:" >&2
+  for secret in "${MISSING_VALUES[@]}"; do
+    echo "  printf '%s' \"\$VALUE\" | gcloud secrets versions add $secret --data-file=- --project=$PROJECT" >&2
+  done
+  exit 1
+fi
+
+# --- Firestore ------------------------------------------------------------------------
+
+F=(--database="$FIRESTORE_DATABASE" "${P[@]}")
+if [[ $CREATE_FIRESTORE_DATABASE == true ]]; then
+  exists gcloud firestore databases describe --database="$FIRESTORE_DATABASE" "${P[@]}" ||
+    run gcloud firestore databases create --database="$FIRESTORE_DATABASE" --location="$FIRESTORE_LOCATION" \
+      --type=firestore-native --delete-protection --enable-pitr "${P[@]}"
+fi
+
+collection_name() {  # infra/firestore_indexes.json names collections by their default names
+  case $1 in
+    rbm_messages) echo "$RBM_MESSAGES_COLLECTION" ;;
+    rbm_conversations) echo "$RBM_CONVERSATIONS_COLLECTION" ;;
+    *) echo "$1" ;;
+  esac
+}
+EXISTING_INDEXES=$(query "" gcloud firestore indexes composite list "${F[@]}" --format=json | py index-keys)
+for i in "${!INDEX_COLLECTIONS[@]}"; do
+  collection=$(collection_name "${INDEX_COLLECTIONS[$i]}")
+  if grep -qxF "$collection:${INDEX_FIELDS[$i]}" <<<"$EXISTING_INDEXES"; then continue; fi
+  field_configs=()
+  IFS=, read -ra fields <<<"${INDEX_FIELDS[$i]}"
+  for field in "${fields[@]}"; do field_configs+=(--field-config="field-path=$field,order=ascending"); done
+  run gcloud firestore indexes composite create --collection-group="$collection" --query-scope=collection \
+    "${field_configs[@]}" "${F[@]}" --async
+done
+
+# TTL on expire_at, exempt from single-field indexes (nothing queries it).
+for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages; do
+  run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --async --quiet
+  run gcloud firestore indexes fields update expire_at --collection-group="$group" --disable-indexes "${F[@]}" --async --quiet
+done
+
+# --- source ------------------------------------------------------------------------------
+
+BUCKET=gs://$PROJECT-rbm-relay-source
+exists gcloud storage buckets describe "$BUCKET" "${P[@]}" ||
+  run gcloud storage buckets create "$BUCKET" --location="$REGION" --uniform-bucket-level-access \
+    --public-access-prevention "${P[@]}"
+run gcloud storage buckets update "$BUCKET" --versioning "${P[@]}"
+run gcloud storage buckets add-iam-policy-binding "$BUCKET" --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer "${P[@]}"
+
+# Named by content: an unchanged tree is not uploaded again.
+SOURCE=$BUCKET/source/rbm-relay-$(py source-hash "$ROOT" "${SOURCE_EXCLUDES[@]}").zip
+if ! exists gcloud storage objects describe "$SOURCE" "${P[@]}"; then
+  if ((DRY_RUN)); then
+    echo "# stdin: the repository zipped, less $(quote "${SOURCE_EXCLUDES[@]}")" >&2
+    quote gcloud storage cp - "$SOURCE" "${P[@]}"
+  else
+    py source-zip "$ROOT" "${SOURCE_EXCLUDES[@]}" | run gcloud storage cp - "$SOURCE" "${P[@]}"
+  fi
+fi
+
+# --- functions ------------------------------------------------------------------------------
+
+declare -A URLS
+for row in "${FUNCTIONS[@]}"; do
+  read -r ep name invoker ingress concurrency timeout min max settings secrets <<<"$row"
+  sa=$(sa_email "$name")
+
+  IFS=, read -ra groups <<<"$settings"
+  env_vars=()
+  for var in $(for g in "${groups[@]}"; do tr ' ' '\n' <<<"${SETTING_GROUPS[$g]}"; done | sort -u); do
+    value=${!var:-}
+    if [[ -z $value ]]; then continue; fi # unset: the code's default applies
+    if [[ $value == *,* ]]; then die "$var contains a comma, which --set-env-vars cannot carry"; fi
+    env_vars+=("$var=$value")
+  done
+  # Its secrets, among those this configuration uses; each readable by it alone.
+  secret_refs=()
+  IFS=, read -ra wanted <<<"$secrets"
+  for setting in "${wanted[@]}"; do
+    if [[ -z ${SECRETS[$setting]:-} ]]; then continue; fi
+    secret_refs+=("$setting=${SECRETS[$setting]}:latest")
+    run gcloud secrets add-iam-policy-binding "${SECRETS[$setting]}" --member="serviceAccount:$sa" \
+      --role=roles/secretmanager.secretAccessor "${P[@]}"
+  done
+  if ((${#secret_refs[@]})); then
+    secret_flag=--set-secrets="$(IFS=,; echo "${secret_refs[*]}")"
+  else
+    secret_flag=--clear-secrets
+  fi
+
+  # Least privilege: Firestore for all but the webhook; publisher on exactly its topic.
+  if [[ $ep == receive_webhook ]]; then
+    run gcloud pubsub topics add-iam-policy-binding "$EVENTS_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
+  else
+    run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role=roles/datastore.user --condition=None --quiet
+  fi
+  if [[ $invoker == pubsub ]]; then
+    run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
+  fi
+
+  public=--no-allow-unauthenticated
+  if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM calls without Google credentials; HMAC-verified
+  run gcloud functions deploy "$name" --gen2 --region="$REGION" --runtime="$PYTHON_RUNTIME" \
+    --entry-point="$ep" --source="$SOURCE" --trigger-http "$public" \
+    --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+    --memory="$MEMORY" --cpu="$CPU" --concurrency="$concurrency" --timeout="${timeout}s" \
+    --min-instances="$min" --max-instances="$max" --ingress-settings="$ingress" \
+    --set-env-vars="$(IFS=,; echo "${env_vars[*]}")" "$secret_flag" \
+    --update-labels="$LABELS" "${P[@]}" --quiet
+
+  URLS[$ep]=$(query "https://$name-$PROJECT_NUMBER.$REGION.run.app" \
+    gcloud functions describe "$name" --gen2 --region="$REGION" --format='value(serviceConfig.uri)' "${P[@]}")
+
+  invokers=()
+  case $invoker in
+    pubsub) invokers=("serviceAccount:$PUSH_SA") ;;
+    scheduler) invokers=("serviceAccount:$SCHEDULER_SA") ;;
+    clients) IFS=, read -ra invokers <<<"$SEND_MESSAGE_INVOKERS" ;;
+  esac
+  for member in "${invokers[@]}"; do
+    run gcloud run services add-iam-policy-binding "$name" --region="$REGION" --member="$member" --role=roles/run.invoker "${P[@]}"
+  done
+
+  if [[ $invoker == scheduler ]]; then
+    job=(--location="$REGION" --schedule="* * * * *" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=POST
+      --oidc-service-account-email="$SCHEDULER_SA" --oidc-token-audience="${URLS[$ep]}"
+      --attempt-deadline="$((timeout + 30))s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
+      --max-retry-duration=50s --description="Runs $ep every minute." "${P[@]}")
+    if exists gcloud scheduler jobs describe "$name" --location="$REGION" "${P[@]}"; then
+      run gcloud scheduler jobs update http "$name" "${job[@]}"
+    else
+      run gcloud scheduler jobs create http "$name" "${job[@]}"
+    fi
+  fi
+done
+
+# --- push subscriptions, from infra/topology.json -------------------------------------------
+
+for i in "${!SUB_NAMES[@]}"; do
+  sub=${SUB_NAMES[$i]} url=${URLS[${SUB_ENTRY_POINTS[$i]}]}
+  push=(--push-endpoint="$url/projects/$PROJECT/topics/$EVENTS_TOPIC" --push-auth-service-account="$PUSH_SA"
+    --push-auth-token-audience="$url" --ack-deadline="$ACK_DEADLINE_SECONDS"
+    --dead-letter-topic="$DEAD_LETTER_TOPIC" --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
+    --min-retry-delay="$MINIMUM_BACKOFF" --max-retry-delay="$MAXIMUM_BACKOFF"
+    --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+  if exists gcloud pubsub subscriptions describe "$sub" "${P[@]}"; then
+    current=$(gcloud pubsub subscriptions describe "$sub" --format='value(filter)' "${P[@]}")
+    if [[ $current != "${SUB_FILTERS[$i]}" ]]; then
+      die "subscription $sub has filter [$current], topology.json says [${SUB_FILTERS[$i]}]; filters are immutable: delete the subscription and run again"
+    fi
+    run gcloud pubsub subscriptions update "$sub" "${push[@]}" --update-labels="$LABELS"
+  else
+    run gcloud pubsub subscriptions create "$sub" --topic="$EVENTS_TOPIC" --message-filter="${SUB_FILTERS[$i]}" \
+      "${push[@]}" --labels="$LABELS"
+  fi
+  run gcloud pubsub subscriptions add-iam-policy-binding "$sub" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+done
+
+# --- observability ----------------------------------------------------------------------------
+
+SERVICES=$(for row in "${FUNCTIONS[@]}"; do read -r _ name _ <<<"$row"; printf '"%s" OR ' "$name"; done)
+SERVICE_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(${SERVICES% OR })"
+# jsonPayload.event -> description; the table in infra/README.md.
+METRICS=(
+  "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature."
+  "event_published|RBM events the webhook published to Pub/Sub."
+  "message_sent|Messages the RBM API accepted from send_message or a re-send."
+  "receipt_delivered|DELIVERED receipts applied to a message."
+  "receipt_read|READ receipts applied to a message."
+  "message_revoked|Messages revoke_expired revoked after their deadline."
+  "sms_sent|SMS fallbacks sent."
+  "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
+  "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
+)
+for row in "${METRICS[@]}"; do
+  event=${row%%|*} description=${row#*|}
+  metric=(--description="$description" --log-filter="$SERVICE_FILTER AND jsonPayload.event=\"$event\"" "${P[@]}")
+  if exists gcloud logging metrics describe "rbm_relay/$event" "${P[@]}"; then
+    run gcloud logging metrics update "rbm_relay/$event" "${metric[@]}"
+  else
+    run gcloud logging metrics create "rbm_relay/$event" "${metric[@]}"
+  fi
+done
+
+log_metric() { echo "metric.type=\"logging.googleapis.com/user/rbm_relay/$1\" AND resource.type=\"cloud_run_revision\""; }
+DEAD_LETTER_BACKLOG="metric.type=\"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"$DEAD_LETTER_SUBSCRIPTION\""
+ensure_policy() {  # title severity filter aligner threshold documentation
+  local policy existing
+  policy=$(py alert-policy "$@" "$NOTIFICATION_CHANNELS")
+  existing=$(query "" gcloud monitoring policies list --filter="displayName=\"$1\"" --format='value(name)' "${P[@]}")
+  if [[ -n $existing ]]; then
+    run gcloud monitoring policies update "$existing" --policy="$policy" "${P[@]}"
+  else
+    run gcloud monitoring policies create --policy="$policy" "${P[@]}"
+  fi
+}
+ensure_policy "rbm-relay: webhook signatures rejected" WARNING "$(log_metric signature_rejected)" ALIGN_SUM \
+  "$SIGNATURE_REJECTIONS_THRESHOLD" "Many webhook requests failed X-Goog-Signature verification. A rotated client token not yet in the secret rbm-client-token is the usual cause; RBM keeps retrying, so events are delayed, not lost. Query: jsonPayload.event=\"signature_rejected\"."
+ensure_policy "rbm-relay: SMS fallback outcome unknown" ERROR "$(log_metric fallback_unknown)" ALIGN_SUM 0 \
+  "An SMS send was interrupted and its outcome cannot be known; it is never retried automatically. Check the provider's log for the message id and settle it by hand. Query: jsonPayload.event=\"fallback_unknown\"."
+ensure_policy "rbm-relay: events dead-lettered by a subscriber" ERROR "$(log_metric event_dead_lettered)" ALIGN_SUM 0 \
+  "A subscriber found an event it can never process and dead-lettered it with a reason. Query: jsonPayload.event=\"event_dead_lettered\"; the message waits in the subscription $DEAD_LETTER_SUBSCRIPTION for replay."
+ensure_policy "rbm-relay: dead-letter backlog" ERROR "$DEAD_LETTER_BACKLOG" ALIGN_MAX 0 \
+  "Messages wait in $DEAD_LETTER_SUBSCRIPTION: dead-lettered by a subscriber, or by Pub/Sub after $MAX_DELIVERY_ATTEMPTS failed pushes (a subscriber crashing or erroring on every attempt). Inspect, fix, replay."
+ensure_policy "rbm-relay: webhook answering 5xx" ERROR \
+  "metric.type=\"run.googleapis.com/request_count\" AND resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"rbm-receive-webhook\" AND metric.labels.response_code_class=\"5xx\"" \
+  ALIGN_SUM 5 "The webhook answers 503 when Pub/Sub does not confirm a publish (jsonPayload.event=\"publish_failed\"). RBM retries, but its queue is shared by every agent of the partner: a failing webhook delays all of them."
+
+DASHBOARD=$(py dashboard "$SERVICE_FILTER" "$DEAD_LETTER_BACKLOG" "${SUB_NAMES[@]}")
+existing=$(query "" gcloud monitoring dashboards list --filter='displayName="rbm-relay: delivery"' --format='value(name)' "${P[@]}")
+if [[ -z $existing ]]; then
+  run gcloud monitoring dashboards create --config="$DASHBOARD" "${P[@]}"
+elif ((!DRY_RUN)); then
+  echo "dashboard exists ($existing); delete it to have it recreated" >&2
+fi
+
+if ((DRY_RUN)); then
+  echo "# webhook URL to register with RBM: ${URLS[receive_webhook]}" >&2
+else
+  echo "Register this webhook URL with RBM: ${URLS[receive_webhook]}"
+fi

@@ -1,0 +1,92 @@
+variable "project_id" {
+  description = "Project to deploy into."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions and the scheduler jobs."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "rbm_agent_id" {
+  description = "Default RBM agent of send_message."
+  type        = string
+}
+
+variable "rbm_api_endpoint" {
+  description = "RBM REST root; use the regional root of your agent's region if it has one."
+  type        = string
+  default     = "https://rcsbusinessmessaging.googleapis.com"
+}
+
+variable "rbm_key_from_secret" {
+  description = "Authenticate to RBM with a JSON key kept in Secret Manager instead of the functions' own identity."
+  type        = bool
+  default     = false
+}
+
+variable "sms_provider" {
+  description = "\"twilio\", \"webhook\" or \"\" (no SMS fallback)."
+  type        = string
+  default     = ""
+}
+
+variable "twilio" {
+  description = "Twilio account settings (the auth token goes to Secret Manager)."
+  type = object({
+    account_sid           = optional(string, "")
+    from_number           = optional(string, "")
+    messaging_service_sid = optional(string, "")
+    api_base              = optional(string, "https://api.twilio.com")
+  })
+  default = {}
+}
+
+variable "sms_webhook_url" {
+  description = "Your SMS gateway's endpoint when sms_provider = \"webhook\"."
+  type        = string
+  default     = ""
+}
+
+variable "create_firestore_database" {
+  description = "false when the project already has its Firestore database."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Firestore location; defaults to region."
+  type        = string
+  default     = null
+}
+
+variable "webhook_min_instances" {
+  description = "Warm webhook instances (1 removes cold starts from RBM's shared queue)."
+  type        = number
+  default     = 0
+}
+
+variable "send_message_invokers" {
+  description = "IAM members that may call send_message."
+  type        = list(string)
+  default     = []
+}
+
+variable "notification_channels" {
+  description = "Monitoring notification channels for the alert policies."
+  type        = list(string)
+  default     = []
+}
+
+variable "tuning" {
+  description = "Overrides of tuning settings by environment name, e.g. { SWEEP_PARALLELISM = \"32\" }."
+  type        = map(string)
+  default     = {}
+}
+
+variable "labels" {
+  description = "Labels for every resource."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,26 @@
+locals {
+  apis = [
+    "artifactregistry.googleapis.com", # function images
+    "cloudbuild.googleapis.com",       # function builds
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com", # OIDC tokens of the push and scheduler identities
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com", # gen2 functions run on Cloud Run
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ]
+}
+
+resource "google_project_service" "this" {
+  for_each = toset(local.apis)
+
+  project = var.project_id
+  service = each.value
+  # Other workloads of the project may use the same APIs.
+  disable_on_destroy = false
+}

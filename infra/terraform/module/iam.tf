@@ -1,0 +1,109 @@
+# One identity per function, each granted exactly what its function does, and
+# two invoker identities: the one Pub/Sub pushes with, the one Scheduler calls with.
+
+resource "google_service_account" "function" {
+  for_each = local.functions
+
+  project      = var.project_id
+  account_id   = each.value.name
+  display_name = "rbm-relay ${each.key}"
+  description  = each.value.description
+
+  depends_on = [google_project_service.this]
+}
+
+resource "google_service_account" "push" {
+  project      = var.project_id
+  account_id   = "rbm-pubsub-push"
+  display_name = "rbm-relay Pub/Sub push identity"
+  description  = "Identity in the OIDC token of the push subscriptions; may invoke the subscriber functions only."
+
+  depends_on = [google_project_service.this]
+}
+
+resource "google_service_account" "scheduler" {
+  project      = var.project_id
+  account_id   = "rbm-scheduler"
+  display_name = "rbm-relay Cloud Scheduler identity"
+  description  = "Identity in the OIDC token of the sweep jobs; may invoke the sweep functions only."
+
+  depends_on = [google_project_service.this]
+}
+
+# Builds run as their own identity rather than a project default account.
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "rbm-build"
+  display_name = "rbm-relay function builds"
+
+  depends_on = [google_project_service.this]
+}
+
+# Project-wide: Cloud Functions creates the image repository (gcf-artifacts) itself.
+resource "google_project_iam_member" "build" {
+  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer"])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.build.member
+}
+
+resource "google_storage_bucket_iam_member" "build_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
+# Firestore: readWrite on documents; Firestore has no narrower resource scope.
+resource "google_project_iam_member" "firestore" {
+  for_each = { for ep, f in local.functions : ep => f if f.firestore }
+
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.function[each.key].member
+}
+
+# Publisher on exactly the topics a function publishes to.
+resource "google_pubsub_topic_iam_member" "function_publisher" {
+  for_each = merge([
+    for ep, f in local.functions : { for t in f.publishes : "${ep}/${t}" => { function = ep, topic = t } }
+  ]...)
+
+  project = var.project_id
+  topic   = each.value.topic == "events" ? google_pubsub_topic.events.name : google_pubsub_topic.dead_letter.name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.function[each.value.function].member
+}
+
+# Invokers: each identity on exactly its target services.
+locals {
+  invokers = merge(
+    { for ep, f in local.functions : "${ep}/push" => { function = ep, member = google_service_account.push.member } if f.invoker == "pubsub" },
+    { for ep, f in local.functions : "${ep}/scheduler" => { function = ep, member = google_service_account.scheduler.member } if f.invoker == "scheduler" },
+    merge([
+      for ep, f in local.functions : { for m in var.send_message_invokers : "${ep}/${m}" => { function = ep, member = m } } if f.invoker == "clients"
+    ]...),
+  )
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  for_each = local.invokers
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.this[each.value.function].name
+  role     = "roles/run.invoker"
+  member   = each.value.member
+}
+
+# The webhook is public: RBM calls it without Google credentials. Every
+# request is authenticated by its X-Goog-Signature HMAC instead.
+resource "google_cloud_run_v2_service_iam_member" "public" {
+  for_each = { for ep, f in local.functions : ep => f if f.invoker == "public" }
+
+  project  = var.project_id
+  location = var.region
+  name     = google_cloudfunctions2_function.this[each.key].name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

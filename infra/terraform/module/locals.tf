@@ -1,0 +1,217 @@
+locals {
+  # The Pub/Sub topology and the composite indexes are defined once, in JSON
+  # files beside the code; the gcloud script reads the same files.
+  topology        = jsondecode(file("${path.module}/../../topology.json"))
+  firestore_index = jsondecode(file("${path.module}/../../firestore_indexes.json"))
+
+  source_dir = coalesce(var.source_dir, abspath("${path.module}/../../.."))
+
+  # Every function, keyed by its entry point in main.py.
+  #   settings: groups of environment settings it reads (setting_groups below);
+  #   secrets:  settings it reads from Secret Manager (secrets below);
+  #   invoker:  who may call it: public (RBM), pubsub (push subscriptions),
+  #             scheduler (Cloud Scheduler), clients (send_message_invokers);
+  #   publishes: topics it publishes to; firestore: reads/writes the database.
+  #
+  # Sizing. Python with the Google clients sits near 150-200 MiB, so 512Mi
+  # leaves room for concurrent requests. Concurrency above 1 needs a whole CPU.
+  #   receive_webhook: 80 concurrent requests on 1 CPU. It only verifies an
+  #     HMAC and waits on a Pub/Sub publish (PUBLISH_TIMEOUT_SECONDS = 5), so it
+  #     is I/O bound; high concurrency keeps instances, and cold starts, few.
+  #     30 s timeout: far above 5 s, far below RBM's own retry spacing.
+  #   subscribers: 8 concurrent events on 1 CPU (Firestore transactions,
+  #     I/O bound but contended on hot documents); the timeout equals the
+  #     subscription's ack deadline, so Pub/Sub never redelivers an event
+  #     that is still being processed.
+  #   send_message: 20 concurrent calls; 60 s covers RBM_RETRY_SECONDS (10)
+  #     plus the Firestore writes around the call.
+  #   sweeps: exactly one instance serving one request: a sweep already runs
+  #     SWEEP_PARALLELISM workers itself, and a second concurrent sweep would
+  #     only contend for the same claims. 120 s timeout > SWEEP_BUDGET_SECONDS
+  #     (90) + the last in-flight calls; the schedule is every minute, so
+  #     the next run picks up what a run left.
+  functions = {
+    receive_webhook = {
+      name          = "rbm-receive-webhook"
+      description   = "RBM webhook: verifies, publishes to Pub/Sub, answers fast."
+      invoker       = "public"
+      ingress       = "ALLOW_ALL"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 80
+      timeout       = 30
+      min_instances = var.webhook_min_instances
+      max_instances = var.webhook_max_instances
+      settings      = ["common", "publish"]
+      secrets       = ["RBM_CLIENT_TOKEN"]
+      publishes     = ["events"]
+      firestore     = false
+      schedule      = null
+    }
+    track_delivery = {
+      name          = "rbm-track-delivery"
+      description   = "Applies delivery receipts and server events to message state."
+      invoker       = "pubsub"
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
+      timeout       = local.topology.ack_deadline_seconds
+      min_instances = 0
+      max_instances = 10
+      settings      = ["common", "dead_letter", "store"]
+      secrets       = []
+      publishes     = ["dead_letter"]
+      firestore     = true
+      schedule      = null
+    }
+    record_inbound = {
+      name          = "rbm-record-inbound"
+      description   = "Records user messages, typing and (un)subscribe events."
+      invoker       = "pubsub"
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
+      timeout       = local.topology.ack_deadline_seconds
+      min_instances = 0
+      max_instances = 10
+      settings      = ["common", "dead_letter", "store", "agent"]
+      secrets       = []
+      publishes     = ["dead_letter"]
+      firestore     = true
+      schedule      = null
+    }
+    send_message = {
+      name          = "rbm-send-message"
+      description   = "Records an outbound message, then sends it through the RBM API."
+      invoker       = "clients"
+      ingress       = var.send_message_ingress
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 20
+      timeout       = 60
+      min_instances = 0
+      max_instances = 20
+      settings      = ["common", "store", "agent", "rbm"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
+      publishes     = []
+      firestore     = true
+      schedule      = null
+    }
+    revoke_expired = {
+      name          = "rbm-revoke-expired"
+      description   = "Sweep: revokes undelivered messages past their deadline."
+      invoker       = "scheduler"
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 1
+      timeout       = 120
+      min_instances = 0
+      max_instances = 1
+      settings      = ["common", "store", "agent", "rbm", "sweep", "revoke"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
+      publishes     = []
+      firestore     = true
+      schedule      = "* * * * *"
+    }
+    send_fallbacks = {
+      name          = "rbm-send-fallbacks"
+      description   = "Sweep: sends the SMS fallback of revoked or unreachable messages."
+      invoker       = "scheduler"
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 1
+      timeout       = 120
+      min_instances = 0
+      max_instances = 1
+      settings      = ["common", "store", "sweep", "sms"]
+      secrets       = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+      publishes     = []
+      firestore     = true
+      schedule      = "* * * * *"
+    }
+  }
+
+  # Environment settings by concern; a function gets the groups it lists.
+  setting_groups = {
+    common      = ["GOOGLE_CLOUD_PROJECT", "LOG_LEVEL"]
+    publish     = ["RBM_EVENTS_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
+    dead_letter = ["RBM_DEAD_LETTER_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
+    store       = ["FIRESTORE_DATABASE", "RBM_MESSAGES_COLLECTION", "RBM_CONVERSATIONS_COLLECTION", "RETENTION_DAYS"]
+    agent       = ["RBM_AGENT_ID"]
+    rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
+    sweep       = ["SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS"]
+    revoke      = ["REVOKE_MAX_ATTEMPTS"]
+    sms = [
+      "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
+      "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE",
+    ]
+  }
+
+  # The code's defaults, repeated so that a deployment states what it runs with.
+  tuning_defaults = {
+    PUBLISH_TIMEOUT_SECONDS = "5"
+    RBM_RETRY_SECONDS       = "10"
+    PENDING_RESEND_SECONDS  = "60"
+    RETENTION_DAYS          = "90"
+    SWEEP_PARALLELISM       = "16"
+    SWEEP_BUDGET_SECONDS    = "90"
+    LEASE_SECONDS           = "120"
+    RETRY_BACKOFF_SECONDS   = "30"
+    REVOKE_MAX_ATTEMPTS     = "8"
+    FALLBACK_MAX_ATTEMPTS   = "5"
+  }
+  tuning = merge(local.tuning_defaults, var.tuning)
+
+  env_values = merge(local.tuning, local.deployment_settings)
+  deployment_settings = {
+    GOOGLE_CLOUD_PROJECT         = var.project_id
+    LOG_LEVEL                    = var.log_level
+    RBM_EVENTS_TOPIC             = google_pubsub_topic.events.name
+    RBM_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
+    FIRESTORE_DATABASE           = var.firestore_database
+    RBM_MESSAGES_COLLECTION      = var.messages_collection
+    RBM_CONVERSATIONS_COLLECTION = var.conversations_collection
+    RBM_AGENT_ID                 = var.rbm_agent_id
+    RBM_API_ENDPOINT             = var.rbm_api_endpoint
+    SMS_PROVIDER                 = var.sms_provider
+    SMS_WEBHOOK_URL              = var.sms_provider == "webhook" ? var.sms_webhook_url : ""
+    TWILIO_ACCOUNT_SID           = var.sms_provider == "twilio" ? var.twilio.account_sid : ""
+    TWILIO_FROM_NUMBER           = var.sms_provider == "twilio" ? var.twilio.from_number : ""
+    TWILIO_MESSAGING_SERVICE_SID = var.sms_provider == "twilio" ? var.twilio.messaging_service_sid : ""
+    TWILIO_API_BASE              = var.sms_provider == "twilio" ? var.twilio.api_base : ""
+  }
+
+  # Each function's environment; an empty value is left out (the code then
+  # uses its default, exactly as for an unset variable).
+  function_env = {
+    for ep, f in local.functions : ep => {
+      for name in distinct(flatten([for g in f.settings : local.setting_groups[g]])) :
+      name => local.env_values[name] if local.env_values[name] != ""
+    }
+  }
+
+  # Settings that come from Secret Manager: environment name -> secret id.
+  # A secret is created (and mounted) only when the configuration uses it.
+  secrets = {
+    RBM_CLIENT_TOKEN        = { secret_id = "rbm-client-token", enabled = true }
+    RBM_SERVICE_ACCOUNT_KEY = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
+    TWILIO_AUTH_TOKEN       = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
+    SMS_WEBHOOK_SECRET      = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
+  }
+  enabled_secrets = { for name, s in local.secrets : name => s.secret_id if s.enabled }
+
+  # (function, secret) pairs for the accessor bindings.
+  secret_access = merge([
+    for ep, f in local.functions : {
+      for name in f.secrets : "${ep}/${name}" => { function = ep, secret = name } if contains(keys(local.enabled_secrets), name)
+    }
+  ]...)
+
+  subscriptions = { for s in local.topology.subscriptions : s.name => s }
+
+  common_labels = merge(var.labels, { app = "rbm-relay" })
+}

@@ -1,0 +1,42 @@
+# The sweeps run every minute, called with an OIDC token of the scheduler identity.
+resource "google_cloud_scheduler_job" "sweep" {
+  for_each = { for ep, f in local.functions : ep => f if f.schedule != null }
+
+  project     = var.project_id
+  region      = var.region
+  name        = each.value.name
+  description = each.value.description
+  schedule    = each.value.schedule
+  time_zone   = "Etc/UTC"
+  # The function's timeout plus slack: Scheduler must not give up on a sweep
+  # that is still working.
+  attempt_deadline = "${each.value.timeout + 30}s"
+
+  # A failed run is retried once within its minute; the next run is the real
+  # retry. Sweeps are safe to overlap: claims are leased transactions.
+  retry_config {
+    retry_count          = 1
+    min_backoff_duration = "10s"
+    max_backoff_duration = "10s"
+    max_retry_duration   = "50s"
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = google_cloudfunctions2_function.this[each.key].service_config[0].uri
+
+    oidc_token {
+      service_account_email = google_service_account.scheduler.email
+      audience              = google_cloudfunctions2_function.this[each.key].service_config[0].uri
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = tonumber(local.tuning.SWEEP_BUDGET_SECONDS) + 15 <= each.value.timeout
+      error_message = "SWEEP_BUDGET_SECONDS must leave at least 15 s of the sweep's timeout for the last in-flight calls."
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.invoker]
+}

@@ -1,0 +1,674 @@
+"""The deployment against the code: infra/terraform and infra/gcloud/deploy.sh
+deploy every entry point of main.py once, with every setting and secret the
+code behind it reads, and take the Pub/Sub topology and the Firestore indexes
+from the JSON files the code's own tests and tools use.
+
+No network and no Google provider: the Terraform is parsed with python-hcl2,
+the gcloud script runs with --dry-run. `terraform fmt` and checkov run when
+they are installed and are skipped otherwise.
+"""
+
+import ast
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+import hcl2
+import pytest
+from hcl2 import SerializationOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+TERRAFORM = INFRA / "terraform"
+MODULE = TERRAFORM / "module"
+DEPLOY_SH = INFRA / "gcloud" / "deploy.sh"
+TOPOLOGY = json.loads((INFRA / "topology.json").read_text())
+INDEXES = json.loads((INFRA / "firestore_indexes.json").read_text())
+
+PACKAGE = "functions"
+CONFIG_MODULE = f"{PACKAGE}.config"
+ENV_READERS = {"env", "env_int", "env_float"}
+# Read by the code but never set by a deployment: the emulators' hosts (local
+# and test runs only) and what Cloud Run sets itself.
+NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
+# Values that must only ever come from Secret Manager.
+SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
+# The jsonPayload.event values the log-based metrics count (infra/README.md).
+METRIC_EVENTS = {
+    "signature_rejected", "event_published", "message_revoked", "sms_sent", "fallback_unknown", "event_dead_lettered",
+}
+SWEEPS = {"revoke_expired", "send_fallbacks"}
+
+
+# --- what the code needs ---------------------------------------------------------------
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def entry_points() -> dict[str, tuple[str, ast.FunctionDef]]:
+    """main.py's functions decorated @functions_framework.http / .cloud_event."""
+    found = {}
+    for node in _parse(ROOT / "main.py").body:
+        if isinstance(node, ast.FunctionDef):
+            for d in node.decorator_list:
+                if (isinstance(d, ast.Attribute) and isinstance(d.value, ast.Name)
+                        and d.value.id == "functions_framework" and d.attr in ("http", "cloud_event")):
+                    found[node.name] = (d.attr, node)
+    return found
+
+
+def imported_modules(tree: ast.AST, current: str) -> set[str]:
+    """Modules of the package that `tree` imports anywhere, lazy imports included."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = current.rsplit(".", node.level)[0] if "." in current else PACKAGE
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            if module.split(".")[0] == PACKAGE:
+                found.add(module)
+                found |= {f"{module}.{a.name}" for a in node.names if _module_file(f"{module}.{a.name}")}
+    for name in list(found):  # importing a.b runs a/__init__.py first
+        parts = name.split(".")
+        found |= {".".join(parts[:i]) for i in range(1, len(parts))}
+    return {m for m in found if _module_file(m)}
+
+
+def module_closure(start: set[str]) -> set[str]:
+    seen, todo = set(), list(start)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(imported_modules(_parse(_module_file(module)), module) - seen)
+    return seen
+
+
+def _string_constants(tree: ast.Module) -> dict[str, str]:
+    return {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+            for t in n.targets if isinstance(t, ast.Name)}
+
+
+def _is_os_environ(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ"
+            and isinstance(node.value, ast.Name) and node.value.id == "os")
+
+
+def direct_reads(tree: ast.AST, constants: dict[str, str]) -> set[str]:
+    """Names read with env() / env_int() / env_float(), os.environ or os.getenv."""
+    def literal(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return constants.get(node.id) if isinstance(node, ast.Name) else None
+
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args:
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            environ_get = isinstance(f, ast.Attribute) and (
+                (f.attr == "get" and _is_os_environ(f.value))
+                or (f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os"))
+            if called in ENV_READERS or environ_get:
+                names.add(literal(node.args[0]))
+        elif isinstance(node, ast.Subscript) and _is_os_environ(node.value):
+            names.add(literal(node.slice))
+    return names - {None}
+
+
+@cache
+def config_settings() -> dict[str, set[str]]:
+    """Each function of functions/config.py -> the settings it reads, through its helpers too."""
+    tree = _parse(_module_file(CONFIG_MODULE))
+    constants = _string_constants(tree)
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    direct = {name: direct_reads(f, constants) for name, f in functions.items()}
+    calls = {name: {c.func.id for c in ast.walk(f) if isinstance(c, ast.Call)
+                    and isinstance(c.func, ast.Name) and c.func.id in functions} for name, f in functions.items()}
+
+    def resolve(name, seen=frozenset()):
+        return direct[name].union(*(resolve(c, seen | {name}) for c in calls[name] - seen - {name}))
+
+    return {name: resolve(name) for name in functions}
+
+
+def config_functions_used(tree: ast.Module) -> set[str]:
+    """Functions of the config module that `tree` calls or imports."""
+    aliases, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == PACKAGE and not node.level:
+            aliases |= {a.asname or a.name for a in node.names if a.name == "config"}
+        elif isinstance(node, ast.ImportFrom) and node.module == CONFIG_MODULE:
+            used |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.name == CONFIG_MODULE and a.asname}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            used.add(node.attr)
+    return used
+
+
+@cache
+def settings_read(entry_point: str) -> frozenset[str]:
+    """Every setting the code behind an entry point can read.
+
+    The modules its body imports, and theirs, transitively; in those, every
+    literal env()/os.environ read, plus the settings of each functions/config.py
+    function they use (config.py is resolved per function, since every module
+    imports it for one or two settings).
+    """
+    _, node = entry_points()[entry_point]
+    names = set()
+    for module in module_closure(imported_modules(node, "main")):
+        if module == CONFIG_MODULE:
+            continue
+        tree = _parse(_module_file(module))
+        names |= direct_reads(tree, _string_constants(tree))
+        for function in config_functions_used(tree):
+            names |= config_settings().get(function, set())
+    return frozenset(names - NOT_DEPLOYED)
+
+
+def logged_events_match(event: str) -> bool:
+    """Whether the code can log `event`: a string constant of functions/, or an f-string event=... with its head."""
+    constants, prefixes = set(), set()
+    for path in (ROOT / PACKAGE).glob("*.py"):
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                constants.add(node.value)
+            elif isinstance(node, ast.keyword) and node.arg == "event" and isinstance(node.value, ast.JoinedStr):
+                head = node.value.values[0] if node.value.values else None
+                if isinstance(head, ast.Constant) and head.value:
+                    prefixes.add(head.value)
+    return event in constants or any(event.startswith(p) for p in prefixes)
+
+
+def test_main_exposes_the_design_entry_points():
+    kinds = {name: kind for name, (kind, _) in entry_points().items()}
+    assert kinds == {
+        "receive_webhook": "http", "track_delivery": "cloud_event", "record_inbound": "cloud_event",
+        "send_message": "http", "revoke_expired": "http", "send_fallbacks": "http",
+    }
+
+
+def test_settings_analysis_sees_through_config_and_imports():
+    # A guard on the analysis itself: settings known to be read behind each entry point.
+    assert {"RBM_CLIENT_TOKEN", "RBM_EVENTS_TOPIC"} <= settings_read("receive_webhook")
+    assert "RBM_DEAD_LETTER_TOPIC" in settings_read("track_delivery")
+    assert {"TWILIO_AUTH_TOKEN", "SMS_PROVIDER"} <= settings_read("send_fallbacks")
+    assert "TWILIO_AUTH_TOKEN" not in settings_read("receive_webhook")
+    assert "SWEEP_BUDGET_SECONDS" not in settings_read("receive_webhook")
+
+
+# --- Terraform ------------------------------------------------------------------------------
+
+HCL = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+
+
+@cache
+def terraform(directory: Path = MODULE) -> dict:
+    """Locals, resources (type -> name -> body) and variables of a Terraform directory."""
+    config = {"locals": {}, "resource": {}, "variable": {}, "data": {}}
+    for path in sorted(directory.glob("*.tf")):
+        with path.open() as f:
+            parsed = hcl2.load(f, serialization_options=HCL)
+        for block in parsed.get("locals", []):
+            assert not set(block) & set(config["locals"]), f"local defined twice in {path.name}"
+            config["locals"].update(block)
+        for kind in ("resource", "data"):
+            for block in parsed.get(kind, []):
+                for type_, named in block.items():
+                    config[kind].setdefault(type_, {}).update(named)
+        for block in parsed.get("variable", []):
+            config["variable"].update(block)
+    return config
+
+
+def locals_() -> dict:
+    return terraform()["locals"]
+
+
+def resources(type_: str) -> dict[str, dict]:
+    return terraform()["resource"].get(type_, {})
+
+
+def functions_table() -> dict[str, dict]:
+    return locals_()["functions"]
+
+
+def _block(body: dict, name: str) -> dict:
+    blocks = body[name]
+    assert len(blocks) == 1, f"one {name} block expected"
+    return blocks[0]
+
+
+def _for_each_keys(body: dict) -> list[str]:
+    """Keys of a resource's for_each when it is a local map, as in `for_each = local.functions`."""
+    match = re.fullmatch(r"\$\{local\.(\w+)\}", body.get("for_each", ""))
+    assert match, f"for_each {body.get('for_each')!r} is not a local map"
+    return list(locals_()[match.group(1)])
+
+
+def _module_path(expression: str) -> Path:
+    """The file of a `jsondecode(file("${path.module}/..."))` local."""
+    match = re.fullmatch(r'\$\{jsondecode\(file\("\$\{path\.module\}/([^"]+)"\)\)\}', expression)
+    assert match, f"{expression!r} does not read a JSON file next to the module"
+    return (MODULE / match.group(1)).resolve()
+
+
+def terraform_entry_points() -> list[str]:
+    found = []
+    for type_ in ("google_cloudfunctions2_function", "google_cloudfunctions_function"):
+        for body in resources(type_).values():
+            entry = _block(body, "build_config")["entry_point"] if "build_config" in body else body.get("entry_point")
+            if entry == "${each.key}":
+                found += _for_each_keys(body)
+            else:
+                assert "${" not in entry, f"cannot resolve entry point {entry!r}"
+                found.append(entry)
+    return found
+
+
+def terraform_settings(entry_point: str) -> tuple[set[str], set[str]]:
+    """(environment names, secret environment names) Terraform gives a function."""
+    function = functions_table()[entry_point]
+    groups = locals_()["setting_groups"]
+    env = {name for group in function["settings"] for name in groups[group]}
+    return env, set(function["secrets"])
+
+
+def test_no_terraform_in_the_example_deploys_functions_directly():
+    example = terraform(TERRAFORM / "example")
+    assert not example["resource"], "the example only calls the module"
+
+
+def test_terraform_deploys_each_entry_point_exactly_once():
+    counts = Counter(terraform_entry_points())
+    assert set(counts) == set(entry_points()), "function resources and main.py's entry points differ"
+    assert all(n == 1 for n in counts.values()), f"entry points deployed more than once: {counts}"
+
+
+def test_terraform_function_resource_wires_the_table():
+    (function,) = resources("google_cloudfunctions2_function").values()
+    service = _block(function, "service_config")
+    assert function["for_each"] == "${local.functions}"
+    assert _block(function, "build_config")["entry_point"] == "${each.key}"
+    assert service["environment_variables"] == "${local.function_env[each.key]}"
+    assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
+    (secrets,) = (d["secret_environment_variables"] for d in service["dynamic"])
+    assert "each.value.secrets" in secrets["for_each"]
+    assert "f.settings" in locals_()["function_env"] and "local.setting_groups" in locals_()["function_env"]
+
+
+@pytest.mark.parametrize("entry_point", sorted(entry_points()))
+def test_terraform_sets_every_setting_the_code_reads(entry_point):
+    env, secrets = terraform_settings(entry_point)
+    missing = settings_read(entry_point) - env - secrets
+    assert not missing, f"{entry_point} reads settings Terraform does not set: {sorted(missing)}"
+    assert "GOOGLE_CLOUD_PROJECT" in env
+
+
+def test_terraform_settings_all_have_values():
+    named = {n for names in locals_()["setting_groups"].values() for n in names}
+    valued = set(locals_()["tuning_defaults"]) | set(locals_()["deployment_settings"])
+    assert named <= valued, f"settings without a value: {sorted(named - valued)}"
+    assert locals_()["env_values"] == "${merge(local.tuning, local.deployment_settings)}"
+
+
+def test_terraform_secrets_come_only_from_secret_manager():
+    declared = locals_()["secrets"]
+    plain = {n for names in locals_()["setting_groups"].values() for n in names}
+    assert SENSITIVE <= set(declared), "a sensitive setting has no secret"
+    assert not plain & set(declared), "a secret is also set as a plain environment variable"
+    for entry_point, function in functions_table().items():
+        assert set(function["secrets"]) <= set(declared)
+        extra = set(function["secrets"]) - settings_read(entry_point)
+        assert not extra, f"{entry_point} may read secrets its code does not use: {sorted(extra)}"
+    (secret,) = resources("google_secret_manager_secret").values()
+    assert "google_secret_manager_secret_version" not in terraform()["resource"], "secret values never pass through Terraform"
+    assert secret["for_each"] == "${local.enabled_secrets}"
+
+
+def test_terraform_roles_follow_least_privilege():
+    table = functions_table()
+    kinds = {name: kind for name, (kind, _) in entry_points().items()}
+    public = [ep for ep, f in table.items() if f["invoker"] == "public"]
+    assert public == ["receive_webhook"]
+    webhook = table["receive_webhook"]
+    assert webhook["publishes"] == ["events"] and webhook["firestore"] is False
+    assert int(webhook["concurrency"]) > 1
+    for ep, f in table.items():
+        if kinds[ep] == "cloud_event":
+            assert f["invoker"] == "pubsub" and f["publishes"] == ["dead_letter"] and f["firestore"] is True
+            assert f["timeout"] == "${local.topology.ack_deadline_seconds}", "a subscriber outliving its ack deadline is redelivered"
+        elif ep != "receive_webhook":
+            assert f["firestore"] is True and f["publishes"] == []
+    assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
+    assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
+    budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
+    for ep in SWEEPS:
+        assert table[ep]["max_instances"] == 1 and table[ep]["concurrency"] == 1
+        assert table[ep]["timeout"] >= budget + 15
+    # allUsers only on the webhook's service, nowhere else.
+    text = "\n".join(p.read_text() for p in MODULE.glob("*.tf"))
+    assert text.count('"allUsers"') == 1 and "allAuthenticatedUsers" not in text
+    public_binding = resources("google_cloud_run_v2_service_iam_member")["public"]
+    assert public_binding["member"] == "allUsers" and 'f.invoker == "public"' in public_binding["for_each"]
+
+
+def test_terraform_pubsub_comes_from_topology_json():
+    assert _module_path(locals_()["topology"]) == INFRA / "topology.json"
+    assert "local.topology.subscriptions" in locals_()["subscriptions"]
+    topics = resources("google_pubsub_topic")
+    assert topics["events"]["name"] == "${local.topology.events_topic}"
+    assert topics["dead_letter"]["name"] == "${local.topology.dead_letter_topic}"
+    subscriptions = resources("google_pubsub_subscription")
+    inspect = subscriptions["dead_letter_inspect"]
+    assert inspect["name"] == "${local.topology.dead_letter_subscription}"
+    push = subscriptions["push"]
+    assert push["for_each"] == "${local.subscriptions}"
+    assert push["filter"] == "${each.value.filter}"
+    assert push["topic"] == "${google_pubsub_topic.events.id}"
+    assert push["ack_deadline_seconds"] == "${local.topology.ack_deadline_seconds}"
+    assert push["message_retention_duration"] == "${local.topology.message_retention}"
+    assert _block(push, "dead_letter_policy") == {
+        "dead_letter_topic": "${google_pubsub_topic.dead_letter.id}",
+        "max_delivery_attempts": "${local.topology.max_delivery_attempts}",
+    }
+    assert _block(push, "retry_policy") == {
+        "minimum_backoff": "${local.topology.minimum_backoff}", "maximum_backoff": "${local.topology.maximum_backoff}",
+    }
+    push_config = _block(push, "push_config")
+    target = "google_cloudfunctions2_function.this[each.value.entry_point]"
+    assert target in push_config["push_endpoint"]
+    assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
+    # The Pub/Sub service agent may forward dead letters.
+    assert resources("google_pubsub_topic_iam_member")["agent_dead_letter"]["topic"] == "${google_pubsub_topic.dead_letter.name}"
+    assert resources("google_pubsub_subscription_iam_member")["agent_source"]["for_each"] == "${google_pubsub_subscription.push}"
+
+
+def test_topology_subscribes_every_cloud_event_entry_point_once():
+    cloud_events = {name for name, (kind, _) in entry_points().items() if kind == "cloud_event"}
+    counts = Counter(s["entry_point"] for s in TOPOLOGY["subscriptions"])
+    assert set(counts) == cloud_events and set(counts.values()) == {1}
+    assert all(s["filter"] for s in TOPOLOGY["subscriptions"])
+
+
+def test_composite_indexes_match_the_code():
+    from functions import model
+
+    code = {(collection, tuple(fields)) for collection, fields in model.COMPOSITE_INDEXES}
+    declared = {(i["collection"], tuple(i["fields"])) for i in INDEXES}
+    assert code == declared, "infra/firestore_indexes.json and functions.model.COMPOSITE_INDEXES differ"
+
+
+def test_terraform_indexes_and_ttl_come_from_the_json():
+    assert _module_path(locals_()["firestore_index"]) == INFRA / "firestore_indexes.json"
+    index = resources("google_firestore_index")["this"]
+    assert "local.firestore_index" in index["for_each"]
+    (fields,) = (d["fields"] for d in index["dynamic"])
+    assert fields["for_each"] == "${each.value.fields}"
+    assert fields["content"][0]["order"] == "ASCENDING"
+    ttl = resources("google_firestore_field")["ttl"]
+    assert ttl["field"] == "expire_at" and "ttl_config" in ttl
+    for collection in ("var.messages_collection", "var.conversations_collection", '"messages"'):
+        assert collection in ttl["for_each"]
+
+
+def test_terraform_schedules_the_sweeps():
+    job = resources("google_cloud_scheduler_job")["sweep"]
+    assert "f.schedule != null" in job["for_each"]
+    http = _block(job, "http_target")
+    assert _block(http, "oidc_token")["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert "retry_config" in job and "attempt_deadline" in job
+
+
+def test_metrics_count_events_the_code_logs():
+    events = set(locals_()["log_events"])
+    assert METRIC_EVENTS <= events
+    readme = (INFRA / "README.md").read_text()
+    for event in events:
+        assert logged_events_match(event), f"no code logs jsonPayload.event={event!r}"
+        assert f"`{event}`" in readme, f"infra/README.md does not document {event}"
+
+
+def test_provider_versions_are_pinned():
+    for directory in (MODULE, TERRAFORM / "example"):
+        (versions,) = (b["required_providers"] for b in hcl2.load((directory / "versions.tf").open(), serialization_options=HCL)["terraform"])
+        providers = {k: v for block in versions for k, v in block.items()}
+        for name in ("google", "google-beta"):
+            assert re.fullmatch(r"~> \d+\.\d+\.\d+", providers[name]["version"]), f"{name} is not pinned to one minor release"
+
+
+def _bash_array(name: str) -> list[str]:
+    match = re.search(rf"^{name}=\((.*?)^\)", DEPLOY_SH.read_text(), re.S | re.M)
+    return shlex.split(match.group(1), comments=True)
+
+
+def test_both_routes_ship_the_same_source():
+    excludes = locals_()["source_excludes"]
+    assert excludes == _bash_array("SOURCE_EXCLUDES")
+    for kept_out in ("tests/**", "bench/**", "local/**", "infra/**", ".venv/**", ".git/**"):
+        assert kept_out in excludes
+    archive = terraform()["data"]["archive_file"]["source"]
+    assert archive["excludes"] == "${local.source_excludes}"
+
+
+def test_gcloud_archive_holds_the_code_and_nothing_else():
+    helper = re.search(r"^PYHELPER=\$\(cat <<'PY'\n(.*?)^PY$", DEPLOY_SH.read_text(), re.S | re.M).group(1)
+    result = subprocess.run([sys.executable, "-c", helper, "source-zip", str(ROOT), *_bash_array("SOURCE_EXCLUDES")],
+                            capture_output=True, timeout=120, check=True)
+    names = set(zipfile.ZipFile(io.BytesIO(result.stdout)).namelist())
+    assert {"main.py", "requirements.txt", "functions/__init__.py", "functions/config.py"} <= names
+    assert not {n for n in names if n.split("/")[0] in {"tests", "local", "bench", "infra", ".venv", ".git"}}
+    assert not {n for n in names if "__pycache__" in n or n.endswith(".pyc")}
+
+
+# --- gcloud --dry-run --------------------------------------------------------------------------
+
+DRY_RUN_CONFIGS = {
+    "twilio": {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": "AC0000", "TWILIO_FROM_NUMBER": "+15005550006",
+               "TWILIO_MESSAGING_SERVICE_SID": "MG0000", "TWILIO_API_BASE": "https://api.twilio.com"},
+    "webhook": {"SMS_PROVIDER": "webhook", "SMS_WEBHOOK_URL": "https://sms.example.com/send", "RBM_KEY_FROM_SECRET": "true",
+                "SEND_MESSAGE_INVOKERS": "serviceAccount:backend@demo-project.iam.gserviceaccount.com"},
+}
+
+
+def dry_run_output(config: str) -> str:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+           "PROJECT": "demo-project", "REGION": "europe-west1", "RBM_AGENT_ID": "demo-agent", **DRY_RUN_CONFIGS[config]}
+    result = subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@cache
+def dry_run(config: str) -> list[list[str]]:
+    lines = [line for line in dry_run_output(config).splitlines() if line.strip() and not line.startswith("#")]
+    return [shlex.split(line) for line in lines]
+
+
+def flags(command: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for word in command:
+        if word.startswith("--"):
+            key, _, value = word.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def flag(command: list[str], name: str) -> str:
+    (value,) = flags(command)[name]
+    return value
+
+
+def commands(config: str, *prefix: str) -> list[list[str]]:
+    return [c for c in dry_run(config) if c[:len(prefix)] == list(prefix)]
+
+
+def deploys(config: str) -> dict[str, list[str]]:
+    """Entry point -> its `gcloud functions deploy` command."""
+    return {flag(c, "--entry-point"): c for c in commands(config, "gcloud", "functions", "deploy")}
+
+
+def _terraform_value(value):
+    """A function table value, with `local.topology.X` and `var.X` (its default) resolved."""
+    if isinstance(value, str) and (m := re.fullmatch(r"\$\{local\.topology\.(\w+)\}", value)):
+        return TOPOLOGY[m.group(1)]
+    if isinstance(value, str) and (m := re.fullmatch(r"\$\{var\.(\w+)\}", value)):
+        return terraform()["variable"][m.group(1)]["default"]
+    return value
+
+
+def test_dry_run_sizes_functions_as_terraform_does():
+    ingress = {"ALLOW_ALL": "all", "ALLOW_INTERNAL_ONLY": "internal-only", "ALLOW_INTERNAL_AND_GCLB": "internal-and-gclb"}
+    for ep, command in deploys("twilio").items():
+        f = {k: _terraform_value(v) for k, v in functions_table()[ep].items()}
+        assert flag(command, "--memory") == f["memory"] and flag(command, "--cpu") == f["cpu"]
+        assert flag(command, "--concurrency") == str(f["concurrency"])
+        assert flag(command, "--timeout") == f"{f['timeout']}s"
+        assert flag(command, "--min-instances") == str(f["min_instances"])
+        assert flag(command, "--max-instances") == str(f["max_instances"])
+        assert flag(command, "--ingress-settings") == ingress[f["ingress"]]
+
+
+def test_dry_run_is_deterministic():
+    assert dry_run_output("twilio") == dry_run_output("twilio")
+
+
+def test_dry_run_prints_only_gcloud_commands():
+    for config in DRY_RUN_CONFIGS:
+        assert dry_run(config) and all(c[0] == "gcloud" for c in dry_run(config))
+
+
+@pytest.mark.parametrize("config", sorted(DRY_RUN_CONFIGS))
+def test_dry_run_deploys_each_entry_point_exactly_once(config):
+    counts = Counter(flag(c, "--entry-point") for c in commands(config, "gcloud", "functions", "deploy"))
+    assert set(counts) == set(entry_points()) and set(counts.values()) == {1}
+    names = {ep: c[3] for ep, c in deploys(config).items()}
+    assert names == {ep: f["name"] for ep, f in functions_table().items()}, "gcloud and Terraform name functions differently"
+    for ep, c in deploys(config).items():
+        assert flag(c, "--trigger-http") == "" and flag(c, "--gen2") == ""
+
+
+@pytest.mark.parametrize("entry_point", sorted(entry_points()))
+def test_dry_run_sets_every_setting_the_code_reads(entry_point):
+    provided = set()
+    for config in DRY_RUN_CONFIGS:
+        command = deploys(config)[entry_point]
+        env = dict(pair.split("=", 1) for pair in flag(command, "--set-env-vars").split(",") if pair)
+        secrets = flags(command).get("--set-secrets", [""])[0]
+        secret_refs = dict(ref.split("=", 1) for ref in secrets.split(",") if ref)
+        assert not set(env) & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"
+        for setting, ref in secret_refs.items():
+            assert ref == f"{locals_()['secrets'][setting]['secret_id']}:latest", "gcloud and Terraform name a secret differently"
+        provided |= set(env) | set(secret_refs)
+        assert env["GOOGLE_CLOUD_PROJECT"] == "demo-project"
+    missing = settings_read(entry_point) - provided
+    assert not missing, f"{entry_point} reads settings the gcloud route does not set: {sorted(missing)}"
+
+
+def test_dry_run_keeps_all_but_the_webhook_private():
+    for config in DRY_RUN_CONFIGS:
+        for ep, command in deploys(config).items():
+            expected = "--allow-unauthenticated" if ep == "receive_webhook" else "--no-allow-unauthenticated"
+            assert expected in command
+        assert not any("allUsers" in word for c in dry_run(config) for word in c)
+        invokers = commands(config, "gcloud", "run", "services", "add-iam-policy-binding")
+        assert {flag(c, "--role") for c in invokers} == {"roles/run.invoker"}
+        assert "receive_webhook" not in {c[5] for c in invokers}
+
+
+def test_dry_run_subscriptions_follow_topology_json():
+    creates = {c[4]: c for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
+    names = {ep: f["name"] for ep, f in functions_table().items()}
+    for s in TOPOLOGY["subscriptions"]:
+        command = creates[s["name"]]
+        assert flag(command, "--message-filter") == s["filter"]
+        assert flag(command, "--topic") == TOPOLOGY["events_topic"]
+        assert flag(command, "--dead-letter-topic") == TOPOLOGY["dead_letter_topic"]
+        assert flag(command, "--max-delivery-attempts") == str(TOPOLOGY["max_delivery_attempts"])
+        assert flag(command, "--ack-deadline") == str(TOPOLOGY["ack_deadline_seconds"])
+        assert flag(command, "--min-retry-delay") == TOPOLOGY["minimum_backoff"]
+        assert flag(command, "--max-retry-delay") == TOPOLOGY["maximum_backoff"]
+        assert flag(command, "--message-retention-duration") == TOPOLOGY["message_retention"]
+        endpoint = flag(command, "--push-endpoint")
+        assert endpoint.startswith(f"https://{names[s['entry_point']]}-")
+        assert endpoint.endswith(f"/projects/demo-project/topics/{TOPOLOGY['events_topic']}")
+        assert flag(command, "--push-auth-service-account").startswith("rbm-pubsub-push@")
+    inspect = creates[TOPOLOGY["dead_letter_subscription"]]
+    assert flag(inspect, "--topic") == TOPOLOGY["dead_letter_topic"]
+
+
+def test_dry_run_firestore_follows_the_json():
+    created = set()
+    for c in commands("twilio", "gcloud", "firestore", "indexes", "composite", "create"):
+        fields = tuple(re.fullmatch(r"field-path=(\w+),order=ascending", f).group(1) for f in flags(c)["--field-config"])
+        created.add((flag(c, "--collection-group"), fields))
+    assert created == {(i["collection"], tuple(i["fields"])) for i in INDEXES}
+    ttl = {flag(c, "--collection-group") for c in commands("twilio", "gcloud", "firestore", "fields", "ttls", "update")}
+    assert ttl == {"rbm_messages", "rbm_conversations", "messages"}
+
+
+def test_dry_run_schedules_the_sweeps_and_counts_the_events():
+    jobs = commands("twilio", "gcloud", "scheduler", "jobs", "create", "http")
+    names = {f["name"]: ep for ep, f in functions_table().items()}
+    assert {names[c[5]] for c in jobs} == SWEEPS
+    for c in jobs:
+        assert flag(c, "--schedule") == "* * * * *" and flag(c, "--oidc-service-account-email").startswith("rbm-scheduler@")
+    metrics = {c[4].removeprefix("rbm_relay/") for c in commands("twilio", "gcloud", "logging", "metrics", "create")}
+    assert metrics == set(locals_()["log_events"])
+
+
+# --- tools ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_terraform_is_formatted():
+    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _checkov() -> str | None:
+    """checkov lives in its own environment (it conflicts with this one); CHECKOV may point at it."""
+    candidates = [os.environ.get("CHECKOV"), shutil.which("checkov"), str(Path(sys.executable).parent / "checkov")]
+    return next((c for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+
+
+@pytest.mark.skipif(_checkov() is None, reason="checkov is not installed (set CHECKOV to its executable)")
+def test_checkov_finds_nothing_unexplained():
+    result = subprocess.run(
+        [_checkov(), "-d", str(TERRAFORM), "--framework", "terraform", "--quiet", "--compact", "--skip-download",
+         "-o", "json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    reports = json.loads(result.stdout)
+    for report in reports if isinstance(reports, list) else [reports]:
+        failed = report.get("results", {}).get("failed_checks", [])
+        assert not failed, "\n".join(f"{c['check_id']} {c['resource']} {c['file_path']}" for c in failed)
