@@ -55,4 +55,5 @@ def handle(request):
     if sms.provider() is None:
         logs.error("send_fallbacks called but no SMS_PROVIDER is configured", event="sms_unconfigured")
         return reply(503, {"error": "no SMS_PROVIDER configured"})
-    return reply(200, sweep.run("send_fallbacks", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act))
+    outcomes = ("sent", "retried", "failed", "cancelled", "unknown", "skipped", "errors")
+    return reply(200, sweep.run("send_fallbacks", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act, outcomes))

@@ -43,4 +43,5 @@ def _act(message: Message) -> str:
 
 def handle(request):
     logs.bind_trace(request.headers)
-    return reply(200, sweep.run("revoke_expired", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act))
+    outcomes = ("revoked", "delivered", "resent", "retried", "failed", "skipped", "errors")
+    return reply(200, sweep.run("revoke_expired", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act, outcomes))

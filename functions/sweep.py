@@ -54,8 +54,9 @@ def _claim_and_act(message_id: str, claim: Claim, act: Act, owner: str) -> str:
         return "errors"
 
 
-def run(name: str, fields: tuple[str, str], values: tuple, claim: Claim, act: Act) -> dict:
-    """One sweep; answers the summary it also logs."""
+def run(name: str, fields: tuple[str, str], values: tuple, claim: Claim, act: Act, outcomes: tuple[str, ...]) -> dict:
+    """One sweep; answers the summary it also logs: how many were scanned, each
+    of `outcomes` (what `act` returns), and how many are left for the next run."""
     owner, started, budget = f"{name}-{uuid.uuid4().hex[:12]}", time.monotonic(), config.sweep_budget()
     limit = config.sweep_parallelism()
     counts: Counter = Counter()
@@ -72,6 +73,6 @@ def run(name: str, fields: tuple[str, str], values: tuple, claim: Claim, act: Ac
                 counts.update(f.result() for f in done)
         counts.update(f.result() for f in wait(running).done)
     counts["left"] = int(_due_query(fields, values, now).count().get()[0][0].value)
-    summary = {"scanned": 0, **counts, "seconds": round(time.monotonic() - started, 2)}
+    summary = {"scanned": 0, **dict.fromkeys(outcomes, 0), **counts, "seconds": round(time.monotonic() - started, 2)}
     logs.info(f"{name} finished", event=f"{name}_summary", summary=summary)
     return summary
