@@ -19,7 +19,10 @@ import requests
 
 from local.fake_sms import FakeTwilio
 from local.simulator import Simulator
-from tests.harness import REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic
+from tests.harness import (
+    REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
+    delete_subscription, delete_topic,
+)
 
 PROJECT = "demo-rbm-relay"
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
@@ -27,6 +30,17 @@ CLIENT_TOKEN = "local-client-token"
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
+
+
+class _Topology:
+    """Stops like a process: deletes the topics and subscriptions of infra/topology.json."""
+
+    def stop(self) -> None:
+        for subscription in TOPOLOGY["subscriptions"]:
+            delete_subscription(PROJECT, subscription["name"])
+        delete_subscription(PROJECT, TOPOLOGY["dead_letter_subscription"])
+        delete_topic(PROJECT, TOPOLOGY["events_topic"])
+        delete_topic(PROJECT, TOPOLOGY["dead_letter_topic"])
 
 
 class Stack:
@@ -90,11 +104,13 @@ class Stack:
         return FunctionProcess(name, self._env(), log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
-        """Topics and subscriptions as infra declares them, pushing to local processes."""
+        """Topics and subscriptions as infra declares them, pushing to local processes.
+        Removed again at stop(), so emulators given to the stack are left as found."""
         events, dead = TOPOLOGY["events_topic"], TOPOLOGY["dead_letter_topic"]
         create_topic(PROJECT, events)
         create_topic(PROJECT, dead)
         create_pull_subscription(PROJECT, dead, TOPOLOGY["dead_letter_subscription"])
+        self.started.append(_Topology())
         for subscription in TOPOLOGY["subscriptions"]:
             process = self.functions[subscription["entry_point"]] = self._start(self._function(subscription["entry_point"]))
             create_push_subscription(PROJECT, events, subscription["name"], f"{process.url}/projects/{PROJECT}/topics/{events}",

@@ -255,6 +255,14 @@ def create_topic(project: str, topic: str) -> str:
     return _publisher().create_topic(name=f"projects/{project}/topics/{topic}").name
 
 
+def delete_topic(project: str, topic: str) -> None:
+    _publisher().delete_topic(topic=f"projects/{project}/topics/{topic}")
+
+
+def delete_subscription(project: str, sub: str) -> None:
+    _subscriber().delete_subscription(subscription=f"projects/{project}/subscriptions/{sub}")
+
+
 def create_pull_subscription(project: str, topic: str, sub: str) -> str:
     return _subscriber().create_subscription(
         name=f"projects/{project}/subscriptions/{sub}",

@@ -1,4 +1,7 @@
-"""One local stack for the end-to-end tests, on the session's emulators."""
+"""One local stack for the end-to-end tests, on the session's emulators.
+
+Module-scoped: its scheduler must be gone before other tests run sweeps of
+their own on the same Firestore."""
 
 import pytest
 
@@ -9,7 +12,7 @@ SETTINGS = {"LEASE_SECONDS": "5", "RETRY_BACKOFF_SECONDS": "0.5", "REVOKE_MAX_AT
             "FALLBACK_MAX_ATTEMPTS": "8", "RBM_RETRY_SECONDS": "0.5"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(pubsub_emulator, firestore_emulator, tmp_path_factory):
     with Stack(tmp_path_factory.mktemp("stack"), period=1.0, settings=SETTINGS,
                simulator_options={"senders": 4, "retry_cap": 2.0},
