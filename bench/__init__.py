@@ -1,0 +1,1 @@
+"""Benchmarks of rbm-relay, run by hand (`python -m bench.webhook`, …); see README.md."""
