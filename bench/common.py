@@ -2,7 +2,7 @@
 an HTTP load generator, Firestore seeding, process memory, tables and results.
 
 Everything runs on loopback: Google's emulators and functions-framework
-processes come from tests/harness.py, the RBM and SMS fakes from local/.
+processes come from local/processes.py, the RBM and SMS fakes from local/.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tests.harness import EMULATOR_VARS, Emulator, FunctionProcess
+from local.processes import EMULATOR_VARS, Emulator, FunctionProcess
 
 PROJECT = "demo-rbm-bench"
 RESULTS = Path(__file__).resolve().parent / "results"

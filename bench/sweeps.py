@@ -23,7 +23,7 @@ from datetime import timedelta
 from bench.common import PROJECT, CpuMeter, Run, check, http_session, load_average, median, parallel, seed, table
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
-from tests.harness import reset_firestore
+from local.processes import reset_firestore
 
 AGENT = "bench@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "bench-twilio-token"

@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import timedelta
 
 from bench.common import PROJECT, Run, check, load_average, parallel, seed, table
-from tests.harness import reset_firestore
+from local.processes import reset_firestore
 
 AGENT = "bench@rbm.goog"
 RPCS = ("batch_get_documents", "commit", "begin_transaction", "rollback", "run_query")

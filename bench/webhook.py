@@ -22,7 +22,7 @@ import requests
 from bench.common import (PROJECT, CpuMeter, Load, Run, check, group_memory, http_session, load_average, median,
                           post_load, table)
 from functions.signature import sign
-from tests.harness import create_pull_subscription, create_topic
+from local.processes import create_pull_subscription, create_topic
 
 TOKEN = "bench-client-token"
 TOPIC = "bench-events"

@@ -19,12 +19,11 @@ import requests
 
 from local.fake_sms import FakeTwilio
 from local.simulator import Simulator
-from tests.harness import (
-    REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
+from local.processes import (
+    PROJECT, REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
     delete_subscription, delete_topic,
 )
 
-PROJECT = "demo-rbm-relay"
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
 CLIENT_TOKEN = "local-client-token"
 AGENT = "demo-agent@rbm.goog"

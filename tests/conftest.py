@@ -1,5 +1,5 @@
 """Fixtures that run the real backends: Google's emulators and each function
-as its own functions-framework process (see tests/harness.py)."""
+as its own functions-framework process (see local/processes.py)."""
 
 import os
 import uuid
@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.harness import (
+from local.processes import (
+    PROJECT,
     Emulator,
     FunctionProcess,
     create_pull_subscription,
@@ -16,7 +17,6 @@ from tests.harness import (
     reset_firestore,
 )
 
-PROJECT = "demo-rbm-relay"
 TESTS_DIR = Path(__file__).resolve().parent
 MARKED_DIRS = ("integration", "e2e")
 

@@ -14,8 +14,9 @@ from functions import store
 from functions.model import Fallback, State, conversation_id
 from functions.signature import sign
 from local import demo
-from local.stack import AGENT, CLIENT_TOKEN, PROJECT, TOPOLOGY
-from tests.harness import create_pull_subscription, free_port, pull_all
+from local.processes import PROJECT
+from local.stack import AGENT, CLIENT_TOKEN, TOPOLOGY
+from local.processes import create_pull_subscription, free_port, pull_all
 from tests.integration.conftest import wait_for
 
 DEADLINE = 10  # the shortest deadline send_message accepts

@@ -8,8 +8,8 @@ import pytest
 
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
-from tests.conftest import PROJECT
-from tests.harness import create_push_subscription, create_topic, publish
+from local.processes import PROJECT
+from local.processes import create_push_subscription, create_topic, publish
 
 
 def wait_for(predicate, timeout=20.0, interval=0.1):

@@ -4,8 +4,8 @@ from google.cloud import firestore as fs
 
 from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
-from tests.conftest import PROJECT
-from tests.harness import create_pull_subscription, pull_all
+from local.processes import PROJECT
+from local.processes import create_pull_subscription, pull_all
 from tests.integration.conftest import wait_for
 
 PHONE, AGENT = "+447700900456", "agent@rbm.goog"

@@ -6,7 +6,7 @@ group: `gcloud ... emulators ... start` is a wrapper whose Java server is a
 child, and gunicorn forks a worker, so killing only the direct child would
 leave a server holding its port.
 
-Plain helpers, no pytest: the local stack reuses them.
+Plain helpers, no pytest: the tests, the local stack and the benchmarks use them.
 """
 
 import functools
@@ -23,6 +23,7 @@ import requests
 from google.cloud import pubsub_v1
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "demo-rbm-relay"  # the project id every local process uses with the emulators
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
 
 # Loopback only: never route these calls through a proxy from the environment.
