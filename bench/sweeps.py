@@ -12,7 +12,7 @@ documents are seeded straight into Firestore in batches of 500.
    default parallelism and with SWEEP_PARALLELISM=1; the fakes answer each
    call after a small delay, as real APIs do.
 
-    python -m bench.sweeps [--others 1000,50000] [--due 100] [--repeats 3] [--messages 1000] [--delay 0.02]
+    python -m bench.sweeps [--others 1000,50000] [--due 100] [--repeats 3] [--messages 1000] [--delay 0.1]
 """
 
 import argparse
@@ -159,7 +159,8 @@ def main(argv=None) -> None:
     parser.add_argument("--due", type=int, default=100, help="due messages per scaling sweep")
     parser.add_argument("--repeats", type=int, default=3, help="scaling sweeps per size")
     parser.add_argument("--messages", type=int, default=1000, help="due messages in the throughput part")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds each fake RBM / Twilio call takes")
+    parser.add_argument("--delay", type=float, default=0.1,
+                        help="seconds each fake RBM / Twilio call takes, as a call to a remote API does (0.1)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.others.split(",")]
     load_before = load_average()
