@@ -141,3 +141,18 @@ def test_fuzzed_signed_requests_get_4xx_and_publish_nothing(stack, rbm):
                 for raw, headers in mutations(random.Random(11), body, sign(CLIENT_TOKEN, data))]
     assert statuses and all(400 <= s < 500 for s in statuses), statuses
     assert pull_all(PROJECT, "fuzz-watch", wait_seconds=2) == []
+
+
+def test_no_phone_number_or_secret_in_any_log_line_of_the_run(stack):
+    """Runs last in this module: every function's log of every test above."""
+    from local.stack import TWILIO_TOKEN
+
+    logs = {name: process.read_log() for name, process in stack.functions.items()}
+    assert all(logs.values())
+    phones = {record["event"].get("senderPhoneNumber") or record["event"].get("phoneNumber") for record in stack.rbm.webhooks}
+    phones |= {record["to"] for record in stack.sms.sent}
+    phones.discard(None)
+    assert len(phones) > 20
+    for name, text in logs.items():
+        for secret in [CLIENT_TOKEN, TWILIO_TOKEN, *phones, *(p.lstrip("+") for p in phones)]:
+            assert secret not in text, f"{secret!r} in the log of {name}"
