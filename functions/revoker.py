@@ -18,7 +18,7 @@ def _retry(message: Message, error: str) -> str:
     now = store.now()
     after = store.update_message(message.message_id, lambda m: retry_revoke(
         m, now, error, config.revoke_max_attempts(), config.retry_backoff_seconds()))
-    gave_up = after.next_action_at is None
+    gave_up = after.next_action_at is None and after.state in (State.FAILED, State.REVOKE_FAILED)
     logs.log("ERROR" if gave_up else "WARNING", "gave up; recorded" if gave_up else "will retry",
              event="revoke_gave_up" if gave_up else "revoke_retry", message_id=message.message_id,
              attempts=after.attempts, reason=after.last_error, state=after.state.value, fallback=after.fallback.value)
@@ -26,6 +26,10 @@ def _retry(message: Message, error: str) -> str:
 
 
 def _act(message: Message) -> str:
+    if message.state is State.PENDING and store.opted_out(message.agent_id, message.phone):
+        now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
+        store.update_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
+        return "failed"
     if message.state is State.PENDING:
         sent = sender.deliver(message)
         return "resent" if sent else _retry(message, "RBM create failed transiently")

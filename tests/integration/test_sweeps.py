@@ -123,6 +123,14 @@ def test_a_pending_message_is_sent_again_under_the_same_id(revoker, rbm):
     assert [r["message_id"] for r in rbm.requests if r["kind"] == "create"] == [pending]
 
 
+def test_a_pending_message_of_a_user_who_unsubscribed_since_is_not_sent(revoker, rbm):
+    [pending] = seed(1, state=State.PENDING)
+    store.update(store.conversation_ref(AGENT, phone(0)), Conversation, lambda _: Conversation(AGENT, phone(0), opted_out=True))
+    assert sweep(revoker())["failed"] == 1
+    assert (get(pending).state, get(pending).fallback, get(pending).last_error) == (State.FAILED, Fallback.DUE, "user opted out")
+    assert rbm.count("create") == 0
+
+
 def test_every_fallback_outcome(fallbacks, twilio):
     sent, rejected, flaky, delivered, opted_out = seed(5, state=State.REVOKED, fallback=Fallback.DUE)
     [urgent] = seed(1, state=State.REVOKE_FAILED, fallback=Fallback.DUE, time_sensitive=True, start=5)
