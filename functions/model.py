@@ -72,6 +72,8 @@ class Message:
     next_action_at: datetime | None = None  # when revoke_expired acts next; a claim's lease end
     fallback_at: datetime | None = None  # when send_fallbacks acts next; a claim's lease end
     lease_owner: str | None = None
+    revoking: bool = False  # a DELETE is in flight; still true at the next claim: it was interrupted
+    revoke_uncertain: bool = False  # a DELETE was interrupted: a later 404 may mean "revoked", not "delivered"
     attempts: int = 0  # send / revoke attempts by the sweep
     fallback_attempts: int = 0
     last_error: str | None = None

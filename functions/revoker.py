@@ -25,6 +25,17 @@ def _retry(message: Message, error: str) -> str:
     return "failed" if gave_up else "retried"
 
 
+def _uncertain(message: Message) -> str:
+    """404 after an interrupted attempt: delivered, or revoked by that attempt. Treated
+    as a revoke that could not be completed: a time-sensitive SMS goes out, a normal
+    one waits for DELIVERED."""
+    now, error = store.now(), "404 after an interrupted revoke: delivered, or revoked by the interrupted attempt"
+    after = store.update_message(message.message_id, lambda m: learn(m, Fact.REVOKE_ABANDONED, now, error=error))
+    logs.error("revoke outcome uncertain", event="revoke_uncertain", message_id=message.message_id,
+               state=after.state.value, fallback=after.fallback.value)
+    return "failed"
+
+
 def _act(message: Message) -> str:
     if message.state is State.PENDING and store.opted_out(message.agent_id, message.phone):
         now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
@@ -37,6 +48,8 @@ def _act(message: Message) -> str:
     fact = REVOKE_FACTS.get(result.outcome)
     if fact is None:
         return _retry(message, result.error)
+    if fact is Fact.DELIVERED and message.revoke_uncertain:
+        return _uncertain(message)
     now = store.now()
     after = store.update_message(message.message_id, lambda m: learn(m, fact, now))
     outcome = "revoked" if fact is Fact.REVOKED else "delivered"

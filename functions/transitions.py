@@ -82,6 +82,8 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
         setattr(m, name, _earliest(getattr(m, name), at))
     if error:
         m.last_error = error
+    if fact in (Fact.REVOKED, Fact.DELIVERED, Fact.REVOKE_ABANDONED) or m.state not in SWEPT_STATES:
+        m.revoking = False
     if m.state not in SWEPT_STATES:
         m.next_action_at = None
     elif fact is Fact.ACCEPTED and m.state is State.SENT:
@@ -108,15 +110,18 @@ def backoff(attempt: int, base: float) -> timedelta:
 # revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
 
 def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
-    """The message leased to `owner`, or None if it is not due (or another sweep holds it)."""
+    """The message leased to `owner`, or None if it is not due (or another sweep holds it).
+    A revoke still marked in flight was interrupted, so from now on a 404 may mean
+    "revoked by that attempt" as well as "delivered"."""
     if m.state not in SWEPT_STATES or m.next_action_at is None or m.next_action_at > now:
         return None
-    return dataclasses.replace(m, next_action_at=now + lease, lease_owner=owner, attempts=m.attempts + 1)
+    return dataclasses.replace(m, next_action_at=now + lease, lease_owner=owner, attempts=m.attempts + 1,
+                               revoke_uncertain=m.revoke_uncertain or m.revoking, revoking=m.state is not State.PENDING)
 
 
 def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base: float) -> Message:
     """A transient failure of a re-send or revoke: try again later, or give up and say why."""
-    m = dataclasses.replace(m, lease_owner=None, last_error=error)
+    m = dataclasses.replace(m, lease_owner=None, last_error=error, revoking=False)
     if m.state not in SWEPT_STATES:
         return m
     if m.attempts >= max_attempts:

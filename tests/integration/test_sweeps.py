@@ -167,6 +167,26 @@ def test_a_crash_mid_send_never_sends_twice_and_ends_unknown(fallbacks, twilio):
     assert '"fallback_unknown"' in process.read_log() and '"severity": "ERROR"' in process.read_log()
 
 
+def test_a_crash_mid_revoke_is_not_taken_for_a_delivery(revoker, rbm, twilio, fallbacks):
+    [message_id] = seed(1, time_sensitive=True)
+    queue(rbm, message_id, 0)
+    rbm.set_phone(phone(0), "slow", delay=30)
+    process = revoker()
+    threading.Thread(target=lambda: pytest.raises(requests.ConnectionError, requests.post, process.url, timeout=60),
+                     daemon=True).start()
+    wait_for(lambda: rbm.count("revoke", message_id=message_id) == 1)
+    process.kill()  # the DELETE went through; its answer and the state write never happen
+    assert get(message_id).revoking
+    rbm.set_phone(phone(0), "accept")
+    process.start()
+    time.sleep(2.1)  # the lease runs out
+    assert sweep(process)["failed"] == 1  # the retry's 404 could mean "revoked by the lost attempt"
+    after = get(message_id)
+    assert (after.state, after.fallback, after.revoke_uncertain) == (State.REVOKE_FAILED, Fallback.DUE, True)
+    assert sweep(fallbacks())["sent"] == 1  # time-sensitive: the SMS goes out rather than nothing
+    assert '"revoke_uncertain"' in process.read_log()
+
+
 def test_the_time_budget_stops_a_sweep_and_the_next_run_finishes(revoker, rbm):
     ids = seed(24)
     for i, message_id in enumerate(ids):

@@ -148,3 +148,14 @@ def test_provider_failures_retry_with_backoff_then_fail():
     assert (m.fallback, m.fallback_at) == (Fallback.DUE, now + timedelta(seconds=10))
     m = retry_fallback(claim_fallback(m, m.fallback_at, LEASE, "a", False), now, "500", max_attempts=2, base=10)
     assert m.fallback is Fallback.FAILED and "gave up after 2" in m.last_error
+
+
+def test_an_interrupted_revoke_makes_later_claims_uncertain():
+    m = sent()
+    first = claim_revoke(m, m.revoke_at, LEASE, "a")
+    assert (first.revoking, first.revoke_uncertain) == (True, False)
+    second = claim_revoke(first, m.revoke_at + LEASE, LEASE, "b")  # "a" never recorded an outcome
+    assert second.revoke_uncertain
+    third = claim_revoke(retry_revoke(second, m.revoke_at + LEASE, "500", 8, 1), m.revoke_at + 2 * LEASE, LEASE, "c")
+    assert third.revoke_uncertain and third.revoking  # a failure in between does not make it certain again
+    assert learn(third, Fact.REVOKED, m.revoke_at).revoking is False
