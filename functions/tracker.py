@@ -1,6 +1,6 @@
 """track_delivery: delivery receipts and server events → the message document."""
 
-from functions import events, logs, store, subscriber
+from functions import logs, store, subscriber
 from functions.events import Event, Kind
 from functions.model import Message
 from functions.transitions import EVENT_FACTS, learn

@@ -11,7 +11,7 @@ import time
 import requests
 
 from functions import store
-from functions.model import Fallback, State, conversation_id
+from functions.model import conversation_id
 from functions.signature import sign
 from local import demo
 from local.processes import PROJECT

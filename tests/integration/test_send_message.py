@@ -6,8 +6,7 @@ import pytest
 import requests
 
 from functions import store
-from functions.model import Conversation, Fallback, State
-from tests.integration.conftest import wait_for
+from functions.model import Conversation, State
 
 PHONE, AGENT = "+447700900789", "agent@rbm.goog"
 CONTENT = {"text": "Your code is 123456"}

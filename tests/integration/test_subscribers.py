@@ -1,6 +1,5 @@
 """track_delivery and record_inbound fed by an emulator push subscription, writing to the Firestore emulator."""
 
-from google.cloud import firestore as fs
 
 from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id

@@ -111,8 +111,7 @@ def test_revoke_claims_are_exclusive_until_the_lease_runs_out():
 
 def test_revoke_retries_back_off_then_give_up_and_a_time_sensitive_sms_becomes_due():
     m = sent(time_sensitive=True)
-    now = m.revoke_at
-    for attempt in range(1, 4):
+    for _ in range(3):
         m = claim_revoke(m, m.next_action_at, LEASE, "a")
         m = retry_revoke(m, m.next_action_at - LEASE, "500", max_attempts=3, base=10)
     assert (m.state, m.next_action_at, m.fallback) == (State.REVOKE_FAILED, None, Fallback.DUE)
