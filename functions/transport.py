@@ -1,0 +1,52 @@
+"""What a failed HTTP call to a provider (RBM, an SMS gateway) tells about the request.
+
+The one question that matters for "never twice": may the server have read
+the request? Only a failure before the request left (name resolution,
+connection refused, connect timeout, TLS handshake) proves it did not; a
+connection reset or closed after the request was written, a read timeout, or
+a body cut short all leave it open. `requests` raises `ConnectionError` for
+both kinds, so the urllib3 reason inside decides (urllib3 wraps a failure to
+connect in `MaxRetryError` with `NewConnectionError` / `ConnectTimeoutError`,
+and raises `ProtocolError("Connection aborted.", …)` for one after sending).
+
+Answers are read by status: 429 (RFC 6585 §4) and 503 (RFC 9110 §15.6.4)
+say the request was not acted on and when to come back (`Retry-After`);
+other 5xx leave the outcome open.
+"""
+
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import requests
+from requests import exceptions
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+# Statuses that say the server did not act on the request: safe to send again.
+NOT_PROCESSED = frozenset({429, 503})
+
+
+def may_have_been_read(exc: requests.RequestException) -> bool:
+    """False only when `exc` proves the request never reached the server."""
+    if isinstance(exc, (exceptions.ConnectTimeout, exceptions.SSLError)):
+        return False  # no connection, or the TLS handshake failed: nothing was written
+    if isinstance(exc, exceptions.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return not isinstance(reason, (NewConnectionError, ConnectTimeoutError))
+    return not isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema,
+                                exceptions.InvalidSchema, exceptions.InvalidHeader))
+
+
+def retry_after(response: requests.Response, cap: float) -> float | None:
+    """Seconds the server asked us to wait (`Retry-After`, RFC 9110 §10.2.3: delay
+    seconds or an HTTP date), held to [0, cap]; None if it asked nothing readable."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), cap)
