@@ -1,13 +1,17 @@
 """Entry points of rbm-relay; each deployment picks one with --entry-point.
 
 Each entry point imports its own module on first call, so a function pays at
-cold start only for what it uses (the webhook never loads Firestore).
+cold start only for what it uses (the webhook never loads Firestore). Every
+HTTP entry point answers JSON, an unexpected error included.
 """
 
 import functions_framework
 
+from functions.replies import json_errors
+
 
 @functions_framework.http
+@json_errors
 def receive_webhook(request):
     from functions import webhook
 
@@ -29,6 +33,7 @@ def record_inbound(cloud_event):
 
 
 @functions_framework.http
+@json_errors
 def send_message(request):
     from functions import sender
 
@@ -36,6 +41,7 @@ def send_message(request):
 
 
 @functions_framework.http
+@json_errors
 def revoke_expired(request):
     from functions import revoker
 
@@ -43,6 +49,7 @@ def revoke_expired(request):
 
 
 @functions_framework.http
+@json_errors
 def send_fallbacks(request):
     from functions import fallbacks
 

@@ -25,8 +25,8 @@ class EventError(ValueError):
 
 
 CONTENT_FIELDS = ("text", "userFile", "location", "suggestionResponse")
-# Pub/Sub caps attribute values at 1024 bytes; ids longer than this are not ids.
-_MAX_ATTRIBUTE = 256
+# Pub/Sub's limit on an attribute value (cloud.google.com/pubsub/quotas, "Resource limits").
+MAX_ATTRIBUTE_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,9 @@ class Event:
         return self.event_id or self.message_id
 
     def attributes(self) -> dict[str, str]:
-        """Pub/Sub attributes subscriptions filter on; never the phone number."""
+        """Pub/Sub attributes subscriptions filter on; never the phone number. A value
+        that can't be an attribute (not valid Unicode, over 1,024 bytes in UTF-8) is
+        left out: the event still goes through, and its data carries it verbatim."""
         fields = {
             "kind": self.kind.value,
             "event_type": self.event_type,
@@ -68,7 +70,21 @@ class Event:
             "message_id": self.message_id,
             "event_id": self.event_id,
         }
-        return {k: v for k, v in fields.items() if v and len(v) <= _MAX_ATTRIBUTE}
+        return {k: v for k, v in fields.items() if v and _fits_attribute(v)}
+
+
+def is_unicode(value: str) -> bool:
+    """Whether `value` is valid Unicode: JSON's `"\\ud83d"` escape yields a str with an
+    unpaired surrogate, which no UTF-8 encoder (Pub/Sub, Firestore, HTTP) accepts."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fits_attribute(value: str) -> bool:
+    return is_unicode(value) and len(value.encode()) <= MAX_ATTRIBUTE_BYTES
 
 
 def _text(payload: dict, key: str) -> str | None:

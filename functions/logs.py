@@ -2,12 +2,15 @@
 
 Written by hand rather than through google-cloud-logging's handler: the format
 is a dozen lines, and the library would add its import time to every cold
-start. Phone numbers are masked here, centrally, so no caller can leak one.
+start. Phone numbers are masked here, centrally, so no caller can leak one:
+the `phone` field always, and anything phone-shaped anywhere else in the line
+(a provider's error text, an exception, an id that is really a number).
 """
 
 import contextvars
 import json
 import os
+import re
 import sys
 
 from functions import config
@@ -15,6 +18,15 @@ from functions import config
 _SEVERITIES = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LABELS = ("agent_id", "message_id", "event_id")
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
+# Phone-shaped text: E.164 with or without separators ("+1 (415) 555-0123"), the
+# North American national form ("(415) 555-0123", "415.555.0123"), or 10 to 15
+# digits in a row not inside a longer word, id or number. Log lines are JSON,
+# so an escape such as "\\n" may stand right before a number.
+_PHONE_SHAPED = re.compile(r"""
+    (?<!\d) \+\d[\d ().\-]{5,18}\d (?!\d)
+  | (?: (?<![\w+\-.]) | (?<=\\[nrt]) )
+    (?: \(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4} | \d{10,15} ) (?![\w\-]|\.\d)
+""", re.VERBOSE)
 
 
 def mask_phone(phone: str | None) -> str | None:
@@ -23,6 +35,11 @@ def mask_phone(phone: str | None) -> str | None:
         return phone
     keep = min(3, max(len(phone) - 4, 0))
     return phone[:keep] + "*" * (len(phone) - keep - 2) + phone[-2:]
+
+
+def mask_phones(text: str) -> str:
+    """Every phone-shaped part of `text` masked as mask_phone does."""
+    return _PHONE_SHAPED.sub(lambda m: mask_phone(m.group()), text)
 
 
 def trace_id(headers) -> str | None:
@@ -42,7 +59,7 @@ def bind_trace(headers) -> None:
 
 
 def log(severity: str, message: str, **fields) -> None:
-    """Writes one log line; `phone` is masked, ids also become labels."""
+    """Writes one log line; `phone` and anything phone-shaped are masked, ids also become labels."""
     if _SEVERITIES[severity] < _SEVERITIES.get(os.environ.get("LOG_LEVEL", "INFO"), 20):
         return
     if fields.get("phone"):
@@ -54,7 +71,7 @@ def log(severity: str, message: str, **fields) -> None:
     trace = _trace.get()
     if trace:
         entry["logging.googleapis.com/trace"] = trace
-    sys.stdout.write(json.dumps(entry, default=str) + "\n")
+    sys.stdout.write(mask_phones(json.dumps(entry, default=str)) + "\n")
     sys.stdout.flush()
 
 

@@ -1,6 +1,8 @@
 """JSON answers of the HTTP functions, and the one way they refuse a request."""
 
+import functools
 import json
+import traceback
 
 from functions import logs
 
@@ -15,3 +17,19 @@ def reject(status: int, reason: str, **fields):
     """A 4xx with a short JSON reason, logged at WARNING."""
     logs.warning(f"rejected: {reason}", status=status, **fields)
     return reply(status, {"error": reason})
+
+
+def json_errors(handler):
+    """Wraps an HTTP entry point so that an unexpected error answers 500 with
+    `{"error"}` and logs ERROR with its traceback (masked like every line),
+    never Flask's HTML error page."""
+
+    @functools.wraps(handler)
+    def guarded(request):
+        try:
+            return handler(request)
+        except Exception:  # the last line of defence: anything not handled below
+            logs.error("unexpected error", event="unhandled_error", traceback=traceback.format_exc()[-4000:])
+            return reply(500, {"error": "internal error"})
+
+    return guarded

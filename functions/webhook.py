@@ -21,6 +21,8 @@ def _handshake(body: dict):
     token, secret = body.get("clientToken"), body.get("secret")
     if not isinstance(token, str) or not isinstance(secret, str):
         return reject(400, "handshake needs string clientToken and secret")
+    if not (events.is_unicode(token) and events.is_unicode(secret)):
+        return reject(400, "handshake clientToken or secret is not valid Unicode")
     if not any(hmac.compare_digest(token.encode(), t.encode()) for t in config.client_tokens()):
         return reject(403, "unknown client token", event="handshake_rejected")
     logs.info("webhook handshake answered", event="handshake_answered")

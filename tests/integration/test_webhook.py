@@ -105,3 +105,21 @@ def test_logs_hold_no_phone_number_and_no_token(webhook):
     for line in log.splitlines():
         if line.startswith("{"):
             assert {"severity", "message"} <= json.loads(line).keys()
+
+
+def test_an_event_whose_ids_cannot_be_attributes_is_still_queued_and_answered_200(webhook):
+    process, events = webhook
+    event = receipt() | {"eventId": "half \ud83d", "messageId": "m" * 2000}
+    body, headers = signed(event)
+    response = requests.post(process.url, data=body, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    [(data, attributes)] = pull_all(PROJECT, events.subscription, wait_seconds=3)
+    assert data == json.dumps(event).encode()
+    assert "event_id" not in attributes and "message_id" not in attributes and attributes["kind"] == "user_event"
+
+
+def test_a_handshake_that_cannot_be_echoed_gets_a_json_400(webhook):
+    process, _ = webhook
+    body = json.dumps({"clientToken": TOKEN, "secret": "half \ud83d"}).encode()
+    response = requests.post(process.url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+    assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"

@@ -68,7 +68,7 @@ def test_unknown_fields_are_kept():
 
 
 def test_attributes_never_carry_the_phone_and_skip_absent_or_oversized_values():
-    event = parse({"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": "e" * 300, "messageId": "m1", "agentId": "a"})
+    event = parse({"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": "e" * 1025, "messageId": "m1", "agentId": "a"})
     attributes = event.attributes()
     assert attributes == {"kind": "user_event", "event_type": "DELIVERED", "message_id": "m1", "agent_id": "a"}
     assert PHONE not in json.dumps(attributes)

@@ -1,6 +1,7 @@
 """Structured log lines: Cloud Logging's fields, masked phones, trace ids."""
 
 import json
+import re
 
 import pytest
 
@@ -42,3 +43,28 @@ def test_debug_is_off_unless_asked(capsys, monkeypatch):
     monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     logs.debug("loud")
     assert lines(capsys)[0]["severity"] == "DEBUG"
+
+
+@pytest.mark.parametrize("text", [
+    "The 'To' number +15005550001 is not a valid phone number.",
+    "number+447700900123",
+    "call +1 (415) 555-0123 now",
+    "call (415) 555-0123 now",
+    "415.555.0123",
+    "national 07700900123 form",
+    "Traceback ...\nValueError: 4155550123",
+])
+def test_phone_shaped_text_is_masked_anywhere_in_a_line(capsys, text):
+    logs.error(f"provider said: {text}", reason=text, detail={"nested": [text]})
+    raw = capsys.readouterr().out
+    assert not re.search(r"\d{4}", re.sub(r"\*+\d\d", "", raw)), raw
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-30T12:09:57.123456+00:00", "123e4567-e89b-12d3-a456-426614174000",
+    "projects/p/traces/0af7651916cd43dd8448eb211c80319c", "SM1234567890abcdef1234567890abcdef", "took 12.3456 s",
+    "pubsub id 12345678901234567",
+])
+def test_timestamps_ids_and_figures_are_left_alone(capsys, text):
+    logs.info(text)
+    assert lines(capsys)[0]["message"] == text

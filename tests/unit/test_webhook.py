@@ -127,3 +127,46 @@ def test_arbitrary_unsigned_requests_never_publish_and_never_5xx(published, requ
     response = call(*request)
     assert 400 <= response.status_code < 500 or response.status_code == 200
     assert not published
+
+
+@pytest.mark.parametrize("bad_id", ["see you \ud83d", "x" * 1025, "é" * 513])
+def test_ids_that_cannot_be_attributes_are_left_out_and_the_event_still_published(published, bad_id):
+    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": bad_id, "messageId": "m1", "agentId": "a"}
+    data = json.dumps(event).encode()
+    body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1"}, "subscription": "s"}
+    response = call(json.dumps(body).encode(), {"X-Goog-Signature": sign(data)})
+    assert response.status_code == 200
+    [(_, sent, attributes)] = published
+    assert sent == data and "event_id" not in attributes and attributes["message_id"] == "m1"
+
+
+def test_an_id_of_exactly_1024_bytes_stays_an_attribute(published):
+    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": "é" * 512, "agentId": "a"}
+    body, headers = envelope(event)
+    assert call(body, headers).status_code == 200
+    assert published[0][2]["event_id"] == "é" * 512
+
+
+@pytest.mark.parametrize("field", ["secret", "clientToken"])
+def test_a_handshake_that_is_not_valid_unicode_is_a_400(published, field):
+    handshake = {"clientToken": TOKEN, "secret": "s3cret"} | {field: "half \ud83d"}
+    response = call(json.dumps(handshake).encode())
+    assert response.status_code == 400 and response.is_json and "Unicode" in response.get_json()["error"]
+
+
+def test_an_unexpected_error_answers_json_500_and_logs_the_traceback(published, monkeypatch, capsys):
+    import main
+    from functions import events
+
+    def explode(data, envelope_type=None):
+        raise RuntimeError("boom for +15550001111")
+
+    monkeypatch.setattr(events, "decode", explode)
+    body, headers = envelope({"senderPhoneNumber": "+15550001111", "text": "hi", "messageId": "m"})
+    with app.test_request_context("/", method="POST", data=body, headers=headers):
+        response = app.make_response(main.receive_webhook(flask.request))
+    assert response.status_code == 500 and response.get_json() == {"error": "internal error"}
+    [line] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "unhandled_error" in line]
+    assert line["severity"] == "ERROR" and "RuntimeError" in line["traceback"]
+    assert "5550001111" not in json.dumps(line)
+    assert published == []
