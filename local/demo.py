@@ -60,8 +60,6 @@ def launch(stack, planned: list[Planned], deadline: int) -> None:
         rbm.add_device(p.phone, kind.device, online_after=online_after, read_after=1.0 if p.kind == "online" else None)
         if kind.revoke_fails:
             rbm.script("revoke", p.message_id, [500] * 1000)
-        if kind.unsubscribes:
-            threading.Timer(deadline * 0.25, rbm.unsubscribe, [p.phone]).start()
     for p in planned:
         body = {"phone": p.phone, "message_id": p.message_id, "content": {"text": f"Hello {p.kind}"},
                 "revoke_after_seconds": deadline,
@@ -69,6 +67,8 @@ def launch(stack, planned: list[Planned], deadline: int) -> None:
         response = stack.send(**body)
         if response.status_code != 200:
             raise RuntimeError(f"send_message answered {response.status_code}: {response.text}")
+        if KINDS[p.kind].unsubscribes:  # a quarter of the deadline after its own send, however long launching takes
+            threading.Timer(deadline * 0.25, rbm.unsubscribe, [p.phone]).start()
 
 
 def documents(planned: list[Planned]) -> dict[str, Message | None]:

@@ -142,6 +142,14 @@ class Emulator:
             _stop_group(self._proc)
             self._proc = None
 
+    def pause(self) -> None:
+        """Freezes the server (SIGSTOP): it keeps its port and its data but answers
+        nothing, as a backend in an outage. `resume()` brings it back."""
+        os.killpg(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.pid, signal.SIGCONT)
+
     def reset(self, project: str) -> None:
         """Firestore only: delete every document of `project`."""
         reset_firestore(self.host, project)

@@ -1,6 +1,7 @@
 """Fixtures that run the real backends: Google's emulators and each function
 as its own functions-framework process (see local/processes.py)."""
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -19,6 +20,7 @@ from local.processes import (
 
 TESTS_DIR = Path(__file__).resolve().parent
 MARKED_DIRS = ("integration", "e2e")
+STARTED: dict[str, Emulator] = {}  # the emulators this session started, by kind
 
 
 def pytest_collection_modifyitems(items):
@@ -40,7 +42,9 @@ def _emulator(kind, var, tmp_path_factory):
             return
         with Emulator(kind, tmp_path_factory.mktemp(kind), PROJECT) as emulator:
             env.setenv(var, emulator.host)
+            STARTED[kind] = emulator
             yield emulator.host
+            del STARTED[kind]
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +64,25 @@ def firestore(firestore_emulator):
     """The Firestore emulator, emptied before the test."""
     reset_firestore(firestore_emulator, PROJECT)
     return firestore_emulator
+
+
+@pytest.fixture
+def firestore_outage(firestore):
+    """`with firestore_outage(): ...` freezes the session's Firestore emulator for
+    the block (its data is kept) and always brings it back."""
+    if "firestore" not in STARTED:
+        pytest.skip("the Firestore emulator was not started by this session, so it can't be paused")
+    emulator = STARTED["firestore"]
+
+    @contextlib.contextmanager
+    def outage():
+        emulator.pause()
+        try:
+            yield
+        finally:
+            emulator.resume()
+
+    return outage
 
 
 @pytest.fixture

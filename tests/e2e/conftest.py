@@ -21,7 +21,7 @@ def stack(pubsub_emulator, firestore_emulator, tmp_path_factory):
 
 
 @pytest.fixture
-def rbm(stack):
+def simulator(stack):
     """The simulator, with every fault switched off again after the test."""
     yield stack.rbm
     stack.rbm.duplicate_all = stack.rbm.shuffle = False

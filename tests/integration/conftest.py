@@ -1,7 +1,6 @@
 """Fixtures that wire functions to the emulators and the local fakes."""
 
 import json
-import time
 import uuid
 
 import pytest
@@ -10,17 +9,7 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
 from local.processes import PROJECT
 from local.processes import create_push_subscription, create_topic, publish
-
-
-def wait_for(predicate, timeout=20.0, interval=0.1):
-    """Polls until `predicate()` is truthy; returns its value or fails."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+from tests.support import wait_for  # noqa: F401 (until every test imports it from tests.support)
 
 
 @pytest.fixture

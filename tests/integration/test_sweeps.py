@@ -3,6 +3,7 @@ against the fake RBM platform and the fake Twilio."""
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ import requests
 from functions import store
 from functions.model import Conversation, Fallback, Message, State
 from functions.transitions import Fact, learn
-from tests.integration.conftest import wait_for
+from tests.support import wait_for
 
 AGENT = "agent@rbm.goog"
 SWEEP_ENV = {"LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3", "RBM_AGENT_ID": AGENT}
@@ -58,19 +59,15 @@ def fallbacks(functions, firestore, sms_env):
 
 
 def at_once(*calls):
-    """Runs the calls in threads released together; returns their results."""
-    barrier, results = threading.Barrier(len(calls)), [None] * len(calls)
+    """Runs the calls in threads released together; returns their results, or raises the first error."""
+    barrier = threading.Barrier(len(calls))
 
-    def run(i, call):
+    def run(call):
         barrier.wait()
-        results[i] = call()
+        return call()
 
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [future.result() for future in [pool.submit(run, call) for call in calls]]
 
 
 def queue(rbm, message_id, i):
@@ -152,15 +149,15 @@ def test_a_crash_mid_send_never_sends_twice_and_ends_unknown(fallbacks, twilio):
     [message_id] = seed(1, state=State.REVOKED, fallback=Fallback.DUE)
     process = fallbacks()
     twilio.hold()
-    threading.Thread(target=lambda: pytest.raises(requests.ConnectionError, requests.post, process.url, timeout=60),
-                     daemon=True).start()
-    assert twilio.wait_sent(1, timeout=20)
-    process.kill()  # between the provider call and the state write
-    twilio.release()
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(requests.post, process.url, timeout=60)
+        assert twilio.wait_sent(1, timeout=20)
+        process.kill()  # between the provider call and the state write
+        twilio.release()
+        assert isinstance(killed.exception(timeout=30), requests.ConnectionError)
     assert get(message_id).fallback is Fallback.SENDING
     process.start()
-    time.sleep(2.1)  # the lease runs out
-    assert sweep(process)["unknown"] == 1
+    wait_for(lambda: sweep(process)["unknown"] == 1, timeout=30, interval=0.3)  # once the lease ran out
     assert sweep(process)["unknown"] == 0
     assert get(message_id).fallback is Fallback.UNKNOWN
     assert len(twilio.sent) == 1
@@ -172,15 +169,16 @@ def test_a_crash_mid_revoke_is_not_taken_for_a_delivery(revoker, rbm, twilio, fa
     queue(rbm, message_id, 0)
     rbm.set_phone(phone(0), "slow", delay=30)
     process = revoker()
-    threading.Thread(target=lambda: pytest.raises(requests.ConnectionError, requests.post, process.url, timeout=60),
-                     daemon=True).start()
-    wait_for(lambda: rbm.count("revoke", message_id=message_id) == 1)
-    process.kill()  # the DELETE went through; its answer and the state write never happen
+    with ThreadPoolExecutor(1) as pool:
+        killed = pool.submit(requests.post, process.url, timeout=60)
+        wait_for(lambda: rbm.count("revoke", message_id=message_id) == 1)
+        process.kill()  # the DELETE went through; its answer and the state write never happen
+        assert isinstance(killed.exception(timeout=30), requests.ConnectionError)
     assert get(message_id).revoking
     rbm.set_phone(phone(0), "accept")
     process.start()
-    time.sleep(2.1)  # the lease runs out
-    assert sweep(process)["failed"] == 1  # the retry's 404 could mean "revoked by the lost attempt"
+    # Once the lease ran out: the retry's 404 could mean "revoked by the lost attempt".
+    wait_for(lambda: sweep(process)["failed"] == 1, timeout=30, interval=0.3)
     after = get(message_id)
     assert (after.state, after.fallback, after.revoke_uncertain) == (State.REVOKE_FAILED, Fallback.DUE, True)
     assert sweep(fallbacks())["sent"] == 1  # time-sensitive: the SMS goes out rather than nothing

@@ -1,0 +1,80 @@
+"""Firestore freezing under live traffic: the session's emulator is stopped
+(SIGSTOP: it keeps its data and port but answers nothing) and resumed while
+the subscribers receive and while a sweep holds leases. Each test counts
+lost = 0 and applied-twice / duplicate SMS = 0."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from functions import store
+from functions.model import Fallback, Message, State, conversation_id
+from tests.integration.test_subscribers import AGENT, PHONE, push, receipt
+from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
+from tests.support import wait_for
+
+OUTAGE_SECONDS = 12  # longer than a push's acknowledgement deadline (10 s): Pub/Sub pushes again meanwhile
+
+
+def test_subscribers_lose_nothing_and_apply_nothing_twice_across_an_outage(subscriber, firestore_outage):
+    tracker, inbound = subscriber("track_delivery"), subscriber("record_inbound")
+    ids = [f"m-{i}" for i in range(8)]
+    for message_id in ids:
+        store.update_message(message_id, lambda _, m=message_id: Message(m, PHONE, AGENT, state=State.SENT,
+                                                                         fallback=Fallback.WAITING))
+    with firestore_outage():
+        for i, message_id in enumerate(ids):
+            push(tracker, receipt("DELIVERED", f"d-{i}", message_id=message_id, minute=1))
+            push(tracker, receipt("READ", f"r-{i}", message_id=message_id, minute=2))
+            push(inbound, {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": f"u-{i}",
+                           "sendTime": f"2026-01-01T00:{10 + i:02d}:00Z", "text": f"reply {i}"})
+        time.sleep(OUTAGE_SECONDS)
+    conversation = store.conversations().document(conversation_id(AGENT, PHONE))
+    done = wait_for(lambda: all((m := store.get_message(i)) and m.state is State.READ for i in ids)
+                    and len(list(conversation.collection("messages").stream())) == len(ids), timeout=90)
+    assert done
+    for i, message_id in enumerate(ids):
+        m = store.get_message(message_id)
+        assert sorted(m.applied) == [f"d-{i}", f"r-{i}"], m.applied  # each event once
+        assert (m.fallback, m.delivered_at.minute, m.read_at.minute) == (Fallback.CANCELLED, 1, 2)
+    assert conversation.get().get("last_activity_at").minute == 10 + len(ids) - 1
+    assert "event_dead_lettered" not in tracker.process.read_log() + inbound.process.read_log()
+
+
+def test_a_sweep_frozen_mid_send_is_taken_over_and_never_sends_twice(functions, sms_env, twilio, firestore_outage):
+    ids = seed(4, state=State.REVOKED, fallback=Fallback.DUE)
+    first = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+    twilio.hold()  # every provider call waits: the sweep holds its leases
+    with ThreadPoolExecutor(1) as pool:
+        frozen = pool.submit(requests.post, first.url, json={}, timeout=120)
+        assert twilio.wait_sent(len(ids), timeout=30)
+        with firestore_outage():
+            twilio.release()  # the SMS went out; the sweep's writes hang on Firestore
+            time.sleep(1)
+            first.kill()  # the instance dies before Firestore answers, as Cloud Run would end it
+        assert isinstance(frozen.exception(timeout=30), requests.ConnectionError)
+    assert {store.get_message(i).fallback for i in ids} == {Fallback.SENDING}
+    second = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+    wait_for(lambda: sweep(second)["unknown"] == len(ids) or None, timeout=30, interval=0.5)  # leases ran out
+    assert sweep(second)["scanned"] == 0
+    assert {store.get_message(i).fallback for i in ids} == {Fallback.UNKNOWN}
+    assert len(twilio.sent) == len(ids)  # one SMS each, never a second
+
+
+def test_a_sweep_resumed_after_an_outage_records_what_it_did(functions, sms_env, twilio, firestore_outage):
+    [message_id] = seed(1, state=State.REVOKED, fallback=Fallback.DUE)
+    process = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+    twilio.hold()
+    answer: dict = {}
+    thread = threading.Thread(target=lambda: answer.update(sweep(process)))
+    thread.start()
+    assert twilio.wait_sent(1, timeout=30)
+    with firestore_outage():
+        twilio.release()
+        time.sleep(3)  # longer than the lease: a second sweep could take it over now
+    thread.join(60)
+    assert answer and answer["sent"] == 1
+    assert store.get_message(message_id).fallback is Fallback.SENT
+    assert sweep(process)["scanned"] == 0 and len(twilio.sent) == 1
