@@ -79,7 +79,7 @@ class SmsFake(FakeServer):
         """Forget what was sent and every behaviour setting; releases a hold."""
         with self._lock:
             self._sent: list[dict] = []
-            self._received = 0
+            self._received: list[float] = []  # when each request arrived
             self._faults = Faults()
             self._delay = 0.0
             self._retry_after: str | None = None
@@ -136,7 +136,13 @@ class SmsFake(FakeServer):
     def received(self) -> int:
         """Requests that reached the provider, whatever it answered."""
         with self._lock:
-            return self._received
+            return len(self._received)
+
+    @property
+    def received_at(self) -> list[float]:
+        """When each request reached the provider (time.time())."""
+        with self._lock:
+            return list(self._received)
 
     def count(self, to: str | None = None) -> int:
         with self._lock:
@@ -151,7 +157,7 @@ class SmsFake(FakeServer):
 
     def handle(self, request: Request) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
         with self._lock:
-            self._received += 1
+            self._received.append(time.time())
         try:
             message = self._read(request)
         except Rejected as rejected:

@@ -365,7 +365,7 @@ def test_scripted_refusals_send_nothing(provider):
     statuses = [send(fake).status_code for _ in range(5)]
     assert statuses[:3] == [400, 429, 503] and all(s < 300 for s in statuses[3:])
     assert fake.count() == 2 and fake.count(to=PHONE) == 2 and fake.count(to="+15550000009") == 0
-    assert fake.received == 5
+    assert fake.received == 5 and len(fake.received_at) == 5
 
 
 def test_scripted_server_errors_send_then_fail(provider):
