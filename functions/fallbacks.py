@@ -34,7 +34,7 @@ def _send(message: Message) -> Message:
             change = lambda m: fallback_sent(m, now, result.provider_id)  # noqa: E731
         case sms.SmsOutcome.TRANSIENT:
             change = lambda m: retry_fallback(  # noqa: E731
-                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds())
+                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after)
         case sms.SmsOutcome.REJECTED:
             change = lambda m: fallback_failed(m, result.error)  # noqa: E731
         case _:
@@ -45,8 +45,12 @@ def _send(message: Message) -> Message:
 def _act(claimed: Message) -> str:
     after = _send(claimed) if claimed.fallback is Fallback.SENDING else claimed
     severity, event = _REPORT[after.fallback]
-    logs.log(severity, f"fallback {after.fallback.value}" + (f": {after.last_error}" if severity != "INFO" else ""),
-             event=event, message_id=after.message_id, agent_id=after.agent_id, phone=after.phone, sms_id=after.sms_id)
+    # The reason goes in its own field and is ours (a status and a provider error code,
+    # see sms.py), never a provider's reply text, which can hold the number in full.
+    logs.log(severity, f"fallback {after.fallback.value}", event=event, message_id=after.message_id,
+             agent_id=after.agent_id, phone=after.phone, sms_id=after.sms_id,
+             error=after.last_error if severity != "INFO" else None,
+             retry_at=after.fallback_at if after.fallback is Fallback.DUE else None)
     return "retried" if after.fallback is Fallback.DUE else after.fallback.value.lower()
 
 

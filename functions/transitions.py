@@ -163,13 +163,14 @@ def fallback_unknown(m: Message, error: str) -> Message:
     return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
 
 
-def retry_fallback(m: Message, now: datetime, error: str, max_attempts: int, base: float) -> Message:
-    """The provider failed transiently, so no SMS went out: due again later, or failed for good."""
+def retry_fallback(m: Message, now: datetime, error: str, max_attempts: int, base: float,
+                   wait: float | None = None) -> Message:
+    """The provider surely sent nothing: due again after the backoff, or after `wait`
+    seconds (the provider's Retry-After) when that is longer; or failed for good."""
     if m.fallback_attempts >= max_attempts:
         return fallback_failed(m, f"gave up after {m.fallback_attempts} attempts: {error}")
-    return dataclasses.replace(
-        m, fallback=Fallback.DUE, fallback_at=now + backoff(m.fallback_attempts, base), last_error=error, lease_owner=None
-    )
+    delay = max(backoff(m.fallback_attempts, base), timedelta(seconds=wait or 0))
+    return dataclasses.replace(m, fallback=Fallback.DUE, fallback_at=now + delay, last_error=error, lease_owner=None)
 
 
 # record_inbound: a conversation per (agent, user).

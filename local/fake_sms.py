@@ -1,9 +1,16 @@
 """Fakes of the SMS providers a fallback can go through, for tests and demos.
 
 FakeTwilio speaks Twilio's Messages API; FakeSmsWebhook a generic gateway
-that takes an HMAC-signed JSON POST. Both record what they sent and can be
-told to fail, be slow, or hold their answer after sending, which is how a
-test kills a caller between the provider call and its own state write.
+that takes an HMAC-signed JSON POST (the contract in the README). Both record
+what they sent and can be told to fail (429 / 503 with `Retry-After`), be
+slow, hold their answer after sending — how a test kills a caller between the
+provider call and its own state write — or send and then drop the connection
+without answering, the worst a caller can meet.
+
+Errors are worded as the providers word them, phone number included:
+Twilio's 21211 says "The 'To' number +1555... is not a valid phone number."
+(https://www.twilio.com/docs/api/errors/21211), so a caller that logs reply
+bodies leaks the number.
 
     python -m local.fake_sms twilio --port 8092 --account-sid AC... --auth-token secret
     python -m local.fake_sms webhook --port 8093 --secret secret
@@ -22,7 +29,18 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs
 
-from local.fakehttp import E164, FakeServer, Faults, Request, serve_until_interrupted
+from local.fakehttp import DROP, E164, RESET, FakeServer, Faults, Request, serve_until_interrupted
+
+# Statuses that come with a Retry-After header once set_retry_after() is called.
+RETRY_AFTER_STATUSES = (429, 503)
+
+
+def _sends(status: int) -> bool:
+    """Whether a scripted error answer still sends the SMS. 4xx and 503 say the
+    request was not acted on (https://www.twilio.com/docs/api/errors/20429,
+    /20503); after a 500 Twilio warns a retry may text the customer twice
+    (/20500), so a 500, 502 or 504 takes that worst case: the SMS went out."""
+    return status >= 500 and status != 503
 
 
 class Rejected(Exception):
@@ -48,7 +66,8 @@ class SmsFake(FakeServer):
     def _read(self, request: Request) -> dict:
         raise NotImplementedError
 
-    def _failure(self, status: int) -> Any:
+    def _failure(self, status: int, message: dict) -> Any:
+        """The body of a scripted error answer to `message` (as _read gave it)."""
         raise NotImplementedError
 
     def _success(self, sent: dict) -> tuple[int, Any]:
@@ -60,24 +79,39 @@ class SmsFake(FakeServer):
         """Forget what was sent and every behaviour setting; releases a hold."""
         with self._lock:
             self._sent: list[dict] = []
+            self._received: list[float] = []  # when each request arrived
             self._faults = Faults()
             self._delay = 0.0
+            self._retry_after: str | None = None
+            self._drop: object | None = None  # DROP or RESET
         self.release()
 
     def script(self, statuses: list[int]) -> None:
-        """The next sends answer these statuses in turn; 2xx means "send normally"."""
+        """The next sends answer these statuses in turn; 2xx means "send normally".
+        A 500 / 502 / 504 sends the SMS and then answers the error; others send nothing."""
         with self._lock:
             self._faults.script("send", statuses)
 
     def fail_share(self, share: float, seed: int = 0) -> None:
-        """Answer 500 (and send nothing) to a random `share` of sends, repeatably."""
+        """Answer 503 (and send nothing) to a random `share` of sends, repeatably."""
         with self._lock:
-            self._faults.fail_share("send", share, seed)
+            self._faults.fail_share("send", share, seed, status=503)
 
     def set_delay(self, seconds: float) -> None:
         """Send at once, but answer `seconds` later."""
         with self._lock:
             self._delay = seconds
+
+    def set_retry_after(self, value: str | int | None) -> None:
+        """Scripted 429 / 503 answers carry `Retry-After: value` (seconds or an HTTP date)."""
+        with self._lock:
+            self._retry_after = None if value is None else str(value)
+
+    def drop(self, reset: bool = True) -> None:
+        """From now on, read each request in full, send the SMS (it counts as sent)
+        and end the connection without answering: a TCP reset, or a plain close."""
+        with self._lock:
+            self._drop = RESET if reset else DROP
 
     def hold(self) -> None:
         """From now on, send (and record) but keep the answer until release()."""
@@ -98,6 +132,18 @@ class SmsFake(FakeServer):
         with self._lock:
             return [dict(s) for s in self._sent]
 
+    @property
+    def received(self) -> int:
+        """Requests that reached the provider, whatever it answered."""
+        with self._lock:
+            return len(self._received)
+
+    @property
+    def received_at(self) -> list[float]:
+        """When each request reached the provider (time.time())."""
+        with self._lock:
+            return list(self._received)
+
     def count(self, to: str | None = None) -> int:
         with self._lock:
             return sum(1 for s in self._sent if to in (None, s["to"]))
@@ -109,19 +155,26 @@ class SmsFake(FakeServer):
 
     # Serving
 
-    def handle(self, request: Request) -> tuple[int, Any]:
+    def handle(self, request: Request) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            self._received.append(time.time())
         try:
             message = self._read(request)
         except Rejected as rejected:
             return rejected.status, rejected.body
         with self._lock:
             error = self._faults.next_error("send", "send")
-            if error:
-                return error, self._failure(error)  # a failed call sends nothing
+            if error and not _sends(error):
+                wait = self._retry_after if error in RETRY_AFTER_STATUSES else None
+                return error, self._failure(error, message), {"Retry-After": wait} if wait else {}
             sent = {**message, "provider_id": self._new_id(), "time": time.time()}
             self._sent.append(sent)
             self._lock.notify_all()
-            delay = self._delay
+            delay, drop = self._delay, self._drop
+        if error:
+            return error, self._failure(error, message)
+        if drop:
+            return 0, drop
         time.sleep(delay)
         self._released.wait()
         return self._success(sent)
@@ -136,7 +189,15 @@ def twilio_error(status: int, code: int, message: str) -> dict:
 
 
 _TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
-_TWILIO_CODES = {401: 20003, 404: 20404, 429: 20429, 500: 20500, 503: 20503}
+# Scripted failures answer with the error code Twilio documents for the status
+# (https://www.twilio.com/docs/api/errors): a 400 is the invalid-number error,
+# whose message holds the number in full.
+_TWILIO_CODES = {400: 21211, 401: 20003, 403: 20403, 404: 20404, 429: 20429, 500: 20500, 503: 20503}
+
+
+def _invalid_to(to: str) -> Rejected:
+    """Twilio's 21211, worded as Twilio words it: with the number."""
+    return Rejected(400, twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number."))
 
 
 class FakeTwilio(SmsFake):
@@ -159,7 +220,7 @@ class FakeTwilio(SmsFake):
         if not to:
             raise Rejected(400, twilio_error(400, 21604, "A 'To' phone number is required."))
         if not E164.match(to):
-            raise Rejected(400, twilio_error(400, 21211, f"Invalid 'To' Phone Number: {to}"))
+            raise _invalid_to(to)
         if not body:
             raise Rejected(400, twilio_error(400, 21602, "Message body is required."))
         if not form.get("From") and not form.get("MessagingServiceSid"):
@@ -169,7 +230,9 @@ class FakeTwilio(SmsFake):
     def _new_id(self) -> str:
         return "SM" + uuid.uuid4().hex
 
-    def _failure(self, status: int) -> Any:
+    def _failure(self, status: int, message: dict) -> Any:
+        if status == 400:
+            return _invalid_to(message["to"]).body
         return twilio_error(status, _TWILIO_CODES.get(status, 20500), "Scripted failure")
 
     def _success(self, sent: dict) -> tuple[int, Any]:
@@ -201,9 +264,20 @@ class FakeTwilio(SmsFake):
         }
 
 
+def gateway_error(code: str, text: str) -> dict:
+    """The signed-webhook contract's error body."""
+    return {"code": code, "error": text}
+
+
+def _bad_number(to: str) -> Rejected:
+    return Rejected(400, gateway_error("invalid_to", f"{to} is not a phone number we can send to"))
+
+
 class FakeSmsWebhook(SmsFake):
-    """A generic gateway: POST JSON {to, text, message_id} to any path, signed
-    with X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>."""
+    """A gateway written to our contract: POST JSON {to, text, message_id} to any
+    path, signed with X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>;
+    errors are JSON {"code", "error"}, and the error text may name the number.
+    Like an independently written gateway, it ignores Idempotency-Key."""
 
     def __init__(self, secret: str = "secret", port: int = 0):
         self.secret = secret.encode()
@@ -215,21 +289,23 @@ class FakeSmsWebhook(SmsFake):
 
     def _read(self, request: Request) -> dict:
         if request.method != "POST":
-            raise Rejected(405, {"error": "method not allowed"})
+            raise Rejected(405, gateway_error("method_not_allowed", "method not allowed"))
         if not hmac.compare_digest(request.headers.get("X-Signature", "").encode(), self.signature(request.body).encode()):
-            raise Rejected(401, {"error": "bad signature"})
+            raise Rejected(401, gateway_error("bad_signature", "bad signature"))
         try:
             payload = request.json()
         except ValueError:
-            raise Rejected(400, {"error": "body is not JSON"}) from None
+            raise Rejected(400, gateway_error("bad_request", "body is not JSON")) from None
         if not isinstance(payload, dict) or not all(isinstance(payload.get(k), str) and payload[k] for k in ("to", "text", "message_id")):
-            raise Rejected(400, {"error": "to, text and message_id are required strings"})
+            raise Rejected(400, gateway_error("bad_request", "to, text and message_id are required strings"))
         if not E164.match(payload["to"]):
-            raise Rejected(400, {"error": "to must be an E.164 phone number"})
+            raise _bad_number(payload["to"])
         return {"to": payload["to"], "text": payload["text"], "message_id": payload["message_id"], "fields": payload}
 
-    def _failure(self, status: int) -> Any:
-        return {"error": f"gateway error {status}"}
+    def _failure(self, status: int, message: dict) -> Any:
+        if status == 400:
+            return _bad_number(message["to"]).body
+        return gateway_error(f"http_{status}", f"gateway error {status} sending to {message['to']}")
 
     def _success(self, sent: dict) -> tuple[int, Any]:
         return 200, {"id": sent["provider_id"], "status": "accepted"}

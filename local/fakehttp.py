@@ -2,13 +2,18 @@
 scripted or random failures.
 
 A fake subclasses FakeServer and answers in handle(); the server reads the
-request, calls it, and writes the answer as JSON.
+request, calls it, and writes the answer as JSON, with any extra headers the
+answer names. An answer whose payload is DROP closes the connection without a
+response, as a server does that crashes or is cut off after reading a request;
+RESET does the same with a TCP reset.
 """
 
 import collections
 import json
 import random
 import re
+import socket
+import struct
 import threading
 import traceback
 from dataclasses import dataclass
@@ -18,6 +23,8 @@ from typing import Any, Hashable
 from urllib.parse import parse_qs, urlsplit
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+DROP = object()  # a payload: close the connection without answering
+RESET = object()  # a payload: reset the connection (RST) without answering
 
 
 @dataclass
@@ -49,8 +56,9 @@ class FakeServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def handle(self, request: Request) -> tuple[int, Any]:
-        """(status, JSON-able body) for one request; runs on the request's thread."""
+    def handle(self, request: Request) -> tuple:
+        """(status, JSON-able body) or (status, body, {header: value}) for one
+        request, or a DROP body; runs on the request's thread."""
         raise NotImplementedError
 
     @property
@@ -95,15 +103,24 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         request = Request(self.command, url.path, query, self.headers, self.rfile.read(length))
         try:
-            status, payload = self.server.fake.handle(request)
+            status, payload, headers = (*self.server.fake.handle(request), {})[:3]
         except Exception:  # a bug in the fake must show, not hang the caller
             traceback.print_exc()
-            status, payload = 500, {"error": "fake server failure"}
+            status, payload, headers = 500, {"error": "fake server failure"}, {}
+        if payload is RESET:  # linger on, 0 s: closing sends RST instead of FIN
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            payload = DROP
+        if payload is DROP:
+            self.close_connection = True  # nothing written: the caller sees the connection closed
+            return
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except OSError:
@@ -120,7 +137,7 @@ class Faults:
 
     A script is a queue of statuses per key, answered in turn; a status below
     400 in it means "behave normally". Once a script is used up, a share set
-    by fail_share() makes that fraction of calls fail with 500, repeatably
+    by fail_share() makes that fraction of calls fail (500 unless told), repeatably
     for a given seed.
     """
 
@@ -131,10 +148,10 @@ class Faults:
     def script(self, key: Hashable, statuses: list[int]) -> None:
         self._scripts.setdefault(key, collections.deque()).extend(statuses)
 
-    def fail_share(self, key: Hashable, share: float, seed: int = 0) -> None:
+    def fail_share(self, key: Hashable, share: float, seed: int = 0, status: int = 500) -> None:
         if not 0.0 <= share <= 1.0:
             raise ValueError("share must be between 0 and 1")
-        self._shares[key] = (share, random.Random(seed))
+        self._shares[key] = (share, random.Random(seed), status)
 
     def next_error(self, script_key: Hashable, share_key: Hashable) -> int | None:
         """The error status the next call answers, or None to behave normally."""
@@ -142,8 +159,8 @@ class Faults:
         if queue:
             status = queue.popleft()
             return status if status >= 400 else None
-        share, rng = self._shares.get(share_key, (0.0, None))
-        return 500 if rng is not None and rng.random() < share else None
+        share, rng, status = self._shares.get(share_key, (0.0, None, 500))
+        return status if rng is not None and rng.random() < share else None
 
 
 def serve_until_interrupted(fake: FakeServer, port: int) -> None:

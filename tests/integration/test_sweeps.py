@@ -133,7 +133,7 @@ def test_every_fallback_outcome(fallbacks, twilio):
     [urgent] = seed(1, state=State.REVOKE_FAILED, fallback=Fallback.DUE, time_sensitive=True, start=5)
     store.update_message(delivered, lambda m: learn(m, Fact.DELIVERED, store.now()))
     store.update(store.conversation_ref(AGENT, phone(4)), Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True))
-    twilio.script([200, 400, 500])  # in query order: sent, rejected, flaky
+    twilio.script([200, 400, 503])  # in query order: sent, rejected, flaky (503: not processed, retried)
     process = fallbacks(SWEEP_PARALLELISM="1")
     summary = sweep(process)
     assert summary == summary | {"scanned": 5, "sent": 2, "failed": 1, "retried": 1, "cancelled": 1, "unknown": 0, "left": 0}

@@ -348,7 +348,7 @@ def test_webhook_signature_is_hmac_sha256_of_the_raw_body(gateway):
 def test_webhook_rejects_bad_signatures(gateway, signature):
     body = b'{"to": "+15550000001", "text": "x", "message_id": "m1"}'
     response = requests.post(gateway.url, data=body, headers={"X-Signature": signature}, timeout=5)
-    assert (response.status_code, response.json()) == (401, {"error": "bad signature"})
+    assert (response.status_code, response.json()) == (401, {"code": "bad_signature", "error": "bad signature"})
     assert gateway.count() == 0
 
 
@@ -359,18 +359,66 @@ def test_webhook_rejects_malformed_bodies(gateway, body):
     assert gateway.count() == 0
 
 
-def test_scripted_failures_send_nothing(provider):
+def test_scripted_refusals_send_nothing(provider):
     fake, send = provider
-    fake.script([500, 503, 200])
-    statuses = [send(fake).status_code for _ in range(4)]
-    assert statuses[:2] == [500, 503] and all(s < 300 for s in statuses[2:])
+    fake.script([400, 429, 503, 200])
+    statuses = [send(fake).status_code for _ in range(5)]
+    assert statuses[:3] == [400, 429, 503] and all(s < 300 for s in statuses[3:])
     assert fake.count() == 2 and fake.count(to=PHONE) == 2 and fake.count(to="+15550000009") == 0
+    assert fake.received == 5 and len(fake.received_at) == 5
+
+
+def test_scripted_server_errors_send_then_fail(provider):
+    fake, send = provider
+    fake.script([500, 502, 504])
+    assert [send(fake).status_code for _ in range(3)] == [500, 502, 504]
+    assert fake.count() == 3  # the worst case of "may have been processed"
 
 
 def test_twilio_errors_use_twilio_bodies(twilio):
     twilio.script([429])
     body = twilio_send(twilio).json()
     assert (body["status"], body["code"]) == (429, 20429)
+
+
+def test_twilio_invalid_number_names_the_number_in_full_as_twilio_does(twilio):
+    twilio.script([400])
+    body = twilio_send(twilio).json()
+    assert body == {"code": 21211, "message": f"The 'To' number {PHONE} is not a valid phone number.",
+                    "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}
+    assert twilio_send(twilio, To="555", From="+15557770000", Body="x").json()["message"] == "The 'To' number 555 is not a valid phone number."
+
+
+def test_gateway_errors_carry_a_code_and_may_name_the_number(gateway):
+    gateway.script([400, 503])
+    assert gateway_send(gateway).json() == {"code": "invalid_to", "error": f"{PHONE} is not a phone number we can send to"}
+    assert gateway_send(gateway).json() == {"code": "http_503", "error": f"gateway error 503 sending to {PHONE}"}
+    assert gateway.count() == 0 and gateway.received == 2
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_comes_with_429_and_503_once_set(provider, status):
+    fake, send = provider
+    fake.script([status, 500])
+    assert "Retry-After" not in send(fake).headers
+    fake.reset()
+    fake.set_retry_after(7)
+    fake.script([status, 500])
+    assert send(fake).headers["Retry-After"] == "7"
+    assert "Retry-After" not in send(fake).headers  # only on the statuses that say "come back later"
+
+
+@pytest.mark.parametrize("reset, error", [(True, "Connection aborted"), (False, "Remote end closed connection without response")])
+def test_drop_reads_the_whole_request_sends_and_answers_nothing(provider, reset, error):
+    fake, send = provider
+    fake.drop(reset=reset)
+    with pytest.raises(requests.ConnectionError, match=error):
+        send(fake)
+    assert fake.received == 1 and fake.count(to=PHONE) == 1  # the SMS went out: the worst case for the caller
+    [sent] = fake.sent
+    assert sent["text"] == "code 1234"  # the body was read in full
+    fake.reset()
+    assert send(fake).status_code < 300 and fake.count() == 1
 
 
 def test_sms_fail_share_is_repeatable(provider):
@@ -382,8 +430,8 @@ def test_sms_fail_share_is_repeatable(provider):
         return [send(fake).status_code for _ in range(20)]
 
     first = run()
-    assert first == run() and 500 in first and len(set(first)) == 2
-    assert fake.count() == 20 - first.count(500)
+    assert first == run() and 503 in first and len(set(first)) == 2
+    assert fake.count() == 20 - first.count(503)
 
 
 def test_delay_answers_late(provider):

@@ -149,6 +149,14 @@ def test_provider_failures_retry_with_backoff_then_fail():
     assert m.fallback is Fallback.FAILED and "gave up after 2" in m.last_error
 
 
+def test_a_retry_after_longer_than_the_backoff_sets_the_next_try():
+    m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
+    now = T0 + timedelta(minutes=2)
+    claimed = claim_fallback(m, now, LEASE, "a", False)
+    assert retry_fallback(claimed, now, "429", 5, base=10, wait=45).fallback_at == now + timedelta(seconds=45)
+    assert retry_fallback(claimed, now, "429", 5, base=10, wait=3).fallback_at == now + timedelta(seconds=10)
+
+
 def test_an_interrupted_revoke_makes_later_claims_uncertain():
     m = sent()
     first = claim_revoke(m, m.revoke_at, LEASE, "a")
