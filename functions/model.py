@@ -67,7 +67,8 @@ class Message:
     traffic_type: str | None = None
     fallback_text: str | None = None
     time_sensitive: bool = False
-    tracked: bool = True  # False: a receipt for a message another system sent
+    tracked: bool = True  # False: a receipt for a message another system sent; recorded, never acted on
+    fingerprint: str | None = None  # sha256 of the canonical send_message request (outbound.fingerprint)
     revoke_at: datetime | None = None  # the deadline
     next_action_at: datetime | None = None  # when revoke_expired acts next; a claim's lease end
     fallback_at: datetime | None = None  # when send_fallbacks acts next; a claim's lease end

@@ -1,9 +1,16 @@
-"""send_message's request: validated here, with no I/O, so every rule is unit-tested."""
+"""send_message's request: validated here, with no I/O, so every rule is unit-tested.
 
+A request that passes `parse` can be stored in Firestore and is not one RBM
+documents it will refuse; anything else is an `InvalidRequest` naming the field.
+"""
+
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Iterator
 
 from functions.model import Fallback, Message
 
@@ -12,6 +19,35 @@ TRAFFIC_TYPES = {"AUTHENTICATION", "SERVICEREQUEST", "ACKNOWLEDGEMENT", "PROMOTI
 MIN_REVOKE_SECONDS = 10  # the platform advises at least 10 s
 MAX_REVOKE_SECONDS = 30 * 86400  # the platform keeps an undelivered message 30 days
 MAX_SMS_TEXT = 1600  # Twilio's limit on a message body (ten concatenated segments)
+
+# RBM's documented limits on a contentMessage. Sources: the "Send messages" guide
+# (guides/build/messages/send: "The maximum size of the entire stringified
+# AgentMessage is 250 KB … The text portion of the message has its own limit of
+# 3072 characters") and the REST reference (reference/rest/v1/phones.agentMessages:
+# AgentContentMessage, CardContent, CarouselCard, SuggestedReply, SuggestedAction).
+MAX_AGENT_MESSAGE_BYTES = 250_000  # "250 KB"; read as the smaller of 250,000 and 256,000
+CONTENT_KINDS = ("text", "fileName", "uploadedRbmFile", "richCard", "contentInfo")  # the union: exactly one
+_CARDS = ("richCard.standaloneCard.cardContent", "richCard.carouselCard.cardContents[]")
+_SUGGESTIONS = ("suggestions[]",) + tuple(f"{card}.suggestions[]" for card in _CARDS)
+MAX_CHARACTERS = (
+    {"text": 3072}
+    | {f"{card}.title": 200 for card in _CARDS}
+    | {f"{card}.description": 2000 for card in _CARDS}
+    | {f"{s}.{kind}.text": 25 for s in _SUGGESTIONS for kind in ("reply", "action")}
+)
+ITEMS = {"suggestions": (0, 11), "richCard.carouselCard.cardContents": (2, 10)} | {
+    f"{card}.suggestions": (0, 4) for card in _CARDS
+}
+
+# What Firestore stores (cloud.google.com/firestore/quotas, "Collections, documents,
+# and fields"; each seen refused by the emulator): maps and arrays nested at most 20
+# deep, the document's own field counting as 1 (the emulator takes one level more),
+# a field path of at most 1,500 bytes, no empty or `__.*__` field name, no array
+# directly in an array. The 1 MiB document limit needs no rule of its own: content
+# within RBM's 250 KB and an SMS of 1,600 characters keep a message document far below it.
+MAX_NESTING = 20
+MAX_FIELD_PATH_BYTES = 1500
+RESERVED_FIELD_NAME = re.compile(r"__.*__", re.DOTALL)
 
 
 class InvalidRequest(ValueError):
@@ -29,6 +65,11 @@ class Outbound:
     fallback_text: str | None = None
     time_sensitive: bool = False
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.phone, self.agent_id, self.content, self.traffic_type, self.revoke_after_seconds,
+                           self.fallback_text, self.time_sensitive)
+
     def record(self, now: datetime, resend_after: float) -> Message:
         """The PENDING document stored before RBM is called."""
         return Message(
@@ -43,7 +84,39 @@ class Outbound:
             revoke_at=now + timedelta(seconds=self.revoke_after_seconds) if self.revoke_after_seconds else None,
             next_action_at=now + timedelta(seconds=resend_after),
             created_at=now,
+            fingerprint=self.fingerprint,
         )
+
+
+def fingerprint(phone: str, agent_id: str, content: dict, traffic_type: str | None, revoke_after_seconds: int | None,
+                fallback_text: str | None, time_sensitive: bool) -> str:
+    """sha256 hex of the canonical request (JSON, sorted keys, no spaces), after
+    defaults are applied: two requests that would send the same thing share it."""
+    canonical = {"phone": phone, "agent_id": agent_id, "content": content, "traffic_type": traffic_type,
+                 "revoke_after_seconds": revoke_after_seconds, "fallback_text": fallback_text,
+                 "time_sensitive": time_sensitive}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stored_fingerprint(m: Message) -> str:
+    """The fingerprint of the request that created `m`. A document written before
+    fingerprints were stored gets it from its own fields: they keep the request
+    (the deadline as `revoke_at - created_at`, both set from one clock reading)."""
+    if m.fingerprint:
+        return m.fingerprint
+    revoke_after = round((m.revoke_at - m.created_at).total_seconds()) if m.revoke_at and m.created_at else None
+    return fingerprint(m.phone, m.agent_id, m.content, m.traffic_type, revoke_after, m.fallback_text, m.time_sensitive)
+
+
+def conflict(stored: Message, wanted: Outbound) -> str | None:
+    """Why `wanted` may not reuse the message_id of `stored`, or None if it is the same request."""
+    if not stored.tracked:
+        return "message_id belongs to a message another sender sent"
+    if (stored.phone, stored.agent_id) != (wanted.phone, wanted.agent_id):
+        return "message_id already used for another recipient"
+    if stored_fingerprint(stored) != wanted.fingerprint:
+        return "message_id already used for a different request (content, deadline, traffic type or fallback)"
+    return None
 
 
 def _require(condition: bool, reason: str) -> None:
@@ -51,8 +124,69 @@ def _require(condition: bool, reason: str) -> None:
         raise InvalidRequest(reason)
 
 
+def _nodes(value, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
+    """Every value of a JSON tree with its path (`a.b[2].c`). The body is the
+    document (depth 0) and its fields are depth 1: a tree nested deeper than
+    Firestore stores is refused before it is walked further."""
+    _require(depth <= MAX_NESTING, f"{path} nests maps and arrays more than {MAX_NESTING} deep")
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nodes(item, f"{path}[{i}]", depth + 1)
+
+
+def _unicode(text: str) -> bool:
+    """False for a str that holds an unpaired UTF-16 surrogate (JSON allows `"\\ud83d"`)."""
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _check_unicode(body: dict) -> None:
+    for path, value in _nodes(body):
+        keys = value.keys() if isinstance(value, dict) else ()
+        _require(all(_unicode(k) for k in keys), f"{path or 'body'} has a field name that is not valid Unicode")
+        _require(not isinstance(value, str) or _unicode(value),
+                 f"{path} is not valid Unicode text (an unpaired surrogate)")
+
+
+def _check_storable(content: dict) -> None:
+    for path, value in _nodes(content, "content", 1):
+        if isinstance(value, dict):
+            for key in value:
+                _require(bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
+                         f"{path} has a field name Firestore can't store: empty or __reserved__")
+        _require(len(path.encode()) <= MAX_FIELD_PATH_BYTES, f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes")
+        _require(not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
+                 f"{path} holds an array directly in an array, which Firestore can't store")
+
+
+def _check_rbm(content: dict, traffic_type: str | None) -> None:
+    kinds = [k for k in CONTENT_KINDS if k in content]
+    _require(len(kinds) == 1, f"content must have exactly one of {', '.join(CONTENT_KINDS)}")
+    for path, value in _nodes(content, "content", 1):
+        pattern = re.sub(r"\[\d+\]", "[]", path).removeprefix("content.")
+        if pattern in MAX_CHARACTERS:
+            _require(isinstance(value, str) and len(value) <= MAX_CHARACTERS[pattern],
+                     f"{path} must be text of at most {MAX_CHARACTERS[pattern]} characters")
+        if pattern in ITEMS:
+            low, high = ITEMS[pattern]
+            _require(isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items")
+    body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
+    _require(len(json.dumps(body, separators=(",", ":")).encode()) <= MAX_AGENT_MESSAGE_BYTES,
+             f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message")
+
+
 def parse(body, default_agent: str) -> Outbound:
+    """The request a send_message body asks for, defaults applied; InvalidRequest
+    (naming the field) for anything that can't be stored or that RBM documents it refuses."""
     _require(isinstance(body, dict), "body must be a JSON object")
+    _check_unicode(body)
     phone, content = body.get("phone"), body.get("content")
     _require(isinstance(phone, str) and E164.fullmatch(phone) is not None, "phone must be an E.164 number like +14155550123")
     _require(isinstance(content, dict) and bool(content), "content must be a non-empty RBM contentMessage object")
@@ -68,6 +202,8 @@ def parse(body, default_agent: str) -> Outbound:
              f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}")
     traffic_type = body.get("traffic_type")
     _require(traffic_type is None or traffic_type in TRAFFIC_TYPES, f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}")
+    _check_storable(content)
+    _check_rbm(content, traffic_type)
     fallback = body.get("fallback")
     _require(fallback is None or isinstance(fallback, dict), "fallback must be an object")
     text = (fallback or {}).get("text")

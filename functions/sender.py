@@ -51,8 +51,8 @@ def handle(request):
         return reject(409, "the user unsubscribed from this agent", message_id=wanted.message_id)
     fresh = wanted.record(store.now(), config.pending_resend_seconds())
     stored = store.update_message(wanted.message_id, lambda current: current or fresh)
-    if stored.phone != wanted.phone or stored.agent_id != wanted.agent_id:
-        return reject(409, "message_id already used for another recipient", message_id=wanted.message_id)
+    if reason := outbound.conflict(stored, wanted):
+        return reject(409, reason, message_id=wanted.message_id)
     message = deliver(stored) if stored.state is State.PENDING else stored
     if message is None:
         return reply(503, {"error": "RBM unavailable; the message stays PENDING and is retried"} | summary(stored))

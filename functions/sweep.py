@@ -48,7 +48,7 @@ def _claim_and_act(message_id: str, claim: Claim, act: Act, owner: str) -> str:
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
     try:
         claimed = store.update_message(message_id, lambda m: m and claim(m, now, lease, owner))
-        return act(claimed) if claimed else "skipped"
+        return act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: dropped, never acted on
     except Exception as exc:  # one message's trouble must not stop the sweep; its lease expires
         logs.error("sweep could not process a message", event="sweep_error", message_id=message_id, reason=repr(exc)[:300])
         return "errors"

@@ -1,4 +1,9 @@
-"""track_delivery: delivery receipts and server events → the message document."""
+"""track_delivery: delivery receipts and server events → the message document.
+
+An event about a message rbm-relay did not send (the partner webhook carries every
+sender's) gets a minimal `tracked: false` record: its state is kept, and nothing
+ever acts on it (`transitions.learn` never makes it due).
+"""
 
 from functions import logs, store, subscriber
 from functions.events import Event, Kind
@@ -16,7 +21,6 @@ def _record(event: Event) -> None:
     fact, at = EVENT_FACTS[event.event_type], event.time or store.now()
 
     def change(current: Message | None) -> Message:
-        # A receipt for a message another system sent still gets a (minimal) record.
         message = current or Message(event.message_id, event.phone, event.agent_id, tracked=False)
         return learn(message, fact, at, event.dedupe_id)
 
@@ -26,6 +30,7 @@ def _record(event: Event) -> None:
         event=f"receipt_{event.event_type.lower()}",
         state=message.state.value,
         fallback=message.fallback.value,
+        tracked=message.tracked,
         **event.attributes(),
     )
 

@@ -84,6 +84,8 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
         m.last_error = error
     if fact in (Fact.REVOKED, Fact.DELIVERED, Fact.REVOKE_ABANDONED) or m.state not in SWEPT_STATES:
         m.revoking = False
+    if not m.tracked:  # another system's message: recorded, never acted on, so never due
+        return _dropped(m)
     if m.state not in SWEPT_STATES:
         m.next_action_at = None
     elif fact is Fact.ACCEPTED and m.state is State.SENT:
@@ -107,6 +109,13 @@ def backoff(attempt: int, base: float) -> timedelta:
     return timedelta(seconds=base * 2 ** min(max(attempt - 1, 0), 5))
 
 
+def _dropped(m: Message) -> Message:
+    """Another system's message (`tracked` false) as it is kept: due for neither
+    sweep and held by none. A claim of one that is due anyway (written before
+    this rule) returns it so, and the sweep stores it without acting on it."""
+    return dataclasses.replace(m, next_action_at=None, fallback_at=None, lease_owner=None, revoking=False)
+
+
 # revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
 
 def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
@@ -115,6 +124,8 @@ def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Mes
     "revoked by that attempt" as well as "delivered"."""
     if m.state not in SWEPT_STATES or m.next_action_at is None or m.next_action_at > now:
         return None
+    if not m.tracked:
+        return _dropped(m)
     return dataclasses.replace(m, next_action_at=now + lease, lease_owner=owner, attempts=m.attempts + 1,
                                revoke_uncertain=m.revoke_uncertain or m.revoking, revoking=m.state is not State.PENDING)
 
@@ -139,6 +150,8 @@ def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opte
     None if there is nothing to do."""
     if m.fallback not in (Fallback.DUE, Fallback.SENDING) or m.fallback_at is None or m.fallback_at > now:
         return None
+    if not m.tracked:
+        return _dropped(m)
     m = dataclasses.replace(m, fallback_at=None, lease_owner=None)
     if m.fallback is Fallback.SENDING:
         m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"

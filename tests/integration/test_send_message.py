@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from functions import store
-from functions.model import Conversation, State
+from functions.model import Conversation, Message, State
 
 PHONE, AGENT = "+447700900789", "agent@rbm.goog"
 CONTENT = {"text": "Your code is 123456"}
@@ -91,3 +91,48 @@ def test_invalid_requests_get_400_with_a_reason(send, rbm, body):
     response = send(**body)
     assert response.status_code == 400 and response.json()["error"]
     assert rbm.count("create") == 0
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"fallback": {"text": "see you \ud83d"}}, "fallback.text"),  # half an emoji: no Firestore write could store it
+    ({"content": {"text": "see you \ud83d"}}, "content.text"),
+    ({"content": {"text": "x" * 3073}}, "content.text"),
+    ({"content": {"text": "x", "suggestions": [{"reply": {"text": "x" * 26, "postbackData": "p"}}]}},
+     "content.suggestions[0].reply.text"),
+    ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://example.com/a.png"}}}, "exactly one of"),
+    ({"content": {"text": "x", "extra": {"__name__": 1}}}, "content.extra"),
+])
+def test_what_cannot_be_stored_or_sent_is_400_naming_the_field_and_nothing_is_stored(send, rbm, body, field):
+    message_id = str(uuid.uuid4())
+    response = send(message_id=message_id, **body)
+    assert response.status_code == 400 and field in response.json()["error"]
+    assert store.get_message(message_id) is None
+    assert rbm.count("create") == 0
+
+
+@pytest.mark.parametrize("change", [
+    {"content": {"text": "Your code is 654321"}},
+    {"revoke_after_seconds": 900},
+    {"traffic_type": "TRANSACTION"},
+    {"fallback": {"text": "another SMS", "time_sensitive": True}},
+    {"fallback": {"text": "code 123456", "time_sensitive": False}},
+])
+def test_a_reused_message_id_with_a_different_request_is_409_and_nothing_is_sent(send, rbm, change):
+    first = {"message_id": str(uuid.uuid4()), "revoke_after_seconds": 600, "traffic_type": "AUTHENTICATION",
+             "fallback": {"text": "code 123456", "time_sensitive": True}}
+    assert send(**first).status_code == 200
+    stored = store.get_message(first["message_id"])
+    response = send(**first | change)
+    assert response.status_code == 409 and "different request" in response.json()["error"]
+    assert rbm.count("create") == 1
+    assert store.get_message(first["message_id"]) == stored
+    assert send(**first).json() == {"message_id": first["message_id"], "state": "SENT", "fallback": "WAITING"}
+
+
+def test_a_message_id_another_sender_used_is_409_and_nothing_is_sent(send, rbm):
+    message_id = str(uuid.uuid4())  # track_delivery recorded a receipt for it: another system sent it
+    store.update_message(message_id, lambda _: Message(message_id, PHONE, AGENT, state=State.DELIVERED, tracked=False))
+    response = send(message_id=message_id)
+    assert response.status_code == 409 and "another sender" in response.json()["error"]
+    assert rbm.count("create") == 0
+    assert store.get_message(message_id).tracked is False

@@ -4,8 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from functions.model import Fallback, State
-from functions.outbound import InvalidRequest, parse
+from functions.model import Fallback, Message, State
+from functions.outbound import InvalidRequest, conflict, parse
 
 OK = {"phone": "+14155550123", "content": {"text": "hi"}}
 
@@ -46,3 +46,128 @@ def test_each_rule_names_what_is_wrong(change, reason):
 def test_no_agent_anywhere_is_refused():
     with pytest.raises(InvalidRequest, match="agent_id"):
         parse(OK, "")
+
+
+def card(**content) -> dict:
+    return {"title": "t", "description": "d", **content}
+
+
+def reply(text="ok") -> dict:
+    return {"reply": {"text": text, "postbackData": "p"}}
+
+
+# Input that can't be stored, or that RBM documents it refuses: 400 naming the field.
+@pytest.mark.parametrize("change, reason", [
+    ({"fallback": {"text": "see you \ud83d"}}, "fallback.text is not valid Unicode"),
+    ({"content": {"text": "half an emoji \ude00"}}, "content.text is not valid Unicode"),
+    ({"content": {"text": "x", "suggestions": [reply("\ud83d")]}}, r"content.suggestions\[0\].reply.text is not valid"),
+    ({"agent_id": "agent\udfff"}, "agent_id is not valid Unicode"),
+    ({"content": {"text": "x", "\ud83d": 1}}, "content has a field name that is not valid Unicode"),
+    ({"content": {"text": "x" * 3073}}, "content.text must be text of at most 3072"),
+    ({"content": {"text": "x", "suggestions": [reply()] * 12}}, "content.suggestions must be a list of 0 to 11"),
+    ({"content": {"text": "x", "suggestions": [reply("x" * 26)]}}, r"content.suggestions\[0\].reply.text must be text of at most 25"),
+    ({"content": {"text": "x", "suggestions": [{"action": {"text": "x" * 26, "openUrlAction": {"url": "https://a"}}}]}},
+     r"content.suggestions\[0\].action.text must be text of at most 25"),
+    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(title="x" * 201)}}}},
+     "content.richCard.standaloneCard.cardContent.title must be text of at most 200"),
+    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(description="x" * 2001)}}}},
+     "cardContent.description must be text of at most 2000"),
+    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(suggestions=[reply()] * 5)}}}},
+     "cardContent.suggestions must be a list of 0 to 4"),
+    ({"content": {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()]}}}},
+     "content.richCard.carouselCard.cardContents must be a list of 2 to 10"),
+    ({"content": {"richCard": {"carouselCard": {"cardContents": [card()] * 11}}}}, "cardContents must be a list of 2 to 10"),
+    ({"content": {"richCard": {"carouselCard": {"cardContents": [card(), card(title="x" * 201)]}}}},
+     r"cardContents\[1\].title must be text of at most 200"),
+    ({"content": {"richCard": {"carouselCard": {"cardContents": [card(), card(suggestions=[reply("x" * 26)])]}}}},
+     r"cardContents\[1\].suggestions\[0\].reply.text must be text of at most 25"),
+    ({"content": {"suggestions": [reply()]}}, "exactly one of text, fileName, uploadedRbmFile, richCard, contentInfo"),
+    ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://a/b.png"}}}, "exactly one of"),
+    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(media={"x": "y" * 250_000})}}}},
+     "over RBM's 250,000 bytes"),
+    ({"content": {"text": "x", "extra": {"": 1}}}, "content.extra has a field name Firestore can't store"),
+    ({"content": {"text": "x", "__name__": 1}}, "content has a field name Firestore can't store"),
+    ({"content": {"text": "x", "extra": [[1]]}}, "content.extra holds an array directly in an array"),
+    ({"content": {"text": "x", "k" * 1500: 1}}, "is a field path over 1500 bytes"),
+])
+def test_what_cannot_be_stored_or_sent_is_refused_naming_the_field(change, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        parse(OK | change, "a")
+
+
+def nested(depth: int) -> dict:
+    value = "leaf"
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+def test_nesting_deeper_than_firestore_stores_is_refused_before_it_is_walked():
+    """Firestore keeps maps and arrays at most 20 deep, the document's own field counting as 1."""
+    assert parse(OK | {"content": {"text": "x", "extra": nested(18)}}, "a")
+    with pytest.raises(InvalidRequest, match="nests maps and arrays more than 20 deep"):
+        parse(OK | {"content": {"text": "x", "extra": nested(19)}}, "a")
+    with pytest.raises(InvalidRequest, match="more than 20 deep"):
+        parse(OK | {"content": {"text": "x", "extra": nested(5000)}}, "a")  # no RecursionError either
+
+
+@pytest.mark.parametrize("content", [
+    {"text": "x" * 3072, "suggestions": [reply("x" * 25)] * 11},
+    {"text": "😀" * 3072},  # characters, not bytes
+    {"uploadedRbmFile": {"fileName": "files/abc"}},
+    {"contentInfo": {"fileUrl": "https://example.com/a.png"}},
+    {"richCard": {"standaloneCard": {"cardContent": card(title="x" * 200, description="x" * 2000,
+                                                         suggestions=[reply()] * 4)}}},
+    {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()] * 10}}},
+    {"text": "hi", "futureField": {"__": [1, {"a": [2]}]}},  # unknown fields go to RBM as they are
+])
+def test_content_at_the_documented_limits_is_accepted(content):
+    assert parse(OK | {"content": content}, "a").content == content
+
+
+# A reused message_id: the same request answers the stored message, any other is refused.
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+FULL = OK | {"message_id": "6f1c1c52-5d6e-4c54-9b8a-3e4c1f0d2a11", "revoke_after_seconds": 300,
+             "traffic_type": "AUTHENTICATION", "fallback": {"text": "code 1", "time_sensitive": True}}
+
+
+def stored(body=FULL) -> Message:
+    return parse(body, "agent").record(NOW, 60)
+
+
+def test_the_same_request_has_the_same_fingerprint_whatever_its_spelling():
+    same = {"fallback": {"time_sensitive": True, "text": "code 1"}, "content": {"text": "hi"}, "agent_id": "agent",
+            "traffic_type": "AUTHENTICATION", "revoke_after_seconds": 300, "phone": "+14155550123",
+            "message_id": FULL["message_id"].upper()}
+    assert conflict(stored(), parse(same, "other-default")) is None
+    assert parse(OK, "a").fingerprint == parse(OK | {"fallback": None, "agent_id": "a"}, "b").fingerprint
+    assert parse(OK | {"fallback": {"text": "t"}}, "a").fingerprint == \
+        parse(OK | {"fallback": {"text": "t", "time_sensitive": False}}, "a").fingerprint
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"content": {"text": "something else"}}, "different request"),
+    ({"revoke_after_seconds": 600}, "different request"),
+    ({"revoke_after_seconds": None}, "different request"),
+    ({"traffic_type": "TRANSACTION"}, "different request"),
+    ({"fallback": {"text": "code 2", "time_sensitive": True}}, "different request"),
+    ({"fallback": {"text": "code 1"}}, "different request"),
+    ({"fallback": None}, "different request"),
+    ({"phone": "+14155550000"}, "another recipient"),
+    ({"agent_id": "other-agent"}, "another recipient"),
+])
+def test_a_reused_message_id_with_any_other_request_is_a_conflict(change, reason):
+    assert reason in conflict(stored(), parse(FULL | change, "agent"))
+
+
+def test_a_message_id_another_sender_used_is_a_conflict_even_for_the_same_recipient():
+    theirs = Message(FULL["message_id"], FULL["phone"], "agent", tracked=False)
+    assert "another sender" in conflict(theirs, parse(FULL, "agent"))
+
+
+def test_a_document_stored_before_fingerprints_gets_its_fingerprint_from_its_fields():
+    legacy = stored()
+    legacy.fingerprint = None
+    assert conflict(legacy, parse(FULL, "agent")) is None
+    assert "different request" in conflict(legacy, parse(FULL | {"revoke_after_seconds": 301}, "agent"))
+    assert "different request" in conflict(legacy, parse(FULL | {"content": {"text": "other"}}, "agent"))

@@ -166,3 +166,48 @@ def test_an_interrupted_revoke_makes_later_claims_uncertain():
     third = claim_revoke(retry_revoke(second, m.revoke_at + LEASE, "500", 8, 1), m.revoke_at + 2 * LEASE, LEASE, "c")
     assert third.revoke_uncertain and third.revoking  # a failure in between does not make it certain again
     assert learn(third, Fact.REVOKED, m.revoke_at).revoking is False
+
+
+# Only its own messages (DESIGN §3.9): another system's message is recorded, never acted on.
+
+def untracked() -> Message:
+    """The minimal record track_delivery writes for an event about a message it never sent."""
+    return Message("m9", "+15550002222", "agent", tracked=False)
+
+
+@settings(max_examples=500)
+@given(steps=st.lists(st.one_of(
+    st.tuples(st.just("fact"), st.sampled_from(list(Fact)), st.sampled_from(["e1", "e2", "e3", None]), st.integers(0, 60)),
+    st.tuples(st.just("sweep"), st.sampled_from(["revoke", "fallback"]), st.booleans(), st.integers(0, 60)),
+), max_size=12))
+def test_an_untracked_message_is_never_due_whatever_happens_in_any_order(steps):
+    m = untracked()
+    for kind, what, detail, minute in steps:
+        at = T0 + timedelta(minutes=minute)
+        if kind == "fact":
+            m = learn(m, what, at, detail, error="x" if what is Fact.SEND_FAILED else None)
+        elif what == "revoke":
+            assert claim_revoke(m, at + timedelta(days=30), LEASE, "sweep") is None
+        else:
+            assert claim_fallback(m, at + timedelta(days=30), LEASE, "sweep", opted_out=detail) is None
+        assert (m.next_action_at, m.fallback_at, m.fallback, m.lease_owner, m.tracked) == (None, None, Fallback.NONE, None, False)
+
+
+def test_an_untracked_message_still_records_its_delivery_state():
+    m = fold(untracked(), [("TTL_EXPIRATION_REVOKE_FAILED", "e1", 6), ("DELIVERED", "e2", 7)])
+    assert (m.state, m.delivered_at, m.applied) == (State.DELIVERED, T0 + timedelta(minutes=7), ["e1", "e2"])
+
+
+@pytest.mark.parametrize("claim", [
+    lambda m, now: claim_revoke(m, now, LEASE, "sweep"),
+    lambda m, now: claim_fallback(m, now, LEASE, "sweep", opted_out=False),
+])
+def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(claim):
+    """Written before untracked messages were kept from becoming due: the first claim
+    makes it due for neither sweep and holds it for none; a second finds nothing."""
+    legacy = Message("m9", "+15550002222", "agent", state=State.REVOKE_FAILED, fallback=Fallback.DUE, tracked=False,
+                     next_action_at=T0, fallback_at=T0, revoking=True)
+    dropped = claim(legacy, T0 + LEASE)
+    assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (None, None, None, False)
+    assert claim_revoke(dropped, T0 + 100 * LEASE, LEASE, "b") is None
+    assert claim_fallback(dropped, T0 + 100 * LEASE, LEASE, "b", opted_out=False) is None
