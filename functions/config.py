@@ -47,8 +47,9 @@ def agent_id() -> str:
     return env("RBM_AGENT_ID")
 
 
-# The opt-out and opt-in keywords of US carrier rules (CTIA Messaging Principles and
-# Best Practices), as Twilio's Advanced Opt-Out documentation lists its defaults.
+# The universal opt-out keywords of CTIA's Short Code Monitoring Handbook (STOP, END,
+# CANCEL, UNSUBSCRIBE, QUIT) and the further ones and opt-in keywords Twilio handles by
+# default (Twilio docs: "Customize users' opt-in and opt-out experience with Advanced Opt-Out").
 OPT_OUT_KEYWORDS = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
 OPT_IN_KEYWORDS = "START,UNSTOP,YES"
 
