@@ -1,9 +1,12 @@
 """Firestore access: one client per instance, and read-change-write with a precondition.
 
-Every change reads a document once and commits once, on the condition that
-nobody wrote it in between (its update time, or its absence); on a conflict
-the change is computed again from the fresh document. Concurrent writers
-therefore never interleave, and each change costs one read and one commit.
+Every change reads its documents once (one or several, in one round trip) and
+commits once, on the condition that nobody wrote them in between (their update
+time, or their absence); on a conflict the change is computed again from the
+fresh documents. Concurrent writers therefore never interleave, and each change
+costs one read and one commit. Before a commit every written document is checked
+against Firestore's limits, so what it can never store fails at once with
+UnstorableError and the reason, rather than in every retry.
 """
 
 import functools
