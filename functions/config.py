@@ -47,6 +47,28 @@ def agent_id() -> str:
     return env("RBM_AGENT_ID")
 
 
+# The universal opt-out keywords of CTIA's Short Code Monitoring Handbook (STOP, END,
+# CANCEL, UNSUBSCRIBE, QUIT) and the further ones and opt-in keywords Twilio handles by
+# default (Twilio docs: "Customize users' opt-in and opt-out experience with Advanced Opt-Out").
+OPT_OUT_KEYWORDS = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
+OPT_IN_KEYWORDS = "START,UNSTOP,YES"
+
+
+def _list(value: str | None, default: str) -> list[str]:
+    """A comma-separated setting; unset gives `default`, set but empty gives no entries."""
+    return [item.strip() for item in (default if value is None else value).split(",") if item.strip()]
+
+
+def opt_out_keywords() -> list[str]:
+    """Typed texts that opt the user out of the agent, as UNSUBSCRIBE does; empty: none."""
+    return _list(os.environ.get("OPT_OUT_KEYWORDS"), OPT_OUT_KEYWORDS)
+
+
+def opt_in_keywords() -> list[str]:
+    """Typed texts that opt the user back in, as SUBSCRIBE does; empty: none."""
+    return _list(os.environ.get("OPT_IN_KEYWORDS"), OPT_IN_KEYWORDS)
+
+
 def rbm_endpoint() -> str:
     return env("RBM_API_ENDPOINT", "https://rcsbusinessmessaging.googleapis.com").rstrip("/")
 

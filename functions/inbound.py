@@ -1,48 +1,71 @@
-"""record_inbound: user messages, typing and (un)subscribes → the conversation."""
+"""record_inbound: user messages, typing and (un)subscribes → the conversation.
 
-from google.api_core import exceptions
+A user message is stored below its conversation, and the conversation learns
+from it, in one commit: the message document is the record that it was applied.
+A user event is applied once per (eventId, phone): the conversation keeps the
+ids of the events it applied.
+
+Typed keywords: a user text message whose whole text is an opt-out keyword
+(`OPT_OUT_KEYWORDS`) opts the user out of this agent exactly as UNSUBSCRIBE
+does, an opt-in keyword (`OPT_IN_KEYWORDS`) back in as SUBSCRIBE does; the
+message is stored all the same. A suggestion reply never counts: its text is
+the label of a chip the agent offered ("Cancel my booking"), and its
+postbackData is the agent's to act on.
+"""
 
 from functions import config, logs, store, subscriber
 from functions.events import CONTENT_FIELDS, Event, Kind
-from functions.model import Conversation, retention
-from functions.transitions import conversation_activity, conversation_subscription, conversation_typing
+from functions.model import Conversation, UserMessage
+from functions.transitions import Signal, conversation_learn
 
-_USER_EVENTS = {"IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE"}
+_USER_EVENTS = {"IS_TYPING": (Signal.TYPING,), "SUBSCRIBE": (Signal.OPT_IN,), "UNSUBSCRIBE": (Signal.OPT_OUT,)}
 
 
 def _handles(event: Event) -> bool:
     return event.kind is Kind.USER_MESSAGE or (event.kind is Kind.USER_EVENT and event.event_type in _USER_EVENTS)
 
 
-def _store_message(event: Event, agent_id: str) -> bool:
-    """The user message below its conversation, both in one commit; False for a duplicate."""
+def _normal(text: str) -> str:
+    """Text as keywords are compared: case-folded, whitespace trimmed and runs of it made one space."""
+    return " ".join(text.split()).casefold()
+
+
+def keyword_signals(content: dict) -> tuple[Signal, ...]:
+    """(Signal.OPT_OUT,) if a message's content is a text that is an opt-out keyword,
+    (Signal.OPT_IN,) for an opt-in keyword, else (); opt-out wins if a text is in both lists."""
+    text = content.get("text")
+    if not isinstance(text, str):
+        return ()
+    typed = _normal(text)
+    if typed in map(_normal, config.opt_out_keywords()):
+        return (Signal.OPT_OUT,)
+    if typed in map(_normal, config.opt_in_keywords()):
+        return (Signal.OPT_IN,)
+    return ()
+
+
+def _store_message(event: Event, agent_id: str) -> tuple[bool, Conversation]:
+    """The user message below its conversation, both in one commit. Returns whether it
+    was new (False: a duplicate, nothing changed) and the conversation."""
     conversation = store.conversation_ref(agent_id, event.phone)
-    message = conversation.collection("messages").document(event.dedupe_id)
+    ref = conversation.collection("messages").document(store.document_id(event.dedupe_id, "messageId"))
+    original = {field: event.raw[field] for field in CONTENT_FIELDS if field in event.raw}
+    content = store.repaired(original)  # text that is not valid Unicode: stored with U+FFFD in place
+    if content != original:
+        logs.warning("user message text repaired: lone UTF-16 surrogates replaced by U+FFFD",
+                     event="user_message_repaired", **event.attributes())
     at = event.time or store.now()
-    for _ in range(store.ATTEMPTS):
-        snapshots = {s.reference.path: s for s in store.client().get_all([conversation, message])}
-        if snapshots[message.path].exists:
-            return False
-        snapshot = snapshots[conversation.path]
-        current = Conversation.from_doc(snapshot.to_dict()) if snapshot.exists else Conversation(agent_id, event.phone)
-        batch = store.client().batch()
-        store.stage(batch, conversation, snapshot, store.stamped(conversation_activity(current, at).to_doc(), store.now()))
-        content = {field: event.raw[field] for field in CONTENT_FIELDS if field in event.raw}
-        batch.create(message, {
-            "message_id": event.dedupe_id,
-            "agent_id": agent_id,
-            "send_time": at,
-            "content_type": event.content_type,
-            **content,
-            "received_at": store.now(),
-            "expire_at": retention(store.now()),
-        })
-        try:
-            batch.commit()
-            return True
-        except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
-            continue
-    raise store.ContentionError(f"{conversation.path}: still contended")
+    fresh = UserMessage(event.dedupe_id, agent_id, at, event.content_type, content, received_at=store.now())
+    signals = (Signal.ACTIVITY, *keyword_signals(content))
+
+    def change(current: list) -> list:
+        known, stored = current
+        if stored is not None:
+            return current
+        return [conversation_learn(known or Conversation(agent_id, event.phone), signals, at), fresh]
+
+    after, stored = store.update_all([(conversation, Conversation), (ref, UserMessage)], change)
+    return stored is fresh, after
 
 
 def _record(event: Event) -> None:
@@ -50,17 +73,15 @@ def _record(event: Event) -> None:
     if not event.phone or not agent_id or not event.dedupe_id:
         raise subscriber.PoisonError(f"{event.kind} without senderPhoneNumber, agentId or id")
     if event.kind is Kind.USER_MESSAGE:
-        stored = _store_message(event, agent_id)
+        stored, conversation = _store_message(event, agent_id)
         logs.info("user message recorded" if stored else "duplicate user message ignored",
-                  event="user_message", phone=event.phone, **event.attributes())
+                  event="user_message", phone=event.phone, opted_out=bool(conversation and conversation.opted_out),
+                  **event.attributes())
         return
-    at = event.time or store.now()
-    if event.event_type == "IS_TYPING":
-        change = lambda c: conversation_typing(c, at)  # noqa: E731
-    else:
-        change = lambda c: conversation_subscription(c, event.event_type == "UNSUBSCRIBE", at)  # noqa: E731
+    at, signals = event.time or store.now(), _USER_EVENTS[event.event_type]
     ref = store.conversation_ref(agent_id, event.phone)
-    conversation = store.update(ref, Conversation, lambda c: change(c or Conversation(agent_id, event.phone)))
+    conversation = store.update(
+        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, event.phone), signals, at, event.dedupe_id))
     logs.info(f"{event.event_type} recorded", event=f"user_{event.event_type.lower()}", phone=event.phone,
               opted_out=conversation.opted_out, **event.attributes())
 

@@ -110,6 +110,9 @@ def conversation_id(agent_id: str, phone: str) -> str:
     return hashlib.sha256(f"{agent_id}|{phone}".encode()).hexdigest()[:32]
 
 
+CONVERSATION_APPLIED_KEEP = 200  # event ids remembered per conversation: typing events come often
+
+
 @dataclass
 class Conversation:
     """rbm_conversations/{conversation_id}: one per (agent, user); user messages below it."""
@@ -117,9 +120,10 @@ class Conversation:
     agent_id: str
     phone: str
     opted_out: bool = False
-    subscription_changed_at: datetime | None = None  # sendTime of the latest (UN)SUBSCRIBE applied
+    subscription_changed_at: datetime | None = None  # sendTime of the latest opt-out / opt-in applied
     last_activity_at: datetime | None = None
     last_typing_at: datetime | None = None
+    applied: list[str] = field(default_factory=list)  # ids of the user events applied (IS_TYPING, (UN)SUBSCRIBE)
     updated_at: datetime | None = None
     expire_at: datetime | None = None
 
@@ -130,3 +134,29 @@ class Conversation:
 
     def to_doc(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class UserMessage:
+    """rbm_conversations/{conversation_id}/messages/{messageId or eventId}: a user message.
+    Its content (`text`, `userFile`, `location` or `suggestionResponse`) is stored as
+    RBM sent it, as a top-level field of the same name."""
+
+    message_id: str
+    agent_id: str
+    send_time: datetime
+    content_type: str | None
+    content: dict = field(default_factory=dict)  # {content_type: value}
+    received_at: datetime | None = None
+    updated_at: datetime | None = None
+    expire_at: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, data: dict) -> "UserMessage":
+        known = {f.name for f in dataclasses.fields(cls)} - {"content"}
+        return cls(**{k: v for k, v in data.items() if k in known},
+                   content={k: v for k, v in data.items() if k not in known})
+
+    def to_doc(self) -> dict:
+        doc = dataclasses.asdict(self)
+        return {k: v for k, v in doc.items() if k != "content"} | self.content

@@ -1,12 +1,16 @@
 """Firestore access: one client per instance, and read-change-write with a precondition.
 
-Every change reads a document once and commits once, on the condition that
-nobody wrote it in between (its update time, or its absence); on a conflict
-the change is computed again from the fresh document. Concurrent writers
-therefore never interleave, and each change costs one read and one commit.
+Every change reads its documents once (one or several, in one round trip) and
+commits once, on the condition that nobody wrote them in between (their update
+time, or their absence); on a conflict the change is computed again from the
+fresh documents. Concurrent writers therefore never interleave, and each change
+costs one read and one commit. Before a commit every written document is checked
+against Firestore's limits, so what it can never store fails at once with
+UnstorableError and the reason, rather than in every retry.
 """
 
 import functools
+import re
 from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
@@ -14,14 +18,28 @@ from google.api_core import exceptions
 from google.cloud import firestore
 
 from functions import config
-from functions.model import Conversation, Message, conversation_id, retention
+from functions.model import Conversation, Message, UserMessage, conversation_id, retention
 
-T = TypeVar("T", Message, Conversation)
+T = TypeVar("T", Message, Conversation, UserMessage)
 ATTEMPTS = 20
+
+# Firestore's hard limits ("Quotas and limits": collections, documents and fields),
+# with sizes counted as its "Storage size calculations" page counts them.
+MAX_DOCUMENT_BYTES = 1_048_576
+MAX_VALUE_BYTES = 1_048_487  # of one field's value
+MAX_ID_BYTES = 1_500  # a document id, and a field name
+MAX_DEPTH = 20  # of maps and arrays inside a field
+_RESERVED = re.compile(r"__.*__", re.DOTALL)
+_INT64 = range(-2 ** 63, 2 ** 63)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ContentionError(RuntimeError):
     """Too many concurrent writers on one document; the caller should retry later."""
+
+
+class UnstorableError(ValueError):
+    """Firestore can never store this: an id it refuses, or a document over its limits."""
 
 
 @functools.cache
@@ -54,35 +72,142 @@ def stage(batch: firestore.WriteBatch, ref, snapshot, doc: dict) -> None:
         batch.create(ref, doc)
 
 
-def update(ref, kind: type[T], change: Callable[[T | None], T | None]) -> T | None:
-    """Applies `change` to the document at `ref` (None if absent); writes only if it changed."""
+def _text(value: str, what: str) -> str:
+    """`value` if it is valid Unicode (UTF-8 encodable), else UnstorableError."""
+    if _LONE_SURROGATE.search(value):
+        raise UnstorableError(f"{what} is not valid Unicode (a lone UTF-16 surrogate)")
+    return value
+
+
+def repaired(value):
+    """`value` (JSON-shaped) with each lone UTF-16 surrogate in its strings replaced by
+    U+FFFD, as a UTF-8 decoder replaces what it cannot decode; map keys are left as they are."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: repaired(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [repaired(v) for v in value]
+    return value
+
+
+def document_id(value: str, what: str = "document id") -> str:
+    """`value` if Firestore accepts it as a document id, else UnstorableError naming `what`."""
+    if not value or "/" in value or value in (".", "..") or _RESERVED.fullmatch(value):
+        raise UnstorableError(f"{what} {value[:40]!r} cannot be a Firestore document id")
+    if len(_text(value, what).encode()) > MAX_ID_BYTES:
+        raise UnstorableError(f"{what} is over {MAX_ID_BYTES} bytes")
+    return value
+
+
+def _size(value, depth: int, where: str) -> int:
+    """Storage size of a field value in bytes; UnstorableError for what Firestore refuses."""
+    if isinstance(value, str):
+        return len(_text(value, where).encode()) + 1
+    if isinstance(value, bool) or value is None:
+        return 1
+    if isinstance(value, int):
+        if value not in _INT64:
+            raise UnstorableError(f"{where} is an integer outside 64 bits")
+        return 8
+    if isinstance(value, (float, datetime)):
+        return 8
+    if depth > MAX_DEPTH:
+        raise UnstorableError(f"{where} nests maps / arrays deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        return _fields_size(value, depth + 1, where)
+    if isinstance(value, list):
+        if any(isinstance(v, list) for v in value):
+            raise UnstorableError(f"{where} holds an array directly inside an array")
+        return sum(_size(v, depth + 1, where) for v in value)
+    raise UnstorableError(f"{where} is a {type(value).__name__}, not a Firestore value")
+
+
+def _fields_size(fields: dict, depth: int, where: str) -> int:
+    total = 0
+    for name, value in fields.items():
+        if not isinstance(name, str) or not name or _RESERVED.fullmatch(name):
+            raise UnstorableError(f"{where} has a field name Firestore reserves or refuses: {str(name)[:40]!r}")
+        if len(_text(name, f"a field name in {where}").encode()) > MAX_ID_BYTES:
+            raise UnstorableError(f"{where} has a field name over {MAX_ID_BYTES} bytes")
+        path = f"{where}.{name[:40]}" if where != "document" else name[:40]
+        size = _size(value, depth, path)
+        if size > MAX_VALUE_BYTES:
+            raise UnstorableError(f"{path} is a value of {size} bytes, over Firestore's {MAX_VALUE_BYTES}")
+        total += len(name.encode()) + 1 + size
+    return total
+
+
+def check(ref, doc: dict) -> dict:
+    """`doc` if Firestore can store it at `ref`, else UnstorableError saying why: its
+    strings valid Unicode, integers within 64 bits, no array directly in an array,
+    field names neither empty nor `__.*__` nor over 1,500 bytes, at most 20 levels of
+    maps and arrays, a value at most 1 MiB - 89 bytes and the document at most 1 MiB,
+    counted as Firestore counts storage size."""
+    name = sum(len(part.encode()) + 1 for part in ref.path.split("/")) + 16
+    size = name + _fields_size(doc, 1, "document") + 32
+    if size > MAX_DOCUMENT_BYTES:
+        raise UnstorableError(f"document of {size} bytes is over Firestore's {MAX_DOCUMENT_BYTES}")
+    return doc
+
+
+def _read(refs: list) -> list:
+    """Snapshots of `refs`, in their order, in one round trip."""
+    snapshots = {s.reference.path: s for s in client().get_all(refs)}
+    return [snapshots[ref.path] for ref in refs]
+
+
+def update_all(docs: list[tuple], change: Callable[[list], list]) -> list:
+    """Applies `change` to documents read together and writes those it changed in one
+    commit, each on the condition that nobody wrote it since it was read (or that it is
+    still absent); on a conflict `change` runs again on fresh documents.
+
+    `docs` is [(ref, kind)], kind a schema class of functions.model; `change` takes the
+    current objects (None where absent) and returns the new ones, in the same order
+    (None or an equal object: not written). Returns the new objects. Raises
+    UnstorableError (nothing written) if a changed document breaks Firestore's limits,
+    ContentionError if writers kept conflicting."""
+    refs = [ref for ref, _ in docs]
     for _ in range(ATTEMPTS):
-        snapshot = ref.get()
-        current = kind.from_doc(snapshot.to_dict()) if snapshot.exists else None
+        snapshots = _read(refs)
+        current = [kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs)]
         new = change(current)
-        if new is None or new == current:
+        writes = [(ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new) if n is not None and n != c]
+        if not writes:
             return new
-        batch = client().batch()
-        stage(batch, ref, snapshot, stamped(new.to_doc(), now()))
+        batch, at = client().batch(), now()
+        for ref, snapshot, n in writes:
+            stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
         try:
             batch.commit()
             return new
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
             continue
-    raise ContentionError(f"{ref.path}: still contended after {ATTEMPTS} attempts")
+    raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")
+
+
+def update(ref, kind: type[T], change: Callable[[T | None], T | None]) -> T | None:
+    """Applies `change` to the document at `ref` (None if absent); writes only if it changed."""
+    return update_all([(ref, kind)], lambda current: [change(current[0])])[0]
+
+
+def message_ref(message_id: str):
+    """The message document of an RBM messageId; UnstorableError if it cannot be a document id."""
+    return messages().document(document_id(message_id, "messageId"))
 
 
 def update_message(message_id: str, change: Callable[[Message | None], Message | None]) -> Message | None:
-    return update(messages().document(message_id), Message, change)
+    return update(message_ref(message_id), Message, change)
 
 
 def get_message(message_id: str) -> Message | None:
-    snapshot = messages().document(message_id).get()
+    snapshot = message_ref(message_id).get()
     return Message.from_doc(snapshot.to_dict()) if snapshot.exists else None
 
 
 def conversation_ref(agent_id: str, phone: str):
-    return conversations().document(conversation_id(agent_id, phone))
+    """The conversation of (agent, user); UnstorableError if either is not valid Unicode."""
+    return conversations().document(conversation_id(_text(agent_id, "agentId"), _text(phone, "phone")))
 
 
 def opted_out(agent_id: str, phone: str) -> bool:

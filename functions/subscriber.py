@@ -2,7 +2,11 @@
 
 Return acknowledges, raise makes Pub/Sub redeliver. An event that can never
 be processed is published to the dead-letter topic with its reason and then
-acknowledged, so poison never loops. Kinds a subscriber does not handle are
+acknowledged, so poison never loops: bytes that are not an RBM event, an event
+missing what its handler needs (PoisonError), and an event Firestore can never
+store (store.UnstorableError: an id that cannot be a document id, text that is
+not valid Unicode where it cannot be repaired, a document over Firestore's
+limits), whichever subscriber meets it, on its first delivery. Kinds a subscriber does not handle are
 acknowledged without action: production subscriptions filter them out, but
 the Pub/Sub emulator ignores filters.
 """
@@ -11,7 +15,7 @@ import base64
 import binascii
 from typing import Callable
 
-from functions import config, events, logs, pubsub
+from functions import config, events, logs, pubsub, store
 
 
 class PoisonError(ValueError):
@@ -40,5 +44,5 @@ def run(cloud_event, subscriber: str, handles: Callable[[events.Event], bool], p
             logs.debug("event kind not handled here; acknowledged", subscriber=subscriber, **event.attributes())
             return
         process(event)
-    except (events.EventError, PoisonError) as exc:
+    except (events.EventError, PoisonError, store.UnstorableError) as exc:
         _dead_letter(data, attributes, str(exc), subscriber)

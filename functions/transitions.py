@@ -11,7 +11,9 @@ import dataclasses
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from functions.model import APPLIED_KEEP, RANK, SWEPT_STATES, Conversation, Fallback, Message, State
+from functions.model import (
+    APPLIED_KEEP, CONVERSATION_APPLIED_KEEP, RANK, SWEPT_STATES, Conversation, Fallback, Message, State,
+)
 
 
 class Fact(StrEnum):
@@ -188,20 +190,41 @@ def retry_fallback(m: Message, now: datetime, error: str, max_attempts: int, bas
 
 # record_inbound: a conversation per (agent, user).
 
+class Signal(StrEnum):
+    """What a user message or a user event tells about its conversation."""
+
+    ACTIVITY = "ACTIVITY"  # the user wrote something
+    TYPING = "TYPING"  # IS_TYPING
+    OPT_OUT = "OPT_OUT"  # UNSUBSCRIBE, or a typed opt-out keyword
+    OPT_IN = "OPT_IN"  # SUBSCRIBE, or a typed opt-in keyword
+
+
 def _latest(a: datetime | None, b: datetime) -> datetime:
     return b if a is None else max(a, b)
 
 
-def conversation_activity(c: Conversation, at: datetime) -> Conversation:
-    return dataclasses.replace(c, last_activity_at=_latest(c.last_activity_at, at))
-
-
-def conversation_typing(c: Conversation, at: datetime) -> Conversation:
-    return dataclasses.replace(c, last_typing_at=_latest(c.last_typing_at, at))
-
-
-def conversation_subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversation:
-    """The latest SUBSCRIBE / UNSUBSCRIBE by send time wins, whatever order they arrive in."""
-    if c.subscription_changed_at is not None and at <= c.subscription_changed_at:
+def _subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversation:
+    """The latest opt-out / opt-in by send time wins, whatever order they arrive in;
+    at the same send time the opt-out wins, so the result does not depend on the order either."""
+    if c.subscription_changed_at is not None and (
+            at < c.subscription_changed_at or (at == c.subscription_changed_at and (c.opted_out or not opted_out))):
         return c
     return dataclasses.replace(c, opted_out=opted_out, subscription_changed_at=at)
+
+
+def conversation_learn(c: Conversation, signals, at: datetime, event_id: str | None = None) -> Conversation:
+    """The conversation once `signals` (Signal values), sent at `at`, are known;
+    unchanged if the event `event_id` was applied already (the last
+    CONVERSATION_APPLIED_KEEP ids are remembered)."""
+    if event_id and event_id in c.applied:
+        return c
+    if event_id:
+        c = dataclasses.replace(c, applied=(c.applied + [event_id])[-CONVERSATION_APPLIED_KEEP:])
+    for signal in signals:
+        if signal is Signal.ACTIVITY:
+            c = dataclasses.replace(c, last_activity_at=_latest(c.last_activity_at, at))
+        elif signal is Signal.TYPING:
+            c = dataclasses.replace(c, last_typing_at=_latest(c.last_typing_at, at))
+        else:
+            c = _subscription(c, signal is Signal.OPT_OUT, at)
+    return c

@@ -1,5 +1,8 @@
 """track_delivery and record_inbound fed by an emulator push subscription, writing to the Firestore emulator."""
 
+import json
+
+import pytest
 
 from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
@@ -104,3 +107,92 @@ def test_user_messages_typing_and_opt_out_are_recorded_once(subscriber):
     assert stored["u-2"]["suggestionResponse"]["postbackData"] == "yes"
     assert stored["u-1"]["content_type"] == "text" and "phone" not in stored["u-1"]
     assert store.opted_out(AGENT, PHONE)
+
+
+def _nested(levels):
+    value = "deep"
+    for _ in range(levels):
+        value = {"k": value}
+    return value
+
+
+LONE = json.loads('"\\ud83d"')  # half an emoji: json.loads accepts it, Firestore cannot store it
+
+
+def user_text(message_id, text="hi", phone=PHONE, **fields):
+    return {"senderPhoneNumber": phone, "agentId": AGENT, "messageId": message_id, "sendTime": "2026-01-01T00:09:00Z",
+            "text": text, **fields}
+
+
+UNSTORABLE = {
+    "track_delivery": [
+        ("slash in messageId", receipt("DELIVERED", "d-1", message_id="m-ok/x"), "cannot be a Firestore document id"),
+        ("dot-dot messageId", receipt("DELIVERED", "d-2", message_id=".."), "cannot be a Firestore document id"),
+        ("reserved messageId", receipt("DELIVERED", "d-3", message_id="__m__"), "cannot be a Firestore document id"),
+        ("long messageId", receipt("DELIVERED", "d-4", message_id="m" * 1501), "over 1500 bytes"),
+        ("lone surrogate in messageId", receipt("DELIVERED", "d-5", message_id="m-ok" + LONE), "not valid Unicode"),
+        ("lone surrogate in phone", receipt("DELIVERED", "d-6", message_id="m-new") | {"senderPhoneNumber": PHONE + LONE},
+         "phone is not valid Unicode"),
+    ],
+    "record_inbound": [
+        ("slash in messageId", user_text("u-ok/x"), "cannot be a Firestore document id"),
+        ("reserved messageId", user_text("__u__"), "cannot be a Firestore document id"),
+        ("lone surrogate in phone", user_text("u-2", phone=PHONE + LONE), "phone is not valid Unicode"),
+        ("too deep", {k: v for k, v in user_text("u-3").items() if k != "text"} | {"userFile": _nested(25)},
+         "deeper than 20 levels"),
+        ("reserved field name", {k: v for k, v in user_text("u-4").items() if k != "text"}
+         | {"userFile": {"__name__": "x"}}, "reserves or refuses"),
+        ("over 1 MiB", user_text("u-5", text="x" * 1_100_000), "over Firestore's"),
+        ("integer over 64 bits", {k: v for k, v in user_text("u-6").items() if k != "text"}
+         | {"location": {"latitude": 2 ** 64, "longitude": 1}}, "outside 64 bits"),
+    ],
+}
+
+
+def _publish_as_the_webhook(send, payload):
+    """The event bytes with the attributes the parser gives, less those Pub/Sub cannot carry."""
+    attributes = {k: v for k, v in events.parse(payload).attributes().items() if LONE not in v}
+    return send(payload, **attributes)
+
+
+@pytest.mark.parametrize("target", sorted(UNSTORABLE))
+def test_what_firestore_can_never_store_is_dead_lettered_on_the_first_delivery(subscriber, target):
+    send = subscriber(target)
+    create_pull_subscription(PROJECT, send.dead_letter, f"{send.dead_letter}-pull")
+    store.update_message("m-ok", lambda _: Message("m-ok", PHONE, AGENT, state=State.SENT, fallback=Fallback.WAITING))
+    push(send, receipt("READ", "r-0", message_id="m-ok") if target == "track_delivery" else user_text("u-ok"))
+    before = wait_for(lambda: _stored(target))
+    cases = UNSTORABLE[target]
+    for _, payload, _ in cases:
+        _publish_as_the_webhook(send, payload)
+    dead = pull_all(PROJECT, f"{send.dead_letter}-pull", wait_seconds=40, expect=len(cases))
+    reasons = {data: attributes.get("dead_letter_reason", "") for data, attributes in dead}
+    for name, payload, reason in cases:
+        assert reason in reasons.get(json.dumps(payload).encode(), "(not dead-lettered)"), name
+    assert all(a["dead_letter_subscriber"] == target for _, a in dead)  # ours, not Pub/Sub's after 5 attempts
+    log = send.process.read_log()
+    assert log.count('"event_dead_lettered"') == len(cases) and "Traceback" not in log
+    assert _stored(target) == before  # nothing already stored was damaged
+
+
+def _stored(target):
+    """What the test stored first: the message, or the conversation with its one message."""
+    if target == "track_delivery":
+        m = message("m-ok")
+        return m.state is State.READ and m.to_doc()
+    snapshot = conversation().get()
+    messages = {s.id: s.to_dict() for s in conversation().collection("messages").stream()}
+    return snapshot.exists and list(messages) == ["u-ok"] and (snapshot.to_dict(), messages)
+
+
+def test_text_that_is_not_valid_unicode_is_stored_with_the_bad_part_replaced(subscriber):
+    send = subscriber("record_inbound")
+    push(send, user_text("u-half", text="see you " + LONE))
+    push(send, {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventId": "u-chip", "sendTime": "2026-01-01T00:10:00Z",
+                "suggestionResponse": {"postbackData": "pick" + LONE, "text": LONE + "Yes", "type": "REPLY"}})
+    stored = wait_for(lambda: len(docs := {s.id: s.to_dict() for s in conversation().collection("messages").stream()}) == 2
+                      and docs)
+    assert stored["u-half"]["text"] == "see you \ufffd"
+    assert stored["u-chip"]["suggestionResponse"] == {"postbackData": "pick\ufffd", "text": "\ufffdYes", "type": "REPLY"}
+    log = send.process.read_log()
+    assert log.count('"user_message_repaired"') == 2 and "event_dead_lettered" not in log and "Traceback" not in log

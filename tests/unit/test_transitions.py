@@ -1,14 +1,16 @@
 """The pure state machine: DESIGN.md §3 invariants 2, 3 and 5, with no I/O."""
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.model import Fallback, Message, State
+from functions.model import CONVERSATION_APPLIED_KEEP, Conversation, Fallback, Message, State
 from functions.transitions import (
-    EVENT_FACTS, Fact, claim_fallback, claim_revoke, fallback_sent, learn, retry_fallback, retry_revoke,
+    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, fallback_sent, learn, retry_fallback,
+    retry_revoke,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -211,3 +213,59 @@ def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(cl
     assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (None, None, None, False)
     assert claim_revoke(dropped, T0 + 100 * LEASE, LEASE, "b") is None
     assert claim_fallback(dropped, T0 + 100 * LEASE, LEASE, "b", opted_out=False) is None
+
+
+# record_inbound: conversations.
+
+def fold_conversation(c: Conversation, events) -> Conversation:
+    for signal, event_id, minute in events:
+        c = conversation_learn(c, [signal], T0 + timedelta(minutes=minute), event_id)
+    return c
+
+
+conversation_events = st.lists(
+    st.tuples(st.sampled_from(list(Signal)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 5)),
+    max_size=8,
+).map(lambda evs: list({eid: (s, eid, mi) for s, eid, mi in evs}.values()))  # one payload per event id
+
+
+@settings(max_examples=300)
+@given(events=conversation_events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6))
+def test_conversation_events_in_any_order_with_duplicates_converge(events, order, dupes):
+    canonical = fold_conversation(Conversation("agent", "+15550001111"), events)
+    delivered = events + [events[i] for i in dupes if i < len(events)]
+    order.shuffle(delivered)
+    got = fold_conversation(Conversation("agent", "+15550001111"), delivered)
+    assert sorted(got.applied) == sorted(canonical.applied)
+    assert dataclasses.replace(got, applied=[]) == dataclasses.replace(canonical, applied=[])
+
+
+def test_the_latest_opt_out_or_opt_in_wins_and_an_opt_out_wins_a_tie():
+    c = fold_conversation(Conversation("agent", "+15550001111"),
+                          [(Signal.OPT_IN, "in", 5), (Signal.OPT_OUT, "old-out", 3)])
+    assert not c.opted_out and c.subscription_changed_at == T0 + timedelta(minutes=5)
+    for first, second in ((Signal.OPT_IN, Signal.OPT_OUT), (Signal.OPT_OUT, Signal.OPT_IN)):
+        tied = fold_conversation(Conversation("agent", "+15550001111"), [(first, "a", 7), (second, "b", 7)])
+        assert tied.opted_out
+
+
+def test_a_redelivered_event_changes_nothing_even_stamped_later():
+    """An event without sendTime is stamped when it is processed: a redelivery comes with a later time."""
+    c = conversation_learn(Conversation("agent", "+15550001111"), [Signal.OPT_OUT], T0, "unsub")
+    c = conversation_learn(c, [Signal.OPT_IN], T0 + timedelta(minutes=1), "sub")
+    again = conversation_learn(c, [Signal.OPT_OUT], T0 + timedelta(minutes=2), "unsub")
+    assert again == c and not again.opted_out
+    typed = conversation_learn(c, [Signal.TYPING], T0 + timedelta(minutes=3), "t1")
+    assert conversation_learn(typed, [Signal.TYPING], T0 + timedelta(minutes=9), "t1") == typed
+
+
+def test_a_conversation_remembers_a_bounded_number_of_event_ids():
+    c = Conversation("agent", "+15550001111")
+    for i in range(CONVERSATION_APPLIED_KEEP + 10):
+        c = conversation_learn(c, [Signal.TYPING], T0 + timedelta(seconds=i), f"t{i}")
+    assert len(c.applied) == CONVERSATION_APPLIED_KEEP and c.applied[-1] == f"t{CONVERSATION_APPLIED_KEEP + 9}"
+
+
+def test_a_message_counts_as_activity_and_may_carry_an_opt_out():
+    c = conversation_learn(Conversation("agent", "+15550001111"), [Signal.ACTIVITY, Signal.OPT_OUT], T0)
+    assert (c.opted_out, c.last_activity_at, c.subscription_changed_at, c.applied) == (True, T0, T0, [])
