@@ -723,6 +723,68 @@ def test_dry_run_schedules_the_sweeps_and_counts_the_events():
     assert metrics == set(locals_()["log_events"])
 
 
+
+# --- first apply, access and alerting choices ----------------------------------------------------
+
+
+def test_alert_policies_wait_until_their_metrics_are_queryable():
+    sleep = resources("time_sleep")["log_metrics_queryable"]
+    assert sleep["create_duration"] == "10m", "Monitoring: a new log-based metric can take up to 10 minutes"
+    assert "google_logging_metric.event" in sleep["triggers"]["metrics"]
+    for body in (resources("google_monitoring_alert_policy")["this"], resources("google_monitoring_dashboard")["funnel"]):
+        assert "${time_sleep.log_metrics_queryable}" in body["depends_on"]
+    # gcloud: the metrics come first, and creating a policy is retried while its metric is unknown.
+    listing = dry_run("twilio")
+    first_metric = next(i for i, c in enumerate(listing) if c[1:4] == ["logging", "metrics", "create"])
+    first_function = next(i for i, c in enumerate(listing) if c[1:3] == ["functions", "deploy"])
+    assert first_metric < first_function
+    assert re.search(r"run_patiently gcloud alpha monitoring policies create", DEPLOY_SH.read_text())
+
+
+def test_firestore_access_is_held_to_the_one_database():
+    binding = resources("google_project_iam_member")["firestore"]
+    condition = _block(binding, "condition")
+    assert condition["expression"] == 'resource.name == "projects/${var.project_id}/databases/${var.firestore_database}"'
+    for c in commands("twilio", "gcloud", "projects", "add-iam-policy-binding"):
+        if flag(c, "--role") == "roles/datastore.user":
+            assert flag(c, "--condition") == (
+                'expression=resource.name == "projects/demo-project/databases/(default)",title=rbm-relay database')
+
+
+def test_builds_may_read_the_staged_source_only():
+    condition = _block(resources("google_project_iam_member")["build_staged_source"], "condition")
+    assert "local.staged_source" in condition["expression"]
+    assert locals_()["staged_source"].startswith("projects/_/buckets/gcf-v2-sources-")
+
+
+def test_pubsub_service_identity_waits_for_the_api():
+    assert resources("google_project_service_identity")["pubsub"]["depends_on"] == ["${google_project_service.this}"]
+
+
+def test_notification_channels_are_an_explicit_choice():
+    for directory in (MODULE, TERRAFORM / "example"):
+        assert "default" not in terraform(directory)["variable"]["notification_channels"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PROJECT": "demo-project", "RBM_AGENT_ID": "demo-agent"}
+    result = subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "NOTIFICATION_CHANNELS" in result.stderr and not result.stdout
+
+
+def test_monitoring_filters_use_monitoring_syntax():
+    # ("a" OR "b") value lists are Logging syntax; Monitoring filters take a full-match regex.
+    assert "service_name=(" in locals_()["log_service_filter"]
+    assert "monitoring.regex.full_match" in locals_()["service_filter"]
+    (dashboard,) = commands("twilio", "gcloud", "monitoring", "dashboards", "create")
+    assert "service_name=(" not in flag(dashboard, "--config")
+    for c in commands("twilio", "gcloud", "alpha", "monitoring", "policies", "create"):
+        assert "service_name=(" not in flag(c, "--policy")
+
+
+def test_firestore_field_operations_run_one_at_a_time():
+    for c in commands("twilio", "gcloud", "firestore"):
+        if "fields" in c:
+            assert "--async" not in c, "two operations on one field at once: Firestore refuses the second"
+
+
 # --- gcloud: every command and flag against the installed SDK -------------------------------------
 # Every command deploy.sh would run, held to the installed gcloud SDK.
 #
