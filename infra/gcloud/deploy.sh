@@ -5,13 +5,20 @@
 #
 #   infra/gcloud/deploy.sh [--dry-run] [--project ID] [--region REGION]
 #
-# --dry-run   prints every gcloud command that changes something on stdout, one
-#             per line, shell-quoted, and runs none. It shows a deployment into
-#             an empty project: the look-ups a real run makes go to stderr as
-#             "# check:" / "# query:" comments and are answered "missing";
-#             function URLs take their run.app form
-#             https://NAME-PROJECT_NUMBER.REGION.run.app. Same input and source tree,
-#             same output.
+# --dry-run   prints every gcloud command the script would run on stdout, in
+#             order, one per line, shell-quoted, and runs none. Commands that
+#             change something are plain lines; the look-ups a real run makes
+#             are "# check: gcloud ..." (does it exist?) and "# query: gcloud ..."
+#             (what is there?) lines. It shows a deployment into an empty
+#             project: checks answer "missing", queries answer nothing (secret
+#             values answer "present"), function URLs take their run.app form
+#             https://NAME-PROJECT_NUMBER.REGION.run.app. Same input and source
+#             tree, same output.
+#
+# Needs the gcloud alpha and beta components (alert policies exist only under
+# `gcloud alpha monitoring policies`, the Pub/Sub service agent only under
+# `gcloud beta services identity`); the script checks for both before it
+# changes anything.
 #
 # Configuration comes from the environment; the flags above win. The
 # functions' own settings keep their names (see infra/README.md):
@@ -34,7 +41,8 @@
 #   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
-#   NOTIFICATION_CHANNELS       comma-separated notification channel ids for the alerts
+#   NOTIFICATION_CHANNELS (required, may be empty)  comma-separated notification channel
+#                               ids for the alerts; set it empty to deploy alerts that notify nobody
 #   SIGNATURE_REJECTIONS_THRESHOLD  default 10 per 5 minutes
 #   PYTHON_RUNTIME              default python312
 #
@@ -47,7 +55,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT" # files are named relative to the repository, in the commands and in the dry run
 DRY_RUN=0
+exec 3>&1   # the dry run's listing, also from inside $(...)
 
 while (($#)); do
   case $1 in
@@ -66,6 +76,7 @@ die() { echo "deploy.sh: $*" >&2; exit 1; }
 
 : "${PROJECT:?set PROJECT (or --project)}"
 : "${RBM_AGENT_ID:?set RBM_AGENT_ID}"
+: "${NOTIFICATION_CHANNELS?set NOTIFICATION_CHANNELS: comma-separated notification channel ids, or empty for alerts that notify nobody}"
 REGION=${REGION:-europe-west1}
 RBM_API_ENDPOINT=${RBM_API_ENDPOINT:-https://rcsbusinessmessaging.googleapis.com}
 RBM_KEY_FROM_SECRET=${RBM_KEY_FROM_SECRET:-false}
@@ -90,7 +101,6 @@ WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
 WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
 SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
-NOTIFICATION_CHANNELS=${NOTIFICATION_CHANNELS:-}
 SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
 PYTHON_RUNTIME=${PYTHON_RUNTIME:-python312}
 
@@ -116,25 +126,43 @@ quote() {
 
 # Runs a command that changes something (prints it only, in a dry run).
 run() {
-  if ((DRY_RUN)); then quote "$@"; else printf '+ %s' "$(quote "$@")" >&2; echo >&2; "$@"; fi
+  if ((DRY_RUN)); then quote "$@" >&3; else printf '+ %s' "$(quote "$@")" >&2; echo >&2; "$@"; fi
+}
+
+# run, again every 60 s while it fails, for up to 10 minutes: for what Google
+# only accepts some minutes after a dependency was created.
+run_patiently() {
+  local attempt
+  for attempt in {1..10}; do
+    if run "$@"; then return 0; fi
+    if ((attempt < 10)); then echo "deploy.sh: failed; trying again in 60 s ($attempt/10)" >&2; sleep 60; fi
+  done
+  return 1
 }
 
 # True when a look-up command succeeds; a dry run assumes nothing exists.
 exists() {
-  if ((DRY_RUN)); then echo "# check: $(quote "$@")" >&2; return 1; fi
+  if ((DRY_RUN)); then echo "# check: $(quote "$@")" >&3; return 1; fi
   "$@" >/dev/null 2>&1
 }
 
 # Output of a look-up command; in a dry run, the given stand-in ($1).
 query() {
   local stand_in=$1; shift
-  if ((DRY_RUN)); then echo "# query: $(quote "$@")" >&2; printf '%s\n' "$stand_in"; else "$@"; fi
+  if ((DRY_RUN)); then echo "# query: $(quote "$@")" >&3; printf '%s\n' "$stand_in"; else "$@"; fi
+}
+
+# Stops before any change when the installed gcloud lacks a command group.
+require() {
+  if ((DRY_RUN)); then echo "# check: $(quote "$@" --help)" >&3; return; fi
+  "$@" --help >/dev/null 2>&1 ||
+    die "this script needs \`$*\`: install the gcloud component (gcloud components install ${2:-alpha}; apt/yum installs of google-cloud-cli include it)"
 }
 
 # JSON files, source archives and monitoring definitions are handled in Python.
 py() { python3 -c "$PYHELPER" "$@"; }
 PYHELPER=$(cat <<'PY'
-import fnmatch, hashlib, io, json, os, re, shlex, sys, zipfile
+import hashlib, io, json, pathlib, shlex, sys, zipfile
 
 cmd, args = sys.argv[1], sys.argv[2:]
 
@@ -144,28 +172,11 @@ def sh(name, value):
     else:
         print(f"{name}={shlex.quote(str(value))}")
 
-def glob_re(pattern):
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out + r"\Z")
-
-def source_files(root, excludes):
-    rules = [glob_re(p) for p in excludes]
-    for folder, dirs, files in os.walk(root):
-        rel = os.path.relpath(folder, root).replace(os.sep, "/")
-        rel = "" if rel == "." else rel + "/"
-        dirs[:] = sorted(d for d in dirs if not any(r.match(rel + d) or r.match(f"{rel}{d}/") for r in rules))
-        for f in sorted(files):
-            if not any(r.match(rel + f) for r in rules):
-                yield rel + f
+def source_files(root, listing):
+    """The deployed files: those the patterns of infra/source_files.json match, as Terraform's fileset()."""
+    base = pathlib.Path(root)
+    patterns = json.load(open(listing))["patterns"]
+    return sorted({p.relative_to(base).as_posix() for pattern in patterns for p in base.glob(pattern) if p.is_file()})
 
 if cmd == "config":  # topology.json and firestore_indexes.json as shell variables
     topology, indexes = (json.load(open(p)) for p in args)
@@ -176,20 +187,28 @@ if cmd == "config":  # topology.json and firestore_indexes.json as shell variabl
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
     sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
-elif cmd in ("source-hash", "source-zip"):  # the deployed source: the repository less the excludes
-    root, excludes = args[0], args[1:]
-    files = list(source_files(root, excludes))
-    if cmd == "source-hash":
+elif cmd in ("source-hash", "source-zip"):  # root, infra/source_files.json: the deployed source
+    root, listing = args
+    files = source_files(root, listing)
+    if cmd == "source-hash":  # of names and contents, so the same code has the same name everywhere
         digest = hashlib.sha256()
         for f in files:
-            digest.update(f.encode() + b"\0" + open(os.path.join(root, f), "rb").read() + b"\0")
+            digest.update(f.encode() + b"\0" + (pathlib.Path(root) / f).read_bytes() + b"\0")
         print(digest.hexdigest()[:16])
-    else:
+    else:  # name order, a fixed timestamp and mode: no machine's checkout or umask shows through
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for f in files:
-                archive.write(os.path.join(root, f), f)
+                info = zipfile.ZipInfo(f, date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o100644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, (pathlib.Path(root) / f).read_bytes())
         sys.stdout.buffer.write(buffer.getvalue())
+elif cmd == "members":  # role: members of a role in an IAM policy (JSON on stdin)
+    text = sys.stdin.read().strip()
+    for binding in json.loads(text).get("bindings", []) if text else []:
+        if binding["role"] == args[0] and "condition" not in binding:
+            print("\n".join(sorted(binding["members"])))
 elif cmd == "index-keys":  # existing composite indexes, as collection:field,field
     text = sys.stdin.read().strip()
     for index in json.loads(text) if text else []:
@@ -261,6 +280,15 @@ FUNCTIONS=(
 MEMORY=512Mi
 CPU=1
 
+# The functions' Cloud Run services, in a Logging filter (log-based metrics)
+# and in a Monitoring filter (charts), which has no ("a" OR "b") value lists.
+FUNCTION_NAMES=()
+for row in "${FUNCTIONS[@]}"; do read -r _ name _ <<<"$row"; FUNCTION_NAMES+=("$name"); done
+NAMES_OR=$(printf '" OR "%s' "${FUNCTION_NAMES[@]}")
+NAMES_RE=$(printf '|%s' "${FUNCTION_NAMES[@]}")
+LOG_SERVICE_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(\"${NAMES_OR#\" OR \"}\")"
+SERVICE_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=monitoring.regex.full_match(\"${NAMES_RE#|}\")"
+
 declare -A SETTING_GROUPS=(
   [common]="GOOGLE_CLOUD_PROJECT LOG_LEVEL"
   [publish]="RBM_EVENTS_TOPIC PUBLISH_TIMEOUT_SECONDS"
@@ -283,13 +311,8 @@ if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY]=rbm
 if [[ $SMS_PROVIDER == twilio ]]; then SECRETS[TWILIO_AUTH_TOKEN]=rbm-twilio-auth-token; fi
 if [[ $SMS_PROVIDER == webhook ]]; then SECRETS[SMS_WEBHOOK_SECRET]=rbm-sms-webhook-secret; fi
 
-# Same list as source_excludes in infra/terraform/module/source.tf.
-SOURCE_EXCLUDES=(
-  .git ".git/**" ".github/**" ".ci/**" ".venv/**" ".run/**" ".terraform/**"
-  ".pytest_cache/**" ".hypothesis/**" "**/__pycache__/**" "**/*.pyc"
-  "tests/**" "bench/**" "local/**" "infra/**" "docs/**"
-  "**/*.md" .gitignore Makefile pytest.ini requirements-dev.txt
-)
+# The deployed files, as Terraform ships them (infra/terraform/module/source.tf).
+SOURCE_FILES=infra/source_files.json
 
 APIS=(
   artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com
@@ -305,8 +328,35 @@ sa_email() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
 # --- project ---------------------------------------------------------------------
 
 if ((DRY_RUN)); then echo "# dry run: project $PROJECT, region $REGION" >&2; fi
+require gcloud alpha monitoring policies
+require gcloud beta services identity
 run gcloud services enable "${APIS[@]}" "${P[@]}"
 PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe "$PROJECT" --format='value(projectNumber)')}
+
+# Log-based metrics first: an alert policy on one is accepted only once the
+# metric is queryable, which Monitoring says can take up to 10 minutes after
+# its creation. Created here, they have the whole deployment to get there.
+# jsonPayload.event -> description; the table in infra/README.md.
+METRICS=(
+  "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature."
+  "event_published|RBM events the webhook published to Pub/Sub."
+  "message_sent|Messages the RBM API accepted from send_message or a re-send."
+  "receipt_delivered|DELIVERED receipts applied to a message."
+  "receipt_read|READ receipts applied to a message."
+  "message_revoked|Messages revoke_expired revoked after their deadline."
+  "sms_sent|SMS fallbacks sent."
+  "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
+  "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
+)
+for row in "${METRICS[@]}"; do
+  event=${row%%|*} description=${row#*|}
+  metric=(--description="$description" --log-filter="$LOG_SERVICE_FILTER AND jsonPayload.event=\"$event\"" "${P[@]}")
+  if exists gcloud logging metrics describe "rbm_relay/$event" "${P[@]}"; then
+    run gcloud logging metrics update "rbm_relay/$event" "${metric[@]}"
+  else
+    run gcloud logging metrics create "rbm_relay/$event" "${metric[@]}"
+  fi
+done
 
 # --- identities --------------------------------------------------------------------
 
@@ -331,6 +381,10 @@ PUBSUB_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gservicea
 for role in roles/logging.logWriter roles/artifactregistry.writer; do
   run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role="$role" --condition=None --quiet
 done
+# Builds read the source from the copy Cloud Functions stages in its own bucket.
+STAGED="projects/_/buckets/gcf-v2-sources-$PROJECT_NUMBER-$REGION"
+run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer \
+  --condition="expression=resource.name == \"$STAGED\" || resource.name.startsWith(\"$STAGED/\"),title=rbm-relay staged source" --quiet
 run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUBSUB_AGENT" \
   --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
 
@@ -356,7 +410,7 @@ for name in $(printf '%s\n' "${!SECRETS[@]}" | sort); do
   secret=${SECRETS[$name]}
   exists gcloud secrets describe "$secret" "${P[@]}" ||
     run gcloud secrets create "$secret" --replication-policy=automatic --labels="$LABELS" "${P[@]}"
-  if ((!DRY_RUN)) && [[ -z $(gcloud secrets versions list "$secret" --filter=state:ENABLED --limit=1 --format='value(name)' "${P[@]}") ]]; then
+  if [[ -z $(query present gcloud secrets versions list "$secret" --filter=state:ENABLED --limit=1 --format='value(name)' "${P[@]}") ]]; then
     MISSING_VALUES+=("$secret")
   fi
 done
@@ -396,9 +450,11 @@ for i in "${!INDEX_COLLECTIONS[@]}"; do
 done
 
 # TTL on expire_at, exempt from single-field indexes (nothing queries it).
+# Both change the same field: Firestore runs one operation on a field at a
+# time, so each waits for its own to finish (no --async).
 for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages; do
-  run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --async --quiet
-  run gcloud firestore indexes fields update expire_at --collection-group="$group" --disable-indexes "${F[@]}" --async --quiet
+  run gcloud firestore indexes fields update expire_at --collection-group="$group" --disable-indexes "${F[@]}" --quiet
+  run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --quiet
 done
 
 # --- source ------------------------------------------------------------------------------
@@ -407,17 +463,18 @@ BUCKET=gs://$PROJECT-rbm-relay-source
 exists gcloud storage buckets describe "$BUCKET" "${P[@]}" ||
   run gcloud storage buckets create "$BUCKET" --location="$REGION" --uniform-bucket-level-access \
     --public-access-prevention "${P[@]}"
-run gcloud storage buckets update "$BUCKET" --versioning "${P[@]}"
+# Old archives expire by age (each has a name of its own), the same rules as Terraform's.
+run gcloud storage buckets update "$BUCKET" --versioning --lifecycle-file=infra/source_bucket_lifecycle.json "${P[@]}"
 run gcloud storage buckets add-iam-policy-binding "$BUCKET" --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer "${P[@]}"
 
 # Named by content: an unchanged tree is not uploaded again.
-SOURCE=$BUCKET/source/rbm-relay-$(py source-hash "$ROOT" "${SOURCE_EXCLUDES[@]}").zip
+SOURCE=$BUCKET/source/rbm-relay-$(py source-hash . "$SOURCE_FILES").zip
 if ! exists gcloud storage objects describe "$SOURCE" "${P[@]}"; then
   if ((DRY_RUN)); then
-    echo "# stdin: the repository zipped, less $(quote "${SOURCE_EXCLUDES[@]}")" >&2
-    quote gcloud storage cp - "$SOURCE" "${P[@]}"
+    echo "# stdin: the files $SOURCE_FILES lists, zipped" >&2
+    quote gcloud storage cp - "$SOURCE" "${P[@]}" >&3
   else
-    py source-zip "$ROOT" "${SOURCE_EXCLUDES[@]}" | run gcloud storage cp - "$SOURCE" "${P[@]}"
+    py source-zip . "$SOURCE_FILES" | run gcloud storage cp - "$SOURCE" "${P[@]}"
   fi
 fi
 
@@ -455,7 +512,8 @@ for row in "${FUNCTIONS[@]}"; do
   if [[ $ep == receive_webhook ]]; then
     run gcloud pubsub topics add-iam-policy-binding "$EVENTS_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
   else
-    run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role=roles/datastore.user --condition=None --quiet
+    run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role=roles/datastore.user \
+      --condition="expression=resource.name == \"projects/$PROJECT/databases/$FIRESTORE_DATABASE\",title=rbm-relay database" --quiet
   fi
   if [[ $invoker == pubsub ]]; then
     run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
@@ -472,20 +530,32 @@ for row in "${FUNCTIONS[@]}"; do
     --update-labels="$LABELS" "${P[@]}" --quiet
 
   URLS[$ep]=$(query "https://$name-$PROJECT_NUMBER.$REGION.run.app" \
-    gcloud functions describe "$name" --gen2 --region="$REGION" --format='value(serviceConfig.uri)' "${P[@]}")
+    gcloud functions describe "$name" --v2 --region="$REGION" --format='value(serviceConfig.uri)' "${P[@]}")
 
+  # Invokers: exactly the configured members, so a member taken off the list
+  # loses access (the public webhook's allUsers comes with --allow-unauthenticated).
   invokers=()
   case $invoker in
     pubsub) invokers=("serviceAccount:$PUSH_SA") ;;
     scheduler) invokers=("serviceAccount:$SCHEDULER_SA") ;;
     clients) IFS=, read -ra invokers <<<"$SEND_MESSAGE_INVOKERS" ;;
   esac
-  for member in "${invokers[@]}"; do
-    run gcloud run services add-iam-policy-binding "$name" --region="$REGION" --member="$member" --role=roles/run.invoker "${P[@]}"
-  done
+  if [[ $invoker != public ]]; then
+    current=$(query "" gcloud run services get-iam-policy "$name" --region="$REGION" --format=json "${P[@]}" | py members roles/run.invoker)
+    for member in $current; do
+      if ! printf '%s\n' "${invokers[@]}" | grep -qxF -- "$member"; then
+        run gcloud run services remove-iam-policy-binding "$name" --region="$REGION" --member="$member" --role=roles/run.invoker "${P[@]}"
+      fi
+    done
+    for member in "${invokers[@]}"; do
+      if ! grep -qxF -- "$member" <<<"$current"; then
+        run gcloud run services add-iam-policy-binding "$name" --region="$REGION" --member="$member" --role=roles/run.invoker "${P[@]}"
+      fi
+    done
+  fi
 
   if [[ $invoker == scheduler ]]; then
-    job=(--location="$REGION" --schedule="* * * * *" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=POST
+    job=(--location="$REGION" --schedule="* * * * *" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=post
       --oidc-service-account-email="$SCHEDULER_SA" --oidc-token-audience="${URLS[$ep]}"
       --attempt-deadline="$((timeout + 30))s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
       --max-retry-duration=50s --description="Runs $ep every minute." "${P[@]}")
@@ -507,7 +577,7 @@ for i in "${!SUB_NAMES[@]}"; do
     --min-retry-delay="$MINIMUM_BACKOFF" --max-retry-delay="$MAXIMUM_BACKOFF"
     --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
   if exists gcloud pubsub subscriptions describe "$sub" "${P[@]}"; then
-    current=$(gcloud pubsub subscriptions describe "$sub" --format='value(filter)' "${P[@]}")
+    current=$(query "" gcloud pubsub subscriptions describe "$sub" --format='value(filter)' "${P[@]}")
     if [[ $current != "${SUB_FILTERS[$i]}" ]]; then
       die "subscription $sub has filter [$current], topology.json says [${SUB_FILTERS[$i]}]; filters are immutable: delete the subscription and run again"
     fi
@@ -521,40 +591,17 @@ done
 
 # --- observability ----------------------------------------------------------------------------
 
-SERVICES=$(for row in "${FUNCTIONS[@]}"; do read -r _ name _ <<<"$row"; printf '"%s" OR ' "$name"; done)
-SERVICE_FILTER="resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(${SERVICES% OR })"
-# jsonPayload.event -> description; the table in infra/README.md.
-METRICS=(
-  "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature."
-  "event_published|RBM events the webhook published to Pub/Sub."
-  "message_sent|Messages the RBM API accepted from send_message or a re-send."
-  "receipt_delivered|DELIVERED receipts applied to a message."
-  "receipt_read|READ receipts applied to a message."
-  "message_revoked|Messages revoke_expired revoked after their deadline."
-  "sms_sent|SMS fallbacks sent."
-  "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
-  "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
-)
-for row in "${METRICS[@]}"; do
-  event=${row%%|*} description=${row#*|}
-  metric=(--description="$description" --log-filter="$SERVICE_FILTER AND jsonPayload.event=\"$event\"" "${P[@]}")
-  if exists gcloud logging metrics describe "rbm_relay/$event" "${P[@]}"; then
-    run gcloud logging metrics update "rbm_relay/$event" "${metric[@]}"
-  else
-    run gcloud logging metrics create "rbm_relay/$event" "${metric[@]}"
-  fi
-done
 
 log_metric() { echo "metric.type=\"logging.googleapis.com/user/rbm_relay/$1\" AND resource.type=\"cloud_run_revision\""; }
 DEAD_LETTER_BACKLOG="metric.type=\"pubsub.googleapis.com/subscription/num_undelivered_messages\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"$DEAD_LETTER_SUBSCRIPTION\""
 ensure_policy() {  # title severity filter aligner threshold documentation
   local policy existing
   policy=$(py alert-policy "$@" "$NOTIFICATION_CHANNELS")
-  existing=$(query "" gcloud monitoring policies list --filter="displayName=\"$1\"" --format='value(name)' "${P[@]}")
+  existing=$(query "" gcloud alpha monitoring policies list --filter="displayName=\"$1\"" --format='value(name)' "${P[@]}")
   if [[ -n $existing ]]; then
-    run gcloud monitoring policies update "$existing" --policy="$policy" "${P[@]}"
+    run_patiently gcloud alpha monitoring policies update "$existing" --policy="$policy" "${P[@]}"
   else
-    run gcloud monitoring policies create --policy="$policy" "${P[@]}"
+    run_patiently gcloud alpha monitoring policies create --policy="$policy" "${P[@]}"
   fi
 }
 ensure_policy "rbm-relay: webhook signatures rejected" WARNING "$(log_metric signature_rejected)" ALIGN_SUM \

@@ -470,23 +470,94 @@ def _bash_array(name: str) -> list[str]:
     return shlex.split(match.group(1), comments=True)
 
 
-def test_both_routes_ship_the_same_source():
-    excludes = locals_()["source_excludes"]
-    assert excludes == _bash_array("SOURCE_EXCLUDES")
-    for kept_out in ("tests/**", "bench/**", "local/**", "infra/**", ".venv/**", ".git/**"):
-        assert kept_out in excludes
+# --- the source archive ---------------------------------------------------------------------
+
+SOURCE_LIST = INFRA / "source_files.json"
+
+
+def _deploy_helper() -> str:
+    """The Python helper deploy.sh runs (its PYHELPER heredoc)."""
+    return re.search(r"^PYHELPER=\$\(cat <<'PY'\n(.*?)^PY$", DEPLOY_SH.read_text(), re.S | re.M).group(1)
+
+
+def gcloud_archive(root: Path) -> bytes:
+    """The zip deploy.sh uploads for the tree at `root`."""
+    return subprocess.run([sys.executable, "-c", _deploy_helper(), "source-zip", str(root), str(SOURCE_LIST)],
+                          capture_output=True, timeout=120, check=True).stdout
+
+
+def terraform_files(root: Path) -> list[str]:
+    """The files the module's archive holds for the tree at `root`: its own fileset() expression, run by terraform."""
+    expression = locals_()["source_files"].removeprefix("${").removesuffix("}")
+    patterns = json.dumps(json.loads(SOURCE_LIST.read_text())["patterns"])
+    expression = expression.replace("local.source_patterns", patterns).replace("local.source_dir", json.dumps(str(root)))
+    result = subprocess.run(["terraform", "console"], input=f"jsonencode({expression})\n", capture_output=True,
+                            text=True, timeout=120, cwd=root.parent, check=True)
+    return json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture()
+def working_tree(tmp_path: Path) -> Path:
+    """A checkout after `make test` and a local setup: the code, plus what must never ship."""
+    root = tmp_path / "repo"
+    for name in ("main.py", "requirements.txt", "functions/__init__.py", "functions/config.py", "functions/sub/deep.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(f"# {name}\n")
+    for name in (".venv/lib/python3.11/site-packages/functions/x.py", ".venv-checkov/bin/checkov", ".ruff_cache/a.json",
+                 ".pytest_cache/v/x", "functions/__pycache__/config.cpython-311.pyc", "rbm-key.json",
+                 "requirements-checkov.txt", "requirements-dev.txt", "notes.txt", "tests/unit/test_x.py",
+                 "local/fake_rbm.py", "infra/topology.json", ".git/HEAD", ".terraform/rbm-relay-source.zip"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("must not ship\n")
+    (root / "main.py").chmod(0o755)  # a checkout's modes vary; the archive's must not
+    return root
+
+
+DEPLOYED = ["functions/__init__.py", "functions/config.py", "functions/sub/deep.py", "main.py", "requirements.txt"]
+
+
+def test_gcloud_archive_holds_exactly_the_listed_files(working_tree):
+    archive = zipfile.ZipFile(io.BytesIO(gcloud_archive(working_tree)))
+    assert archive.namelist() == DEPLOYED
+    assert {i.external_attr >> 16 for i in archive.infolist()} == {0o100644}
+    assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_gcloud_archive_is_the_same_on_every_machine(working_tree, tmp_path):
+    first = gcloud_archive(working_tree)
+    for path in working_tree.rglob("*"):
+        os.utime(path, (0, 1_700_000_000))
+    (working_tree / "main.py").chmod(0o600)
+    assert gcloud_archive(working_tree) == first
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_terraform_archive_holds_exactly_the_listed_files(working_tree):
+    assert terraform_files(working_tree) == DEPLOYED
+
+
+def test_terraform_archive_is_built_from_the_list():
+    assert _module_path(locals_()["source_patterns"].replace(").patterns}", ")}")) == SOURCE_LIST
     archive = terraform()["data"]["archive_file"]["source"]
-    assert archive["excludes"] == "${local.source_excludes}"
+    assert "source_dir" not in archive and "excludes" not in archive
+    (source,) = (d["source"] for d in archive["dynamic"])
+    assert source["for_each"] == "${local.source_files}"
+    assert source["content"][0] == {"filename": "${source.value}", "content": '${file("${local.source_dir}/${source.value}")}'}
 
 
-def test_gcloud_archive_holds_the_code_and_nothing_else():
-    helper = re.search(r"^PYHELPER=\$\(cat <<'PY'\n(.*?)^PY$", DEPLOY_SH.read_text(), re.S | re.M).group(1)
-    result = subprocess.run([sys.executable, "-c", helper, "source-zip", str(ROOT), *_bash_array("SOURCE_EXCLUDES")],
-                            capture_output=True, timeout=120, check=True)
-    names = set(zipfile.ZipFile(io.BytesIO(result.stdout)).namelist())
-    assert {"main.py", "requirements.txt", "functions/__init__.py", "functions/config.py"} <= names
-    assert not {n for n in names if n.split("/")[0] in {"tests", "local", "bench", "infra", ".venv", ".git"}}
-    assert not {n for n in names if "__pycache__" in n or n.endswith(".pyc")}
+def test_the_repository_ships_its_code():
+    names = set(zipfile.ZipFile(io.BytesIO(gcloud_archive(ROOT))).namelist())
+    assert {"main.py", "requirements.txt"} | {f"functions/{p.name}" for p in (ROOT / PACKAGE).glob("*.py")} == names
+
+
+def test_old_archives_expire_in_both_routes():
+    rules = json.loads((INFRA / "source_bucket_lifecycle.json").read_text())["rule"]
+    assert any(r["condition"].get("age") and r["condition"].get("matchesPrefix") == ["source/"] for r in rules)
+    bucket = resources("google_storage_bucket")["source"]
+    (lifecycle,) = (d["lifecycle_rule"] for d in bucket["dynamic"])
+    assert 'file("${path.module}/../../source_bucket_lifecycle.json")' in lifecycle["for_each"]
+    (update,) = commands("twilio", "gcloud", "storage", "buckets", "update")
+    assert flag(update, "--lifecycle-file") == "infra/source_bucket_lifecycle.json"
 
 
 # --- gcloud --dry-run --------------------------------------------------------------------------
@@ -501,15 +572,22 @@ DRY_RUN_CONFIGS = {
 
 def dry_run_output(config: str) -> str:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-           "PROJECT": "demo-project", "REGION": "europe-west1", "RBM_AGENT_ID": "demo-agent", **DRY_RUN_CONFIGS[config]}
+           "PROJECT": "demo-project", "REGION": "europe-west1", "RBM_AGENT_ID": "demo-agent", "NOTIFICATION_CHANNELS": "",
+           **DRY_RUN_CONFIGS[config]}
     result = subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 @cache
+def dry_run_listing(config: str) -> str:
+    return dry_run_output(config)
+
+
+@cache
 def dry_run(config: str) -> list[list[str]]:
-    lines = [line for line in dry_run_output(config).splitlines() if line.strip() and not line.startswith("#")]
+    """The commands of a dry run that change something (look-ups are comment lines)."""
+    lines = [line for line in dry_run_listing(config).splitlines() if line.strip() and not line.startswith("#")]
     return [shlex.split(line) for line in lines]
 
 
@@ -643,6 +721,183 @@ def test_dry_run_schedules_the_sweeps_and_counts_the_events():
         assert flag(c, "--schedule") == "* * * * *" and flag(c, "--oidc-service-account-email").startswith("rbm-scheduler@")
     metrics = {c[4].removeprefix("rbm_relay/") for c in commands("twilio", "gcloud", "logging", "metrics", "create")}
     assert metrics == set(locals_()["log_events"])
+
+
+
+# --- first apply, access and alerting choices ----------------------------------------------------
+
+
+def test_alert_policies_wait_until_their_metrics_are_queryable():
+    sleep = resources("time_sleep")["log_metrics_queryable"]
+    assert sleep["create_duration"] == "10m", "Monitoring: a new log-based metric can take up to 10 minutes"
+    assert "google_logging_metric.event" in sleep["triggers"]["metrics"]
+    for body in (resources("google_monitoring_alert_policy")["this"], resources("google_monitoring_dashboard")["funnel"]):
+        assert "${time_sleep.log_metrics_queryable}" in body["depends_on"]
+    # gcloud: the metrics come first, and creating a policy is retried while its metric is unknown.
+    listing = dry_run("twilio")
+    first_metric = next(i for i, c in enumerate(listing) if c[1:4] == ["logging", "metrics", "create"])
+    first_function = next(i for i, c in enumerate(listing) if c[1:3] == ["functions", "deploy"])
+    assert first_metric < first_function
+    assert re.search(r"run_patiently gcloud alpha monitoring policies create", DEPLOY_SH.read_text())
+
+
+def test_firestore_access_is_held_to_the_one_database():
+    binding = resources("google_project_iam_member")["firestore"]
+    condition = _block(binding, "condition")
+    assert condition["expression"] == 'resource.name == "projects/${var.project_id}/databases/${var.firestore_database}"'
+    for c in commands("twilio", "gcloud", "projects", "add-iam-policy-binding"):
+        if flag(c, "--role") == "roles/datastore.user":
+            assert flag(c, "--condition") == (
+                'expression=resource.name == "projects/demo-project/databases/(default)",title=rbm-relay database')
+
+
+def test_builds_may_read_the_staged_source_only():
+    condition = _block(resources("google_project_iam_member")["build_staged_source"], "condition")
+    assert "local.staged_source" in condition["expression"]
+    assert locals_()["staged_source"].startswith("projects/_/buckets/gcf-v2-sources-")
+
+
+def test_pubsub_service_identity_waits_for_the_api():
+    assert resources("google_project_service_identity")["pubsub"]["depends_on"] == ["${google_project_service.this}"]
+
+
+def test_notification_channels_are_an_explicit_choice():
+    for directory in (MODULE, TERRAFORM / "example"):
+        assert "default" not in terraform(directory)["variable"]["notification_channels"]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PROJECT": "demo-project", "RBM_AGENT_ID": "demo-agent"}
+    result = subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "NOTIFICATION_CHANNELS" in result.stderr and not result.stdout
+
+
+def test_monitoring_filters_use_monitoring_syntax():
+    # ("a" OR "b") value lists are Logging syntax; Monitoring filters take a full-match regex.
+    assert "service_name=(" in locals_()["log_service_filter"]
+    assert "monitoring.regex.full_match" in locals_()["service_filter"]
+    (dashboard,) = commands("twilio", "gcloud", "monitoring", "dashboards", "create")
+    assert "service_name=(" not in flag(dashboard, "--config")
+    for c in commands("twilio", "gcloud", "alpha", "monitoring", "policies", "create"):
+        assert "service_name=(" not in flag(c, "--policy")
+
+
+def test_firestore_field_operations_run_one_at_a_time():
+    for c in commands("twilio", "gcloud", "firestore"):
+        if "fields" in c:
+            assert "--async" not in c, "two operations on one field at once: Firestore refuses the second"
+
+
+# --- gcloud: every command and flag against the installed SDK -------------------------------------
+# Every command deploy.sh would run, held to the installed gcloud SDK.
+#
+# The dry run lists every command in order, the look-ups ("# check:", "# query:")
+# included. Each command path must be a command of the SDK and each flag one of
+# that command's flags (or a global flag), with a listed value where the flag
+# takes one of a few; the SDK's command tree (data/cli/gcloud_completions.py,
+# what gcloud's own completion reads) answers that in a second for every
+# command. The component checks deploy.sh makes before changing anything
+# (`gcloud alpha ... --help`) are run for real, so a missing alpha or beta
+# component fails here too. Skipped where gcloud is not installed.
+
+LOOKUP_PREFIXES = ("# check: ", "# query: ")
+
+
+def _sdk_tree_file() -> Path | None:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        return None
+    tree = Path(gcloud).resolve().parents[1] / "data" / "cli" / "gcloud_completions.py"
+    return tree if tree.is_file() else None
+
+
+needs_gcloud = pytest.mark.skipif(
+    _sdk_tree_file() is None, reason="gcloud (with its data/cli/gcloud_completions.py command tree) is not installed")
+
+
+@cache
+def sdk_tree() -> dict:
+    """The installed SDK's command tree: {"commands": {name: node}, "flags": {flag: "bool"|"value"|[choices]}}."""
+    text = _sdk_tree_file().read_text()
+    return json.loads(text[text.index("{"):])
+
+
+def command_problems(words: list[str]) -> list[str]:
+    """What in one gcloud command line the SDK does not have."""
+    tree, node, i = sdk_tree(), sdk_tree(), 1
+    while i < len(words) and not words[i].startswith("-") and words[i] in node["commands"]:
+        node, i = node["commands"][words[i]], i + 1
+    path = " ".join(words[:i])
+    if words[i:] == ["--help"]:
+        return []
+    if node["commands"]:
+        following = words[i] if i < len(words) else "(nothing)"
+        return [f"`{path}` is a command group, and {following!r} is not one of its commands"]
+    problems, rest = [], words[i:]
+    for j, word in enumerate(rest):
+        if not word.startswith("--"):
+            continue
+        name, has_value, value = word.partition("=")
+        spec = node["flags"].get(name, tree["flags"].get(name))
+        if spec is None and name.startswith("--no-") and node["flags"].get("--" + name[5:]) == "bool":
+            spec = "bool"
+        if spec is None:
+            problems.append(f"`{path}` has no flag {name}")
+        elif isinstance(spec, list) and has_value and value not in spec:
+            problems.append(f"`{path}` {name}={value}: not one of {spec}")
+        elif spec == "bool" and has_value:
+            problems.append(f"`{path}` {name} takes no value")
+    return problems
+
+
+@cache
+def listed_commands(config: str) -> list[list[str]]:
+    """Every command of a dry run, look-ups included, as words."""
+    commands = []
+    for line in dry_run_listing(config).splitlines():
+        for prefix in LOOKUP_PREFIXES:
+            if line.startswith(prefix):
+                line = line[len(prefix):]
+        if line.strip() and not line.startswith("#"):
+            commands.append(shlex.split(line))
+    return commands
+
+
+@needs_gcloud
+@pytest.mark.parametrize("config", sorted(DRY_RUN_CONFIGS))
+def test_every_command_and_flag_exists_in_the_installed_sdk(config):
+    problems = [f"{p}\n    in: {shlex.join(c)[:160]}" for c in listed_commands(config) for p in command_problems(c)]
+    assert not problems, "\n".join(problems)
+
+
+@needs_gcloud
+def test_dry_run_lists_the_lookups_too():
+    lookups = [line for line in dry_run_listing("twilio").splitlines() if line.startswith(LOOKUP_PREFIXES)]
+    assert any("gcloud alpha monitoring policies list" in line for line in lookups)
+    assert any("gcloud secrets versions list" in line for line in lookups)
+    assert any("gcloud run services get-iam-policy" in line for line in lookups)
+
+
+@needs_gcloud
+def test_the_components_deploy_sh_needs_are_installed():
+    checks = [c for c in listed_commands("twilio") if c[-1] == "--help"]
+    assert {c[1] for c in checks} == {"alpha", "beta"}
+    for command in checks:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{shlex.join(command)}: {result.stderr[-300:]}"
+
+
+@needs_gcloud
+def test_the_check_catches_a_command_outside_its_release_track():
+    assert command_problems(["gcloud", "monitoring", "policies", "create", "--policy={}", "--project=p"]) == [
+        "`gcloud monitoring` is a command group, and 'policies' is not one of its commands"]
+    assert command_problems(["gcloud", "alpha", "monitoring", "policies", "create", "--policy={}", "--project=p"]) == []
+
+
+@needs_gcloud
+def test_the_check_catches_a_wrong_flag_and_a_wrong_choice():
+    assert command_problems(["gcloud", "pubsub", "topics", "create", "t", "--label=a=b"]) == [
+        "`gcloud pubsub topics create` has no flag --label"]
+    assert command_problems(["gcloud", "functions", "deploy", "f", "--ingress-settings=internal"]) == [
+        "`gcloud functions deploy` --ingress-settings=internal: not one of ['all', 'internal-and-gclb', 'internal-only']"]
+    assert command_problems(["gcloud", "functions", "deploy", "f", "--no-allow-unauthenticated", "--quiet"]) == []
 
 
 # --- tools ------------------------------------------------------------------------------------------

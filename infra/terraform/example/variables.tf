@@ -74,9 +74,8 @@ variable "send_message_invokers" {
 }
 
 variable "notification_channels" {
-  description = "Monitoring notification channels for the alert policies."
+  description = "Monitoring notification channels for the alert policies; [] deploys alerts that notify nobody."
   type        = list(string)
-  default     = []
 }
 
 variable "tuning" {

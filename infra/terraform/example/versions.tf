@@ -14,6 +14,11 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.7.0"
     }
+    # time_sleep: alert policies wait until their log-based metrics are queryable.
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.13.0"
+    }
   }
 
   # Keep the state in a bucket shared by whoever deploys, e.g.:

@@ -50,6 +50,7 @@ resource "google_cloudfunctions2_function" "this" {
   depends_on = [
     google_project_iam_member.build,
     google_storage_bucket_iam_member.build_source,
+    google_project_iam_member.build_staged_source,
     google_secret_manager_secret_iam_member.access,
   ]
 }

@@ -54,13 +54,42 @@ resource "google_storage_bucket_iam_member" "build_source" {
   member = google_service_account.build.member
 }
 
-# Firestore: readWrite on documents; Firestore has no narrower resource scope.
+# A build reads the copy of the source that Cloud Functions stages in its own
+# bucket, gcf-v2-sources-PROJECT_NUMBER-REGION, created on the first deploy
+# (so it cannot be granted on the bucket itself): project-wide, held by a
+# condition to that bucket and its objects.
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+locals {
+  staged_source = "projects/_/buckets/gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+}
+
+resource "google_project_iam_member" "build_staged_source" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.build.member
+
+  condition {
+    title      = "rbm-relay staged source"
+    expression = "resource.name == \"${local.staged_source}\" || resource.name.startsWith(\"${local.staged_source}/\")"
+  }
+}
+
+# Firestore: readWrite on documents, held by an IAM condition to the one
+# database (Firestore evaluates conditions on the database's resource name).
 resource "google_project_iam_member" "firestore" {
   for_each = { for ep, f in local.functions : ep => f if f.firestore }
 
   project = var.project_id
   role    = "roles/datastore.user"
   member  = google_service_account.function[each.key].member
+
+  condition {
+    title      = "rbm-relay database"
+    expression = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+  }
 }
 
 # Publisher on exactly the topics a function publishes to.

@@ -15,8 +15,11 @@ locals {
     event_dead_lettered = "Events a subscriber could not process and dead-lettered, with the reason."
   }
 
-  services       = join(" OR ", [for f in local.functions : "\"${f.name}\""])
-  service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(${local.services})"
+  # The functions' Cloud Run services in a Logging filter (the log-based
+  # metrics) and in a Monitoring filter (the charts), which has no ("a" OR "b")
+  # value lists: there a full-match regex names them.
+  log_service_filter = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=(${join(" OR ", [for f in local.functions : "\"${f.name}\""])})"
+  service_filter     = "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=monitoring.regex.full_match(\"${join("|", [for f in local.functions : f.name])}\")"
 }
 
 resource "google_logging_metric" "event" {
@@ -25,7 +28,7 @@ resource "google_logging_metric" "event" {
   project     = var.project_id
   name        = "rbm_relay/${each.key}"
   description = each.value
-  filter      = "${local.service_filter} AND jsonPayload.event=\"${each.key}\""
+  filter      = "${local.log_service_filter} AND jsonPayload.event=\"${each.key}\""
 
   metric_descriptor {
     metric_kind  = "DELTA"
@@ -35,6 +38,19 @@ resource "google_logging_metric" "event" {
   }
 
   depends_on = [google_project_service.this]
+}
+
+# An alert policy on a log-based metric is refused until the metric is
+# queryable, which the Monitoring API says can take up to 10 minutes after the
+# metric is created ("Cannot find metric(s) that match type ... it could take
+# up to 10 minutes to become available"). The policies wait that long after
+# the first apply creates the metrics, and again whenever a metric is added;
+# the functions build meanwhile, so a first apply takes about 12 minutes.
+resource "time_sleep" "log_metrics_queryable" {
+  create_duration = "10m"
+  triggers = {
+    metrics = join(",", sort([for m in google_logging_metric.event : m.name]))
+  }
 }
 
 locals {
@@ -123,6 +139,8 @@ resource "google_monitoring_alert_policy" "this" {
     content   = each.value.doc
     mime_type = "text/markdown"
   }
+
+  depends_on = [time_sleep.log_metrics_queryable]
 }
 
 # Dashboard: the delivery funnel first, then the signs of trouble. Counters
@@ -206,4 +224,6 @@ resource "google_monitoring_dashboard" "funnel" {
       ]
     }
   })
+
+  depends_on = [time_sleep.log_metrics_queryable]
 }

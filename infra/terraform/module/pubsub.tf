@@ -80,6 +80,8 @@ resource "google_project_service_identity" "pubsub" {
 
   project = var.project_id
   service = "pubsub.googleapis.com"
+
+  depends_on = [google_project_service.this]
 }
 
 locals {

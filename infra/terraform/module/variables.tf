@@ -164,9 +164,13 @@ variable "send_message_ingress" {
 # --- Monitoring ------------------------------------------------------------------
 
 variable "notification_channels" {
-  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify."
+  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify. No default: give [] to deploy alerts that notify nobody (they still show in the console)."
   type        = list(string)
-  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "Each notification channel is projects/PROJECT/notificationChannels/ID."
+  }
 }
 
 variable "signature_rejections_threshold" {

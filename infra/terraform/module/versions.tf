@@ -16,5 +16,10 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.7.0"
     }
+    # time_sleep: alert policies wait until their log-based metrics are queryable.
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.13.0"
+    }
   }
 }
