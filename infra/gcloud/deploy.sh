@@ -38,6 +38,7 @@
 #   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
 #   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
 #   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS      tuning; the code's defaults otherwise
+#   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
 #   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
@@ -97,6 +98,8 @@ LEASE_SECONDS=${LEASE_SECONDS:-120}
 RETRY_BACKOFF_SECONDS=${RETRY_BACKOFF_SECONDS:-30}
 REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
 FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
+OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
+OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
 WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
 WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
@@ -272,7 +275,7 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 FUNCTIONS=(
   "receive_webhook rbm-receive-webhook public    all                   80    30                    $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES common,publish                      RBM_CLIENT_TOKEN"
   "track_delivery  rbm-track-delivery  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store            -"
-  "record_inbound  rbm-record-inbound  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store,agent      -"
+  "record_inbound  rbm-record-inbound  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store,agent,opt_out -"
   "send_message    rbm-send-message    clients   $SEND_MESSAGE_INGRESS 20    60                    0                      20                     common,store,agent,rbm              RBM_SERVICE_ACCOUNT_KEY"
   "revoke_expired  rbm-revoke-expired  scheduler internal-only         1     120                   0                      1                      common,store,agent,rbm,sweep,revoke RBM_SERVICE_ACCOUNT_KEY"
   "send_fallbacks  rbm-send-fallbacks  scheduler internal-only         1     120                   0                      1                      common,store,sweep,sms              TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET"
@@ -298,6 +301,7 @@ declare -A SETTING_GROUPS=(
   [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
   [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS"
   [revoke]="REVOKE_MAX_ATTEMPTS"
+  [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
   [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE"
 )
 GOOGLE_CLOUD_PROJECT=$PROJECT
@@ -490,7 +494,8 @@ for row in "${FUNCTIONS[@]}"; do
   for var in $(for g in "${groups[@]}"; do tr ' ' '\n' <<<"${SETTING_GROUPS[$g]}"; done | sort -u); do
     value=${!var:-}
     if [[ -z $value ]]; then continue; fi # unset: the code's default applies
-    if [[ $value == *,* ]]; then die "$var contains a comma, which --set-env-vars cannot carry"; fi
+    # Joined with ";" (gcloud topic escaping: "^;^" names the delimiter), so lists keep their commas.
+    if [[ $value == *\;* ]]; then die "$var contains a semicolon, which --set-env-vars cannot carry here"; fi
     env_vars+=("$var=$value")
   done
   # Its secrets, among those this configuration uses; each readable by it alone.
@@ -526,7 +531,7 @@ for row in "${FUNCTIONS[@]}"; do
     --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
     --memory="$MEMORY" --cpu="$CPU" --concurrency="$concurrency" --timeout="${timeout}s" \
     --min-instances="$min" --max-instances="$max" --ingress-settings="$ingress" \
-    --set-env-vars="$(IFS=,; echo "${env_vars[*]}")" "$secret_flag" \
+    --set-env-vars="^;^$(IFS=';'; echo "${env_vars[*]}")" "$secret_flag" \
     --update-labels="$LABELS" "${P[@]}" --quiet
 
   URLS[$ep]=$(query "https://$name-$PROJECT_NUMBER.$REGION.run.app" \

@@ -654,12 +654,26 @@ def test_dry_run_deploys_each_entry_point_exactly_once(config):
         assert flag(c, "--trigger-http") == "" and flag(c, "--gen2") == ""
 
 
+def env_vars(value: str) -> dict[str, str]:
+    """--set-env-vars as gcloud reads it: comma-separated, or "^X^" first to name
+    another delimiter (`gcloud topic escaping`)."""
+    delimiter = ","
+    if escaped := re.match(r"\^(.)\^", value):
+        delimiter, value = escaped.group(1), value[escaped.end():]
+    return dict(pair.split("=", 1) for pair in value.split(delimiter) if pair)
+
+
+def test_a_list_setting_keeps_its_commas_through_the_gcloud_route():
+    command = deploys("twilio")["record_inbound"]
+    assert env_vars(flag(command, "--set-env-vars"))["OPT_IN_KEYWORDS"] == "START,UNSTOP,YES"
+
+
 @pytest.mark.parametrize("entry_point", sorted(entry_points()))
 def test_dry_run_sets_every_setting_the_code_reads(entry_point):
     provided = set()
     for config in DRY_RUN_CONFIGS:
         command = deploys(config)[entry_point]
-        env = dict(pair.split("=", 1) for pair in flag(command, "--set-env-vars").split(",") if pair)
+        env = env_vars(flag(command, "--set-env-vars"))
         secrets = flags(command).get("--set-secrets", [""])[0]
         secret_refs = dict(ref.split("=", 1) for ref in secrets.split(",") if ref)
         assert not set(env) & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"

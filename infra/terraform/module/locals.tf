@@ -76,7 +76,7 @@ locals {
       timeout       = local.topology.ack_deadline_seconds
       min_instances = 0
       max_instances = 10
-      settings      = ["common", "dead_letter", "store", "agent"]
+      settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
       secrets       = []
       publishes     = ["dead_letter"]
       firestore     = true
@@ -145,6 +145,7 @@ locals {
     rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
     sweep       = ["SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS"]
     revoke      = ["REVOKE_MAX_ATTEMPTS"]
+    opt_out     = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
     sms = [
       "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
       "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE",
@@ -163,6 +164,8 @@ locals {
     RETRY_BACKOFF_SECONDS   = "30"
     REVOKE_MAX_ATTEMPTS     = "8"
     FALLBACK_MAX_ATTEMPTS   = "5"
+    OPT_OUT_KEYWORDS        = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
+    OPT_IN_KEYWORDS         = "START,UNSTOP,YES"
   }
   tuning = merge(local.tuning_defaults, var.tuning)
 
