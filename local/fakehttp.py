@@ -2,7 +2,9 @@
 scripted or random failures.
 
 A fake subclasses FakeServer and answers in handle(); the server reads the
-request, calls it, and writes the answer as JSON.
+request, calls it, and writes the answer as JSON, with any extra headers the
+answer names. An answer whose payload is DROP closes the connection without a
+response, as a server does that crashes or is cut off after reading a request.
 """
 
 import collections
@@ -18,6 +20,7 @@ from typing import Any, Hashable
 from urllib.parse import parse_qs, urlsplit
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+DROP = object()  # a payload: close the connection without answering
 
 
 @dataclass
@@ -49,8 +52,9 @@ class FakeServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def handle(self, request: Request) -> tuple[int, Any]:
-        """(status, JSON-able body) for one request; runs on the request's thread."""
+    def handle(self, request: Request) -> tuple:
+        """(status, JSON-able body) or (status, body, {header: value}) for one
+        request, or a DROP body; runs on the request's thread."""
         raise NotImplementedError
 
     @property
@@ -95,15 +99,20 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         request = Request(self.command, url.path, query, self.headers, self.rfile.read(length))
         try:
-            status, payload = self.server.fake.handle(request)
+            status, payload, headers = (*self.server.fake.handle(request), {})[:3]
         except Exception:  # a bug in the fake must show, not hang the caller
             traceback.print_exc()
-            status, payload = 500, {"error": "fake server failure"}
+            status, payload, headers = 500, {"error": "fake server failure"}, {}
+        if payload is DROP:
+            self.close_connection = True  # nothing written: the caller sees the connection closed
+            return
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=UTF-8")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
         except OSError:
