@@ -4,6 +4,15 @@ Callers get an `Outcome` they can reason about, never a raw HTTP error:
 429, 5xx and connection failures are retried with backoff and jitter inside
 a bounded time and only then reported as TRANSIENT. One HTTP session per
 instance.
+
+What a failed try says (functions/transport.py): 429 and 503 were not acted
+on, and their `Retry-After` (RFC 9110 §10.2.3) is waited out when it fits in
+the bound, else handed back on the TRANSIENT result so the sweep waits too. A
+dropped connection, a read timeout or another 5xx may have been acted on:
+retrying a create is still safe (its messageId is an idempotency key, and the
+retry answers 409 ALREADY_EXISTS or 200), but the result says so
+(`may_have_acted`), because a DELETE retried after such a failure and
+answered 404 may have been revoked by the lost try rather than delivered.
 """
 
 import functools
@@ -16,28 +25,40 @@ from enum import StrEnum
 
 import requests
 
-from functions import config
+from functions import config, transport
 
 SCOPE = "https://www.googleapis.com/auth/rcsbusinessmessaging"
-TIMEOUT = (3.05, 10)  # connect, read
+# connect, read (s): a create RBM answers only after 10 s still gets its answer, and one
+# call (RBM_RETRY_SECONDS plus one try) stays inside send_message's 60 s timeout.
+TIMEOUT = (3.05, 30)
+RETRY_AFTER_CAP = 900.0  # the longest Retry-After honoured, s: RBM's wait, not a stall of the sweep
 
 
 class Outcome(StrEnum):
     OK = "OK"
     NOT_FOUND = "NOT_FOUND"  # create: the user can't get RBM; delete: already delivered
+    ALREADY_EXISTS = "ALREADY_EXISTS"  # 409 on create: this agent used the id before, so an earlier create was accepted
     INVALID = "INVALID"  # 400
     FORBIDDEN = "FORBIDDEN"  # 401 / 403: credentials, permission or launch state
     TRANSIENT = "TRANSIENT"  # still failing after retries: try again later
 
 
-_OUTCOMES = {200: Outcome.OK, 404: Outcome.NOT_FOUND, 400: Outcome.INVALID, 401: Outcome.FORBIDDEN, 403: Outcome.FORBIDDEN}
+_OUTCOMES = {200: Outcome.OK, 404: Outcome.NOT_FOUND, 409: Outcome.ALREADY_EXISTS, 400: Outcome.INVALID,
+             401: Outcome.FORBIDDEN, 403: Outcome.FORBIDDEN}
 
 
 @dataclass(frozen=True)
 class Result:
+    """What one call came to: the outcome, the last HTTP status (None: no answer) and
+    body; `retry_after`, seconds RBM asked to wait before the next try (TRANSIENT only);
+    `may_have_acted`, whether an earlier try of this call, or the last one, failed
+    after RBM may have acted on it (its answer lost, or a 5xx other than 503)."""
+
     outcome: Outcome
     status: int | None = None
     body: dict = field(default_factory=dict)
+    retry_after: float | None = None
+    may_have_acted: bool = False
 
     @property
     def error(self) -> str:
@@ -67,36 +88,46 @@ class RbmClient:
     def __init__(self, session: requests.Session, root: str, retry_seconds: float):
         self.session, self.root, self.retry_seconds = session, root, retry_seconds
 
+    def _try(self, method: str, path: str, params: dict, body: dict | None) -> tuple[int | None, dict, float | None, bool]:
+        """One HTTP try: (status or None, JSON body, Retry-After seconds, whether a
+        failure leaves open that RBM acted on it)."""
+        try:
+            response = self.session.request(method, f"{self.root}/v1/{path}", params=params, json=body, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            return None, {}, None, transport.may_have_been_read(exc)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        payload, status = payload if isinstance(payload, dict) else {}, response.status_code
+        if status in transport.NOT_PROCESSED:
+            return status, payload, transport.retry_after(response, RETRY_AFTER_CAP), False
+        return status, payload, None, status >= 500
+
     def _call(self, method: str, path: str, params: dict, body: dict | None = None) -> Result:
-        deadline, delay = time.monotonic() + self.retry_seconds, 0.2
+        deadline, delay, may_have_acted = time.monotonic() + self.retry_seconds, 0.2, False
         while True:
-            try:
-                response = self.session.request(method, f"{self.root}/v1/{path}", params=params, json=body, timeout=TIMEOUT)
-                status = response.status_code
-                try:
-                    payload = response.json()
-                except ValueError:
-                    payload = {}
-            except requests.RequestException:
-                status, payload = None, {}
-            payload = payload if isinstance(payload, dict) else {}
+            status, payload, wait, ambiguous = self._try(method, path, params, body)
             if status in _OUTCOMES:
-                return Result(_OUTCOMES[status], status, payload)
+                return Result(_OUTCOMES[status], status, payload, may_have_acted=may_have_acted)
             if status and status < 500 and status != 429:
-                return Result(Outcome.INVALID, status, payload)
-            sleep = random.uniform(0, delay)  # full jitter
+                return Result(Outcome.INVALID, status, payload, may_have_acted=may_have_acted)
+            may_have_acted |= ambiguous
+            sleep = random.uniform(0, delay) if wait is None else wait  # full jitter, unless RBM said when
             if time.monotonic() + sleep > deadline:
-                return Result(Outcome.TRANSIENT, status, payload)
+                return Result(Outcome.TRANSIENT, status, payload, retry_after=wait, may_have_acted=may_have_acted)
             time.sleep(sleep)
             delay *= 2
 
     def create_message(self, phone: str, message_id: str, agent_id: str, content: dict, traffic_type: str | None = None) -> Result:
-        """Sends a message; the platform ignores a messageId it has seen, so retries are safe."""
+        """Sends a message. OK: accepted; ALREADY_EXISTS: accepted by an earlier call
+        (the platform ignores a messageId this agent used before), so retries are safe."""
         body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
         return self._call("POST", f"phones/{phone}/agentMessages", {"messageId": message_id, "agentId": agent_id}, body)
 
     def revoke_message(self, phone: str, message_id: str, agent_id: str) -> Result:
-        """OK: revoked. NOT_FOUND: too late, the message was delivered."""
+        """OK: revoke taken. NOT_FOUND: too late, the message was delivered — unless
+        `may_have_acted`, when an earlier try may have revoked it."""
         return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", {"agentId": agent_id})
 
     def send_event(self, phone: str, agent_id: str, event_type: str, message_id: str | None = None) -> Result:

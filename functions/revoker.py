@@ -1,9 +1,12 @@
 """revoke_expired: revoke messages that missed their deadline; re-send stuck PENDING ones.
 
 A revoke answered 200 makes the fallback due; 404 means the message reached
-the user first, so its fallback is cancelled. Anything else is retried with
-backoff a bounded number of times, then given up with the reason recorded
+the user first, so its fallback is cancelled — unless an earlier DELETE of it
+may have been acted on (interrupted mid-call, or its answer lost), when the 404
+is uncertain. Anything else is retried with backoff (and no sooner than RBM's
+Retry-After) a bounded number of times, then given up with the reason recorded
 (and, for a time-sensitive message, its SMS made due: delivery is uncertain).
+A re-send answered 409 ALREADY_EXISTS was accepted before: SENT.
 """
 
 from functions import config, logs, rbm, sender, store, sweep
@@ -14,10 +17,11 @@ from functions.transitions import Fact, claim_revoke, learn, retry_revoke
 REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVERED}
 
 
-def _retry(message: Message, error: str) -> str:
+def _retry(message: Message, result: rbm.Result) -> str:
     now = store.now()
     after = store.update_message(message.message_id, lambda m: retry_revoke(
-        m, now, error, config.revoke_max_attempts(), config.retry_backoff_seconds()))
+        m, now, result.error, config.revoke_max_attempts(), config.retry_backoff_seconds(),
+        retry_after=result.retry_after, may_have_acted=result.may_have_acted))
     gave_up = after.next_action_at is None and after.state in (State.FAILED, State.REVOKE_FAILED)
     logs.log("ERROR" if gave_up else "WARNING", "gave up; recorded" if gave_up else "will retry",
              event="revoke_gave_up" if gave_up else "revoke_retry", message_id=message.message_id,
@@ -26,10 +30,10 @@ def _retry(message: Message, error: str) -> str:
 
 
 def _uncertain(message: Message) -> str:
-    """404 after an interrupted attempt: delivered, or revoked by that attempt. Treated
-    as a revoke that could not be completed: a time-sensitive SMS goes out, a normal
-    one waits for DELIVERED."""
-    now, error = store.now(), "404 after an interrupted revoke: delivered, or revoked by the interrupted attempt"
+    """404 after an attempt that may have been acted on (interrupted, or its answer lost):
+    delivered, or revoked by that attempt. Treated as a revoke that could not be
+    completed: a time-sensitive SMS goes out, a normal one waits for DELIVERED."""
+    now, error = store.now(), "404 after a revoke whose outcome was lost: delivered, or revoked by that attempt"
     after = store.update_message(message.message_id, lambda m: learn(m, Fact.REVOKE_ABANDONED, now, error=error))
     logs.error("revoke outcome uncertain", event="revoke_uncertain", message_id=message.message_id,
                state=after.state.value, fallback=after.fallback.value)
@@ -42,13 +46,13 @@ def _act(message: Message) -> str:
         store.update_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
         return "failed"
     if message.state is State.PENDING:
-        sent = sender.deliver(message)
-        return "resent" if sent else _retry(message, "RBM create failed transiently")
+        sent, result = sender.send(message)
+        return "resent" if sent else _retry(message, result)
     result = rbm.client().revoke_message(message.phone, message.message_id, message.agent_id)
     fact = REVOKE_FACTS.get(result.outcome)
     if fact is None:
-        return _retry(message, result.error)
-    if fact is Fact.DELIVERED and message.revoke_uncertain:
+        return _retry(message, result)
+    if fact is Fact.DELIVERED and (message.revoke_uncertain or result.may_have_acted):
         return _uncertain(message)
     now = store.now()
     after = store.update_message(message.message_id, lambda m: learn(m, fact, now))

@@ -3,7 +3,9 @@
 The message id is generated (or given) and stored before the API call, and
 the platform ignores a messageId it has seen: whoever retries, a message is
 sent at most once. A create that never got through stays PENDING and
-revoke_expired sends it again, under the same id.
+revoke_expired sends it again, under the same id. A create answered 409
+ALREADY_EXISTS was accepted by an earlier call (another request in flight, or
+a try whose answer was lost): the message is SENT, like any other.
 """
 
 from functions import config, logs, outbound, rbm, store
@@ -14,6 +16,7 @@ from functions.transitions import Fact, learn
 # What each create outcome teaches about the message.
 CREATE_FACTS = {
     rbm.Outcome.OK: Fact.ACCEPTED,
+    rbm.Outcome.ALREADY_EXISTS: Fact.ACCEPTED,  # accepted before, under the same id
     rbm.Outcome.NOT_FOUND: Fact.UNREACHABLE,
     rbm.Outcome.INVALID: Fact.SEND_FAILED,
     rbm.Outcome.FORBIDDEN: Fact.SEND_FAILED,
@@ -24,19 +27,27 @@ def summary(message: Message) -> dict:
     return {"message_id": message.message_id, "state": message.state.value, "fallback": message.fallback.value}
 
 
-def deliver(message: Message) -> Message | None:
-    """Calls create for a PENDING message and records what RBM answered; None if
-    the call failed transiently (the message stays PENDING for a later retry)."""
+def send(message: Message) -> tuple[Message | None, rbm.Result]:
+    """Calls create for a PENDING message and records what RBM answered: (the message
+    as stored now, RBM's result), or (None, result) if the call failed transiently
+    (the message stays PENDING for a later retry; the result says when RBM wants it)."""
     result = rbm.client().create_message(message.phone, message.message_id, message.agent_id, message.content, message.traffic_type)
     if result.outcome is rbm.Outcome.TRANSIENT:
-        logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id, reason=result.error)
-        return None
+        logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id,
+                     reason=result.error, retry_after=result.retry_after)
+        return None, result
     fact, now = CREATE_FACTS[result.outcome], store.now()
     error = None if fact is Fact.ACCEPTED else result.error
     message = store.update_message(message.message_id, lambda m: learn(m, fact, now, error=error))
     logs.info(f"message {message.state.value.lower()}", event=f"message_{message.state.value.lower()}",
-              message_id=message.message_id, agent_id=message.agent_id, phone=message.phone, reason=error)
-    return message
+              message_id=message.message_id, agent_id=message.agent_id, phone=message.phone, reason=error,
+              rbm_outcome=result.outcome.value)
+    return message, result
+
+
+def deliver(message: Message) -> Message | None:
+    """`send` for a caller that needs only the message: None if it stays PENDING."""
+    return send(message)[0]
 
 
 def handle(request):

@@ -132,15 +132,21 @@ def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Mes
                                revoke_uncertain=m.revoke_uncertain or m.revoking, revoking=m.state is not State.PENDING)
 
 
-def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base: float) -> Message:
-    """A transient failure of a re-send or revoke: try again later, or give up and say why."""
-    m = dataclasses.replace(m, lease_owner=None, last_error=error, revoking=False)
+def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base: float,
+                 retry_after: float | None = None, may_have_acted: bool = False) -> Message:
+    """A transient failure of a re-send or revoke: try again later, or give up and say why.
+    The next try is no sooner than the backoff nor than `retry_after` seconds (RBM's
+    Retry-After). `may_have_acted`: a DELETE may have been acted on although its answer
+    was lost, so from now on a 404 may mean "revoked" as well as "delivered" (a re-send
+    needs no such care: the messageId makes it safe)."""
+    m = dataclasses.replace(m, lease_owner=None, last_error=error, revoking=False,
+                            revoke_uncertain=m.revoke_uncertain or (may_have_acted and m.state is not State.PENDING))
     if m.state not in SWEPT_STATES:
         return m
     if m.attempts >= max_attempts:
         fact = Fact.SEND_FAILED if m.state is State.PENDING else Fact.REVOKE_ABANDONED
         return learn(m, fact, now, error=f"gave up after {m.attempts} attempts: {error}")
-    m.next_action_at = now + backoff(m.attempts, base)
+    m.next_action_at = now + max(backoff(m.attempts, base), timedelta(seconds=retry_after or 0))
     return m
 
 

@@ -2,8 +2,15 @@
 
 It speaks Google's wire format for agentMessages create / delete, agentEvents
 and capabilities, keeps the messages it accepted, and can be told to make a
-phone unreachable, slow or failing, so callers meet the platform's real
-answers without the platform.
+phone unreachable, slow or failing, to throttle with `Retry-After`, or to act
+on a call and drop the connection before answering, so callers meet the
+platform's real answers without the platform.
+
+A messageId (or eventId) the same agent used before is answered 409
+ALREADY_EXISTS and not queued again: the agentMessages.create reference says
+the platform "ignores" such a message, and Google's API design rules (AIP-133,
+google.aip.dev/133) answer a create of an existing resource with
+ALREADY_EXISTS — the worst reading for a caller, so the one the fake gives.
 
     python -m local.fake_rbm --port 8091 --not-rcs +15550000002
 """
@@ -15,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from local.fakehttp import E164, FakeServer, Faults, Request, serve_until_interrupted
+from local.fakehttp import DROP, E164, FakeServer, Faults, Request, serve_until_interrupted
 
 FEATURES = [
     "RICHCARD_STANDALONE",
@@ -27,6 +34,7 @@ FEATURES = [
     "ACTION_VIEW_LOCATION",
 ]
 MODES = ("accept", "not_rcs", "error", "slow")
+CONTROLLED = ("create", "revoke")  # kinds of call the controls act on: creates keyed by phone, revokes by message id
 
 # Google's canonical status names and default messages.
 _STATUS = {
@@ -85,7 +93,8 @@ class FakeRbm(FakeServer):
 
         with FakeRbm() as rbm:
             rbm.set_phone("+15550000002", "not_rcs")
-            rbm.script("create", "+15550000001", [503, 200])
+            rbm.script("create", "+15550000001", [429, 200], retry_after="2")
+            rbm.drop("revoke", message_id)  # revoked, but the caller never hears so
             ...  # point RBM_API_ENDPOINT at rbm.url
             assert rbm.count("create", phone="+15550000001") == 2
 
@@ -106,6 +115,10 @@ class FakeRbm(FakeServer):
             self._messages: dict[str, dict] = {}
             self._phones: dict[str, tuple[str, float]] = {}
             self._faults = Faults()
+            self._used_ids: set[tuple[str, str]] = set()  # (agentId, messageId or eventId)
+            self._retry_after: dict[tuple[str, str], str] = {}
+            self._latency: dict[tuple[str, str], float] = {}
+            self._drops: dict[tuple[str, str], int] = {}
 
     def set_phone(self, phone: str, mode: str = "accept", delay: float = 0.0) -> None:
         """accept | not_rcs (404 on create, events, capabilities) | error (500 on
@@ -115,13 +128,29 @@ class FakeRbm(FakeServer):
         with self._lock:
             self._phones[phone] = (mode, delay)
 
-    def script(self, method: str, phone_or_message: str, statuses: list[int]) -> None:
+    def script(self, method: str, phone_or_message: str, statuses: list[int], retry_after: str | None = None) -> None:
         """The next creates to a phone, or revokes of a message id, answer these
-        statuses in turn; a 2xx entry means "behave normally"."""
-        if method not in ("create", "revoke"):
-            raise ValueError("method must be 'create' (keyed by phone) or 'revoke' (keyed by message id)")
+        statuses in turn; a 2xx entry means "behave normally". A scripted 429 or
+        503 carries `Retry-After: retry_after` (delay seconds or an HTTP date) if given."""
+        key = _key(method, phone_or_message)
         with self._lock:
-            self._faults.script((method, phone_or_message), statuses)
+            self._faults.script(key, statuses)
+            if retry_after is not None:
+                self._retry_after[key] = retry_after
+
+    def set_latency(self, method: str, phone_or_message: str, seconds: float) -> None:
+        """Creates to a phone, or revokes of a message id, are acted on at once and
+        answered `seconds` later (0: at once again)."""
+        with self._lock:
+            self._latency[_key(method, phone_or_message)] = seconds
+
+    def drop(self, method: str, phone_or_message: str, times: int = 1) -> None:
+        """The next `times` creates to a phone, or revokes of a message id, are acted
+        on as usual, then the connection is closed without an answer: the caller
+        can't know whether the call took effect."""
+        with self._lock:
+            key = _key(method, phone_or_message)
+            self._drops[key] = self._drops.get(key, 0) + times
 
     def fail_share(self, kind: str, share: float, seed: int = 0) -> None:
         """Answer 500 to a random `share` of create or revoke calls, repeatably."""
@@ -153,7 +182,8 @@ class FakeRbm(FakeServer):
     @property
     def requests(self) -> list[dict]:
         """Every request so far: method, path, kind, phone, message_id, agent_id,
-        query, body, status, time, duplicate."""
+        query, body, status, time, duplicate (409: id used before), dropped
+        (acted on, never answered), retry_after (the header sent, if any)."""
         with self._lock:
             return [dict(r) for r in self._requests]
 
@@ -204,15 +234,25 @@ class FakeRbm(FakeServer):
             "status": None,
             "time": received,
             "duplicate": False,
+            "dropped": False,
+            "retry_after": None,
         }
+        key = (kind, phone if kind == "create" else message_id)
         with self._lock:
             status, payload = self._answer(record)
             record["status"] = status
+            if status in (429, 503):
+                record["retry_after"] = self._retry_after.get(key)
+            record["dropped"] = self._drops.get(key, 0) > 0
+            if record["dropped"]:
+                self._drops[key] -= 1
             self._requests.append(record)
             mode, delay = self._phones.get(phone, ("accept", 0.0))
-        if mode == "slow":
-            time.sleep(delay)  # outside the lock: other phones stay fast
-        return status, payload
+            latency = self._latency.get(key, 0.0)
+        time.sleep(max(delay if mode == "slow" else 0.0, latency))  # outside the lock: other calls stay fast
+        if record["dropped"]:
+            return status, DROP
+        return status, payload, {"Retry-After": record["retry_after"]} if record["retry_after"] else {}
 
     def _answer(self, r: dict) -> tuple[int, Any]:
         """The platform's answer to one recorded request; called under the lock."""
@@ -241,15 +281,16 @@ class FakeRbm(FakeServer):
             return google_error(404)
         if self._mode(phone) == "error":
             return google_error(500)
-        message = self._messages.get(message_id)
-        if message is not None and message["agent_id"] == r["agent_id"]:
-            # The platform ignores a messageId it has seen: same answer, not queued again.
+        if (r["agent_id"], message_id) in self._used_ids:
+            # The platform ignores an id the agent used before; as AIP-133 has it: 409, not queued again.
             r["duplicate"] = True
-            message["duplicates"] += 1
-        else:
-            message = {"phone": phone, "agent_id": r["agent_id"], "body": body, "state": "queued", "send_time": now_rfc3339(), "duplicates": 0}
-            self._messages[message_id] = message
-            self._queued(message_id, message)
+            if message_id in self._messages:
+                self._messages[message_id]["duplicates"] += 1
+            return google_error(409, f"Agent message with id {message_id} already exists.")
+        self._used_ids.add((r["agent_id"], message_id))
+        message = {"phone": phone, "agent_id": r["agent_id"], "body": body, "state": "queued", "send_time": now_rfc3339(), "duplicates": 0}
+        self._messages[message_id] = message
+        self._queued(message_id, message)
         fields = {k: v for k, v in message["body"].items() if k not in ("name", "sendTime")}
         return 200, {"name": f"phones/{message['phone']}/agentMessages/{message_id}", "sendTime": message["send_time"], **fields}
 
@@ -274,6 +315,10 @@ class FakeRbm(FakeServer):
             return google_error(400, "messageId is required for READ.")
         if self._mode(r["phone"]) == "not_rcs":
             return google_error(404)
+        if (r["agent_id"], event_id) in self._used_ids:
+            r["duplicate"] = True
+            return google_error(409, f"Agent event with id {event_id} already exists.")
+        self._used_ids.add((r["agent_id"], event_id))
         return 200, {**body, "name": f"phones/{r['phone']}/agentEvents/{event_id}"}
 
     def _capabilities(self, r: dict) -> tuple[int, Any]:
@@ -282,6 +327,12 @@ class FakeRbm(FakeServer):
         if self._mode(r["phone"]) == "not_rcs":
             return google_error(404)
         return 200, {"features": list(FEATURES)}
+
+
+def _key(method: str, phone_or_message: str) -> tuple[str, str]:
+    if method not in CONTROLLED:
+        raise ValueError("method must be 'create' (keyed by phone) or 'revoke' (keyed by message id)")
+    return method, phone_or_message
 
 
 def main(argv: list[str] | None = None) -> None:

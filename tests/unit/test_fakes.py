@@ -101,15 +101,24 @@ def test_create_rejects_a_phone_that_is_not_e164(rbm):
     assert_google_error(create(rbm, phone="15550000001"), 400, "INVALID_ARGUMENT")
 
 
-def test_a_repeated_message_id_is_answered_but_not_queued_twice(rbm):
-    first = create(rbm, message_id="m1")
+def test_a_repeated_message_id_is_409_already_exists_and_not_queued_twice(rbm):
+    assert create(rbm, message_id="m1").status_code == 200
     again = create(rbm, message_id="m1", body={"contentMessage": {"text": "other"}})
-    assert again.status_code == 200 and again.json() == first.json()
+    assert_google_error(again, 409, "ALREADY_EXISTS")
     assert rbm.count("create", message_id="m1") == 2
     assert [r["duplicate"] for r in rbm.requests] == [False, True]
     assert rbm.messages["m1"]["duplicates"] == 1 and rbm.messages["m1"]["body"]["contentMessage"] == CONTENT
     assert create(rbm, message_id="m1", agent="agent-2").status_code == 200
     assert rbm.requests[-1]["duplicate"] is False  # the key is (agent, messageId)
+
+
+def test_an_id_used_by_an_agent_event_is_taken_for_messages_too(rbm):
+    url = f"{rbm.url}/v1/phones/%2B15550000001/agentEvents"
+    assert requests.post(url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5).status_code == 200
+    assert_google_error(requests.post(url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5),
+                        409, "ALREADY_EXISTS")
+    assert_google_error(create(rbm, message_id="e1"), 409, "ALREADY_EXISTS")
+    assert rbm.messages == {}
 
 
 def test_not_rcs_phone_gets_404_on_create_capabilities_and_events(rbm):
@@ -146,11 +155,66 @@ def test_set_phone_rejects_unknown_modes(rbm):
 def test_scripted_creates_answer_in_turn_then_behave_normally(rbm):
     rbm.script("create", PHONE, [500, 429, 503, 403, 200])
     answers = [create(rbm, message_id="m1") for _ in range(6)]
-    assert [a.status_code for a in answers] == [500, 429, 503, 403, 200, 200]
+    assert [a.status_code for a in answers] == [500, 429, 503, 403, 200, 409]
     for answer, status in zip(answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"]):
         assert_google_error(answer, answer.status_code, status)
+    assert "Retry-After" not in answers[1].headers  # only when asked for
     assert rbm.messages["m1"]["duplicates"] == 1
     assert create(rbm, phone="+15550000002").status_code == 200  # scripts are per phone
+
+
+@pytest.mark.parametrize("retry_after", ["7", "Wed, 21 Oct 2037 07:28:00 GMT"])
+def test_scripted_429_and_503_carry_retry_after(rbm, retry_after):
+    rbm.script("create", PHONE, [429, 503, 500], retry_after=retry_after)
+    rbm.script("revoke", "m1", [503], retry_after=retry_after)
+    answers = [create(rbm, message_id="m1") for _ in range(4)]
+    assert [(a.status_code, a.headers.get("Retry-After")) for a in answers] == [
+        (429, retry_after), (503, retry_after), (500, None), (200, None)]
+    throttled = revoke(rbm, "m1")
+    assert_google_error(throttled, 503, "UNAVAILABLE")
+    assert throttled.headers["Retry-After"] == retry_after and rbm.messages["m1"]["state"] == "queued"
+    assert [r["retry_after"] for r in rbm.requests] == [retry_after, retry_after, None, None, retry_after]
+
+
+def test_a_slow_create_is_queued_at_once_and_answered_late(rbm):
+    rbm.set_latency("create", PHONE, 0.5)
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(first=create(rbm, message_id="m1")))
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 5
+    while "m1" not in rbm.messages and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "m1" in rbm.messages and "first" not in answer  # queued while the caller still waits
+    thread.join()
+    assert answer["first"].status_code == 200 and time.monotonic() - started >= 0.5
+    rbm.set_latency("create", PHONE, 0)
+    assert create(rbm, phone="+15550000002").status_code == 200  # other phones answer at once
+
+
+def test_a_dropped_create_is_queued_but_never_answered(rbm):
+    rbm.drop("create", PHONE)
+    with pytest.raises(requests.ConnectionError):
+        create(rbm, message_id="m1")
+    assert rbm.messages["m1"]["state"] == "queued"
+    assert_google_error(create(rbm, message_id="m1"), 409, "ALREADY_EXISTS")  # the caller's retry
+    assert [(r["status"], r["dropped"]) for r in rbm.requests] == [(200, True), (409, False)]
+
+
+def test_a_dropped_revoke_revokes_and_its_retry_is_404(rbm):
+    create(rbm, message_id="m1")
+    rbm.drop("revoke", "m1")
+    with pytest.raises(requests.ConnectionError):
+        revoke(rbm, "m1")
+    assert rbm.messages["m1"]["state"] == "revoked"
+    assert_google_error(revoke(rbm, "m1"), 404, "NOT_FOUND")
+
+
+def test_controls_name_create_or_revoke(rbm):
+    for control in (lambda: rbm.drop("event", PHONE), lambda: rbm.set_latency("delete", PHONE, 1),
+                    lambda: rbm.script("capabilities", PHONE, [500])):
+        with pytest.raises(ValueError):
+            control()
 
 
 def test_fail_share_is_repeatable_per_seed(rbm):
@@ -234,10 +298,14 @@ def test_unknown_path_is_a_google_404(rbm):
 def test_reset_forgets_records_and_behaviour(rbm):
     rbm.set_phone(PHONE, "not_rcs")
     rbm.script("create", "+15550000002", [500])
+    rbm.drop("create", "+15550000003")
+    create(rbm, phone="+15550000004", message_id="m1")
     create(rbm)
     rbm.reset()
     assert rbm.requests == [] and rbm.messages == {}
     assert create(rbm).status_code == 200 and create(rbm, phone="+15550000002").status_code == 200
+    assert create(rbm, phone="+15550000003").status_code == 200
+    assert create(rbm, phone="+15550000004", message_id="m1").status_code == 200  # used ids forgotten too
 
 
 def test_restart_keeps_the_url():

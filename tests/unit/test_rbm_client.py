@@ -1,9 +1,13 @@
 """The RBM client's typed outcomes and bounded retries, against the local fake platform."""
 
+import time
+
 import pytest
 import requests
 
-from functions.rbm import Outcome, RbmClient
+from functions import sender
+from functions.rbm import RETRY_AFTER_CAP, Outcome, RbmClient
+from functions.transitions import Fact
 from local.fake_rbm import FakeRbm
 
 PHONE, AGENT = "+447700900321", "agent@rbm.goog"
@@ -27,13 +31,75 @@ def test_create_then_revoke_then_revoke_again(rbm):
 
 
 @pytest.mark.parametrize("status, outcome", [(404, Outcome.NOT_FOUND), (400, Outcome.INVALID), (403, Outcome.FORBIDDEN),
-                                             (409, Outcome.INVALID)])
+                                             (409, Outcome.ALREADY_EXISTS), (412, Outcome.INVALID)])
 def test_client_errors_are_typed_outcomes_and_not_retried(rbm, status, outcome):
     rbm.script("create", PHONE, [status])
     result = client(rbm).create_message(PHONE, "m1", AGENT, {"text": "hi"})
     assert (result.outcome, result.status) == (outcome, status)
     assert f"RBM {status}" in result.error
     assert rbm.count("create") == 1
+
+
+def test_a_create_answered_409_was_accepted_before(rbm):
+    c = client(rbm)
+    assert c.create_message(PHONE, "m1", AGENT, {"text": "hi"}).outcome is Outcome.OK
+    again = c.create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    assert (again.outcome, again.status) == (Outcome.ALREADY_EXISTS, 409)
+    assert sender.CREATE_FACTS[again.outcome] is Fact.ACCEPTED  # SENT, never FAILED
+    assert len(rbm.messages) == 1
+
+
+def test_a_create_accepted_then_dropped_is_retried_and_found_accepted(rbm):
+    rbm.drop("create", PHONE)
+    result = client(rbm, retry_seconds=3).create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    assert (result.outcome, result.may_have_acted) == (Outcome.ALREADY_EXISTS, True)
+    assert sender.CREATE_FACTS[result.outcome] is Fact.ACCEPTED
+    assert [r["status"] for r in rbm.requests] == [200, 409] and rbm.messages["m1"]["state"] == "queued"
+
+
+@pytest.mark.parametrize("first, uncertain", [("drop", True), (500, True), (502, True), (504, True), (503, False), (429, False)])
+def test_a_revoke_retried_after_a_failure_that_may_have_revoked_it_says_so(rbm, first, uncertain):
+    c = client(rbm, retry_seconds=3)
+    c.create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    if first == "drop":
+        rbm.drop("revoke", "m1")  # the DELETE revokes it; its answer is lost
+    else:
+        rbm.script("revoke", "m1", [first])
+    result = c.revoke_message(PHONE, "m1", AGENT)
+    expected = Outcome.NOT_FOUND if first == "drop" else Outcome.OK
+    assert (result.outcome, result.may_have_acted) == (expected, uncertain)
+    assert rbm.count("revoke") == 2
+
+
+def test_retry_after_is_waited_out_when_it_fits_the_bound(rbm):
+    rbm.script("create", PHONE, [429], retry_after="1")
+    result = client(rbm, retry_seconds=3).create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    assert result.outcome is Outcome.OK
+    first, second = (r["time"] for r in rbm.requests)
+    assert second - first >= 1.0
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("header, expected", [("30", 30.0), ("100000", RETRY_AFTER_CAP)])
+def test_retry_after_past_the_bound_is_transient_and_carries_the_wait(rbm, status, header, expected):
+    rbm.script("revoke", "m1", [status], retry_after=header)
+    started = time.monotonic()
+    result = client(rbm, retry_seconds=2).revoke_message(PHONE, "m1", AGENT)
+    assert time.monotonic() - started < 1.5  # no pointless wait nor retry inside the bound
+    assert (result.outcome, result.status, result.retry_after, result.may_have_acted) == (Outcome.TRANSIENT, status, expected, False)
+    assert rbm.count("revoke") == 1
+
+
+def test_retry_after_as_an_http_date(rbm):
+    rbm.script("create", PHONE, [503], retry_after="Wed, 21 Oct 2037 07:28:00 GMT")
+    result = client(rbm, retry_seconds=1).create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    assert (result.outcome, result.retry_after) == (Outcome.TRANSIENT, RETRY_AFTER_CAP)
+
+
+def test_a_create_that_takes_more_than_10_s_is_answered(rbm):
+    rbm.set_latency("create", PHONE, 11)
+    result = client(rbm, retry_seconds=0).create_message(PHONE, "m1", AGENT, {"text": "hi"})
+    assert (result.outcome, rbm.count("create")) == (Outcome.OK, 1)
 
 
 def test_429_and_5xx_are_retried_then_succeed(rbm):
@@ -61,4 +127,4 @@ def test_agent_events_and_capabilities(rbm):
 
 def test_an_unreachable_platform_is_transient():
     result = RbmClient(requests.Session(), "http://127.0.0.1:9", 0.3).revoke_message(PHONE, "m1", AGENT)
-    assert (result.outcome, result.status) == (Outcome.TRANSIENT, None)
+    assert (result.outcome, result.status, result.may_have_acted) == (Outcome.TRANSIENT, None, False)  # never connected

@@ -124,9 +124,9 @@ def sim(make):
     return make()
 
 
-def create(sim, phone=PHONE, **fields):
+def create(sim, phone=PHONE, message_id=None, **fields):
     """agentMessages.create on a simulator (or at a URL); (message id, status)."""
-    message_id = str(uuid.uuid4())
+    message_id = message_id or str(uuid.uuid4())
     response = requests.post(f"{getattr(sim, 'url', sim)}/v1/phones/{phone.replace('+', '%2B')}/agentMessages", params={"messageId": message_id, "agentId": AGENT},
                              json={"contentMessage": {"text": "hi"}, **fields}, timeout=5)
     return message_id, response.status_code
@@ -352,6 +352,26 @@ def test_fake_rbm_controls_still_work(sim):
     sim.script("revoke", message_id, [503])
     assert [revoke(sim, message_id), revoke(sim, message_id)] == [503, 200]
     assert sim.count("revoke", message_id=message_id) == 2
+
+
+def test_a_reused_message_id_is_409_already_exists_and_delivered_once(sim, receiver):
+    sim.add_device(PHONE, "online")
+    message_id, _ = create(sim)
+    response = requests.post(f"{sim.url}/v1/phones/%2B15550000001/agentMessages", params={"messageId": message_id, "agentId": AGENT},
+                             json={"contentMessage": {"text": "hi"}}, timeout=5)
+    assert response.status_code == 409 and response.json()["error"]["status"] == "ALREADY_EXISTS"
+    assert [e["messageId"] for e in receiver.events(1)] == [message_id]
+    assert_quiet(receiver, 1)
+
+
+def test_a_create_dropped_after_it_was_accepted_is_delivered_once(sim, receiver):
+    sim.add_device(PHONE, "online")
+    sim.drop("create", PHONE)
+    with pytest.raises(requests.ConnectionError):
+        create(sim, message_id="m1")
+    assert create(sim, message_id="m1") == ("m1", 409)  # the caller's retry
+    assert [e["messageId"] for e in receiver.events(1)] == ["m1"]
+    assert_quiet(receiver, 1)
 
 
 def test_a_pool_of_senders_delivers_everything_and_stop_ends_every_thread(receiver):

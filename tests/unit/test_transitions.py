@@ -269,3 +269,19 @@ def test_a_conversation_remembers_a_bounded_number_of_event_ids():
 def test_a_message_counts_as_activity_and_may_carry_an_opt_out():
     c = conversation_learn(Conversation("agent", "+15550001111"), [Signal.ACTIVITY, Signal.OPT_OUT], T0)
     assert (c.opted_out, c.last_activity_at, c.subscription_changed_at, c.applied) == (True, T0, T0, [])
+
+
+def test_a_retry_is_no_sooner_than_rbm_asked():
+    m = claim_revoke(sent(), sent().revoke_at, LEASE, "a")
+    now = m.revoke_at
+    assert retry_revoke(m, now, "429", 8, base=10, retry_after=300).next_action_at == now + timedelta(seconds=300)
+    assert retry_revoke(m, now, "429", 8, base=10, retry_after=2).next_action_at == now + timedelta(seconds=10)  # the backoff is longer
+    assert retry_revoke(m, now, "429", 8, base=10).next_action_at == now + timedelta(seconds=10)
+
+
+def test_a_revoke_whose_answer_was_lost_makes_a_later_404_uncertain_but_a_resend_does_not():
+    m = claim_revoke(sent(), sent().revoke_at, LEASE, "a")
+    assert retry_revoke(m, m.revoke_at, "RBM unreachable", 8, 1, may_have_acted=True).revoke_uncertain
+    assert not retry_revoke(m, m.revoke_at, "RBM 503", 8, 1).revoke_uncertain
+    pending = claim_revoke(Message("m1", "+1", next_action_at=T0), T0, LEASE, "a")
+    assert not retry_revoke(pending, T0, "RBM unreachable", 8, 1, may_have_acted=True).revoke_uncertain
