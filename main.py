@@ -43,14 +43,21 @@ def send_message(request):
 @functions_framework.http
 @json_errors
 def revoke_expired(request):
-    from functions import revoker
+    from functions import due
 
-    return revoker.handle(request)
+    return due.handle_scheduled(request, "revoke")
 
 
 @functions_framework.http
 @json_errors
 def send_fallbacks(request):
-    from functions import fallbacks
+    from functions import due
 
-    return fallbacks.handle(request)
+    return due.handle_scheduled(request, "fallback")
+
+
+@functions_framework.cloud_event
+def process_due_work(cloud_event):
+    from functions import due
+
+    due.handle_item(cloud_event)

@@ -106,12 +106,34 @@ def retention_days() -> int:
 
 
 def sweep_parallelism() -> int:
+    """Messages acted on at once by one run or one work item."""
     return env_int("SWEEP_PARALLELISM", 16)
 
 
 def sweep_budget() -> float:
-    """Seconds a sweep may spend claiming work; well inside the function timeout."""
+    """Seconds a scheduled run may spend, its period included; well inside the function timeout."""
     return env_float("SWEEP_BUDGET_SECONDS", 90.0)
+
+
+def schedule_period() -> float:
+    """Seconds between two scheduled runs (Cloud Scheduler's period): each run keeps
+    dispatching work at its due second until the next run starts. 0: one pass."""
+    return env_float("SCHEDULE_PERIOD_SECONDS", 0.0)
+
+
+def work_topic() -> str:
+    """Pub/Sub topic of due work for process_due_work; empty: the scheduled run acts itself."""
+    return env("RBM_WORK_TOPIC")
+
+
+def work_item_size() -> int:
+    """Message ids per work item."""
+    return env_int("WORK_ITEM_SIZE", 50)
+
+
+def revoke_grace() -> float:
+    """Seconds between a revoke's 200 and its SMS, in which a racing DELIVERED cancels the SMS."""
+    return env_float("REVOKE_GRACE_SECONDS", 5.0)
 
 
 def lease_seconds() -> float:

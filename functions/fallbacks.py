@@ -6,9 +6,9 @@ runs out the next sweep marks it UNKNOWN and reports it, and nothing sends
 it again: a possibly missing SMS is reported, a second SMS never happens.
 """
 
-from functions import config, logs, sms, store, sweep
+from functions import config, logs, sms, store
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
-from functions.replies import reply
+from functions.sweep import Sweep
 from functions.transitions import claim_fallback, fallback_failed, fallback_sent, fallback_unknown, retry_fallback
 
 # How each outcome is logged: severity, and the event name log-based metrics count.
@@ -54,10 +54,5 @@ def _act(claimed: Message) -> str:
     return "retried" if after.fallback is Fallback.DUE else after.fallback.value.lower()
 
 
-def handle(request):
-    logs.bind_trace(request.headers)
-    if sms.provider() is None:
-        logs.error("send_fallbacks called but no SMS_PROVIDER is configured", event="sms_unconfigured")
-        return reply(503, {"error": "no SMS_PROVIDER configured"})
-    outcomes = ("sent", "retried", "failed", "cancelled", "unknown", "skipped", "errors")
-    return reply(200, sweep.run("send_fallbacks", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act, outcomes))
+FALLBACK = Sweep("send_fallbacks", "fallback", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act,
+                 ("sent", "retried", "failed", "cancelled", "unknown"))

@@ -14,6 +14,9 @@ from google.cloud import pubsub_v1
 from functions import config
 
 
+MAX_PER_CALL = 1000  # messages in one Publish request (cloud.google.com/pubsub/quotas)
+
+
 class PublishError(RuntimeError):
     """Pub/Sub did not confirm the publish in time: the caller must not ack."""
 
@@ -30,13 +33,21 @@ def topic_path(topic: str) -> str:
 
 def publish(topic: str, data: bytes, attributes: dict[str, str]) -> str:
     """Publishes and returns the server's message id, or raises PublishError."""
-    timeout = config.publish_timeout()
-    message = pubsub_v1.types.PubsubMessage(data=data, attributes=attributes)
-    try:
-        response = _client().api.publish(
-            topic=topic_path(topic), messages=[message], timeout=timeout,
-            retry=retries.Retry(initial=0.05, maximum=1.0, timeout=timeout),
-        )
-        return response.message_ids[0]
-    except Exception as exc:  # the library raises many types; all mean "not confirmed"
-        raise PublishError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+    return publish_batch(topic, [(data, attributes)])[0]
+
+
+def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
+    """Publishes (data, attributes) pairs, up to 1,000 per Publish call (Pub/Sub's
+    limit per request); returns their ids in order, or raises PublishError."""
+    timeout, ids = config.publish_timeout(), []
+    for start in range(0, len(messages), MAX_PER_CALL):
+        chunk = [pubsub_v1.types.PubsubMessage(data=d, attributes=a) for d, a in messages[start:start + MAX_PER_CALL]]
+        try:
+            response = _client().api.publish(
+                topic=topic_path(topic), messages=chunk, timeout=timeout,
+                retry=retries.Retry(initial=0.05, maximum=1.0, timeout=timeout),
+            )
+        except Exception as exc:  # the library raises many types; all mean "not confirmed"
+            raise PublishError(f"{type(exc).__name__}: {exc}"[:300]) from exc
+        ids += response.message_ids
+    return ids

@@ -1,6 +1,6 @@
 """revoke_expired: revoke messages that missed their deadline; re-send stuck PENDING ones.
 
-A revoke answered 200 makes the fallback due; 404 means the message reached
+A revoke answered 200 makes the fallback due after REVOKE_GRACE_SECONDS; 404 means the message reached
 the user first, so its fallback is cancelled — unless an earlier DELETE of it
 may have been acted on (interrupted mid-call, or its answer lost), when the 404
 is uncertain. Anything else is retried with backoff (and no sooner than RBM's
@@ -9,10 +9,12 @@ Retry-After) a bounded number of times, then given up with the reason recorded
 A re-send answered 409 ALREADY_EXISTS was accepted before: SENT.
 """
 
-from functions import config, logs, rbm, sender, store, sweep
+from datetime import timedelta
+
+from functions import config, logs, rbm, sender, store
 from functions.model import REVOKE_QUERY, SWEPT_STATES, Message, State
-from functions.replies import reply
-from functions.transitions import Fact, claim_revoke, learn, retry_revoke
+from functions.sweep import Sweep
+from functions.transitions import Fact, claim_revoke, hold_fallback, learn, retry_revoke
 
 REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVERED}
 
@@ -55,14 +57,13 @@ def _act(message: Message) -> str:
     if fact is Fact.DELIVERED and (message.revoke_uncertain or result.may_have_acted):
         return _uncertain(message)
     now = store.now()
-    after = store.update_message(message.message_id, lambda m: learn(m, fact, now))
+    grace = now + timedelta(seconds=config.revoke_grace())
+    after = store.update_message(message.message_id, lambda m: hold_fallback(learn(m, fact, now), grace))
     outcome = "revoked" if fact is Fact.REVOKED else "delivered"
     logs.info(f"message {outcome}", event=f"message_{outcome}", message_id=message.message_id, agent_id=message.agent_id,
               state=after.state.value, fallback=after.fallback.value)
     return outcome
 
 
-def handle(request):
-    logs.bind_trace(request.headers)
-    outcomes = ("revoked", "delivered", "resent", "retried", "failed", "skipped", "errors")
-    return reply(200, sweep.run("revoke_expired", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act, outcomes))
+REVOKE = Sweep("revoke_expired", "revoke", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act,
+               ("revoked", "delivered", "resent", "retried", "failed"))

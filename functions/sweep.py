@@ -1,16 +1,18 @@
-"""What both scheduled sweeps share.
+"""What both kinds of due work share: finding it, claiming it, acting on it.
 
-Find due messages with an indexed query (its cost follows the number due, not
-the collection), page by page; claim each under a lease with a precondition
-write, so overlapping sweeps never act twice; act with bounded parallelism;
-stop taking work when the time budget is spent and leave the rest for the
-next run.
+A `Sweep` is one kind of due work: which messages are due (an `in` filter on
+one field and a range on a due-time field, backed by a declared composite
+index, so a query's cost follows the number due, not the collection), how one
+is claimed under a lease (a precondition write, so overlapping runs and
+duplicated work items never act twice: one claim wins, the others find it
+taken), and how it is acted on. The lease *is* the due-time field: a claim
+that is never completed makes the message due again when it runs out.
 """
 
+import functools
 import time
-import uuid
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
@@ -25,16 +27,27 @@ Claim = Callable[[Message, datetime, timedelta, str], Message | None]
 Act = Callable[[Message], str]
 
 
-def _due_query(fields: tuple[str, str], values: tuple, now: datetime):
-    selector, due_at = fields
+@dataclass(frozen=True)
+class Sweep:
+    name: str  # the scheduled entry point that runs it
+    duty: str  # its name in a work item
+    fields: tuple[str, str]  # (the field filtered with `in`, the due-time field)
+    values: tuple  # the values of the first field that can be due
+    claim: Claim
+    act: Act  # returns one of `outcomes`
+    outcomes: tuple[str, ...]
+
+
+def _due_query(sweep: Sweep, until: datetime):
+    selector, due_at = sweep.fields
     return (store.messages()
-            .where(filter=FieldFilter(selector, "in", [v.value for v in values]))
-            .where(filter=FieldFilter(due_at, "<=", now)))
+            .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
+            .where(filter=FieldFilter(due_at, "<=", until)))
 
 
-def due(fields: tuple[str, str], values: tuple, now: datetime) -> Iterator[Message]:
-    """Every message due at `now`, oldest first, a page at a time."""
-    query, cursor = _due_query(fields, values, now).order_by(fields[1]), None
+def due(sweep: Sweep, until: datetime) -> Iterator[Message]:
+    """Every message due by `until`, earliest first, a page at a time."""
+    query, cursor = _due_query(sweep, until).order_by(sweep.fields[1]), None
     while True:
         page = (query.start_after(cursor) if cursor else query).limit(PAGE).get()
         yield from (Message.from_doc(s.to_dict()) for s in page)
@@ -43,36 +56,37 @@ def due(fields: tuple[str, str], values: tuple, now: datetime) -> Iterator[Messa
         cursor = page[-1]
 
 
-def _claim_and_act(message_id: str, claim: Claim, act: Act, owner: str) -> str:
-    """One message: claimed (or found taken) and acted on; a failure stays with it."""
+def due_at(sweep: Sweep, message: Message) -> datetime:
+    return getattr(message, sweep.fields[1])
+
+
+def count_due(sweep: Sweep, until: datetime) -> int:
+    return int(_due_query(sweep, until).count().get()[0][0].value)
+
+
+def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> str:
+    """One message: claimed (or found taken) and acted on; a failure stays with it.
+    "left" untouched, for a later run, once the monotonic `deadline` has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        return "left"
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
     try:
-        claimed = store.update_message(message_id, lambda m: m and claim(m, now, lease, owner))
-        return act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: dropped, never acted on
-    except Exception as exc:  # one message's trouble must not stop the sweep; its lease expires
-        logs.error("sweep could not process a message", event="sweep_error", message_id=message_id, reason=repr(exc)[:300])
+        claimed = store.update_message(message_id, lambda m: m and sweep.claim(m, now, lease, owner))
+        return sweep.act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: never acted on
+    except Exception as exc:  # one message's trouble must not stop the others; its lease expires
+        logs.error("could not process a message", event="sweep_error", sweep=sweep.name, message_id=message_id,
+                   reason=repr(exc)[:300])
         return "errors"
 
 
-def run(name: str, fields: tuple[str, str], values: tuple, claim: Claim, act: Act, outcomes: tuple[str, ...]) -> dict:
-    """One sweep; answers the summary it also logs: how many were scanned, each
-    of `outcomes` (what `act` returns), and how many are left for the next run."""
-    owner, started, budget = f"{name}-{uuid.uuid4().hex[:12]}", time.monotonic(), config.sweep_budget()
-    limit = config.sweep_parallelism()
-    counts: Counter = Counter()
-    now = store.now()
-    with ThreadPoolExecutor(limit, thread_name_prefix=name) as pool:
-        running = set()
-        for message in due(fields, values, now):
-            if time.monotonic() - started > budget:
-                break
-            counts["scanned"] += 1
-            running.add(pool.submit(_claim_and_act, message.message_id, claim, act, owner))
-            if len(running) >= limit:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                counts.update(f.result() for f in done)
-        counts.update(f.result() for f in wait(running).done)
-    counts["left"] = int(_due_query(fields, values, now).count().get()[0][0].value)
-    summary = {"scanned": 0, **dict.fromkeys(outcomes, 0), **counts, "seconds": round(time.monotonic() - started, 2)}
-    logs.info(f"{name} finished", event=f"{name}_summary", summary=summary)
-    return summary
+@functools.cache
+def _executor() -> ThreadPoolExecutor:
+    """The calls in flight of this instance, all work items together: SWEEP_PARALLELISM at most."""
+    return ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix="act")
+
+
+def perform(sweep: Sweep, message_ids: list[str], owner: str, deadline: float | None = None) -> dict[str, str]:
+    """Claims and acts on each message, in parallel within the instance's bound;
+    answers each message's outcome (one of `sweep.outcomes`, "skipped", "errors" or "left")."""
+    futures = {i: _executor().submit(_claim_and_act, sweep, i, owner, deadline) for i in dict.fromkeys(message_ids)}
+    return {i: f.result() for i, f in futures.items()}

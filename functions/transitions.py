@@ -150,6 +150,15 @@ def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base:
     return m
 
 
+def hold_fallback(m: Message, until: datetime) -> Message:
+    """A due SMS held back until `until`: the grace after a revoke's 200, in which a
+    DELIVERED racing the revoke (Google's revoke guide: a 200 does not prove the
+    message was revoked) cancels it."""
+    if m.fallback is not Fallback.DUE:
+        return m
+    return dataclasses.replace(m, fallback_at=max(m.fallback_at or until, until))
+
+
 # send_fallbacks: one SMS per message, at most.
 
 def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool) -> Message | None:

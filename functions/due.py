@@ -1,0 +1,142 @@
+"""Deadline-precise dispatch: the scheduled runs, and the worker behind them.
+
+revoke_expired and send_fallbacks (Cloud Scheduler, every SCHEDULE_PERIOD_SECONDS)
+each keep looking, until the next run starts, for work due in the coming
+second, and dispatch it at its due second: as work items on RBM_WORK_TOPIC for
+process_due_work behind a push subscription — Cloud Functions' autoscaling is
+the scale-out, and the worker's max instances × SWEEP_PARALLELISM bound the
+calls in flight into RBM and the SMS provider — or, without a work topic, acted
+on by the run itself. Whoever acts on a revoke goes on to the SMS of each
+message it left due, in the same flow: after REVOKE_GRACE_SECONDS for a
+revoke's 200 (a racing DELIVERED cancels it), at once otherwise.
+
+Nothing is lost, only late: a run that dies, or an item that never arrives,
+leaves its messages due, and the next run dispatches them again. Nothing is
+done twice: a duplicated, redelivered or late item finds its messages claimed
+or done (sweep.perform).
+"""
+
+import base64
+import binascii
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from functions import config, fallbacks, logs, pubsub, revoker, sms, store, sweep, work_items
+from functions.model import Message
+from functions.replies import reply
+from functions.sweep import Sweep
+from functions.work_items import WorkItem
+
+SWEEPS = {s.duty: s for s in (revoker.REVOKE, fallbacks.FALLBACK)}
+POLL_SECONDS = 1.0  # how often a run looks for due work, and how early it dispatches it
+WINDOW_SECONDS = 0.5  # messages due this close together share a work item
+MAX_EARLY_SECONDS = 5.0  # the longest an item waits for its due second (it is dispatched POLL_SECONDS early)
+FOLLOW_UP = ("revoked", "resent", "failed")  # revoke outcomes that may leave an SMS due
+RUN_ITEMS = 32  # work items a run without a work topic acts on at once
+
+
+def _wait_until(at: datetime, cap: float) -> None:
+    delay = (at - store.now()).total_seconds()
+    if delay > 0:
+        time.sleep(min(delay, cap))
+
+
+def work(item: WorkItem, owner: str, deadline: float | None = None) -> Counter:
+    """Acts on `item` at its due second; after a revoke, on the SMS of each message it
+    left due. Answers the outcomes counted, the SMS ones prefixed `fallback_`."""
+    _wait_until(item.due_at, MAX_EARLY_SECONDS)
+    outcomes = sweep.perform(SWEEPS[item.duty], list(item.message_ids), owner, deadline)
+    counts = Counter(outcomes.values())
+    follow = [i for i, outcome in outcomes.items() if outcome in FOLLOW_UP]
+    if item.duty == revoker.REVOKE.duty and follow and sms.provider():
+        if "revoked" in counts:
+            time.sleep(config.revoke_grace())
+        counts.update(f"fallback_{o}" for o in sweep.perform(fallbacks.FALLBACK, follow, owner, deadline).values())
+    return counts
+
+
+def items(s: Sweep, messages: list[Message]) -> list[WorkItem]:
+    """Messages, earliest due first, as work items of at most WORK_ITEM_SIZE ids due
+    within WINDOW_SECONDS of each other; an item is due when its last message is."""
+    result: list[WorkItem] = []
+    ids: list[str] = []
+    first = last = None
+    for message in messages:
+        at = sweep.due_at(s, message)
+        if ids and (len(ids) >= config.work_item_size() or (at - first).total_seconds() > WINDOW_SECONDS):
+            result.append(WorkItem(s.duty, tuple(ids), last))
+            ids = []
+        if not ids:
+            first = at
+        ids.append(message.message_id)
+        last = at
+    if ids:
+        result.append(WorkItem(s.duty, tuple(ids), last))
+    return result
+
+
+def run(s: Sweep) -> dict:
+    """One scheduled run: dispatches due work at its due second until the next run
+    starts (one pass when SCHEDULE_PERIOD_SECONDS is 0) or the budget is spent.
+    Answers the summary it also logs; raises pubsub.PublishError if items could not be queued."""
+    owner, started = f"{s.name}-{uuid.uuid4().hex[:12]}", time.monotonic()
+    period, budget, topic = config.schedule_period(), config.sweep_budget(), config.work_topic()
+    deadline, lookahead = started + budget, timedelta(seconds=POLL_SECONDS if period else 0)
+    dispatched: dict[str, datetime] = {}  # message id → the due time it was dispatched for
+    counts: Counter = Counter()
+    with ThreadPoolExecutor(RUN_ITEMS, thread_name_prefix=s.name) as pool:
+        running = []
+        while True:
+            polled = time.monotonic()
+            fresh = [m for m in sweep.due(s, store.now() + lookahead) if dispatched.get(m.message_id) != sweep.due_at(s, m)]
+            dispatched.update((m.message_id, sweep.due_at(s, m)) for m in fresh)
+            batch = items(s, fresh)
+            counts.update(scanned=len(fresh), items=len(batch))
+            if topic and batch:
+                work_items.publish(batch)
+            elif batch:
+                running += [pool.submit(work, item, owner, deadline) for item in batch]
+            if polled + POLL_SECONDS >= started + min(period, budget):
+                break
+            time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
+        for future in running:
+            counts.update(future.result())
+    summary = {"scanned": 0, **dict.fromkeys(s.outcomes + ("skipped", "errors", "left"), 0), **counts,
+               "seconds": round(time.monotonic() - started, 2)}
+    logs.info(f"{s.name} finished", event=f"{s.name}_summary", summary=summary)
+    return summary
+
+
+def handle_scheduled(request, duty: str):
+    """revoke_expired / send_fallbacks: 200 with the run's summary; 503 when the work
+    could not be queued (Cloud Scheduler retries; the messages stay due)."""
+    logs.bind_trace(request.headers)
+    s = SWEEPS[duty]
+    if s is fallbacks.FALLBACK and not config.work_topic() and sms.provider() is None:
+        logs.error("send_fallbacks called but no SMS_PROVIDER is configured", event="sms_unconfigured")
+        return reply(503, {"error": "no SMS_PROVIDER configured"})
+    try:
+        return reply(200, run(s))
+    except pubsub.PublishError as exc:
+        logs.error("work items not queued; answering 503", event="work_publish_failed", reason=str(exc))
+        return reply(503, {"error": "work items not queued, retry"})
+
+
+def handle_item(cloud_event) -> None:
+    """process_due_work: one work item pushed by Pub/Sub. Always acknowledged: a message
+    it could not finish stays due (or leased), and the next scheduled run dispatches it again."""
+    message = (cloud_event.data or {}).get("message") or {}
+    try:
+        item = work_items.decode(base64.b64decode(message.get("data") or "", validate=True))
+    except (work_items.WorkItemError, binascii.Error, ValueError) as exc:
+        logs.error("not a work item; acknowledged", event="work_item_invalid", reason=str(exc))
+        return
+    if item.duty == fallbacks.FALLBACK.duty and sms.provider() is None:
+        logs.error("a fallback work item but no SMS_PROVIDER is configured", event="sms_unconfigured")
+        return
+    started = time.monotonic()
+    counts = work(item, f"process_due_work-{uuid.uuid4().hex[:12]}", started + config.sweep_budget())
+    logs.info("work item done", event="work_item_done", duty=item.duty, due_at=item.due_at, summary=dict(counts))

@@ -1,0 +1,64 @@
+"""Work items: due work on its way from a scheduled run to process_due_work.
+
+One Pub/Sub message on RBM_WORK_TOPIC per item; its data is JSON
+`{"duty": "revoke" | "fallback", "message_ids": [...], "due_at": RFC 3339}`
+and its attribute `duty` repeats the duty. An item only says "look at these
+messages at this second": the message documents hold the truth, so an item
+delivered twice, late, or to two workers at once changes nothing more.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from functions import config, logs, pubsub
+from functions.model import Fallback, Message
+
+DUTIES = ("revoke", "fallback")
+MAX_IDS = 1000  # far above WORK_ITEM_SIZE; an item beyond it is not ours
+
+
+class WorkItemError(ValueError):
+    """The bytes are not a work item."""
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    duty: str
+    message_ids: tuple[str, ...]
+    due_at: datetime
+
+    def encode(self) -> tuple[bytes, dict[str, str]]:
+        """(data, attributes) of the Pub/Sub message."""
+        data = {"duty": self.duty, "message_ids": list(self.message_ids), "due_at": self.due_at.isoformat()}
+        return json.dumps(data).encode(), {"duty": self.duty}
+
+
+def decode(data: bytes) -> WorkItem:
+    try:
+        body = json.loads(data)
+        duty, ids, due_at = body["duty"], body["message_ids"], datetime.fromisoformat(body["due_at"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise WorkItemError(f"not a work item: {type(exc).__name__}") from None
+    if duty not in DUTIES or not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS \
+            or not all(isinstance(i, str) and i for i in ids) or due_at.tzinfo is None:
+        raise WorkItemError("not a work item: bad duty, message_ids or due_at")
+    return WorkItem(duty, tuple(ids), due_at)
+
+
+def publish(items: list[WorkItem]) -> None:
+    """Publishes the items to RBM_WORK_TOPIC; raises pubsub.PublishError."""
+    pubsub.publish_batch(config.work_topic(), [item.encode() for item in items])
+
+
+def fallback_due(message: Message) -> None:
+    """Hands a message whose SMS just became due to process_due_work at once, rather
+    than at the next scheduled run. Best effort: if the publish fails, the next
+    run dispatches it anyway."""
+    if not (config.work_topic() and message.tracked and message.fallback is Fallback.DUE and message.fallback_at):
+        return
+    try:
+        publish([WorkItem("fallback", (message.message_id,), message.fallback_at)])
+    except pubsub.PublishError as exc:
+        logs.warning("could not hand the fallback to a worker; the next run will", event="work_publish_failed",
+                     message_id=message.message_id, reason=str(exc))
