@@ -4,7 +4,13 @@ import functools
 import json
 import traceback
 
+from google.api_core import exceptions
+
 from functions import logs
+
+# A Google backend (Firestore, Pub/Sub) that is down, overloaded or too slow: the
+# caller should try again, so the answer is 503, not 500.
+UNAVAILABLE = (exceptions.ServerError, exceptions.TooManyRequests, exceptions.RetryError)
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -22,12 +28,16 @@ def reject(status: int, reason: str, **fields):
 def json_errors(handler):
     """Wraps an HTTP entry point so that an unexpected error answers 500 with
     `{"error"}` and logs ERROR with its traceback (masked like every line),
-    never Flask's HTML error page."""
+    never Flask's HTML error page; a Google backend unavailable answers 503."""
 
     @functools.wraps(handler)
     def guarded(request):
         try:
             return handler(request)
+        except UNAVAILABLE as exc:
+            logs.error("a Google backend is unavailable; answering 503", event="backend_unavailable",
+                       reason=f"{type(exc).__name__}: {exc}"[:300])
+            return reply(503, {"error": "storage unavailable, retry"})
         except Exception:  # the last line of defence: anything not handled below
             logs.error("unexpected error", event="unhandled_error", traceback=traceback.format_exc()[-4000:])
             return reply(500, {"error": "internal error"})

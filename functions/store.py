@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Callable, TypeVar
 
 from google.api_core import exceptions
+from google.api_core import retry as retries
 from google.cloud import firestore
 
 from functions import config
@@ -22,6 +23,11 @@ from functions.model import Conversation, Message, UserMessage, conversation_id,
 
 T = TypeVar("T", Message, Conversation, UserMessage)
 ATTEMPTS = 20
+# Each Firestore call gives up after this long, its retries of UNAVAILABLE included, so
+# a request in an outage gets an answer (503, or a Pub/Sub redelivery) instead of
+# hanging until the platform ends it.
+CALL_SECONDS = 15.0
+CALL = {"retry": retries.Retry(initial=0.1, maximum=2.0, timeout=CALL_SECONDS), "timeout": CALL_SECONDS}
 
 # Firestore's hard limits ("Quotas and limits": collections, documents and fields),
 # with sizes counted as its "Storage size calculations" page counts them.
@@ -153,7 +159,7 @@ def check(ref, doc: dict) -> dict:
 
 def _read(refs: list) -> list:
     """Snapshots of `refs`, in their order, in one round trip."""
-    snapshots = {s.reference.path: s for s in client().get_all(refs)}
+    snapshots = {s.reference.path: s for s in client().get_all(refs, **CALL)}
     return [snapshots[ref.path] for ref in refs]
 
 
@@ -179,7 +185,7 @@ def update_all(docs: list[tuple], change: Callable[[list], list]) -> list:
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
         try:
-            batch.commit()
+            batch.commit(**CALL)
             return new
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
             continue
@@ -201,7 +207,7 @@ def update_message(message_id: str, change: Callable[[Message | None], Message |
 
 
 def get_message(message_id: str) -> Message | None:
-    snapshot = message_ref(message_id).get()
+    snapshot = message_ref(message_id).get(**CALL)
     return Message.from_doc(snapshot.to_dict()) if snapshot.exists else None
 
 
@@ -211,5 +217,5 @@ def conversation_ref(agent_id: str, phone: str):
 
 
 def opted_out(agent_id: str, phone: str) -> bool:
-    snapshot = conversation_ref(agent_id, phone).get(["opted_out"])
+    snapshot = conversation_ref(agent_id, phone).get(["opted_out"], **CALL)
     return bool(snapshot.exists and snapshot.get("opted_out"))

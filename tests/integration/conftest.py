@@ -9,7 +9,6 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
 from local.processes import PROJECT
 from local.processes import create_push_subscription, create_topic, publish
-from tests.support import wait_for  # noqa: F401 (until every test imports it from tests.support)
 
 
 @pytest.fixture

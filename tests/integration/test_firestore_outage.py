@@ -78,3 +78,15 @@ def test_a_sweep_resumed_after_an_outage_records_what_it_did(functions, sms_env,
     assert answer and answer["sent"] == 1
     assert store.get_message(message_id).fallback is Fallback.SENT
     assert sweep(process)["scanned"] == 0 and len(twilio.sent) == 1
+
+
+def test_send_message_in_an_outage_answers_503_and_calls_nothing(functions, rbm, firestore_outage):
+    process = functions("send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT})
+    with firestore_outage():
+        started = time.monotonic()
+        response = requests.post(process.url, json={"phone": PHONE, "content": {"text": "hi"}}, timeout=60)
+        took = time.monotonic() - started
+    assert response.status_code == 503 and response.json() == {"error": "storage unavailable, retry"}, response.text
+    assert took < 40  # bounded by store.CALL_SECONDS, not by the platform's request timeout
+    assert rbm.count("create") == 0  # no RBM call without a stored record
+    assert '"backend_unavailable"' in process.read_log()

@@ -17,14 +17,12 @@ import requests
 
 from functions import store
 from functions.model import Fallback, Message, State
-from tests.integration.conftest import wait_for
+from tests.support import AGENT, SWEEP_ENV, wait_for
 
-AGENT = "agent@rbm.goog"
 PHONE = "+447700900555"
 CONTENT = {"text": "Your code is 123456"}
 FALLBACK = {"text": "Your code is 123456"}
-ENV = {"RBM_AGENT_ID": AGENT, "LEASE_SECONDS": "5", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3",
-       "PENDING_RESEND_SECONDS": "0"}
+ENV = {**SWEEP_ENV, "LEASE_SECONDS": "5", "PENDING_RESEND_SECONDS": "0"}
 
 
 @pytest.fixture

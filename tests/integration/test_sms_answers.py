@@ -13,12 +13,11 @@ import requests
 
 from functions import store
 from functions.model import Fallback, Message, State
+from tests.support import AGENT, SWEEP_ENV
 
-AGENT = "agent@rbm.goog"
 PHONE = "+447700900123"
 # The number in any form a log line could hold it: E.164, or its national digits.
 NUMBER_IN_LOG = re.compile(r"\+?44\s*7700\s*900\s*123|07700\s*900\s*123|7700900123")
-SWEEP_ENV = {"LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_AGENT_ID": AGENT}
 
 
 @pytest.fixture

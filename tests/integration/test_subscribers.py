@@ -8,7 +8,7 @@ from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
 from local.processes import PROJECT
 from local.processes import create_pull_subscription, pull_all
-from tests.integration.conftest import wait_for
+from tests.support import wait_for
 
 PHONE, AGENT = "+447700900456", "agent@rbm.goog"
 

@@ -12,10 +12,8 @@ import requests
 from functions import store
 from functions.model import Conversation, Fallback, Message, State
 from functions.transitions import Fact, learn
-from tests.support import wait_for
+from tests.support import AGENT, SWEEP_ENV, wait_for
 
-AGENT = "agent@rbm.goog"
-SWEEP_ENV = {"LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3", "RBM_AGENT_ID": AGENT}
 
 
 def phone(i: int) -> str:

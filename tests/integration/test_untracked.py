@@ -9,10 +9,8 @@ import requests
 
 from functions import events, store
 from functions.model import Fallback, Message, State
-from tests.integration.conftest import wait_for
+from tests.support import AGENT, SWEEP_ENV, wait_for
 
-AGENT = "agent@rbm.goog"
-SWEEP_ENV = {"LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3", "RBM_AGENT_ID": AGENT}
 # Every event type track_delivery acts on, in an order that would make a tracked message due.
 EVENTS = ("TTL_EXPIRATION_REVOKE_FAILED", "TTL_EXPIRATION_REVOKED", "DELIVERED", "READ")
 
