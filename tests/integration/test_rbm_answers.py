@@ -32,10 +32,10 @@ def relay(functions, firestore, rbm, sms_env):
 
     class Relay:
         def __init__(self):
-            env = {"RBM_API_ENDPOINT": rbm.url, **ENV, **sms_env}
+            env = {"RBM_API_ENDPOINT": rbm.url, **ENV}
             self.send_message = functions("send_message", env=env)
-            self.revoke_expired = functions("revoke_expired", env=env)
-            self.send_fallbacks = functions("send_fallbacks", env=env)
+            self.revoke_expired = functions("revoke_expired", env=env)  # no SMS provider: send_fallbacks sends
+            self.send_fallbacks = functions("send_fallbacks", env={**env, **sms_env})
 
         def send(self, **body) -> requests.Response:
             body = {"phone": PHONE, "content": CONTENT, "message_id": str(uuid.uuid4()), **body}

@@ -103,7 +103,8 @@ def test_every_revoke_outcome(revoker, rbm):
     assert (summary["revoked"], summary["delivered"], summary["retried"]) == (1, 1, 3)
     assert (get(ok).state, get(ok).fallback) == (State.REVOKED, Fallback.DUE)
     assert (get(delivered).state, get(delivered).fallback) == (State.DELIVERED, Fallback.CANCELLED)
-    wait_for(lambda: sweep(process) and get(broken).next_action_at is None, timeout=30, interval=0.3)
+    wait_for(lambda: sweep(process) and get(broken).next_action_at is None and get(broken_urgent).next_action_at is None,
+             timeout=30, interval=0.3)
     assert get(flaky).state is State.REVOKED
     assert (get(broken).state, get(broken).fallback, get(broken).attempts) == (State.REVOKE_FAILED, Fallback.WAITING, 3)
     assert "gave up after 3 attempts" in get(broken).last_error
