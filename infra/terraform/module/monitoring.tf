@@ -173,7 +173,7 @@ locals {
       title = "Push subscriptions: oldest unacked event age (s)"
       gauge = true
       series = {
-        for name, s in google_pubsub_subscription.push : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
+        for name, s in merge(google_pubsub_subscription.push, { (local.topology.work.subscription) = google_pubsub_subscription.work }) : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
       }
     },
     {
