@@ -37,9 +37,12 @@
 #   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
 #   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
 #   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
-#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS      tuning; the code's defaults otherwise
+#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS
+#                                                   tuning; the code's defaults otherwise
 #   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
 #   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
+#   WORKER_MAX_INSTANCES (5)    process_due_work instances; × SWEEP_PARALLELISM it bounds the
+#                               calls into RBM and the SMS provider (infra/README.md, "Sizing the worker")
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
 #   NOTIFICATION_CHANNELS (required, may be empty)  comma-separated notification channel
@@ -98,10 +101,13 @@ LEASE_SECONDS=${LEASE_SECONDS:-120}
 RETRY_BACKOFF_SECONDS=${RETRY_BACKOFF_SECONDS:-30}
 REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
 FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
+WORK_ITEM_SIZE=${WORK_ITEM_SIZE:-50}
+REVOKE_GRACE_SECONDS=${REVOKE_GRACE_SECONDS:-5}
 OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
 OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
 WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
 WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
+WORKER_MAX_INSTANCES=${WORKER_MAX_INSTANCES:-5}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
 SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
 SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
@@ -114,7 +120,15 @@ case $SMS_PROVIDER in
   "") SMS_WEBHOOK_URL='' TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
   *) die "SMS_PROVIDER must be twilio, webhook or empty" ;;
 esac
-((SWEEP_BUDGET_SECONDS + 15 <= 120)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of the sweeps' 120 s timeout"
+
+# Cloud Scheduler's period, the one definition (as in locals.tf): the cron
+# schedule of the scheduled functions and their SCHEDULE_PERIOD_SECONDS.
+SCHEDULE_PERIOD_SECONDS=60
+SCHEDULE="*/$((SCHEDULE_PERIOD_SECONDS / 60)) * * * *"
+((SWEEP_BUDGET_SECONDS + 15 <= 120)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of the scheduled functions' 120 s timeout"
+((SCHEDULE_PERIOD_SECONDS <= SWEEP_BUDGET_SECONDS)) ||
+  die "SWEEP_BUDGET_SECONDS bounds a whole run, its period included: it must be at least the scheduler period ($SCHEDULE_PERIOD_SECONDS s)"
+((WORKER_MAX_INSTANCES >= 1)) || die "WORKER_MAX_INSTANCES must be at least 1"
 
 # --- printing and running -----------------------------------------------------
 
@@ -188,6 +202,8 @@ if cmd == "config":  # topology.json and firestore_indexes.json as shell variabl
         sh(key.upper(), topology[key])
     for key in ("name", "entry_point", "filter"):
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
+    for key, value in topology["work"].items():
+        sh(f"WORK_{key.upper()}", value)
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
     sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
 elif cmd in ("source-hash", "source-zip"):  # root, infra/source_files.json: the deployed source
@@ -265,20 +281,27 @@ PY
 )
 
 eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.json")"
+((SWEEP_BUDGET_SECONDS + RBM_RETRY_SECONDS + 35 <= WORK_ACK_DEADLINE_SECONDS)) ||
+  die "the work subscription's ack deadline (the worker's timeout) must cover SWEEP_BUDGET_SECONDS plus one RBM call at its longest (RBM_RETRY_SECONDS + 35 s)"
 
 # --- what gets deployed ---------------------------------------------------------
 
 # Every function, keyed by its entry point in main.py: the same table as
 # infra/terraform/module/locals.tf, where the sizing is justified. Each gets
 # 512Mi and 1 CPU; concurrency, timeout (s) and min / max instances vary.
-#  entry point     name                invoker   ingress               conc. timeout               min                    max                    settings                            secrets
+# revoke_expired, send_fallbacks and process_due_work run the same code
+# (functions/due.py), so they read the same settings ($DUE_SETTINGS, $DUE_SECRETS).
+DUE_SETTINGS=common,store,agent,rbm,sweep,revoke,sms,work
+DUE_SECRETS=RBM_SERVICE_ACCOUNT_KEY,TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
+#  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
-  "receive_webhook rbm-receive-webhook public    all                   80    30                    $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES common,publish                      RBM_CLIENT_TOKEN"
-  "track_delivery  rbm-track-delivery  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store            -"
-  "record_inbound  rbm-record-inbound  pubsub    internal-only         8     $ACK_DEADLINE_SECONDS 0                      10                     common,dead_letter,store,agent,opt_out -"
-  "send_message    rbm-send-message    clients   $SEND_MESSAGE_INGRESS 20    60                    0                      20                     common,store,agent,rbm              RBM_SERVICE_ACCOUNT_KEY"
-  "revoke_expired  rbm-revoke-expired  scheduler internal-only         1     120                   0                      1                      common,store,agent,rbm,sweep,revoke RBM_SERVICE_ACCOUNT_KEY"
-  "send_fallbacks  rbm-send-fallbacks  scheduler internal-only         1     120                   0                      1                      common,store,sweep,sms              TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET"
+  "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,work           -                       dead_letter,work"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm,work             RBM_SERVICE_ACCOUNT_KEY work"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
+  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $DUE_SETTINGS                           $DUE_SECRETS            -"
 )
 MEMORY=512Mi
 CPU=1
@@ -299,7 +322,8 @@ declare -A SETTING_GROUPS=(
   [store]="FIRESTORE_DATABASE RBM_MESSAGES_COLLECTION RBM_CONVERSATIONS_COLLECTION RETENTION_DAYS"
   [agent]="RBM_AGENT_ID"
   [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
-  [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS"
+  [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS SCHEDULE_PERIOD_SECONDS WORK_ITEM_SIZE REVOKE_GRACE_SECONDS"
+  [work]="RBM_WORK_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [revoke]="REVOKE_MAX_ATTEMPTS"
   [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
   [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE"
@@ -307,6 +331,9 @@ declare -A SETTING_GROUPS=(
 GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
 RBM_DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC
+RBM_WORK_TOPIC=$WORK_TOPIC
+# Topic names by the keys of the table's publishes column.
+declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC)
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
@@ -347,7 +374,7 @@ METRICS=(
   "message_sent|Messages the RBM API accepted from send_message or a re-send."
   "receipt_delivered|DELIVERED receipts applied to a message."
   "receipt_read|READ receipts applied to a message."
-  "message_revoked|Messages revoke_expired revoked after their deadline."
+  "message_revoked|Messages revoked after their deadline (process_due_work)."
   "sms_sent|SMS fallbacks sent."
   "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
   "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
@@ -373,7 +400,7 @@ for row in "${FUNCTIONS[@]}"; do
   ensure_sa "$name" "Runs $ep."
 done
 ensure_sa rbm-pubsub-push "Identity in the OIDC token of the push subscriptions."
-ensure_sa rbm-scheduler "Identity in the OIDC token of the sweep jobs."
+ensure_sa rbm-scheduler "Identity in the OIDC token of the scheduler jobs."
 ensure_sa rbm-build "Builds the functions."
 
 PUSH_SA=$(sa_email rbm-pubsub-push)
@@ -394,18 +421,22 @@ run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUB
 
 # --- Pub/Sub: topics and the dead-letter inspection subscription ------------------------
 
-for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC"; do
+for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC"; do
   exists gcloud pubsub topics describe "$topic" "${P[@]}" ||
     run gcloud pubsub topics create "$topic" --labels="$LABELS" "${P[@]}"
 done
-run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
 
+# Each dead-letter topic: the service agent forwards to it, a pull subscription keeps what arrives.
 INSPECT=(--ack-deadline="$ACK_DEADLINE_SECONDS" --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never)
-if exists gcloud pubsub subscriptions describe "$DEAD_LETTER_SUBSCRIPTION" "${P[@]}"; then
-  run gcloud pubsub subscriptions update "$DEAD_LETTER_SUBSCRIPTION" "${INSPECT[@]}" --update-labels="$LABELS" "${P[@]}"
-else
-  run gcloud pubsub subscriptions create "$DEAD_LETTER_SUBSCRIPTION" --topic="$DEAD_LETTER_TOPIC" "${INSPECT[@]}" --labels="$LABELS" "${P[@]}"
-fi
+for pair in "$DEAD_LETTER_TOPIC:$DEAD_LETTER_SUBSCRIPTION" "$WORK_DEAD_LETTER_TOPIC:$WORK_DEAD_LETTER_SUBSCRIPTION"; do
+  topic=${pair%%:*} inspect=${pair#*:}
+  run gcloud pubsub topics add-iam-policy-binding "$topic" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
+  if exists gcloud pubsub subscriptions describe "$inspect" "${P[@]}"; then
+    run gcloud pubsub subscriptions update "$inspect" "${INSPECT[@]}" --update-labels="$LABELS" "${P[@]}"
+  else
+    run gcloud pubsub subscriptions create "$inspect" --topic="$topic" "${INSPECT[@]}" --labels="$LABELS" "${P[@]}"
+  fi
+done
 
 # --- secrets: containers only; the values are added out of band ------------------------
 
@@ -486,7 +517,7 @@ fi
 
 declare -A URLS
 for row in "${FUNCTIONS[@]}"; do
-  read -r ep name invoker ingress concurrency timeout min max settings secrets <<<"$row"
+  read -r ep name invoker ingress concurrency timeout min max settings secrets publishes <<<"$row"
   sa=$(sa_email "$name")
 
   IFS=, read -ra groups <<<"$settings"
@@ -513,16 +544,16 @@ for row in "${FUNCTIONS[@]}"; do
     secret_flag=--clear-secrets
   fi
 
-  # Least privilege: Firestore for all but the webhook; publisher on exactly its topic.
-  if [[ $ep == receive_webhook ]]; then
-    run gcloud pubsub topics add-iam-policy-binding "$EVENTS_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
-  else
+  # Least privilege: Firestore for all but the webhook; publisher on exactly its topics.
+  if [[ $ep != receive_webhook ]]; then
     run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role=roles/datastore.user \
       --condition="expression=resource.name == \"projects/$PROJECT/databases/$FIRESTORE_DATABASE\",title=rbm-relay database" --quiet
   fi
-  if [[ $invoker == pubsub ]]; then
-    run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
-  fi
+  IFS=, read -ra topics <<<"$publishes"
+  for topic in "${topics[@]}"; do
+    if [[ $topic == - ]]; then continue; fi
+    run gcloud pubsub topics add-iam-policy-binding "${TOPIC_NAMES[$topic]}" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
+  done
 
   public=--no-allow-unauthenticated
   if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM calls without Google credentials; HMAC-verified
@@ -560,10 +591,10 @@ for row in "${FUNCTIONS[@]}"; do
   fi
 
   if [[ $invoker == scheduler ]]; then
-    job=(--location="$REGION" --schedule="* * * * *" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=post
+    job=(--location="$REGION" --schedule="$SCHEDULE" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=post
       --oidc-service-account-email="$SCHEDULER_SA" --oidc-token-audience="${URLS[$ep]}"
       --attempt-deadline="$((timeout + 30))s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
-      --max-retry-duration=50s --description="Runs $ep every minute." "${P[@]}")
+      --max-retry-duration=50s --description="Runs $ep every $SCHEDULE_PERIOD_SECONDS s." "${P[@]}")
     if exists gcloud scheduler jobs describe "$name" --location="$REGION" "${P[@]}"; then
       run gcloud scheduler jobs update http "$name" "${job[@]}"
     else
@@ -594,6 +625,21 @@ for i in "${!SUB_NAMES[@]}"; do
   run gcloud pubsub subscriptions add-iam-policy-binding "$sub" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
 done
 
+# The work subscription: every work item to process_due_work, with its own
+# ack deadline (the worker's timeout), retry policy and dead-letter topic.
+url=${URLS[$WORK_ENTRY_POINT]}
+push=(--push-endpoint="$url/projects/$PROJECT/topics/$WORK_TOPIC" --push-auth-service-account="$PUSH_SA"
+  --push-auth-token-audience="$url" --ack-deadline="$WORK_ACK_DEADLINE_SECONDS"
+  --dead-letter-topic="$WORK_DEAD_LETTER_TOPIC" --max-delivery-attempts="$WORK_MAX_DELIVERY_ATTEMPTS"
+  --min-retry-delay="$WORK_MINIMUM_BACKOFF" --max-retry-delay="$WORK_MAXIMUM_BACKOFF"
+  --message-retention-duration="$WORK_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+if exists gcloud pubsub subscriptions describe "$WORK_SUBSCRIPTION" "${P[@]}"; then
+  run gcloud pubsub subscriptions update "$WORK_SUBSCRIPTION" "${push[@]}" --update-labels="$LABELS"
+else
+  run gcloud pubsub subscriptions create "$WORK_SUBSCRIPTION" --topic="$WORK_TOPIC" "${push[@]}" --labels="$LABELS"
+fi
+run gcloud pubsub subscriptions add-iam-policy-binding "$WORK_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+
 # --- observability ----------------------------------------------------------------------------
 
 
@@ -621,7 +667,7 @@ ensure_policy "rbm-relay: webhook answering 5xx" ERROR \
   "metric.type=\"run.googleapis.com/request_count\" AND resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"rbm-receive-webhook\" AND metric.labels.response_code_class=\"5xx\"" \
   ALIGN_SUM 5 "The webhook answers 503 when Pub/Sub does not confirm a publish (jsonPayload.event=\"publish_failed\"). RBM retries, but its queue is shared by every agent of the partner: a failing webhook delays all of them."
 
-DASHBOARD=$(py dashboard "$SERVICE_FILTER" "$DEAD_LETTER_BACKLOG" "${SUB_NAMES[@]}")
+DASHBOARD=$(py dashboard "$SERVICE_FILTER" "$DEAD_LETTER_BACKLOG" "${SUB_NAMES[@]}" "$WORK_SUBSCRIPTION")
 existing=$(query "" gcloud monitoring dashboards list --filter='displayName="rbm-relay: delivery"' --format='value(name)' "${P[@]}")
 if [[ -z $existing ]]; then
   run gcloud monitoring dashboards create --config="$DASHBOARD" "${P[@]}"

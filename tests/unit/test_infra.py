@@ -19,7 +19,7 @@ import subprocess
 import sys
 import zipfile
 from collections import Counter
-from functools import cache
+from functools import cache, reduce
 from pathlib import Path
 
 import hcl2
@@ -47,6 +47,11 @@ METRIC_EVENTS = {
     "signature_rejected", "event_published", "message_revoked", "sms_sent", "fallback_unknown", "event_dead_lettered",
 }
 SWEEPS = {"revoke_expired", "send_fallbacks"}
+WORKER = "process_due_work"
+# Who publishes work items: the scheduled runs, and send_message / track_delivery
+# for an SMS that becomes due at once (functions/work_items.fallback_due).
+WORK_PUBLISHERS = SWEEPS | {"send_message", "track_delivery"}
+WORK = TOPOLOGY["work"]
 
 
 # --- what the code needs ---------------------------------------------------------------
@@ -212,7 +217,7 @@ def test_main_exposes_the_design_entry_points():
     kinds = {name: kind for name, (kind, _) in entry_points().items()}
     assert kinds == {
         "receive_webhook": "http", "track_delivery": "cloud_event", "record_inbound": "cloud_event",
-        "send_message": "http", "revoke_expired": "http", "send_fallbacks": "http",
+        "send_message": "http", "revoke_expired": "http", "send_fallbacks": "http", "process_due_work": "cloud_event",
     }
 
 
@@ -223,6 +228,13 @@ def test_settings_analysis_sees_through_config_and_imports():
     assert {"TWILIO_AUTH_TOKEN", "SMS_PROVIDER"} <= settings_read("send_fallbacks")
     assert "TWILIO_AUTH_TOKEN" not in settings_read("receive_webhook")
     assert "SWEEP_BUDGET_SECONDS" not in settings_read("receive_webhook")
+    # The due work: the worker reads the acting's settings through functions/due.py,
+    # and whoever may hand work over reads the work topic.
+    assert {"RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "REVOKE_GRACE_SECONDS", "SWEEP_PARALLELISM",
+            "LEASE_SECONDS"} <= settings_read(WORKER)
+    assert {"SCHEDULE_PERIOD_SECONDS", "WORK_ITEM_SIZE", "RBM_WORK_TOPIC"} <= settings_read("revoke_expired")
+    assert {ep for ep in entry_points() if "RBM_WORK_TOPIC" in settings_read(ep)} >= WORK_PUBLISHERS
+    assert "RBM_WORK_TOPIC" not in settings_read("receive_webhook") | settings_read("record_inbound")
 
 
 # --- Terraform ------------------------------------------------------------------------------
@@ -294,12 +306,19 @@ def terraform_entry_points() -> list[str]:
     return found
 
 
+def _resolve(value):
+    """A function table value, with a `local.X` reference replaced by that local."""
+    if isinstance(value, str) and (m := re.fullmatch(r"\$\{local\.(\w+)\}", value)):
+        return locals_()[m.group(1)]
+    return value
+
+
 def terraform_settings(entry_point: str) -> tuple[set[str], set[str]]:
     """(environment names, secret environment names) Terraform gives a function."""
     function = functions_table()[entry_point]
     groups = locals_()["setting_groups"]
-    env = {name for group in function["settings"] for name in groups[group]}
-    return env, set(function["secrets"])
+    env = {name for group in _resolve(function["settings"]) for name in groups[group]}
+    return env, set(_resolve(function["secrets"]))
 
 
 def test_no_terraform_in_the_example_deploys_functions_directly():
@@ -345,9 +364,10 @@ def test_terraform_secrets_come_only_from_secret_manager():
     plain = {n for names in locals_()["setting_groups"].values() for n in names}
     assert SENSITIVE <= set(declared), "a sensitive setting has no secret"
     assert not plain & set(declared), "a secret is also set as a plain environment variable"
-    for entry_point, function in functions_table().items():
-        assert set(function["secrets"]) <= set(declared)
-        extra = set(function["secrets"]) - settings_read(entry_point)
+    for entry_point in functions_table():
+        secrets = terraform_settings(entry_point)[1]
+        assert secrets <= set(declared)
+        extra = secrets - settings_read(entry_point)
         assert not extra, f"{entry_point} may read secrets its code does not use: {sorted(extra)}"
     (secret,) = resources("google_secret_manager_secret").values()
     assert "google_secret_manager_secret_version" not in terraform()["resource"], "secret values never pass through Terraform"
@@ -363,17 +383,24 @@ def test_terraform_roles_follow_least_privilege():
     assert webhook["publishes"] == ["events"] and webhook["firestore"] is False
     assert int(webhook["concurrency"]) > 1
     for ep, f in table.items():
-        if kinds[ep] == "cloud_event":
-            assert f["invoker"] == "pubsub" and f["publishes"] == ["dead_letter"] and f["firestore"] is True
+        if ep == WORKER:
+            assert f["invoker"] == "pubsub" and f["publishes"] == [] and f["firestore"] is True
+            assert f["timeout"] == "${local.topology.work.ack_deadline_seconds}", "a worker outliving its ack deadline is redelivered"
+        elif kinds[ep] == "cloud_event":
+            assert f["invoker"] == "pubsub" and f["publishes"][0] == "dead_letter" and f["firestore"] is True
             assert f["timeout"] == "${local.topology.ack_deadline_seconds}", "a subscriber outliving its ack deadline is redelivered"
         elif ep != "receive_webhook":
-            assert f["firestore"] is True and f["publishes"] == []
+            assert f["firestore"] is True
+        assert ("work" in f["publishes"]) == (ep in WORK_PUBLISHERS), f"{ep}: publisher on the work topic or not"
     assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
     budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
     for ep in SWEEPS:
-        assert table[ep]["max_instances"] == 1 and table[ep]["concurrency"] == 1
+        # A run lasts about one period: a second instance lets the next run start on time.
+        assert table[ep]["max_instances"] == 2 and table[ep]["concurrency"] == 1
         assert table[ep]["timeout"] >= budget + 15
+    assert table[WORKER]["max_instances"] == "${var.worker_max_instances}"
+    assert int(terraform()["variable"]["worker_max_instances"]["default"]) >= 1
     # allUsers only on the webhook's service, nowhere else.
     text = "\n".join(p.read_text() for p in MODULE.glob("*.tf"))
     assert text.count('"allUsers"') == 1 and "allAuthenticatedUsers" not in text
@@ -407,15 +434,74 @@ def test_terraform_pubsub_comes_from_topology_json():
     target = "google_cloudfunctions2_function.this[each.value.entry_point]"
     assert target in push_config["push_endpoint"]
     assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
-    # The Pub/Sub service agent may forward dead letters.
-    assert resources("google_pubsub_topic_iam_member")["agent_dead_letter"]["topic"] == "${google_pubsub_topic.dead_letter.name}"
-    assert resources("google_pubsub_subscription_iam_member")["agent_source"]["for_each"] == "${google_pubsub_subscription.push}"
+    # The Pub/Sub service agent may forward dead letters, from every push subscription to its dead-letter topic.
+    agent_topics = resources("google_pubsub_topic_iam_member")["agent_dead_letter"]["for_each"]
+    assert set(agent_topics.values()) == {"${google_pubsub_topic.dead_letter.name}", "${google_pubsub_topic.work_dead_letter.name}"}
+    agent_source = resources("google_pubsub_subscription_iam_member")["agent_source"]["for_each"]
+    assert "google_pubsub_subscription.push" in agent_source and "google_pubsub_subscription.work" in agent_source
+
+
+def test_terraform_work_topic_comes_from_topology_json():
+    topics = resources("google_pubsub_topic")
+    assert topics["work"]["name"] == "${local.topology.work.topic}"
+    assert topics["work_dead_letter"]["name"] == "${local.topology.work.dead_letter_topic}"
+    subscriptions = resources("google_pubsub_subscription")
+    inspect = subscriptions["work_dead_letter_inspect"]
+    assert inspect["name"] == "${local.topology.work.dead_letter_subscription}"
+    assert inspect["topic"] == "${google_pubsub_topic.work_dead_letter.id}"
+    work = subscriptions["work"]
+    assert work["name"] == "${local.topology.work.subscription}"
+    assert work["topic"] == "${google_pubsub_topic.work.id}" and "filter" not in work
+    assert work["ack_deadline_seconds"] == "${local.topology.work.ack_deadline_seconds}"
+    assert work["message_retention_duration"] == "${local.topology.work.message_retention}"
+    assert _block(work, "dead_letter_policy") == {
+        "dead_letter_topic": "${google_pubsub_topic.work_dead_letter.id}",
+        "max_delivery_attempts": "${local.topology.work.max_delivery_attempts}",
+    }
+    assert _block(work, "retry_policy") == {
+        "minimum_backoff": "${local.topology.work.minimum_backoff}", "maximum_backoff": "${local.topology.work.maximum_backoff}",
+    }
+    push_config = _block(work, "push_config")
+    assert "google_cloudfunctions2_function.this[local.topology.work.entry_point]" in push_config["push_endpoint"]
+    assert push_config["push_endpoint"].endswith("/${google_pubsub_topic.work.id}")
+    assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
+    assert locals_()["topics"]["work"] == "${google_pubsub_topic.work.name}"
+    assert resources("google_pubsub_topic_iam_member")["function_publisher"]["topic"] == "${local.topics[each.value.topic]}"
+
+
+def test_the_work_ack_deadline_covers_an_item():
+    """An item is claimed and acted on until SWEEP_BUDGET_SECONDS (its wait of up to
+    due.MAX_EARLY_SECONDS and a revoke's grace window included); the last RBM call
+    then takes at most RBM_RETRY_SECONDS plus one try (rbm.TIMEOUT, connect + read)."""
+    from functions import due, rbm, sms
+
+    tuning = {k: float(v) for k, v in locals_()["tuning_defaults"].items() if re.fullmatch(r"[\d.]+", v)}
+    budget, last_call = tuning["SWEEP_BUDGET_SECONDS"], tuning["RBM_RETRY_SECONDS"] + sum(rbm.TIMEOUT)
+    assert due.MAX_EARLY_SECONDS + tuning["REVOKE_GRACE_SECONDS"] < budget
+    assert sum(sms.TIMEOUT) <= sum(rbm.TIMEOUT) <= 35, "the preconditions' 35 s for one RBM try no longer hold"
+    assert budget + last_call <= WORK["ack_deadline_seconds"] <= 600, "Pub/Sub's longest ack deadline is 600 s"
+    precondition = _block(_block(resources("google_pubsub_subscription")["work"], "lifecycle"), "precondition")
+    assert "local.tuning.SWEEP_BUDGET_SECONDS" in precondition["condition"] and "+ 35 <=" in precondition["condition"]
+    assert "RBM_RETRY_SECONDS + 35 <= WORK_ACK_DEADLINE_SECONDS" in DEPLOY_SH.read_text()
+
+
+def test_tuning_defaults_are_the_codes_defaults(monkeypatch):
+    """locals.tf repeats the code's defaults so that a deployment states what it runs with."""
+    from functions import config
+
+    readers = {next(iter(names)): function for function, names in config_settings().items() if len(names) == 1}
+    for setting, default in locals_()["tuning_defaults"].items():
+        monkeypatch.delenv(setting, raising=False)
+        value = getattr(config, readers[setting])()
+        expected = default.split(",") if isinstance(value, list) else type(value)(default)
+        assert value == expected, f"{setting}: locals.tf says {default}, the code {value}"
 
 
 def test_topology_subscribes_every_cloud_event_entry_point_once():
     cloud_events = {name for name, (kind, _) in entry_points().items() if kind == "cloud_event"}
-    counts = Counter(s["entry_point"] for s in TOPOLOGY["subscriptions"])
+    counts = Counter([s["entry_point"] for s in TOPOLOGY["subscriptions"]] + [WORK["entry_point"]])
     assert set(counts) == cloud_events and set(counts.values()) == {1}
+    assert WORK["entry_point"] == WORKER
     assert all(s["filter"] for s in TOPOLOGY["subscriptions"])
 
 
@@ -438,6 +524,24 @@ def test_terraform_indexes_and_ttl_come_from_the_json():
     assert ttl["field"] == "expire_at" and "ttl_config" in ttl
     for collection in ("var.messages_collection", "var.conversations_collection", '"messages"'):
         assert collection in ttl["for_each"]
+
+
+def cron_period(schedule: str) -> int:
+    """Seconds between two runs of a unix-cron schedule that fires every N minutes."""
+    match = re.fullmatch(r"(?:\*|\*/(\d+)) \* \* \* \*", schedule)
+    assert match, f"{schedule!r} is not every N minutes"
+    return 60 * int(match.group(1) or 1)
+
+
+def test_terraform_schedule_and_its_period_have_one_definition():
+    period = int(locals_()["schedule_period_seconds"])
+    assert locals_()["schedule"] == "*/${local.schedule_period_seconds / 60} * * * *"
+    assert cron_period(f"*/{period // 60} * * * *") == period
+    assert locals_()["deployment_settings"]["SCHEDULE_PERIOD_SECONDS"] == "${tostring(local.schedule_period_seconds)}"
+    assert {ep for ep, f in functions_table().items() if f["schedule"] == "${local.schedule}"} == SWEEPS
+    assert period <= float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"]), "a run's budget includes its period"
+    conditions = [p["condition"] for p in _block(resources("google_cloud_scheduler_job")["sweep"], "lifecycle")["precondition"]]
+    assert "${local.schedule_period_seconds <= tonumber(local.tuning.SWEEP_BUDGET_SECONDS)}" in conditions
 
 
 def test_terraform_schedules_the_sweeps():
@@ -616,8 +720,8 @@ def deploys(config: str) -> dict[str, list[str]]:
 
 def _terraform_value(value):
     """A function table value, with `local.topology.X` and `var.X` (its default) resolved."""
-    if isinstance(value, str) and (m := re.fullmatch(r"\$\{local\.topology\.(\w+)\}", value)):
-        return TOPOLOGY[m.group(1)]
+    if isinstance(value, str) and (m := re.fullmatch(r"\$\{local\.topology\.([\w.]+)\}", value)):
+        return reduce(lambda node, key: node[key], m.group(1).split("."), TOPOLOGY)
     if isinstance(value, str) and (m := re.fullmatch(r"\$\{var\.(\w+)\}", value)):
         return terraform()["variable"][m.group(1)]["default"]
     return value
@@ -717,6 +821,42 @@ def test_dry_run_subscriptions_follow_topology_json():
     assert flag(inspect, "--topic") == TOPOLOGY["dead_letter_topic"]
 
 
+def test_dry_run_work_subscription_follows_topology_json():
+    creates = {c[4]: c for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
+    work = creates[WORK["subscription"]]
+    assert flag(work, "--topic") == WORK["topic"] and "--message-filter" not in flags(work)
+    assert flag(work, "--dead-letter-topic") == WORK["dead_letter_topic"]
+    assert flag(work, "--max-delivery-attempts") == str(WORK["max_delivery_attempts"])
+    assert flag(work, "--ack-deadline") == str(WORK["ack_deadline_seconds"])
+    assert flag(work, "--min-retry-delay") == WORK["minimum_backoff"]
+    assert flag(work, "--max-retry-delay") == WORK["maximum_backoff"]
+    assert flag(work, "--message-retention-duration") == WORK["message_retention"]
+    endpoint = flag(work, "--push-endpoint")
+    assert endpoint.startswith(f"https://{functions_table()[WORKER]['name']}-")
+    assert endpoint.endswith(f"/projects/demo-project/topics/{WORK['topic']}")
+    assert flag(work, "--push-auth-service-account").startswith("rbm-pubsub-push@")
+    assert flag(creates[WORK["dead_letter_subscription"]], "--topic") == WORK["dead_letter_topic"]
+    created = {c[4] for c in commands("twilio", "gcloud", "pubsub", "topics", "create")}
+    assert {WORK["topic"], WORK["dead_letter_topic"]} <= created
+    # The service agent forwards to both dead-letter topics and may subscribe to the work subscription.
+    agent = "serviceAccount:service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+    bindings = commands("twilio", "gcloud", "pubsub", "topics", "add-iam-policy-binding")
+    assert {c[4] for c in bindings if flag(c, "--member") == agent} == {TOPOLOGY["dead_letter_topic"], WORK["dead_letter_topic"]}
+    assert any(c[4] == WORK["subscription"] and flag(c, "--member") == agent
+               for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "add-iam-policy-binding"))
+
+
+def test_dry_run_grants_publishing_as_terraform_does():
+    names = {f["name"]: ep for ep, f in functions_table().items()}
+    topics = {"events": TOPOLOGY["events_topic"], "dead_letter": TOPOLOGY["dead_letter_topic"], "work": WORK["topic"]}
+    for config in DRY_RUN_CONFIGS:
+        granted = {(names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], c[4])
+                   for c in commands(config, "gcloud", "pubsub", "topics", "add-iam-policy-binding")
+                   if flag(c, "--member").startswith("serviceAccount:rbm-")}
+        assert granted == {(ep, topics[t]) for ep, f in functions_table().items() for t in f["publishes"]}
+        assert {ep for ep, topic in granted if topic == WORK["topic"]} == WORK_PUBLISHERS
+
+
 def test_dry_run_firestore_follows_the_json():
     created = set()
     for c in commands("twilio", "gcloud", "firestore", "indexes", "composite", "create"):
@@ -732,7 +872,11 @@ def test_dry_run_schedules_the_sweeps_and_counts_the_events():
     names = {f["name"]: ep for ep, f in functions_table().items()}
     assert {names[c[5]] for c in jobs} == SWEEPS
     for c in jobs:
-        assert flag(c, "--schedule") == "* * * * *" and flag(c, "--oidc-service-account-email").startswith("rbm-scheduler@")
+        assert flag(c, "--oidc-service-account-email").startswith("rbm-scheduler@")
+        period = cron_period(flag(c, "--schedule"))
+        assert period == 60, "Cloud Scheduler's finest period"
+        for ep in SWEEPS | {WORKER}:  # each run dispatches until the next one starts
+            assert env_vars(flag(deploys("twilio")[ep], "--set-env-vars"))["SCHEDULE_PERIOD_SECONDS"] == str(period)
     metrics = {c[4].removeprefix("rbm_relay/") for c in commands("twilio", "gcloud", "logging", "metrics", "create")}
     assert metrics == set(locals_()["log_events"])
 

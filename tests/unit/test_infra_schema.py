@@ -166,7 +166,8 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 
 def test_a_misspelt_argument_is_caught(module_copy):
-    _edit(module_copy / "pubsub.tf", "  retain_acked_messages      = false\n", "  retain_acked_message       = false\n")
+    inspect = "  topic                      = google_pubsub_topic.dead_letter.id\n"
+    _edit(module_copy / "pubsub.tf", inspect, inspect + "  retain_acked_message       = false\n")
     assert schema_problems(module_copy) == [
         "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: unknown argument 'retain_acked_message'"]
 

@@ -16,6 +16,7 @@ module "rbm_relay" {
   firestore_location        = var.firestore_location
 
   webhook_min_instances = var.webhook_min_instances
+  worker_max_instances  = var.worker_max_instances
   send_message_invokers = var.send_message_invokers
   notification_channels = var.notification_channels
   tuning                = var.tuning

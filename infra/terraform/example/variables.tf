@@ -67,6 +67,12 @@ variable "webhook_min_instances" {
   default     = 0
 }
 
+variable "worker_max_instances" {
+  description = "Upper bound of process_due_work instances; × SWEEP_PARALLELISM it bounds the calls into RBM and the SMS provider (infra/README.md, \"Sizing the worker\")."
+  type        = number
+  default     = 5
+}
+
 variable "send_message_invokers" {
   description = "IAM members that may call send_message."
   type        = list(string)

@@ -99,7 +99,7 @@ resource "google_pubsub_topic_iam_member" "function_publisher" {
   ]...)
 
   project = var.project_id
-  topic   = each.value.topic == "events" ? google_pubsub_topic.events.name : google_pubsub_topic.dead_letter.name
+  topic   = local.topics[each.value.topic]
   role    = "roles/pubsub.publisher"
   member  = google_service_account.function[each.value.function].member
 }

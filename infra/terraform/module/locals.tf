@@ -25,11 +25,21 @@ locals {
   #     that is still being processed.
   #   send_message: 20 concurrent calls; 60 s covers RBM_RETRY_SECONDS (10)
   #     plus the Firestore writes around the call.
-  #   sweeps: exactly one instance serving one request: a sweep already runs
-  #     SWEEP_PARALLELISM workers itself, and a second concurrent sweep would
-  #     only contend for the same claims. 120 s timeout > SWEEP_BUDGET_SECONDS
-  #     (90) + the last in-flight calls; the schedule is every minute, so
-  #     the next run picks up what a run left.
+  #   revoke_expired, send_fallbacks (scheduled): one request per instance.
+  #     A run dispatches due work at its due second until the next run starts
+  #     (SCHEDULE_PERIOD_SECONDS), so it lasts about one period; two instances
+  #     let the next run start while the last one finishes its final second
+  #     (overlapping runs dispatch some work twice, which the claims absorb).
+  #     120 s timeout > SWEEP_BUDGET_SECONDS (90, the whole run, its period
+  #     included) + the last in-flight calls.
+  #   process_due_work (the worker, pushed from the work subscription): its
+  #     calls in flight are SWEEP_PARALLELISM per instance, all items of the
+  #     instance together, so worker_max_instances x SWEEP_PARALLELISM bounds
+  #     the calls into RBM and the SMS provider (infra/README.md, "Sizing the
+  #     worker"). 8 items at once keep those slots busy while other items wait
+  #     for their due second or a revoke's grace window. The timeout equals the
+  #     work subscription's ack deadline, which covers an item's budget
+  #     (SWEEP_BUDGET_SECONDS) plus one RBM call at its longest.
   functions = {
     receive_webhook = {
       name          = "rbm-receive-webhook"
@@ -59,9 +69,9 @@ locals {
       timeout       = local.topology.ack_deadline_seconds
       min_instances = 0
       max_instances = 10
-      settings      = ["common", "dead_letter", "store"]
+      settings      = ["common", "dead_letter", "store", "work"]
       secrets       = []
-      publishes     = ["dead_letter"]
+      publishes     = ["dead_letter", "work"]
       firestore     = true
       schedule      = null
     }
@@ -93,15 +103,15 @@ locals {
       timeout       = 60
       min_instances = 0
       max_instances = 20
-      settings      = ["common", "store", "agent", "rbm"]
+      settings      = ["common", "store", "agent", "rbm", "work"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
-      publishes     = []
+      publishes     = ["work"]
       firestore     = true
       schedule      = null
     }
     revoke_expired = {
       name          = "rbm-revoke-expired"
-      description   = "Sweep: revokes undelivered messages past their deadline."
+      description   = "Scheduled: dispatches each revoke at its deadline to the worker."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
       memory        = "512Mi"
@@ -109,16 +119,16 @@ locals {
       concurrency   = 1
       timeout       = 120
       min_instances = 0
-      max_instances = 1
-      settings      = ["common", "store", "agent", "rbm", "sweep", "revoke"]
-      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
-      publishes     = []
+      max_instances = 2
+      settings      = local.due_settings
+      secrets       = local.due_secrets
+      publishes     = ["work"]
       firestore     = true
-      schedule      = "* * * * *"
+      schedule      = local.schedule
     }
     send_fallbacks = {
       name          = "rbm-send-fallbacks"
-      description   = "Sweep: sends the SMS fallback of revoked or unreachable messages."
+      description   = "Scheduled: dispatches each SMS fallback at its time to the worker."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
       memory        = "512Mi"
@@ -126,14 +136,43 @@ locals {
       concurrency   = 1
       timeout       = 120
       min_instances = 0
-      max_instances = 1
-      settings      = ["common", "store", "sweep", "sms"]
-      secrets       = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+      max_instances = 2
+      settings      = local.due_settings
+      secrets       = local.due_secrets
+      publishes     = ["work"]
+      firestore     = true
+      schedule      = local.schedule
+    }
+    process_due_work = {
+      name          = "rbm-process-due-work"
+      description   = "Worker: revokes, re-sends and sends the SMS of the messages of one work item."
+      invoker       = "pubsub"
+      ingress       = "ALLOW_INTERNAL_ONLY"
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
+      timeout       = local.topology.work.ack_deadline_seconds
+      min_instances = 0
+      max_instances = var.worker_max_instances
+      settings      = local.due_settings
+      secrets       = local.due_secrets
       publishes     = []
       firestore     = true
-      schedule      = "* * * * *"
+      schedule      = null
     }
   }
+
+  # revoke_expired, send_fallbacks and process_due_work run the same code
+  # (functions/due.py): the scheduled runs act themselves when no work topic
+  # is set, so each of the three can read every setting of the acting.
+  due_settings = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
+  due_secrets  = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+
+  # Cloud Scheduler's period, the one definition: the cron schedule of the
+  # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
+  # Every minute, Scheduler's finest.
+  schedule_period_seconds = 60
+  schedule                = "*/${local.schedule_period_seconds / 60} * * * *"
 
   # Environment settings by concern; a function gets the groups it lists.
   setting_groups = {
@@ -143,9 +182,13 @@ locals {
     store       = ["FIRESTORE_DATABASE", "RBM_MESSAGES_COLLECTION", "RBM_CONVERSATIONS_COLLECTION", "RETENTION_DAYS"]
     agent       = ["RBM_AGENT_ID"]
     rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
-    sweep       = ["SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS"]
-    revoke      = ["REVOKE_MAX_ATTEMPTS"]
-    opt_out     = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
+    sweep = [
+      "SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS", "SCHEDULE_PERIOD_SECONDS",
+      "WORK_ITEM_SIZE", "REVOKE_GRACE_SECONDS",
+    ]
+    work    = ["RBM_WORK_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
+    revoke  = ["REVOKE_MAX_ATTEMPTS"]
+    opt_out = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
     sms = [
       "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
       "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE",
@@ -164,6 +207,8 @@ locals {
     RETRY_BACKOFF_SECONDS   = "30"
     REVOKE_MAX_ATTEMPTS     = "8"
     FALLBACK_MAX_ATTEMPTS   = "5"
+    WORK_ITEM_SIZE          = "50"
+    REVOKE_GRACE_SECONDS    = "5"
     OPT_OUT_KEYWORDS        = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
     OPT_IN_KEYWORDS         = "START,UNSTOP,YES"
   }
@@ -175,6 +220,8 @@ locals {
     LOG_LEVEL                    = var.log_level
     RBM_EVENTS_TOPIC             = google_pubsub_topic.events.name
     RBM_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
+    RBM_WORK_TOPIC               = google_pubsub_topic.work.name
+    SCHEDULE_PERIOD_SECONDS      = tostring(local.schedule_period_seconds)
     FIRESTORE_DATABASE           = var.firestore_database
     RBM_MESSAGES_COLLECTION      = var.messages_collection
     RBM_CONVERSATIONS_COLLECTION = var.conversations_collection

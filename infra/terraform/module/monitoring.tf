@@ -9,7 +9,7 @@ locals {
     message_sent        = "Messages the RBM API accepted from send_message or a re-send."
     receipt_delivered   = "DELIVERED receipts applied to a message."
     receipt_read        = "READ receipts applied to a message."
-    message_revoked     = "Messages revoke_expired revoked after their deadline."
+    message_revoked     = "Messages revoked after their deadline (process_due_work)."
     sms_sent            = "SMS fallbacks sent."
     fallback_unknown    = "SMS sends interrupted with an unknown outcome: never retried, check by hand."
     event_dead_lettered = "Events a subscriber could not process and dead-lettered, with the reason."
@@ -173,7 +173,7 @@ locals {
       title = "Push subscriptions: oldest unacked event age (s)"
       gauge = true
       series = {
-        for name, s in google_pubsub_subscription.push : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
+        for name, s in merge(google_pubsub_subscription.push, { (local.topology.work.subscription) = google_pubsub_subscription.work }) : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
       }
     },
     {

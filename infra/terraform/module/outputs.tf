@@ -14,7 +14,7 @@ output "function_urls" {
 }
 
 output "service_accounts" {
-  description = "Every function's identity, by entry point. send_message and revoke_expired call the RBM API as theirs unless rbm_key_from_secret is set."
+  description = "Every function's identity, by entry point. send_message and process_due_work call the RBM API as theirs unless rbm_key_from_secret is set."
   value       = { for ep, sa in google_service_account.function : ep => sa.email }
 }
 
@@ -34,6 +34,16 @@ output "dead_letter_topic" {
 output "dead_letter_subscription" {
   description = "Where dead letters wait for inspection and replay."
   value       = google_pubsub_subscription.dead_letter_inspect.id
+}
+
+output "work_topic" {
+  description = "Topic of the work items process_due_work acts on (RBM_WORK_TOPIC)."
+  value       = google_pubsub_topic.work.id
+}
+
+output "work_dead_letter_subscription" {
+  description = "Where work items Pub/Sub gave up on wait for inspection (their messages stay due)."
+  value       = google_pubsub_subscription.work_dead_letter_inspect.id
 }
 
 output "source_bucket" {

@@ -41,7 +41,8 @@ variable "rbm_api_endpoint" {
 
 variable "rbm_key_from_secret" {
   description = <<-EOT
-    true: send_message and revoke_expired authenticate to the RBM API with the
+    true: send_message and process_due_work (and revoke_expired / send_fallbacks
+    when they act without a work topic) authenticate to the RBM API with the
     JSON key stored in the secret rbm-service-account-key (RBM_SERVICE_ACCOUNT_KEY).
     false (preferred): they use their own identity (no key anywhere); that
     service account must then be the one your RBM partner account authorizes.
@@ -53,7 +54,7 @@ variable "rbm_key_from_secret" {
 # --- SMS fallback -----------------------------------------------------------
 
 variable "sms_provider" {
-  description = "SMS provider of send_fallbacks (SMS_PROVIDER): \"twilio\", \"webhook\", or \"\" for none."
+  description = "SMS provider of the fallbacks (SMS_PROVIDER): \"twilio\", \"webhook\", or \"\" for none."
   type        = string
   default     = ""
 
@@ -91,8 +92,9 @@ variable "log_level" {
 variable "tuning" {
   description = <<-EOT
     Overrides of the tuning settings, by their environment name; the defaults
-    are in locals.tf (tuning_defaults). Keep SWEEP_BUDGET_SECONDS well below
-    the sweeps' 120 s timeout and LEASE_SECONDS at least that timeout.
+    are in locals.tf (tuning_defaults). Keep SWEEP_BUDGET_SECONDS at least the
+    scheduler period (60 s) and well below the scheduled functions' 120 s
+    timeout, and LEASE_SECONDS at least that timeout.
   EOT
   type        = map(string)
   default     = {}
@@ -142,6 +144,22 @@ variable "webhook_max_instances" {
   description = "Upper bound of receive_webhook instances (each serves 80 requests at once)."
   type        = number
   default     = 20
+}
+
+variable "worker_max_instances" {
+  description = <<-EOT
+    Upper bound of process_due_work instances. Each has SWEEP_PARALLELISM (16)
+    calls in flight at most, so this times SWEEP_PARALLELISM bounds the calls
+    into RBM and the SMS provider: calls/s ≈ instances × parallelism ÷ seconds
+    per call. Size it from your agent's RBM quota (infra/README.md, "Sizing the worker").
+  EOT
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.worker_max_instances >= 1
+    error_message = "worker_max_instances must be at least 1."
+  }
 }
 
 variable "send_message_invokers" {
