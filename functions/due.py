@@ -6,9 +6,11 @@ second, and dispatch it at its due second: as work items on RBM_WORK_TOPIC for
 process_due_work behind a push subscription — Cloud Functions' autoscaling is
 the scale-out, and the worker's max instances × SWEEP_PARALLELISM bound the
 calls in flight into RBM and the SMS provider — or, without a work topic, acted
-on by the run itself. Whoever acts on a revoke goes on to the SMS of each
-message it left due, in the same flow: after REVOKE_GRACE_SECONDS for a
-revoke's 200 (a racing DELIVERED cancels it), at once otherwise.
+on by the run itself. So one flow carries a message from its deadline to its
+SMS, each step at its own second: the revoke at the deadline, the SMS when the
+revoke left it due — REVOKE_GRACE_SECONDS after a 200, in which a racing
+DELIVERED cancels it — or at once after a send answered 404 or a
+TTL_EXPIRATION_REVOKED.
 
 Nothing is lost, only late: a run that dies, or an item that never arrives,
 leaves its messages due, and the next run dispatches them again. Nothing is
@@ -34,7 +36,6 @@ SWEEPS = {s.duty: s for s in (revoker.REVOKE, fallbacks.FALLBACK)}
 POLL_SECONDS = 1.0  # how often a run looks for due work, and how early it dispatches it
 WINDOW_SECONDS = 0.5  # messages due this close together share a work item
 MAX_EARLY_SECONDS = 5.0  # the longest an item waits for its due second (it is dispatched POLL_SECONDS early)
-FOLLOW_UP = ("revoked", "resent", "failed")  # revoke outcomes that may leave an SMS due
 RUN_ITEMS = 32  # work items a run without a work topic acts on at once
 
 
@@ -45,17 +46,9 @@ def _wait_until(at: datetime, cap: float) -> None:
 
 
 def work(item: WorkItem, owner: str, deadline: float | None = None) -> Counter:
-    """Acts on `item` at its due second; after a revoke, on the SMS of each message it
-    left due. Answers the outcomes counted, the SMS ones prefixed `fallback_`."""
+    """Acts on `item` at its due second; answers the outcomes counted."""
     _wait_until(item.due_at, MAX_EARLY_SECONDS)
-    outcomes = sweep.perform(SWEEPS[item.duty], list(item.message_ids), owner, deadline)
-    counts = Counter(outcomes.values())
-    follow = [i for i, outcome in outcomes.items() if outcome in FOLLOW_UP]
-    if item.duty == revoker.REVOKE.duty and follow and sms.provider():
-        if "revoked" in counts:
-            time.sleep(config.revoke_grace())
-        counts.update(f"fallback_{o}" for o in sweep.perform(fallbacks.FALLBACK, follow, owner, deadline).values())
-    return counts
+    return Counter(sweep.perform(SWEEPS[item.duty], list(item.message_ids), owner, deadline).values())
 
 
 def items(s: Sweep, messages: list[Message]) -> list[WorkItem]:

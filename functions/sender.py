@@ -8,7 +8,7 @@ ALREADY_EXISTS was accepted by an earlier call (another request in flight, or
 a try whose answer was lost): the message is SENT, like any other.
 """
 
-from functions import config, logs, outbound, rbm, store, work_items
+from functions import config, logs, outbound, rbm, store
 from functions.model import Message, State
 from functions.replies import reject, reply
 from functions.transitions import Fact, learn
@@ -65,8 +65,6 @@ def handle(request):
     if reason := outbound.conflict(stored, wanted):
         return reject(409, reason, message_id=wanted.message_id)
     message = deliver(stored) if stored.state is State.PENDING else stored
-    if message is not None and stored.state is State.PENDING:
-        work_items.fallback_due(message)  # no RCS (404) or refused for good: its SMS now, not at the next run
     if message is None:
         return reply(503, {"error": "RBM unavailable; the message stays PENDING and is retried"} | summary(stored))
     return reply(422 if message.state is State.FAILED else 200, summary(message))

@@ -5,9 +5,9 @@ sender's) gets a minimal `tracked: false` record: its state is kept, and nothing
 ever acts on it (`transitions.learn` never makes it due).
 """
 
-from functions import logs, store, subscriber, work_items
+from functions import logs, store, subscriber
 from functions.events import Event, Kind
-from functions.model import Fallback, Message
+from functions.model import Message
 from functions.transitions import EVENT_FACTS, learn
 
 
@@ -20,17 +20,11 @@ def _record(event: Event) -> None:
         raise subscriber.PoisonError(f"{event.event_type} without messageId, phone or eventId")
     fact, at = EVENT_FACTS[event.event_type], event.time or store.now()
 
-    was_due = False
-
     def change(current: Message | None) -> Message:
-        nonlocal was_due
         message = current or Message(event.message_id, event.phone, event.agent_id, tracked=False)
-        was_due = message.fallback is Fallback.DUE
         return learn(message, fact, at, event.dedupe_id)
 
     message = store.update_message(event.message_id, change)
-    if not was_due:
-        work_items.fallback_due(message)  # made due by this event (e.g. TTL_EXPIRATION_REVOKED): its SMS now
     logs.info(
         f"{event.event_type} recorded",
         event=f"receipt_{event.event_type.lower()}",

@@ -11,8 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from functions import config, logs, pubsub
-from functions.model import Fallback, Message
+from functions import config, pubsub
 
 DUTIES = ("revoke", "fallback")
 MAX_IDS = 1000  # far above WORK_ITEM_SIZE; an item beyond it is not ours
@@ -49,16 +48,3 @@ def decode(data: bytes) -> WorkItem:
 def publish(items: list[WorkItem]) -> None:
     """Publishes the items to RBM_WORK_TOPIC; raises pubsub.PublishError."""
     pubsub.publish_batch(config.work_topic(), [item.encode() for item in items])
-
-
-def fallback_due(message: Message) -> None:
-    """Hands a message whose SMS just became due to process_due_work at once, rather
-    than at the next scheduled run. Best effort: if the publish fails, the next
-    run dispatches it anyway."""
-    if not (config.work_topic() and message.tracked and message.fallback is Fallback.DUE and message.fallback_at):
-        return
-    try:
-        publish([WorkItem("fallback", (message.message_id,), message.fallback_at)])
-    except pubsub.PublishError as exc:
-        logs.warning("could not hand the fallback to a worker; the next run will", event="work_publish_failed",
-                     message_id=message.message_id, reason=str(exc))

@@ -296,9 +296,9 @@ DUE_SECRETS=RBM_SERVICE_ACCOUNT_KEY,TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 #  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
-  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,work           -                       dead_letter,work"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm,work             RBM_SERVICE_ACCOUNT_KEY work"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
   "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $DUE_SETTINGS                           $DUE_SECRETS            -"

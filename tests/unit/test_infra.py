@@ -48,9 +48,8 @@ METRIC_EVENTS = {
 }
 SWEEPS = {"revoke_expired", "send_fallbacks"}
 WORKER = "process_due_work"
-# Who publishes work items: the scheduled runs, and send_message / track_delivery
-# for an SMS that becomes due at once (functions/work_items.fallback_due).
-WORK_PUBLISHERS = SWEEPS | {"send_message", "track_delivery"}
+# Who publishes work items: the scheduled runs, and no one else.
+WORK_PUBLISHERS = SWEEPS
 WORK = TOPOLOGY["work"]
 
 

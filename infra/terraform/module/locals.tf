@@ -69,9 +69,9 @@ locals {
       timeout       = local.topology.ack_deadline_seconds
       min_instances = 0
       max_instances = 10
-      settings      = ["common", "dead_letter", "store", "work"]
+      settings      = ["common", "dead_letter", "store"]
       secrets       = []
-      publishes     = ["dead_letter", "work"]
+      publishes     = ["dead_letter"]
       firestore     = true
       schedule      = null
     }
@@ -103,9 +103,9 @@ locals {
       timeout       = 60
       min_instances = 0
       max_instances = 20
-      settings      = ["common", "store", "agent", "rbm", "work"]
+      settings      = ["common", "store", "agent", "rbm"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
-      publishes     = ["work"]
+      publishes     = []
       firestore     = true
       schedule      = null
     }
