@@ -2,7 +2,9 @@
 
 revoke_expired and send_fallbacks (Cloud Scheduler, every SCHEDULE_PERIOD_SECONDS)
 each keep looking, until the next run starts, for work due in the coming
-second, and dispatch it at its due second: as work items on RBM_WORK_TOPIC for
+second (after a first look at all that is due, only at what became due in the
+last LOOKBACK_SECONDS: a backlog is read once per run, not every second), and
+dispatch it at its due second: as work items on RBM_WORK_TOPIC for
 process_due_work behind a push subscription — Cloud Functions' autoscaling is
 the scale-out, and the worker's max instances × SWEEP_PARALLELISM bound the
 calls in flight into RBM and the SMS provider — or, without a work topic, acted
@@ -35,6 +37,7 @@ from functions.work_items import WorkItem
 SWEEPS = {s.duty: s for s in (revoker.REVOKE, fallbacks.FALLBACK)}
 POLL_SECONDS = 1.0  # how often a run looks for due work, and how early it dispatches it
 WINDOW_SECONDS = 0.5  # messages due this close together share a work item
+LOOKBACK_SECONDS = 10.0  # after its first poll, a run reads only work due since this long before its last poll
 MAX_EARLY_SECONDS = 5.0  # the longest an item waits for its due second (it is dispatched POLL_SECONDS early)
 RUN_ITEMS = 32  # work items a run without a work topic acts on at once
 
@@ -80,11 +83,14 @@ def run(s: Sweep) -> dict:
     deadline, lookahead = started + budget, timedelta(seconds=POLL_SECONDS if period else 0)
     dispatched: dict[str, datetime] = {}  # message id → the due time it was dispatched for
     counts: Counter = Counter()
+    since = None  # the first poll reads all that is due; later ones only what became due lately
     with ThreadPoolExecutor(RUN_ITEMS, thread_name_prefix=s.name) as pool:
         running = []
         while True:
-            polled = time.monotonic()
-            fresh = [m for m in sweep.due(s, store.now() + lookahead) if dispatched.get(m.message_id) != sweep.due_at(s, m)]
+            polled, now = time.monotonic(), store.now()
+            found = sweep.due(s, now + lookahead, since)
+            since = now - timedelta(seconds=LOOKBACK_SECONDS)
+            fresh = [m for m in found if dispatched.get(m.message_id) != sweep.due_at(s, m)]
             dispatched.update((m.message_id, sweep.due_at(s, m)) for m in fresh)
             batch = items(s, fresh)
             counts.update(scanned=len(fresh), items=len(batch))

@@ -38,16 +38,17 @@ class Sweep:
     outcomes: tuple[str, ...]
 
 
-def _due_query(sweep: Sweep, until: datetime):
+def _due_query(sweep: Sweep, until: datetime, after: datetime | None = None):
     selector, due_at = sweep.fields
-    return (store.messages()
-            .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
-            .where(filter=FieldFilter(due_at, "<=", until)))
+    query = (store.messages()
+             .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
+             .where(filter=FieldFilter(due_at, "<=", until)))
+    return query.where(filter=FieldFilter(due_at, ">", after)) if after else query
 
 
-def due(sweep: Sweep, until: datetime) -> Iterator[Message]:
-    """Every message due by `until`, earliest first, a page at a time."""
-    query, cursor = _due_query(sweep, until).order_by(sweep.fields[1]), None
+def due(sweep: Sweep, until: datetime, after: datetime | None = None) -> Iterator[Message]:
+    """Every message due by `until` (and, if given, after `after`), earliest first, a page at a time."""
+    query, cursor = _due_query(sweep, until, after).order_by(sweep.fields[1]), None
     while True:
         page = (query.start_after(cursor) if cursor else query).limit(PAGE).get()
         yield from (Message.from_doc(s.to_dict()) for s in page)
