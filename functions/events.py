@@ -127,6 +127,8 @@ def decode(data: bytes, envelope_type: str | None = None) -> Event:
         payload = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EventError("event data is not JSON") from exc
+    except RecursionError as exc:
+        raise EventError("event data nests arrays and objects too deep to read") from exc
     if not isinstance(payload, dict):
         raise EventError("event data is not a JSON object")
     return parse(payload, envelope_type)

@@ -201,7 +201,7 @@ def parse(body, default_agent: str) -> Outbound:
     _require(revoke_after is None or (type(revoke_after) is int and MIN_REVOKE_SECONDS <= revoke_after <= MAX_REVOKE_SECONDS),
              f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}")
     traffic_type = body.get("traffic_type")
-    _require(traffic_type is None or traffic_type in TRAFFIC_TYPES, f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}")
+    _require(traffic_type is None or (isinstance(traffic_type, str) and traffic_type in TRAFFIC_TYPES), f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}")
     _check_storable(content)
     _check_rbm(content, traffic_type)
     fallback = body.get("fallback")

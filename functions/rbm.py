@@ -113,7 +113,7 @@ class RbmClient:
             if status and status < 500 and status != 429:
                 return Result(Outcome.INVALID, status, payload, may_have_acted=may_have_acted)
             may_have_acted |= ambiguous
-            sleep = random.uniform(0, delay) if wait is None else wait  # full jitter, unless RBM said when
+            sleep = max(wait or 0.0, random.uniform(0, delay))  # full jitter, and no sooner than RBM said
             if time.monotonic() + sleep > deadline:
                 return Result(Outcome.TRANSIENT, status, payload, retry_after=wait, may_have_acted=may_have_acted)
             time.sleep(sleep)

@@ -56,12 +56,17 @@ def handle(request):
         return reject(405, "method not allowed")
     try:
         wanted = outbound.parse(request.get_json(silent=True), config.agent_id())
+    except RecursionError:  # JSON nested deeper than the parser goes: far past Firestore's 20 levels
+        return reject(400, "body nests maps and arrays too deep")
     except outbound.InvalidRequest as exc:
         return reject(400, str(exc))
     if store.opted_out(wanted.agent_id, wanted.phone):
         return reject(409, "the user unsubscribed from this agent", message_id=wanted.message_id)
     fresh = wanted.record(store.now(), config.pending_resend_seconds())
-    stored = store.update_message(wanted.message_id, lambda current: current or fresh)
+    try:
+        stored = store.update_message(wanted.message_id, lambda current: current or fresh)
+    except store.UnstorableError as exc:  # checked before the commit: nothing stored, nothing sent
+        return reject(400, str(exc), message_id=wanted.message_id)
     if reason := outbound.conflict(stored, wanted):
         return reject(409, reason, message_id=wanted.message_id)
     message = deliver(stored) if stored.state is State.PENDING else stored

@@ -14,6 +14,7 @@ say the request was not acted on and when to come back (`Retry-After`);
 other 5xx leave the outcome open.
 """
 
+import traceback
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -27,13 +28,29 @@ NOT_PROCESSED = frozenset({429, 503})
 
 def may_have_been_read(exc: requests.RequestException) -> bool:
     """False only when `exc` proves the request never reached the server."""
-    if isinstance(exc, (exceptions.ConnectTimeout, exceptions.SSLError)):
-        return False  # no connection, or the TLS handshake failed: nothing was written
+    if isinstance(exc, exceptions.ConnectTimeout):
+        return False  # no connection: nothing was written
+    if isinstance(exc, exceptions.SSLError):
+        return not _while_connecting(exc)  # the TLS handshake failed, or the answer's TLS did
     if isinstance(exc, exceptions.ConnectionError):
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         return not isinstance(reason, (NewConnectionError, ConnectTimeoutError))
     return not isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema,
                                 exceptions.InvalidSchema, exceptions.InvalidHeader))
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps (requests → urllib3 → ssl), was raised while
+    urllib3 set up the connection (TCP, TLS handshake, certificate check): before any
+    byte of the request was written."""
+    seen = set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(frame.f_code.co_name == "connect" and frame.f_globals.get("__name__") == "urllib3.connection"
+               for frame, _ in traceback.walk_tb(exc.__traceback__)):
+            return True
+        exc = getattr(exc, "reason", None) or (exc.args[0] if exc.args else None)
+    return False
 
 
 def retry_after(response: requests.Response, cap: float) -> float | None:

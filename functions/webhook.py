@@ -56,6 +56,8 @@ def handle(request):
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return reject(400, "body is not JSON")
+    except RecursionError:
+        return reject(400, "body nests arrays and objects too deep to read")
     if not isinstance(body, dict):
         return reject(400, "body is not a JSON object")
     if "clientToken" in body and "message" not in body:

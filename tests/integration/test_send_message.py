@@ -20,6 +20,7 @@ def send(functions, firestore, rbm):
         body = {"phone": PHONE, "content": CONTENT, "message_id": str(uuid.uuid4()), **body}
         return requests.post(process.url, json=body, timeout=30)
 
+    call.url = process.url
     return call
 
 
@@ -101,12 +102,22 @@ def test_invalid_requests_get_400_with_a_reason(send, rbm, body):
      "content.suggestions[0].reply.text"),
     ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://example.com/a.png"}}}, "exactly one of"),
     ({"content": {"text": "x", "extra": {"__name__": 1}}}, "content.extra"),
+    ({"content": {"text": "x", "extra": 2 ** 64}}, "content.extra"),  # Firestore integers are 64-bit
+    ({"agent_id": "a" * 1_100_000}, "agent_id"),  # over Firestore's value limit
+    ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
 ])
 def test_what_cannot_be_stored_or_sent_is_400_naming_the_field_and_nothing_is_stored(send, rbm, body, field):
     message_id = str(uuid.uuid4())
     response = send(message_id=message_id, **body)
     assert response.status_code == 400 and field in response.json()["error"]
     assert store.get_message(message_id) is None
+    assert rbm.count("create") == 0
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_400(send, rbm):
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    response = requests.post(send.url, data=deep, headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]
     assert rbm.count("create") == 0
 
 

@@ -78,3 +78,8 @@ def test_attributes_never_carry_the_phone_and_skip_absent_or_oversized_values():
 def test_decode_refuses_what_is_not_a_json_object(data):
     with pytest.raises(EventError):
         decode(data)
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_not_an_event():
+    with pytest.raises(EventError, match="too deep"):
+        decode(b"[" * 5000 + b"]" * 5000)

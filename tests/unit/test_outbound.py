@@ -34,6 +34,8 @@ def test_record_is_pending_with_its_deadline_and_fallback():
     ({"revoke_after_seconds": 31 * 86400}, "revoke_after_seconds"),
     ({"revoke_after_seconds": True}, "revoke_after_seconds"),
     ({"traffic_type": "authentication"}, "traffic_type"),
+    ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
+    ({"traffic_type": {}}, "traffic_type"),
     ({"fallback": "text"}, "fallback"),
     ({"fallback": {}}, "fallback.text"),
     ({"fallback": {"text": "x", "time_sensitive": 1}}, "time_sensitive"),

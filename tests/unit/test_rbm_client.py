@@ -108,6 +108,14 @@ def test_429_and_5xx_are_retried_then_succeed(rbm):
     assert rbm.count("create") == 4
 
 
+@pytest.mark.parametrize("header", ["0", "Mon, 01 Jan 2024 00:00:00 GMT"], ids=["zero", "past-date"])
+def test_a_retry_after_of_now_still_backs_off(rbm, header):
+    # "Retry-After: 0", or a date already past (clock skew), allows a retry at once, not a storm of them
+    rbm.script("create", PHONE, [429] * 1000, retry_after=header)
+    assert client(rbm, retry_seconds=1.0).create_message(PHONE, "m1", AGENT, {"text": "hi"}).outcome is Outcome.TRANSIENT
+    assert rbm.count("create") <= 10
+
+
 def test_failures_past_the_retry_bound_are_transient(rbm):
     rbm.set_phone(PHONE, "error")
     result = client(rbm, retry_seconds=0.5).create_message(PHONE, "m1", AGENT, {"text": "hi"})

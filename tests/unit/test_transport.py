@@ -1,7 +1,10 @@
 """What a failed HTTP call tells about the request: real sockets on loopback,
 each failing at a different moment of the exchange."""
 
+import ipaddress
+import os
 import socket
+import ssl
 import threading
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -90,6 +93,59 @@ def test_a_read_timeout_may_have_been_read():
 def test_connect_timeout_never_reached_the_server():
     exc = requests.ConnectTimeout("connect timed out")
     assert not may_have_been_read(exc)
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """A server TLS context for 127.0.0.1 and the path of its (self-signed) certificate."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context, str(folder / "cert.pem")
+
+
+def _tls_failure(url: str, verify) -> requests.RequestException:
+    with pytest.raises(requests.exceptions.SSLError) as caught:
+        requests.post(url.replace("http://", "https://"), data={"To": "+15550000001"}, verify=verify, timeout=5)
+    return caught.value
+
+
+def test_a_tls_failure_after_the_request_was_written_may_have_been_read(tls):
+    context, cert = tls
+
+    def read_then_break_tls(conn):
+        with context.wrap_socket(conn, server_side=True) as secure:
+            _read_request(secure)  # the provider has the request
+            os.write(secure.fileno(), b"\x15\x03\x03\x00\x02\x02\x14")  # a record outside the session
+
+    assert may_have_been_read(_tls_failure(_server(read_then_break_tls), verify=cert))
+
+
+def test_a_failed_tls_handshake_never_reached_the_server(tls):
+    context, _ = tls
+
+    def handshake(conn):
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            pass  # the client refuses the certificate
+
+    assert not may_have_been_read(_tls_failure(_server(handshake), verify=True))
 
 
 def _response(value):

@@ -78,6 +78,9 @@ def test_handshake_answers_the_secret_as_plain_text(published):
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(b"other")}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(json.dumps({"text": "x"}).encode(), "wrong")}, 401),
         (b"x" * (webhook.MAX_BODY + 1), {}, 413),
+        (b"[" * 100_000 + b"]" * 100_000, {}, 400),  # deeper than the JSON parser goes
+        (json.dumps({"message": {"data": base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()}}).encode(),
+         {"X-Goog-Signature": sign(b"[" * 5000 + b"]" * 5000)}, 400),
     ],
 )
 def test_bad_requests_get_a_json_reason_and_publish_nothing(published, body, headers, status):
