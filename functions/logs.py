@@ -18,15 +18,18 @@ from functions import config
 _SEVERITIES = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LABELS = ("agent_id", "message_id", "event_id")
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
-# Phone-shaped text: E.164 with or without separators ("+1 (415) 555-0123"), the
-# North American national form ("(415) 555-0123", "415.555.0123"), or 10 to 15
-# digits in a row not inside a longer word, id or number. Log lines are JSON,
-# so an escape such as "\\n" may stand right before a number.
+# Phone-shaped text: E.164 with or without separators ("+1 (415) 555-0123"), also
+# URL-encoded ("%2B1415…"); national forms in groups ("(415) 555-0123",
+# "020 7946 0958", "06 12 34 56 78", "138 1234 5678"); 10 to 15 digits in a row.
+# Not inside a word, a longer number or a UUID, so ids and times stay readable; a JSON
+# escape such as "\\n" may stand right before a number. Too few or too many
+# digits for a phone number: left alone (see _mask).
 _PHONE_SHAPED = re.compile(r"""
-    (?<!\d) \+\d[\d ().\-]{5,18}\d (?!\d)
-  | (?: (?<![\w+\-.]) | (?<=\\[nrt]) )
-    (?: \(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4} | \d{10,15} ) (?![\w\-]|\.\d)
-""", re.VERBOSE)
+    (?<!\d) (?:\+|%2B) \d[\d ().\-]{5,18}\d (?!\d)
+  | (?: (?<![A-Za-z0-9.+])(?<![0-9A-F]-) | (?<=\\[nrt]) )
+    (?: \(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4} | \d{2,8}(?:[ .]\d{2,8}){1,5} | \d{10,15} )
+    (?![A-Za-z0-9]|\.\d)
+""", re.VERBOSE | re.IGNORECASE)
 
 
 def mask_phone(phone: str | None) -> str | None:
@@ -37,9 +40,14 @@ def mask_phone(phone: str | None) -> str | None:
     return phone[:keep] + "*" * (len(phone) - keep - 2) + phone[-2:]
 
 
+def _mask(match: re.Match) -> str:
+    digits = sum(c.isdigit() for c in match.group()) - (2 if match.group()[:3].upper() == "%2B" else 0)
+    return mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
+
+
 def mask_phones(text: str) -> str:
     """Every phone-shaped part of `text` masked as mask_phone does."""
-    return _PHONE_SHAPED.sub(lambda m: mask_phone(m.group()), text)
+    return _PHONE_SHAPED.sub(_mask, text)
 
 
 def trace_id(headers) -> str | None:
