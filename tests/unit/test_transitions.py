@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from functions.model import CONVERSATION_APPLIED_KEEP, Conversation, Fallback, Message, State
 from functions.transitions import (
-    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, fallback_sent, learn, retry_fallback,
-    retry_revoke,
+    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, fallback_sent, hold_fallback, learn,
+    retry_fallback, retry_revoke,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -285,3 +285,18 @@ def test_a_revoke_whose_answer_was_lost_makes_a_later_404_uncertain_but_a_resend
     assert not retry_revoke(m, m.revoke_at, "RBM 503", 8, 1).revoke_uncertain
     pending = claim_revoke(Message("m1", "+1", next_action_at=T0), T0, LEASE, "a")
     assert not retry_revoke(pending, T0, "RBM unreachable", 8, 1, may_have_acted=True).revoke_uncertain
+
+
+def test_a_revokes_sms_waits_out_the_grace_and_a_racing_delivered_cancels_it():
+    revoked_at, grace = T0 + timedelta(minutes=5), timedelta(seconds=5)
+    m = hold_fallback(learn(sent(), Fact.REVOKED, revoked_at), revoked_at + grace)
+    assert (m.fallback, m.fallback_at) == (Fallback.DUE, revoked_at + grace)
+    assert claim_fallback(m, revoked_at + grace / 2, LEASE, "worker", opted_out=False) is None  # not before the grace
+    raced = learn(m, Fact.DELIVERED, revoked_at + grace / 2, "e-delivered")
+    assert (raced.fallback, raced.fallback_at) == (Fallback.CANCELLED, None)
+    assert claim_fallback(m, revoked_at + grace, LEASE, "worker", opted_out=False).fallback is Fallback.SENDING
+
+
+def test_holding_leaves_a_fallback_that_is_not_due_alone():
+    m = sent()
+    assert hold_fallback(m, T0 + timedelta(hours=1)) == m
