@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 
 from local.fake_sms import FakeTwilio
+from local.pusher import Pusher
 from local.simulator import Simulator
 from local.processes import (
     PROJECT, REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
@@ -39,6 +40,11 @@ AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
+# One worker process stands for the autoscaled fleet: as many items at once as
+# production's default of 5 instances × concurrency 8 (infra). Most of an item's
+# time is spent waiting for its due second or a revoke's grace window, so fewer
+# would queue items behind sleepers.
+WORKER_THREADS = 40
 BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
 # With the simulator, local time runs in seconds, not minutes; against an RBM
 # root of your own the relay keeps production's defaults.
@@ -65,9 +71,12 @@ class _Topology:
         create_pull_subscription(PROJECT, topic, name)
         self.subscriptions.append(name)
 
-    def push(self, topic: str, name: str, process: FunctionProcess, dead_letter: str, attempts: int, filter: str = "") -> None:
-        create_push_subscription(PROJECT, topic, name, f"{process.url}/projects/{PROJECT}/topics/{topic}",
-                                 dead_letter_topic=dead_letter, max_delivery_attempts=attempts, filter=filter)
+    def push(self, topic: str, name: str, process: FunctionProcess | None, dead_letter: str, attempts: int,
+             filter: str = "", ack_deadline: int | None = None) -> None:
+        """Pushed to `process`; with None, a pull subscription (an empty push endpoint)."""
+        endpoint = f"{process.url}/projects/{PROJECT}/topics/{topic}" if process else ""
+        create_push_subscription(PROJECT, topic, name, endpoint, dead_letter_topic=dead_letter,
+                                 max_delivery_attempts=attempts, filter=filter, ack_deadline_seconds=ack_deadline)
         self.subscriptions.append(name)
 
     def stop(self) -> None:
@@ -148,8 +157,8 @@ class Stack:
         threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
         return self
 
-    def _function(self, name: str) -> FunctionProcess:
-        return FunctionProcess(name, self._env(), log_path=self.workdir / f"{name}.log")
+    def _function(self, name: str, **env: str) -> FunctionProcess:
+        return FunctionProcess(name, {**self._env(), **env}, log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
         """Topics and subscriptions as infra declares them, pushing to local processes:
@@ -165,8 +174,13 @@ class Stack:
         topology.topic(WORK["topic"])
         topology.topic(WORK["dead_letter_topic"])
         topology.pull(WORK["dead_letter_topic"], WORK["dead_letter_subscription"])
-        worker = self.functions[WORK["entry_point"]] = self._start(self._function(WORK["entry_point"]))
-        topology.push(WORK["topic"], WORK["subscription"], worker, WORK["dead_letter_topic"], WORK["max_delivery_attempts"])
+        worker = self._function(WORK["entry_point"], THREADS=str(WORKER_THREADS))  # functions-framework's thread count
+        worker = self.functions[WORK["entry_point"]] = self._start(worker)
+        # Pushed by a Pusher, not by the emulator, which has only about two pushes outstanding (local/pusher.py).
+        topology.push(WORK["topic"], WORK["subscription"], None, WORK["dead_letter_topic"], WORK["max_delivery_attempts"],
+                      ack_deadline=WORK["ack_deadline_seconds"])
+        self._start(Pusher(PROJECT, WORK["subscription"], f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
+                           WORKER_THREADS, timeout=WORK["ack_deadline_seconds"], backoff=float(WORK["minimum_backoff"].rstrip("s"))))
 
     def urls(self) -> dict[str, str]:
         """The URL of every function, by entry point."""
