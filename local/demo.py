@@ -141,7 +141,7 @@ def summary(docs: dict, names: tuple[str, ...]) -> dict:
     for name in names:
         values = sorted(v for m in filter(None, docs.values()) if (v := timings(m)[name]) is not None)
         if values:
-            out[name] = {"n": len(values), "p50": statistics.median(values),
+            out[name] = {"n": len(values), "p50": round(statistics.median(values), 2),
                          "p99": values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]}
     return out
 
