@@ -132,15 +132,27 @@ def table(planned: list[Planned], docs: dict) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
 
-def summary(docs: dict) -> dict:
-    """p50 / p99 of the pipeline's timings over the run."""
+SMS_TIMINGS = ("deadline→SMS", "send→SMS")  # how late the SMS of a message not delivered on RCS went out
+
+
+def summary(docs: dict, names: tuple[str, ...]) -> dict:
+    """n, p50 and p99 of each timing over the run, in seconds; a timing no message had is left out."""
     out = {}
-    for name in ("send→delivered", "deadline→SMS"):
+    for name in names:
         values = sorted(v for m in filter(None, docs.values()) if (v := timings(m)[name]) is not None)
         if values:
-            out[name] = {"n": len(values), "p50": statistics.median(values),
+            out[name] = {"n": len(values), "p50": round(statistics.median(values), 2),
                          "p99": values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]}
     return out
+
+
+def verdict(found: list[str], docs: dict) -> str:
+    """The closing lines: the fates, then how late the SMS went out."""
+    lines = ["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found \
+        else ["PROBLEMS:"] + found
+    for name, s in summary(docs, SMS_TIMINGS).items():
+        lines.append(f"{name}: p50 {s['p50']} s, p99 {s['p99']} s over {s['n']} messages")
+    return "\n".join(lines)
 
 
 def watch(stack, planned: list[Planned], timeout: float, out=sys.stdout) -> dict[str, Message | None]:
@@ -162,8 +174,8 @@ def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0,
     planned = plan(population)
     launch(stack, planned, deadline)
     docs = watch(stack, planned, timeout, out)
-    print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period} s: {summary(docs)}", file=out)
+    delivered = summary(docs, ("send→delivered",))
+    print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period:g} s: {delivered}", file=out)
     found = problems(stack, planned, docs)
-    print("\n".join(["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found
-                    else ["PROBLEMS:"] + found), file=out, flush=True)
+    print(verdict(found, docs), file=out, flush=True)
     return not found

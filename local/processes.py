@@ -280,16 +280,20 @@ def create_pull_subscription(project: str, topic: str, sub: str) -> str:
 
 
 def create_push_subscription(project: str, topic: str, sub: str, push_endpoint: str,
-                             dead_letter_topic=None, max_delivery_attempts=None, filter: str = "") -> str:
-    """A push subscription; with `dead_letter_topic` (an id in `project`),
-    messages go there after `max_delivery_attempts` failed pushes. The
-    emulator accepts `filter` but does not apply it."""
+                             dead_letter_topic=None, max_delivery_attempts=None, filter: str = "",
+                             ack_deadline_seconds: int | None = None) -> str:
+    """A push subscription (a pull one if `push_endpoint` is empty); with
+    `dead_letter_topic` (an id in `project`), messages go there after
+    `max_delivery_attempts` failed deliveries. The emulator accepts `filter`
+    but does not apply it."""
     request = {
         "name": f"projects/{project}/subscriptions/{sub}",
         "topic": f"projects/{project}/topics/{topic}",
         "push_config": {"push_endpoint": push_endpoint},
         "filter": filter,
     }
+    if ack_deadline_seconds:
+        request["ack_deadline_seconds"] = ack_deadline_seconds
     if dead_letter_topic:
         request["dead_letter_policy"] = {
             "dead_letter_topic": f"projects/{project}/topics/{dead_letter_topic}",

@@ -1,23 +1,32 @@
 """The whole pipeline on one machine, on loopback: `make run`.
 
 Google's Pub/Sub and Firestore emulators; the topics and push subscriptions
-of infra/topology.json (the definition production uses); every entry point as
-its own functions-framework process, as Cloud Run runs them; a scheduler loop
-calling the sweeps as Cloud Scheduler would; the RBM platform simulator and a
-fake Twilio. Then a demo scenario (local/demo.py). Ctrl-C, or the end of the
-demo, stops every process started here, and only those.
+of infra/topology.json (the definition production uses: the events fanned out
+to the subscribers, the work items to process_due_work); every entry point as
+its own functions-framework process, as Cloud Run runs them; a scheduler
+calling revoke_expired and send_fallbacks every period as Cloud Scheduler
+does, each run dispatching due work until the next one starts; the RBM
+platform simulator and a fake Twilio, or an RBM REST root and a signed SMS
+webhook gateway of your own. Then a demo scenario (local/demo.py), or, with
+--no-demo, the URL of every function as one JSON line on stdout and the stack
+running until interrupted. Ctrl-C, or the end of the demo, stops every
+process started here, and only those.
 """
 
 import argparse
 import json
 import os
+import signal
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import requests
 
 from local.fake_sms import FakeTwilio
+from local.pusher import Pusher
 from local.simulator import Simulator
 from local.processes import (
     PROJECT, REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
@@ -25,59 +34,105 @@ from local.processes import (
 )
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
+WORK = TOPOLOGY["work"]
 CLIENT_TOKEN = "local-client-token"
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
+SCHEDULED = ("revoke_expired", "send_fallbacks")
+# One worker process stands for the autoscaled fleet: as many items at once as
+# production's default of 5 instances × concurrency 8 (infra). Most of an item's
+# time is spent waiting for its due second or a revoke's grace window, so fewer
+# would queue items behind sleepers.
+WORKER_THREADS = 40
+BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
+# With the simulator, local time runs in seconds, not minutes; against an RBM
+# root of your own the relay keeps production's defaults.
+FAST = {"LEASE_SECONDS": "10", "RETRY_BACKOFF_SECONDS": "1", "RBM_RETRY_SECONDS": "1", "REVOKE_MAX_ATTEMPTS": "3",
+        "PENDING_RESEND_SECONDS": "5"}
 
 
 class _Topology:
-    """Stops like a process: deletes the topics and subscriptions of infra/topology.json."""
+    """Creates topics and subscriptions, and stops like a process: deletes what it
+    created, so emulators given to the stack are left as found."""
+
+    def __init__(self):
+        self.topics: list[str] = []
+        self.subscriptions: list[str] = []
+
+    def start(self) -> "_Topology":
+        return self
+
+    def topic(self, name: str) -> None:
+        create_topic(PROJECT, name)
+        self.topics.append(name)
+
+    def pull(self, topic: str, name: str) -> None:
+        create_pull_subscription(PROJECT, topic, name)
+        self.subscriptions.append(name)
+
+    def push(self, topic: str, name: str, process: FunctionProcess | None, dead_letter: str, attempts: int,
+             filter: str = "", ack_deadline: int | None = None) -> None:
+        """Pushed to `process`; with None, a pull subscription (an empty push endpoint)."""
+        endpoint = f"{process.url}/projects/{PROJECT}/topics/{topic}" if process else ""
+        create_push_subscription(PROJECT, topic, name, endpoint, dead_letter_topic=dead_letter,
+                                 max_delivery_attempts=attempts, filter=filter, ack_deadline_seconds=ack_deadline)
+        self.subscriptions.append(name)
 
     def stop(self) -> None:
-        for subscription in TOPOLOGY["subscriptions"]:
-            delete_subscription(PROJECT, subscription["name"])
-        delete_subscription(PROJECT, TOPOLOGY["dead_letter_subscription"])
-        delete_topic(PROJECT, TOPOLOGY["events_topic"])
-        delete_topic(PROJECT, TOPOLOGY["dead_letter_topic"])
+        for name in reversed(self.subscriptions):
+            delete_subscription(PROJECT, name)
+        for name in reversed(self.topics):
+            delete_topic(PROJECT, name)
 
 
 class Stack:
-    """Starts and stops the pipeline. `functions[name]` is each entry point's process."""
+    """Starts and stops the pipeline. `functions[name]` is each entry point's process;
+    `rbm` the simulator and `sms` the fake Twilio, or None where the stack was given
+    an RBM root or an SMS webhook gateway of its own."""
 
     def __init__(self, workdir: Path | None = None, period: float = 5.0, settings: dict | None = None,
-                 simulator_options: dict | None = None, pubsub_host: str | None = None, firestore_host: str | None = None):
-        """Emulator hosts given are used as they are; otherwise the stack starts its own."""
+                 simulator_options: dict | None = None, pubsub_host: str | None = None, firestore_host: str | None = None,
+                 rbm_root: str | None = None, sms_webhook: tuple[str, str] | None = None):
+        """Emulator hosts given are used as they are; otherwise the stack starts its own.
+        `period`: seconds between scheduled runs (SCHEDULE_PERIOD_SECONDS). `rbm_root`:
+        the RBM REST root the relay calls instead of the simulator's; `sms_webhook`:
+        (url, secret) of a signed SMS webhook gateway instead of the fake Twilio.
+        `settings` go over everything else."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rbm-relay-"))
         self.pubsub_host, self.firestore_host = pubsub_host, firestore_host
         self.period, self.settings, self.simulator_options = period, settings or {}, simulator_options or {}
+        self.rbm_root, self.sms_webhook = rbm_root, sms_webhook
+        self.rbm: Simulator | None = None
+        self.sms: FakeTwilio | None = None
         self.functions: dict[str, FunctionProcess] = {}
         self.started: list = []
         self._stop = threading.Event()
 
     def _env(self) -> dict:
-        return {
+        env = {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "PUBSUB_EMULATOR_HOST": self.pubsub_host,
             "FIRESTORE_EMULATOR_HOST": self.firestore_host,
             "RBM_CLIENT_TOKEN": CLIENT_TOKEN,
             "RBM_EVENTS_TOPIC": TOPOLOGY["events_topic"],
             "RBM_DEAD_LETTER_TOPIC": TOPOLOGY["dead_letter_topic"],
+            "RBM_WORK_TOPIC": WORK["topic"],
+            "SCHEDULE_PERIOD_SECONDS": str(self.period),
+            "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
-            "RBM_API_ENDPOINT": self.rbm.url,
-            "SMS_PROVIDER": "twilio",
-            "TWILIO_ACCOUNT_SID": TWILIO_SID,
-            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "TWILIO_FROM_NUMBER": "+15005550006",
-            "TWILIO_API_BASE": self.sms.url,
-            # Local time runs in seconds, not minutes.
-            "LEASE_SECONDS": "10",
-            "RETRY_BACKOFF_SECONDS": "1",
-            "RBM_RETRY_SECONDS": "1",
-            "REVOKE_MAX_ATTEMPTS": "3",
-            "PENDING_RESEND_SECONDS": "5",
-            **self.settings,
         }
+        if self.rbm:
+            env.update(RBM_API_ENDPOINT=self.rbm.url, **FAST)
+        else:
+            env.update(RBM_API_ENDPOINT=self.rbm_root)
+        if self.sms:
+            env.update(SMS_PROVIDER="twilio", TWILIO_ACCOUNT_SID=TWILIO_SID, TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+                       TWILIO_FROM_NUMBER="+15005550006", TWILIO_API_BASE=self.sms.url)
+        else:
+            url, secret = self.sms_webhook
+            env.update(SMS_PROVIDER="webhook", SMS_WEBHOOK_URL=url, SMS_WEBHOOK_SECRET=secret)
+        return {**env, **self.settings}
 
     def _start(self, thing):
         self.started.append(thing)
@@ -88,46 +143,71 @@ class Stack:
         self.firestore_host = self.firestore_host or self._start(Emulator("firestore", self.workdir, PROJECT)).host
         os.environ.update(GOOGLE_CLOUD_PROJECT=PROJECT, PUBSUB_EMULATOR_HOST=self.pubsub_host,
                           FIRESTORE_EMULATOR_HOST=self.firestore_host)
-        self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))
-        self.rbm = self._start(Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options))
+        if not self.sms_webhook:
+            self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))
+        if not self.rbm_root:
+            self.rbm = self._start(Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options))
         for name in HTTP_FUNCTIONS:
             self.functions[name] = self._start(self._function(name))
-        self.rbm.webhook_url = self.functions["receive_webhook"].url
         self._topology()
-        if not self.rbm.register_webhook():
-            raise RuntimeError("the webhook handshake failed")
+        if self.rbm:
+            self.rbm.webhook_url = self.functions["receive_webhook"].url
+            if not self.rbm.register_webhook():
+                raise RuntimeError("the webhook handshake failed")
         threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
         return self
 
-    def _function(self, name: str) -> FunctionProcess:
-        return FunctionProcess(name, self._env(), log_path=self.workdir / f"{name}.log")
+    def _function(self, name: str, **env: str) -> FunctionProcess:
+        return FunctionProcess(name, {**self._env(), **env}, log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
-        """Topics and subscriptions as infra declares them, pushing to local processes.
-        Removed again at stop(), so emulators given to the stack are left as found."""
+        """Topics and subscriptions as infra declares them, pushing to local processes:
+        the events to their subscribers, the work items to the worker."""
+        topology = self._start(_Topology())
         events, dead = TOPOLOGY["events_topic"], TOPOLOGY["dead_letter_topic"]
-        create_topic(PROJECT, events)
-        create_topic(PROJECT, dead)
-        create_pull_subscription(PROJECT, dead, TOPOLOGY["dead_letter_subscription"])
-        self.started.append(_Topology())
+        topology.topic(events)
+        topology.topic(dead)
+        topology.pull(dead, TOPOLOGY["dead_letter_subscription"])
         for subscription in TOPOLOGY["subscriptions"]:
             process = self.functions[subscription["entry_point"]] = self._start(self._function(subscription["entry_point"]))
-            create_push_subscription(PROJECT, events, subscription["name"], f"{process.url}/projects/{PROJECT}/topics/{events}",
-                                     dead_letter_topic=dead, max_delivery_attempts=TOPOLOGY["max_delivery_attempts"],
-                                     filter=subscription["filter"])
+            topology.push(events, subscription["name"], process, dead, TOPOLOGY["max_delivery_attempts"], subscription["filter"])
+        topology.topic(WORK["topic"])
+        topology.topic(WORK["dead_letter_topic"])
+        topology.pull(WORK["dead_letter_topic"], WORK["dead_letter_subscription"])
+        worker = self._function(WORK["entry_point"], THREADS=str(WORKER_THREADS))  # functions-framework's thread count
+        worker = self.functions[WORK["entry_point"]] = self._start(worker)
+        # Pushed by a Pusher, not by the emulator, which has only about two pushes outstanding (local/pusher.py).
+        topology.push(WORK["topic"], WORK["subscription"], None, WORK["dead_letter_topic"], WORK["max_delivery_attempts"],
+                      ack_deadline=WORK["ack_deadline_seconds"])
+        self._start(Pusher(PROJECT, WORK["subscription"], f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
+                           WORKER_THREADS, timeout=WORK["ack_deadline_seconds"], backoff=float(WORK["minimum_backoff"].rstrip("s"))))
+
+    def urls(self) -> dict[str, str]:
+        """The URL of every function, by entry point."""
+        return {name: process.url for name, process in self.functions.items()}
 
     def sweep(self, name: str) -> dict:
-        """One call of a scheduled function, as Cloud Scheduler makes it."""
-        response = requests.post(self.functions[name].url, json={}, timeout=120)
+        """One call of a scheduled function, as Cloud Scheduler makes it; it lasts
+        about one period (the run dispatches due work until the next one starts)."""
+        response = requests.post(self.functions[name].url, json={}, timeout=self.period + BUDGET_SLACK * 2)
         return response.json() if response.ok else {"error": response.status_code}
 
+    def _call(self, name: str) -> None:
+        try:
+            self.sweep(name)
+        except requests.RequestException:
+            pass  # a process being restarted by a fault test, or the stack stopping; the next tick calls again
+
     def _scheduler(self) -> None:
-        while not self._stop.wait(self.period):
-            for name in ("revoke_expired", "send_fallbacks"):
-                try:
-                    self.sweep(name)
-                except requests.RequestException:
-                    pass  # a process being restarted by a fault test; the next tick tries again
+        """Calls each scheduled function at every tick, the first at once, without
+        waiting for the last run to end: Cloud Scheduler fires on its schedule."""
+        tick = time.monotonic()
+        while True:
+            for name in SCHEDULED:
+                threading.Thread(target=self._call, args=(name,), name=name, daemon=True).start()
+            tick += self.period
+            if self._stop.wait(max(0.0, tick - time.monotonic())):
+                return
 
     def send(self, **body) -> requests.Response:
         return requests.post(self.functions["send_message"].url, json=body, timeout=30)
@@ -138,7 +218,7 @@ class Stack:
             try:
                 thing.stop()
             except Exception as exc:  # keep stopping the rest
-                print(f"stopping {thing!r}: {exc}")
+                print(f"stopping {thing!r}: {exc}", file=sys.stderr)
 
     def __enter__(self):
         try:
@@ -151,28 +231,89 @@ class Stack:
         self.stop()
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--period", type=float, default=5.0,
+                        help="seconds between scheduled runs, as Cloud Scheduler's (5; production's: 60)")
+    demo = parser.add_argument_group("the demo")
+    demo.add_argument("--population", type=int, default=12, help="messages in the demo (12)")
+    demo.add_argument("--deadline", type=int, default=20, help="revoke_after_seconds of each message (20)")
+    demo.add_argument("--timeout", type=float, default=100, help="give the demo at most this long (100 s)")
+    demo.add_argument("--keep", action="store_true", help="keep the stack running after the demo until Ctrl-C")
+    own = parser.add_argument_group("without the demo")
+    own.add_argument("--no-demo", action="store_true",
+                     help="start the stack only: print the URL of every function as one JSON line, run until Ctrl-C")
+    own.add_argument("--rbm-root", metavar="URL", help="RBM REST root the relay calls instead of the simulator "
+                     "(e.g. https://rcsbusinessmessaging.googleapis.com, a partner's sandbox, a fake of your own)")
+    own.add_argument("--rbm-agent-id", default=AGENT, help=f"the agent id the relay sends as ({AGENT})")
+    own.add_argument("--rbm-client-token", default=CLIENT_TOKEN,
+                     help="the client token the RBM webhooks are signed with; comma-separated for several")
+    own.add_argument("--rbm-key-file", type=Path, metavar="PATH",
+                     help="service account key (JSON) for an https RBM root; without it, Application Default Credentials")
+    own.add_argument("--sms-webhook-url", metavar="URL", help="signed SMS webhook gateway instead of the fake Twilio")
+    own.add_argument("--sms-webhook-secret", metavar="SECRET", help="its HMAC secret (or the SMS_WEBHOOK_SECRET environment variable)")
+    return parser
+
+
+def _arguments(argv) -> argparse.Namespace:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.sms_webhook_secret = args.sms_webhook_secret or os.environ.get("SMS_WEBHOOK_SECRET")
+    if args.period <= 0:
+        parser.error("--period must be positive")
+    if (args.rbm_root or args.sms_webhook_url) and not args.no_demo:
+        parser.error("--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio")
+    if bool(args.sms_webhook_url) != bool(args.sms_webhook_secret):
+        parser.error("--sms-webhook-url and --sms-webhook-secret go together")
+    return args
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The RBM identity the relay uses, when it is not the simulator's."""
+    if not args.rbm_root:
+        return {}
+    key = args.rbm_key_file.read_text() if args.rbm_key_file else ""
+    return {"RBM_AGENT_ID": args.rbm_agent_id, "RBM_CLIENT_TOKEN": args.rbm_client_token, "RBM_SERVICE_ACCOUNT_KEY": key}
+
+
+def _demo(stack: Stack, args: argparse.Namespace) -> bool:
     from local import demo
 
-    parser = argparse.ArgumentParser(prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--period", type=float, default=5.0, help="seconds between sweeps, as the scheduler (5)")
-    parser.add_argument("--population", type=int, default=12, help="messages in the demo (12)")
-    parser.add_argument("--deadline", type=int, default=20, help="revoke_after_seconds of each message (20)")
-    parser.add_argument("--timeout", type=float, default=100, help="give the demo at most this long (100 s)")
-    parser.add_argument("--keep", action="store_true", help="keep the stack running after the demo until Ctrl-C")
-    args = parser.parse_args(argv)
-    print("starting the emulators, the functions, the RBM simulator and the SMS fake …", flush=True)
-    with Stack(period=args.period) as stack:
-        print(f"webhook {stack.functions['receive_webhook'].url}   send_message {stack.functions['send_message'].url}\n"
-              f"RBM simulator {stack.rbm.url}   fake Twilio {stack.sms.url}   logs in {stack.workdir}", flush=True)
-        try:
-            ok = demo.run(stack, population=args.population, deadline=args.deadline, timeout=args.timeout)
-            if args.keep:
-                print("stack running; Ctrl-C stops it", flush=True)
-                threading.Event().wait()
-        except KeyboardInterrupt:
-            ok = True
-        print("stopping …", flush=True)
+    print(f"webhook {stack.functions['receive_webhook'].url}   send_message {stack.functions['send_message'].url}\n"
+          f"RBM simulator {stack.rbm.url}   fake Twilio {stack.sms.url}   logs in {stack.workdir}", flush=True)
+    ok = demo.run(stack, population=args.population, deadline=args.deadline, timeout=args.timeout)
+    if args.keep:
+        print("stack running; Ctrl-C stops it", flush=True)
+        threading.Event().wait()
+    return ok
+
+
+def _serve(stack: Stack) -> bool:
+    """One JSON line on stdout, everything else on stderr, then wait for Ctrl-C."""
+    print(json.dumps({"functions": stack.urls(), "pubsub_emulator": stack.pubsub_host,
+                      "firestore_emulator": stack.firestore_host, "logs": str(stack.workdir)}), flush=True)
+    print("stack running; Ctrl-C stops it", file=sys.stderr, flush=True)
+    threading.Event().wait()
+    return True
+
+
+def main(argv=None) -> int:
+    args = _arguments(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it as Ctrl-C does
+    out = sys.stderr if args.no_demo else sys.stdout
+    print(f"starting the stack, scheduler period {args.period:g} s …", file=out, flush=True)
+    sms_webhook = (args.sms_webhook_url, args.sms_webhook_secret) if args.sms_webhook_url else None
+    stack, ok = Stack(period=args.period, settings=_settings(args), rbm_root=args.rbm_root, sms_webhook=sms_webhook), True
+    try:
+        stack.start()
+        ok = _serve(stack) if args.no_demo else _demo(stack, args)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        print("stopping …", file=out, flush=True)
+        stack.stop()
     return 0 if ok else 1
 
 
