@@ -24,6 +24,7 @@ per-instance concurrency), acking on 2xx and nacking otherwise.
 """
 
 import base64
+import contextlib
 import functools
 import threading
 import time
@@ -177,19 +178,28 @@ class Flow:
 
 def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float, *, workers: int = 1,
                concurrency: int = 16, settings: dict | None = None, source: str = "main.py",
-               functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"), events: bool = False) -> Flow:
-    """Starts `kind`'s functions over its own collection (`bench_<kind>`), so both
-    flows can share the emulators and fakes. `dispatch` also gets a work topic,
+               functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"), events: bool = False,
+               tag: str = "", stack: contextlib.ExitStack | None = None) -> Flow:
+    """Starts `kind`'s functions over its own collection (`bench_<kind><tag>`), so
+    both flows can share the emulators and fakes. `dispatch` also gets a work topic,
     `workers` process_due_work processes (each THREADS=`concurrency`) and a Pusher.
     `events`: receive_webhook and track_delivery behind the events topic (the
-    emulator's own push; a receipt is one short call). `settings` go to every function."""
+    emulator's own push; a receipt is one short call). `settings` go to every
+    function. Everything started is stopped when `stack` (by default the run) closes."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    flow = Flow(kind, f"bench_{kind}")
+    stack = stack or run
+    flow = Flow(kind, f"bench_{kind}{tag}")
+
+    def function(name: str, env: dict):
+        process = run.function(name, env, source=source)
+        stack.callback(process.stop)
+        return process
+
     common = {**rbm_env(rbm_url), "RBM_MESSAGES_COLLECTION": flow.collection, **(settings or {})}
     sms = sms_env(twilio_url)
     if kind == "dispatch":
-        topic = f"bench-work-{kind}"
+        topic = f"bench-work-{kind}{tag}"
         processes.create_topic(PROJECT, topic)
         _subscriber().create_subscription(request={
             "name": f"projects/{PROJECT}/subscriptions/{topic}-push", "topic": f"projects/{PROJECT}/topics/{topic}",
@@ -200,27 +210,28 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
     else:
         envs = {"send_message": common, "revoke_expired": common, "send_fallbacks": common | sms}
     if events:
-        events_topic, events_env = f"bench-events-{kind}", {"RBM_EVENTS_TOPIC": f"bench-events-{kind}",
-                                                            "RBM_CLIENT_TOKEN": CLIENT_TOKEN}
+        events_topic = f"bench-events-{kind}{tag}"
+        events_env = {"RBM_EVENTS_TOPIC": events_topic, "RBM_CLIENT_TOKEN": CLIENT_TOKEN}
         processes.create_topic(PROJECT, events_topic)
         envs["receive_webhook"] = common | events_env
         envs["track_delivery"] = common | events_env
     for name in functions + (("receive_webhook", "track_delivery") if events else ()):
-        flow.functions[name] = run.function(name, envs[name], source=source)
+        flow.functions[name] = function(name, envs[name])
     if events:
         processes.create_push_subscription(PROJECT, events_topic, f"{events_topic}-track",
                                            f"{flow.functions['track_delivery'].url}/projects/{PROJECT}/topics/{events_topic}")
     if kind == "dispatch":
         worker_env = common | sms | {"THREADS": str(concurrency)}
-        flow.workers = [run.function("process_due_work", worker_env, source=source) for _ in range(workers)]
-        flow.pusher = run.enter_context(_Started(Pusher(f"{topic}-push", topic, [w.url for w in flow.workers], concurrency)))
+        flow.workers = [function("process_due_work", worker_env) for _ in range(workers)]
+        flow.pusher = stack.enter_context(_Started(Pusher(f"{topic}-push", topic, [w.url for w in flow.workers], concurrency)))
     return flow
 
 
-def schedule(run: Run, flows: list[Flow], period: float) -> Scheduler:
-    """One scheduler for every flow's revoke_expired and send_fallbacks, on one grid."""
+def schedule(stack: contextlib.ExitStack, flows: list[Flow], period: float) -> Scheduler:
+    """One scheduler for every flow's revoke_expired and send_fallbacks, on one grid,
+    started now and stopped when `stack` (a Run, or part of one) closes."""
     scheduler = Scheduler([url for flow in flows for url in flow.scheduled_urls], period)
-    run.enter_context(_Started(scheduler))
+    stack.enter_context(_Started(scheduler))
     for flow in flows:
         flow.scheduler = scheduler
     return scheduler
