@@ -169,7 +169,6 @@ class Flow:
     functions: dict = field(default_factory=dict)
     workers: list = field(default_factory=list)
     pusher: Pusher | None = None
-    scheduler: Scheduler | None = None
 
     @property
     def scheduled_urls(self) -> list[str]:
@@ -202,7 +201,7 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
         topic = f"bench-work-{kind}{tag}"
         processes.create_topic(PROJECT, topic)
         _subscriber().create_subscription(request={
-            "name": f"projects/{PROJECT}/subscriptions/{topic}-push", "topic": f"projects/{PROJECT}/topics/{topic}",
+            "name": f"projects/{PROJECT}/subscriptions/{topic}-pull", "topic": f"projects/{PROJECT}/topics/{topic}",
             "ack_deadline_seconds": ACK_DEADLINE})
         common |= {"RBM_WORK_TOPIC": topic, "SCHEDULE_PERIOD_SECONDS": f"{period:g}",
                    "SWEEP_BUDGET_SECONDS": f"{max(90.0, period + 30):g}"}
@@ -223,7 +222,7 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
     if kind == "dispatch":
         worker_env = common | sms | {"THREADS": str(concurrency)}
         flow.workers = [function("process_due_work", worker_env) for _ in range(workers)]
-        flow.pusher = stack.enter_context(_Started(Pusher(f"{topic}-push", topic, [w.url for w in flow.workers], concurrency)))
+        flow.pusher = stack.enter_context(_Started(Pusher(f"{topic}-pull", topic, [w.url for w in flow.workers], concurrency)))
     return flow
 
 
@@ -232,8 +231,6 @@ def schedule(stack: contextlib.ExitStack, flows: list[Flow], period: float) -> S
     started now and stopped when `stack` (a Run, or part of one) closes."""
     scheduler = Scheduler([url for flow in flows for url in flow.scheduled_urls], period)
     stack.enter_context(_Started(scheduler))
-    for flow in flows:
-        flow.scheduler = scheduler
     return scheduler
 
 
