@@ -255,6 +255,14 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def percentiles(values) -> tuple:
+    """(n, p50, p99) of `values` (nearest rank); (0, "-", "-") when there are none."""
+    values = sorted(values)
+    if not values:
+        return (0, "-", "-")
+    return len(values), statistics.median(values), values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+
+
 def check(value: float, target: float, at_least: bool) -> str:
     """`1.62x (target >= 1.5x) ok` style verdict."""
     ok = value >= target if at_least else value <= target

@@ -10,18 +10,10 @@ deadline and texted at the first fallback sweep after that.
 
 import argparse
 import io
-import statistics
 
-from bench.common import RESULTS, table
+from bench.common import RESULTS, percentiles, table
 from local import demo
 from local.stack import Stack
-
-
-def percentiles(values: list[float]) -> tuple:
-    values = sorted(values)
-    if not values:
-        return (0, "-", "-")
-    return len(values), statistics.median(values), values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
 
 
 def main(argv=None) -> int:

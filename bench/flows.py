@@ -1,0 +1,264 @@
+"""The two ways due work can flow, started side by side for bench.precision,
+bench.scale and bench.cost, and what stands in for Cloud Scheduler and for
+Pub/Sub push delivery.
+
+- `dispatch` (issue 12): scheduled runs with SCHEDULE_PERIOD_SECONDS = the
+  period poll every second and publish work items at their due second to a work
+  topic; process_due_work workers act on them, a revoke's SMS in the same flow
+  after REVOKE_GRACE_SECONDS, and a send answered 404 hands its SMS to a worker
+  at once.
+- `ticks` (today's flow, as before issue 12): no work topic and
+  SCHEDULE_PERIOD_SECONDS=0, so each run does one pass at its tick;
+  revoke_expired has no SMS provider, so it only revokes and the SMS waits for
+  a send_fallbacks tick.
+
+Pub/Sub push: the emulator pushes at most two requests at a time per
+subscription (NUM_CONCURRENT_PUSH_REQUESTS = 2 in its FakePubsubServer), where
+Pub/Sub raises push concurrency with load ("Push subscriptions": push backoff
+and flow control, slow-start). A worker holds each revoke item for the grace
+window, so through the emulator's own push the fan-out would measure that cap.
+`Pusher` therefore pulls the work subscription from the emulator and pushes
+each message itself, in Pub/Sub's push format, to the least busy worker with
+a free slot (at most `concurrency` requests per worker, as Cloud Run's
+per-instance concurrency), acking on 2xx and nacking otherwise.
+"""
+
+import base64
+import contextlib
+import functools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from google.cloud import pubsub_v1
+
+from bench.common import PROJECT, Run, http_session
+from local import processes
+
+AGENT = "bench@rbm.goog"
+TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "bench-twilio-token"
+CLIENT_TOKEN = "bench-client-token"
+ACK_DEADLINE = 600  # the longest Pub/Sub allows: a slow item is not redelivered mid-way
+KINDS = ("dispatch", "ticks")
+
+
+def rbm_env(rbm_url: str) -> dict:
+    return {"RBM_API_ENDPOINT": rbm_url, "RBM_AGENT_ID": AGENT}
+
+
+def sms_env(twilio_url: str) -> dict:
+    return {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": TWILIO_SID, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "TWILIO_FROM_NUMBER": "+15005550006", "TWILIO_API_BASE": twilio_url}
+
+
+class Scheduler:
+    """Cloud Scheduler's part: POSTs each URL every `period` seconds on one grid,
+    each call in its own thread, without waiting for the previous one (jobs fire
+    on time whatever the last run is doing). `answers` holds each call's status."""
+
+    def __init__(self, urls: list[str], period: float):
+        self.urls, self.period = urls, period
+        self.answers: list[tuple[str, int | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    def start(self) -> "Scheduler":
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _call(self, url: str) -> None:
+        try:
+            status = http_session.post(url, json={}, timeout=self.period + 180).status_code
+        except OSError:
+            status = None  # the run was cut off by the end of the benchmark
+        self.answers.append((url, status))
+
+    def _loop(self) -> None:
+        tick = 0
+        while not self._stop.wait(max(0.0, self.started + tick * self.period - time.monotonic())):
+            for url in self.urls:
+                threading.Thread(target=self._call, args=(url,), daemon=True).start()
+            tick += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Pusher:
+    """Pub/Sub push delivery with real concurrency (see the module docstring):
+    pulls `subscription` and POSTs each message to a worker URL, at most
+    `concurrency` at once per worker; 2xx acks, anything else nacks (redelivered)."""
+
+    def __init__(self, subscription: str, topic: str, urls: list[str], concurrency: int):
+        self.path = f"projects/{PROJECT}/subscriptions/{subscription}"
+        self.push_path = f"/projects/{PROJECT}/topics/{topic}"
+        self.urls, self.concurrency = urls, concurrency
+        self.busy = dict.fromkeys(urls, 0)
+        self.delivered = self.failed = 0
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(len(urls) * concurrency, thread_name_prefix="push")
+        self._thread = threading.Thread(target=self._loop, name="pusher", daemon=True)
+
+    def start(self) -> "Pusher":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        subscriber = _subscriber()
+        while not self._stop.is_set():
+            with self._lock:
+                free = self._lock.wait_for(lambda: self._free() or self._stop.is_set(), 1.0) and self._free()
+            if not free:
+                continue
+            try:
+                response = subscriber.pull(request={"subscription": self.path, "max_messages": min(free, 100)}, timeout=5)
+            except Exception:  # the emulator's pull timed out or is stopping; try again
+                continue
+            for received in response.received_messages:
+                with self._lock:
+                    url = min(self.urls, key=self.busy.__getitem__)
+                    self.busy[url] += 1
+                self._pool.submit(self._push, subscriber, url, received)
+            if not response.received_messages:
+                self._stop.wait(0.05)
+
+    def _free(self) -> int:
+        return sum(self.concurrency - n for n in self.busy.values())
+
+    def _push(self, subscriber, url: str, received) -> None:
+        message = received.message
+        body = {"message": {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes),
+                            "messageId": message.message_id, "publishTime": message.publish_time.isoformat()},
+                "subscription": self.path}
+        try:
+            ok = http_session.post(url + self.push_path, json=body, timeout=ACK_DEADLINE).ok
+        except OSError:
+            ok = False
+        try:
+            if ok:
+                subscriber.acknowledge(request={"subscription": self.path, "ack_ids": [received.ack_id]})
+            else:
+                subscriber.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [received.ack_id],
+                                                        "ack_deadline_seconds": 0})
+        except Exception:
+            pass  # the emulator redelivers it after the ack deadline
+        with self._lock:
+            self.busy[url] -= 1
+            self.delivered += ok
+            self.failed += not ok
+            self._lock.notify_all()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class Flow:
+    """One flow's processes: `functions[name]`, `workers` (process_due_work), its collection."""
+
+    kind: str
+    collection: str
+    functions: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)
+    pusher: Pusher | None = None
+
+    @property
+    def scheduled_urls(self) -> list[str]:
+        return [self.functions[name].url for name in ("revoke_expired", "send_fallbacks")]
+
+
+def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float, *, workers: int = 1,
+               concurrency: int = 16, settings: dict | None = None, source: str = "main.py",
+               functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"), events: bool = False,
+               tag: str = "", stack: contextlib.ExitStack | None = None) -> Flow:
+    """Starts `kind`'s functions over its own collection (`bench_<kind><tag>`), so
+    both flows can share the emulators and fakes. `dispatch` also gets a work topic,
+    `workers` process_due_work processes (each THREADS=`concurrency`) and a Pusher.
+    `events`: receive_webhook and track_delivery behind the events topic (the
+    emulator's own push; a receipt is one short call). `settings` go to every
+    function. Everything started is stopped when `stack` (by default the run) closes."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    stack = stack or run
+    flow = Flow(kind, f"bench_{kind}{tag}")
+
+    def function(name: str, env: dict):
+        process = run.function(name, env, source=source)
+        stack.callback(process.stop)
+        return process
+
+    common = {**rbm_env(rbm_url), "RBM_MESSAGES_COLLECTION": flow.collection, **(settings or {})}
+    sms = sms_env(twilio_url)
+    if kind == "dispatch":
+        topic = f"bench-work-{kind}{tag}"
+        processes.create_topic(PROJECT, topic)
+        _subscriber().create_subscription(request={
+            "name": f"projects/{PROJECT}/subscriptions/{topic}-pull", "topic": f"projects/{PROJECT}/topics/{topic}",
+            "ack_deadline_seconds": ACK_DEADLINE})
+        common |= {"RBM_WORK_TOPIC": topic, "SCHEDULE_PERIOD_SECONDS": f"{period:g}",
+                   "SWEEP_BUDGET_SECONDS": f"{max(90.0, period + 30):g}"}
+        envs = {"send_message": common, "revoke_expired": common | sms, "send_fallbacks": common | sms}
+    else:
+        envs = {"send_message": common, "revoke_expired": common, "send_fallbacks": common | sms}
+    if events:
+        events_topic = f"bench-events-{kind}{tag}"
+        events_env = {"RBM_EVENTS_TOPIC": events_topic, "RBM_CLIENT_TOKEN": CLIENT_TOKEN}
+        processes.create_topic(PROJECT, events_topic)
+        envs["receive_webhook"] = common | events_env
+        envs["track_delivery"] = common | events_env
+    for name in functions + (("receive_webhook", "track_delivery") if events else ()):
+        flow.functions[name] = function(name, envs[name])
+    if events:
+        processes.create_push_subscription(PROJECT, events_topic, f"{events_topic}-track",
+                                           f"{flow.functions['track_delivery'].url}/projects/{PROJECT}/topics/{events_topic}")
+    if kind == "dispatch":
+        worker_env = common | sms | {"THREADS": str(concurrency)}
+        flow.workers = [function("process_due_work", worker_env) for _ in range(workers)]
+        flow.pusher = stack.enter_context(_Started(Pusher(f"{topic}-pull", topic, [w.url for w in flow.workers], concurrency)))
+    return flow
+
+
+def schedule(stack: contextlib.ExitStack, flows: list[Flow], period: float) -> Scheduler:
+    """One scheduler for every flow's revoke_expired and send_fallbacks, on one grid,
+    started now and stopped when `stack` (a Run, or part of one) closes."""
+    scheduler = Scheduler([url for flow in flows for url in flow.scheduled_urls], period)
+    stack.enter_context(_Started(scheduler))
+    return scheduler
+
+
+class _Started:
+    """A startable thing as a context manager of the run (stopped when the run ends)."""
+
+    def __init__(self, thing):
+        self.thing = thing
+
+    def __enter__(self):
+        return self.thing.start()
+
+    def __exit__(self, *exc):
+        self.thing.stop()
+
+
+def send(url: str, phone: str, message_id: str, deadline: int, text: str = "bench") -> float:
+    """One send_message call; answers the wall-clock time (time.time()) it was made."""
+    at = time.time()
+    response = http_session.post(url, json={"phone": phone, "message_id": message_id, "content": {"text": text},
+                                            "revoke_after_seconds": deadline, "fallback": {"text": f"SMS {text}"}},
+                                 timeout=60)
+    if response.status_code != 200:
+        raise RuntimeError(f"send_message answered {response.status_code}: {response.text[:200]}")
+    return at
+
+
+@functools.cache
+def _subscriber() -> pubsub_v1.SubscriberClient:
+    """A client of the run's Pub/Sub emulator (PUBSUB_EMULATOR_HOST is set by Run.emulator first)."""
+    return pubsub_v1.SubscriberClient()
