@@ -4,9 +4,9 @@ Pub/Sub push delivery.
 
 - `dispatch` (issue 12): scheduled runs with SCHEDULE_PERIOD_SECONDS = the
   period poll every second and publish work items at their due second to a work
-  topic; process_due_work workers act on them, a revoke's SMS in the same flow
-  after REVOKE_GRACE_SECONDS, and a send answered 404 hands its SMS to a worker
-  at once.
+  topic; process_due_work workers act on them: the revoke at its deadline, the
+  SMS at its own due second (REVOKE_GRACE_SECONDS after a revoke's 200, at once
+  after a send answered 404).
 - `ticks` (today's flow, as before issue 12): no work topic and
   SCHEDULE_PERIOD_SECONDS=0, so each run does one pass at its tick;
   revoke_expired has no SMS provider, so it only revokes and the SMS waits for
@@ -15,26 +15,25 @@ Pub/Sub push delivery.
 Pub/Sub push: the emulator pushes at most two requests at a time per
 subscription (NUM_CONCURRENT_PUSH_REQUESTS = 2 in its FakePubsubServer), where
 Pub/Sub raises push concurrency with load ("Push subscriptions": push backoff
-and flow control, slow-start). A worker holds each revoke item for the grace
-window, so through the emulator's own push the fan-out would measure that cap.
-`Pusher` therefore pulls the work subscription from the emulator and pushes
-each message itself, in Pub/Sub's push format, to the least busy worker with
-a free slot (at most `concurrency` requests per worker, as Cloud Run's
-per-instance concurrency), acking on 2xx and nacking otherwise.
+and flow control, slow-start), so through the emulator's own push the fan-out
+would measure that cap.
+local.pusher.Pusher therefore pulls the work subscription from the emulator and
+pushes each message itself, in Pub/Sub's push format, to the least busy worker
+(at most `concurrency` requests per worker, as Cloud Run's per-instance
+concurrency), acking on success and nacking otherwise.
 """
 
-import base64
 import contextlib
 import functools
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from google.cloud import pubsub_v1
 
 from bench.common import PROJECT, Run, http_session
 from local import processes
+from local.pusher import Pusher
 
 AGENT = "bench@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "bench-twilio-token"
@@ -85,79 +84,6 @@ class Scheduler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-class Pusher:
-    """Pub/Sub push delivery with real concurrency (see the module docstring):
-    pulls `subscription` and POSTs each message to a worker URL, at most
-    `concurrency` at once per worker; 2xx acks, anything else nacks (redelivered)."""
-
-    def __init__(self, subscription: str, topic: str, urls: list[str], concurrency: int):
-        self.path = f"projects/{PROJECT}/subscriptions/{subscription}"
-        self.push_path = f"/projects/{PROJECT}/topics/{topic}"
-        self.urls, self.concurrency = urls, concurrency
-        self.busy = dict.fromkeys(urls, 0)
-        self.delivered = self.failed = 0
-        self._lock = threading.Condition()
-        self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(len(urls) * concurrency, thread_name_prefix="push")
-        self._thread = threading.Thread(target=self._loop, name="pusher", daemon=True)
-
-    def start(self) -> "Pusher":
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        subscriber = _subscriber()
-        while not self._stop.is_set():
-            with self._lock:
-                free = self._lock.wait_for(lambda: self._free() or self._stop.is_set(), 1.0) and self._free()
-            if not free:
-                continue
-            try:
-                response = subscriber.pull(request={"subscription": self.path, "max_messages": min(free, 100)}, timeout=5)
-            except Exception:  # the emulator's pull timed out or is stopping; try again
-                continue
-            for received in response.received_messages:
-                with self._lock:
-                    url = min(self.urls, key=self.busy.__getitem__)
-                    self.busy[url] += 1
-                self._pool.submit(self._push, subscriber, url, received)
-            if not response.received_messages:
-                self._stop.wait(0.05)
-
-    def _free(self) -> int:
-        return sum(self.concurrency - n for n in self.busy.values())
-
-    def _push(self, subscriber, url: str, received) -> None:
-        message = received.message
-        body = {"message": {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes),
-                            "messageId": message.message_id, "publishTime": message.publish_time.isoformat()},
-                "subscription": self.path}
-        try:
-            ok = http_session.post(url + self.push_path, json=body, timeout=ACK_DEADLINE).ok
-        except OSError:
-            ok = False
-        try:
-            if ok:
-                subscriber.acknowledge(request={"subscription": self.path, "ack_ids": [received.ack_id]})
-            else:
-                subscriber.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [received.ack_id],
-                                                        "ack_deadline_seconds": 0})
-        except Exception:
-            pass  # the emulator redelivers it after the ack deadline
-        with self._lock:
-            self.busy[url] -= 1
-            self.delivered += ok
-            self.failed += not ok
-            self._lock.notify_all()
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        self._thread.join()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -222,7 +148,9 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
     if kind == "dispatch":
         worker_env = common | sms | {"THREADS": str(concurrency)}
         flow.workers = [function("process_due_work", worker_env) for _ in range(workers)]
-        flow.pusher = stack.enter_context(_Started(Pusher(f"{topic}-pull", topic, [w.url for w in flow.workers], concurrency)))
+        endpoints = [f"{w.url}/projects/{PROJECT}/topics/{topic}" for w in flow.workers]
+        flow.pusher = stack.enter_context(_Started(Pusher(PROJECT, f"{topic}-pull", endpoints, concurrency,
+                                                          timeout=ACK_DEADLINE, backoff=1.0)))
     return flow
 
 

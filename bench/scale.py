@@ -9,7 +9,7 @@ seconds with SCHEDULE_PERIOD_SECONDS = the period and a work topic), and the
 clock runs from its first tick until the fake Twilio has received the last
 SMS. Each worker is a process_due_work process with SWEEP_PARALLELISM=P (at
 most P calls in flight) taking at most `--concurrency` pushed items at once;
-the pushes come from bench.flows.Pusher (the emulator pushes 2 at a time).
+the pushes come from local.pusher.Pusher (the emulator pushes 2 at a time).
 
 Every message takes two slow calls (the revoke and the SMS), so the ideal
 rate is workers × P ÷ latency calls per second, i.e. half that in messages;

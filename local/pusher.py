@@ -4,10 +4,12 @@ Pub/Sub pushes many messages of a subscription at once, adjusting how many are
 outstanding to the rate of success answers (https://cloud.google.com/pubsub/docs/push,
 "Push subscription workflow"; "Push backoff" for failures). The emulator's
 own push has about two requests outstanding per subscription, so a handler
-that waits (process_due_work waits for an item's due second and for a
-revoke's grace window) holds up every item behind it, which production does
-not. `Pusher` delivers a pull subscription of the emulator to an endpoint the
-way a push subscription does, with up to `concurrency` requests outstanding:
+that waits (process_due_work waits for an item's due second) or a burst of
+items (a campaign's shared deadline) is held up behind it, which production is
+not. `Pusher` delivers a pull subscription of the emulator to its endpoints
+(one, or several standing for several instances: the least busy gets the next
+message) the way a push subscription does, with up to `concurrency` requests
+outstanding per endpoint:
 the same wrapped JSON body, acknowledged on a success status, otherwise left
 to be redelivered (the subscription's dead-letter policy counts the attempts).
 """
@@ -32,15 +34,21 @@ def push_body(received, subscription: str) -> dict:
 
 
 class Pusher:
-    """Delivers `project`'s pull subscription `subscription` to `endpoint`, at most
-    `concurrency` requests at a time, until stop(). Needs PUBSUB_EMULATOR_HOST set."""
+    """Delivers `project`'s pull subscription `subscription` to `endpoints`, at most
+    `concurrency` requests at a time per endpoint, until stop(); counts what was
+    `delivered` and what `failed`. Needs PUBSUB_EMULATOR_HOST set."""
 
-    def __init__(self, project: str, subscription: str, endpoint: str, concurrency: int, timeout: float, backoff: float):
+    def __init__(self, project: str, subscription: str, endpoints: str | list[str], concurrency: int, timeout: float,
+                 backoff: float):
         """`timeout`: seconds a request may take (the ack deadline); `backoff`: seconds
         before a failed message is released for redelivery (the minimum backoff)."""
         self.path = f"projects/{project}/subscriptions/{subscription}"
-        self.endpoint, self.concurrency, self.timeout, self.backoff = endpoint, concurrency, timeout, backoff
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.busy = dict.fromkeys([endpoints] if isinstance(endpoints, str) else endpoints, 0)
+        self.concurrency = concurrency * len(self.busy)
+        self.timeout, self.backoff = timeout, backoff
+        self.delivered = self.failed = 0
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.concurrency)
         self._stop = threading.Event()
         self._http = requests.Session()
         self._http.trust_env = False  # loopback only
@@ -80,11 +88,17 @@ class Pusher:
                 self._pool.submit(self._deliver, message)
 
     def _deliver(self, received) -> None:
+        with self._lock:
+            endpoint = min(self.busy, key=self.busy.__getitem__)
+            self.busy[endpoint] += 1
         try:
             try:
-                status = self._http.post(self.endpoint, json=push_body(received, self.path), timeout=self.timeout).status_code
+                status = self._http.post(endpoint, json=push_body(received, self.path), timeout=self.timeout).status_code
             except requests.RequestException:
                 status = None  # endpoint down: redelivered, as a push is
+            with self._lock:
+                self.delivered += status in SUCCESS
+                self.failed += status not in SUCCESS
             if status in SUCCESS:
                 self._subscriber.acknowledge(request={"subscription": self.path, "ack_ids": [received.ack_id]})
             elif not self._stop.wait(self.backoff):
@@ -93,6 +107,8 @@ class Pusher:
         except Exception:  # the emulator stopping: the message stays unacknowledged
             pass
         finally:
+            with self._lock:
+                self.busy[endpoint] -= 1
             self._slots.release()
 
     def stop(self) -> None:

@@ -41,9 +41,8 @@ TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
 # One worker process stands for the autoscaled fleet: as many items at once as
-# production's default of 5 instances × concurrency 8 (infra). Most of an item's
-# time is spent waiting for its due second or a revoke's grace window, so fewer
-# would queue items behind sleepers.
+# production's default of 5 instances × concurrency 8 (infra). An item may wait
+# up to a second for its due second, so fewer would queue items behind it.
 WORKER_THREADS = 40
 BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
 # With the simulator, local time runs in seconds, not minutes; against an RBM

@@ -20,7 +20,6 @@ import main
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeSmsWebhook
 from local.processes import EMULATOR_VARS, REPO_ROOT
-from tests.support import wait_for
 
 PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = "partner-agent@rbm.goog", "partner-client-token", "partner-gateway-secret"
 NO_RCS = "+15550424242"
