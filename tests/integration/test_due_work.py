@@ -107,8 +107,10 @@ def test_items_twice_out_of_order_and_to_two_workers_act_once(worker, work_topic
 
 
 def fated(message: Message) -> bool:
-    """Nothing left to do for the message: neither sweep will ever act on it again."""
-    return message.next_action_at is None and message.fallback not in SWEPT_FALLBACKS
+    """The message reached its fate: no sweep will act on it again, and it is not
+    stranded as sent-and-never-revoked (a revoke given up on is an end: it is reported)."""
+    return (message.next_action_at is None and message.fallback not in SWEPT_FALLBACKS
+            and message.state not in (State.PENDING, State.SENT))
 
 
 def lost(ids) -> list[str]:
@@ -131,6 +133,22 @@ def test_a_worker_killed_mid_item_loses_nothing_and_texts_once(worker, scheduled
     assert Counter(s["to"] for s in twilio.sent) == Counter(phone(i) for i in range(20))  # duplicate SMS = 0
     interrupted = [i for i in ids if get(i).revoke_uncertain]
     assert interrupted and {get(i).state for i in interrupted} == {State.REVOKE_FAILED}
+
+
+def test_a_worker_killed_mid_sms_never_texts_twice(worker, scheduled, work_topic, twilio):
+    ids = seed(12, state=State.REVOKED, fallback=Fallback.DUE)
+    process = worker(SWEEP_PARALLELISM="2", LEASE_SECONDS="2")
+    twilio.hold()  # Twilio sends, and keeps its answers
+    send_item(work_topic, "fallback", ids)
+    assert twilio.wait_sent(2, timeout=20)
+    process.kill()  # between the provider call and the state write, for the SMS in flight
+    twilio.release()
+    process.start()
+    run = scheduled("send_fallbacks", LEASE_SECONDS="2")
+    wait_for(lambda: sweep(run) and not lost(ids), timeout=60, interval=0.5)
+    outcomes = Counter(get(i).fallback for i in ids)
+    assert outcomes == {Fallback.SENT: 10, Fallback.UNKNOWN: 2}  # the interrupted two are reported, never re-sent
+    assert Counter(s["to"] for s in twilio.sent) == Counter(phone(i) for i in range(12))  # duplicate SMS = 0
 
 
 def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, scheduled, rbm, twilio):
