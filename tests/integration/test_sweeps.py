@@ -20,9 +20,9 @@ def phone(i: int) -> str:
     return f"+4477009{i:05d}"
 
 
-def seed(count=1, state=State.SENT, fallback=Fallback.WAITING, time_sensitive=False, start=0) -> list[str]:
-    """Messages whose deadline has just passed."""
-    past = store.now() - timedelta(seconds=1)
+def seed(count=1, state=State.SENT, fallback=Fallback.WAITING, time_sensitive=False, start=0, deadline=None) -> list[str]:
+    """Messages whose deadline has just passed, or is `deadline` (a datetime) when given."""
+    past = deadline or store.now() - timedelta(seconds=1)
     ids = []
     for i in range(start, start + count):
         m = Message(f"msg-{i:05d}", phone(i), AGENT, state=state, fallback=fallback, fallback_text=f"fallback {i}",
