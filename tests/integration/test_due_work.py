@@ -95,13 +95,15 @@ def test_items_twice_out_of_order_and_to_two_workers_act_once(worker, work_topic
     ids = expiring(rbm, 40)
     a, b = worker(), worker()  # each has its own subscription: every item reaches both, at the same time
     chunks = [ids[i:i + 10] for i in range(0, 40, 10)]
-    now = store.now()
-    published = [(chunk, now + timedelta(seconds=1 - 0.3 * n)) for n, chunk in enumerate(chunks)]  # latest due first
-    published += published[::-1] + [(ids[5:25], now)]  # again, in the other order, and overlapping
-    for chunk, due_at in published:
-        send_item(work_topic, "revoke", chunk, due_at)
-    # Both workers finished every item (warm-up included): nothing more is on its way.
-    wait_for(lambda: items_done(a) == items_done(b) == 1 + len(published), timeout=60, interval=0.3)
+    for duty in ("revoke", "fallback"):  # each SMS is due the grace (0.5 s) after its revoke: after every revoke
+        now = store.now() + timedelta(seconds=0.5)
+        published = [(chunk, now + timedelta(seconds=1 - 0.3 * n)) for n, chunk in enumerate(chunks)]  # latest due first
+        published += published[::-1] + [(ids[5:25], now)]  # again, in the other order, and overlapping
+        for chunk, due_at in published:
+            send_item(work_topic, duty, chunk, due_at)
+        # Both workers finished every item (warm-up included): nothing more is on its way.
+        done = 1 + len(published) * (1 if duty == "revoke" else 2)
+        wait_for(lambda: items_done(a) == items_done(b) == done, timeout=60, interval=0.3)
     once_each(rbm, twilio, ids)
     assert {(get(i).state, get(i).fallback) for i in ids} == {(State.REVOKED, Fallback.SENT)}
 
@@ -167,7 +169,8 @@ def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, sched
         undispatched = [i for i in ids if get(i).state is State.SENT]
         run.start()
         later = pool.submit(sweep, run)
-        wait_for(lambda: not lost(ids), timeout=30, interval=0.3)
+        texts = scheduled("send_fallbacks")
+        wait_for(lambda: sweep(texts) and not lost(ids), timeout=30, interval=0.3)
         assert later.result(timeout=30)["items"] >= 1
     assert len(undispatched) >= 10  # the killed run really left work behind
     assert Counter(r["message_id"] for r in rbm.requests if r["kind"] == "revoke") == Counter(ids)
