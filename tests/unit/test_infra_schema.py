@@ -335,7 +335,8 @@ def test_a_dynamic_blocks_content_written_as_an_argument_is_caught(module_copy):
 def test_references_to_undeclared_resources_and_data_sources_are_caught(module_copy):
     _edit(module_copy / "source.tf", "data.archive_file.source.output_path", "data.archive_file.sourc.output_path")
     _edit(module_copy / "locals.tf", "= google_pubsub_topic.events.name", "= google_pubsub_topic.evnts.name")
-    _edit(module_copy / "pubsub.tf", "google_service_account.push.email", "gogle_service_account.push.email")
+    _edit(module_copy / "pubsub.tf", "= google_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
+          "= gogle_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each")
     _edit(module_copy / "source.tf", "  depends_on = [google_project_service.this]\n",
           "  depends_on = [google_project_services.this]\n")
     assert sorted(schema_problems(module_copy)) == [
