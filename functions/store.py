@@ -20,6 +20,7 @@ from google.cloud import firestore
 
 from functions import config
 from functions.model import Conversation, Message, UserMessage, conversation_id, retention
+from functions.transitions import due_from
 
 T = TypeVar("T", Message, Conversation, UserMessage)
 ATTEMPTS = 20
@@ -203,7 +204,14 @@ def message_ref(message_id: str):
 
 
 def update_message(message_id: str, change: Callable[[Message | None], Message | None]) -> Message | None:
-    return update(message_ref(message_id), Message, change)
+    """Applies `change` to the message (None if absent); a message it changed is written with
+    its past due times as the time of writing (transitions.due_from), so the scheduled
+    runs, which look back only a few seconds, see it at once."""
+    def written(current: Message | None) -> Message | None:
+        new = change(current)
+        return new if new is None or new == current else due_from(new, now())
+
+    return update(message_ref(message_id), Message, written)
 
 
 def get_message(message_id: str) -> Message | None:

@@ -118,6 +118,18 @@ def _dropped(m: Message) -> Message:
     return dataclasses.replace(m, next_action_at=None, fallback_at=None, lease_owner=None, revoking=False)
 
 
+def due_from(m: Message | None, now: datetime) -> Message | None:
+    """`m` with each due time (`next_action_at`, `fallback_at`) that is already past at
+    `now` moved to `now`. After its first look a scheduled run reads only work whose due
+    time is recent (due.LOOKBACK_SECONDS), so a due time written in the past — the
+    sendTime of an event that reached us late, a deadline that passed while the message
+    waited to be re-sent — would wait for the next run; written as `now`, it is due at once."""
+    if m is None:
+        return None
+    return dataclasses.replace(m, **{name: now for name in ("next_action_at", "fallback_at")
+                                     if getattr(m, name) is not None and getattr(m, name) < now})
+
+
 # revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
 
 def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:

@@ -285,3 +285,27 @@ def test_a_ttl_revoke_gets_its_sms_within_a_second_or_two(worker, texting, subsc
     [sms] = [s for s in twilio.sent if s["to"] == phone(0)]
     assert 0 < sms["time"] - published_at <= 2.0, sms["time"] - published_at
     wait_for(lambda: (get(ids[0]).state, get(ids[0]).fallback) == (State.REVOKED, Fallback.SENT))
+
+
+def test_an_sms_made_due_in_the_past_by_a_late_event_goes_out_within_a_second_or_two(worker, texting, subscriber,
+                                                                                      work_topic, twilio):
+    """RBM retries a webhook for up to 7 days and Pub/Sub redelivers with backoff, so a
+    TTL_EXPIRATION_REVOKED can arrive long after its sendTime, the time that makes the SMS due."""
+    worker()
+    send = subscriber("track_delivery")
+    ids = seed(2, deadline=store.now() + timedelta(hours=1))
+
+    def revoked_by_the_platform(i: int, sent_ago: float) -> float:
+        sent = (store.now() - timedelta(seconds=sent_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {"phoneNumber": phone(i), "eventType": "TTL_EXPIRATION_REVOKED", "eventId": f"late-{i}",
+                 "messageId": ids[i], "agentId": AGENT, "sendTime": sent}
+        published_at = time.time()
+        send(event, **events.parse(event).attributes())
+        return published_at
+
+    revoked_by_the_platform(1, 0)  # the first event warms track_delivery up
+    assert twilio.wait_sent(1, timeout=20)
+    published_at = revoked_by_the_platform(0, 120)  # sent two minutes ago, delivered to us only now
+    assert twilio.wait_sent(2, timeout=10), get(ids[0])  # at once, not at the next run
+    [sms] = [s for s in twilio.sent if s["to"] == phone(0)]
+    assert 0 < sms["time"] - published_at <= 2.0, sms["time"] - published_at

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from functions.model import CONVERSATION_APPLIED_KEEP, Conversation, Fallback, Message, State
 from functions.transitions import (
-    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, fallback_sent, hold_fallback, learn,
-    retry_fallback, retry_revoke,
+    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, due_from, fallback_sent, hold_fallback,
+    learn, retry_fallback, retry_revoke,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -300,3 +300,13 @@ def test_a_revokes_sms_waits_out_the_grace_and_a_racing_delivered_cancels_it():
 def test_holding_leaves_a_fallback_that_is_not_due_alone():
     m = sent()
     assert hold_fallback(m, T0 + timedelta(hours=1)) == m
+
+
+def test_a_due_time_already_past_is_written_as_now_and_a_later_one_is_kept():
+    late = learn(Message("m", "+447700900001", state=State.SENT, fallback=Fallback.WAITING, next_action_at=T0),
+                 Fact.REVOKED, T0 - timedelta(minutes=2), "ttl-1")  # an event sent two minutes before it reached us
+    assert (late.fallback, late.fallback_at) == (Fallback.DUE, T0 - timedelta(minutes=2))
+    now = T0 + timedelta(seconds=1)
+    assert (due_from(late, now).fallback_at, due_from(late, now).next_action_at) == (now, None)
+    ahead = dataclasses.replace(late, fallback_at=T0 + timedelta(seconds=5), next_action_at=T0 + timedelta(hours=1))
+    assert due_from(ahead, now) == ahead and due_from(None, now) is None
