@@ -132,6 +132,7 @@ def test_a_tls_failure_after_the_request_was_written_may_have_been_read(tls):
         with context.wrap_socket(conn, server_side=True) as secure:
             _read_request(secure)  # the provider has the request
             os.write(secure.fileno(), b"\x15\x03\x03\x00\x02\x02\x14")  # a record outside the session
+            threading.Event().wait(1)  # held open: the client reads the record, not the close
 
     assert may_have_been_read(_tls_failure(_server(read_then_break_tls), verify=cert))
 
