@@ -10,7 +10,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterator
+from typing import Any, Iterator
 
 from functions.model import Fallback, Message
 
@@ -57,7 +57,7 @@ class InvalidRequest(ValueError):
 @dataclass(frozen=True)
 class Outbound:
     phone: str
-    content: dict
+    content: dict[str, Any]
     agent_id: str
     message_id: str
     revoke_after_seconds: int | None = None
@@ -88,8 +88,8 @@ class Outbound:
         )
 
 
-def fingerprint(phone: str, agent_id: str, content: dict, traffic_type: str | None, revoke_after_seconds: int | None,
-                fallback_text: str | None, time_sensitive: bool) -> str:
+def fingerprint(phone: str, agent_id: str | None, content: dict[str, Any] | None, traffic_type: str | None,
+                revoke_after_seconds: int | None, fallback_text: str | None, time_sensitive: bool) -> str:
     """sha256 hex of the canonical request (JSON, sorted keys, no spaces), after
     defaults are applied: two requests that would send the same thing share it."""
     canonical = {"phone": phone, "agent_id": agent_id, "content": content, "traffic_type": traffic_type,
@@ -124,7 +124,7 @@ def _require(condition: bool, reason: str) -> None:
         raise InvalidRequest(reason)
 
 
-def _nodes(value, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
+def _nodes(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
     """Every value of a JSON tree with its path (`a.b[2].c`). The body is the
     document (depth 0) and its fields are depth 1: a tree nested deeper than
     Firestore stores is refused before it is walked further."""
@@ -147,7 +147,7 @@ def _unicode(text: str) -> bool:
         return False
 
 
-def _check_unicode(body: dict) -> None:
+def _check_unicode(body: dict[str, Any]) -> None:
     for path, value in _nodes(body):
         keys = value.keys() if isinstance(value, dict) else ()
         _require(all(_unicode(k) for k in keys), f"{path or 'body'} has a field name that is not valid Unicode")
@@ -155,7 +155,7 @@ def _check_unicode(body: dict) -> None:
                  f"{path} is not valid Unicode text (an unpaired surrogate)")
 
 
-def _check_storable(content: dict) -> None:
+def _check_storable(content: dict[str, Any]) -> None:
     for path, value in _nodes(content, "content", 1):
         if isinstance(value, dict):
             for key in value:
@@ -166,7 +166,7 @@ def _check_storable(content: dict) -> None:
                  f"{path} holds an array directly in an array, which Firestore can't store")
 
 
-def _check_rbm(content: dict, traffic_type: str | None) -> None:
+def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     kinds = [k for k in CONTENT_KINDS if k in content]
     _require(len(kinds) == 1, f"content must have exactly one of {', '.join(CONTENT_KINDS)}")
     for path, value in _nodes(content, "content", 1):
@@ -182,7 +182,7 @@ def _check_rbm(content: dict, traffic_type: str | None) -> None:
              f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message")
 
 
-def parse(body, default_agent: str) -> Outbound:
+def parse(body: Any, default_agent: str) -> Outbound:
     """The request a send_message body asks for, defaults applied; InvalidRequest
     (naming the field) for anything that can't be stored or that RBM documents it refuses."""
     _require(isinstance(body, dict), "body must be a JSON object")

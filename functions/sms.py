@@ -33,9 +33,10 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 
@@ -67,7 +68,7 @@ class Provider(Protocol):
     def send(self, to: str, text: str, message_id: str) -> SmsResult: ...
 
 
-def _post(session: requests.Session, url: str, id_field: str, **kwargs) -> SmsResult:
+def _post(session: requests.Session, url: str, id_field: str, **kwargs: Any) -> SmsResult:
     """POSTs once and sorts the outcome (see the module docstring)."""
     try:
         response = session.post(url, timeout=TIMEOUT, **kwargs)
@@ -110,7 +111,7 @@ def _error_code(response: requests.Response) -> str | None:
 class Twilio:
     """POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded, HTTP Basic auth."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sid = env("TWILIO_ACCOUNT_SID")
         self.sender = {"From": env("TWILIO_FROM_NUMBER")} if env("TWILIO_FROM_NUMBER") else {
             "MessagingServiceSid": env("TWILIO_MESSAGING_SERVICE_SID")}
@@ -127,7 +128,7 @@ class SignedWebhook:
     and `Idempotency-Key: <message_id>`; answers are read as Twilio's are, since a
     gateway may ignore the key (the contract is in the README)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.url, self.secret = env("SMS_WEBHOOK_URL"), env("SMS_WEBHOOK_SECRET").encode()
         self.session = requests.Session()
 
@@ -138,7 +139,7 @@ class SignedWebhook:
         return _post(self.session, self.url, "id", data=body, headers=headers)
 
 
-PROVIDERS = {"twilio": Twilio, "webhook": SignedWebhook}
+PROVIDERS: dict[str, Callable[[], Provider]] = {"twilio": Twilio, "webhook": SignedWebhook}
 
 
 @functools.cache

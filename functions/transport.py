@@ -39,7 +39,7 @@ def may_have_been_read(exc: requests.RequestException) -> bool:
                                 exceptions.InvalidSchema, exceptions.InvalidHeader))
 
 
-def _while_connecting(exc: BaseException) -> bool:
+def _while_connecting(exc: object) -> bool:
     """Whether `exc`, or an error it wraps (requests → urllib3 → ssl), was raised while
     urllib3 set up the connection (TCP, TLS handshake, certificate check): before any
     byte of the request was written."""
