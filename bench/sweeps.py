@@ -85,7 +85,8 @@ def sweep(process) -> tuple[float, dict]:
 
 def due_query_seconds() -> float:
     """Time of revoke_expired's due-messages query (first page) from this process."""
-    from functions import revoker, store, sweep as sweeps
+    from functions import revoker, store
+    from functions import sweep as sweeps
 
     started = time.monotonic()
     next(sweeps.due(revoker.REVOKE, store.now()), None)

@@ -121,7 +121,7 @@ def main(argv=None) -> None:
             parsed = [events.parse(p) for p in payloads]
             documents = {m.message_id: m for m in recorded(messages)}
 
-            def blind_full(event) -> None:
+            def blind_full(event, documents=documents) -> None:
                 m = dataclasses.replace(documents[event.message_id], state=State(event.event_type), applied=[event.dedupe_id])
                 store.messages().document(event.message_id).set(store.stamped(m.to_doc(), store.now()))
 

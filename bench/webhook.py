@@ -19,8 +19,19 @@ from collections import Counter
 
 import requests
 
-from bench.common import (PROJECT, CpuMeter, Load, Run, check, group_memory, http_session, load_average, median,
-                          post_load, table)
+from bench.common import (
+    PROJECT,
+    CpuMeter,
+    Load,
+    Run,
+    check,
+    group_memory,
+    http_session,
+    load_average,
+    median,
+    post_load,
+    table,
+)
 from functions.signature import sign
 from local.processes import create_pull_subscription, create_topic
 

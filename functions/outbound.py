@@ -8,9 +8,10 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterator
+from typing import Any
 
 from functions.model import Fallback, Message
 
@@ -28,7 +29,7 @@ MAX_SMS_TEXT = 1600  # Twilio's limit on a message body (ten concatenated segmen
 MAX_AGENT_MESSAGE_BYTES = 250_000  # "250 KB"; read as the smaller of 250,000 and 256,000
 CONTENT_KINDS = ("text", "fileName", "uploadedRbmFile", "richCard", "contentInfo")  # the union: exactly one
 _CARDS = ("richCard.standaloneCard.cardContent", "richCard.carouselCard.cardContents[]")
-_SUGGESTIONS = ("suggestions[]",) + tuple(f"{card}.suggestions[]" for card in _CARDS)
+_SUGGESTIONS = ("suggestions[]", *(f"{card}.suggestions[]" for card in _CARDS))
 MAX_CHARACTERS = (
     {"text": 3072}
     | {f"{card}.title": 200 for card in _CARDS}
@@ -209,7 +210,7 @@ def parse(body: Any, default_agent: str) -> Outbound:
     text = (fallback or {}).get("text")
     time_sensitive = (fallback or {}).get("time_sensitive", False)
     if fallback is not None:
-        _require(isinstance(text, str) and 0 < len(text.strip()) and len(text) <= MAX_SMS_TEXT,
+        _require(isinstance(text, str) and len(text.strip()) > 0 and len(text) <= MAX_SMS_TEXT,
                  f"fallback.text must be non-empty text of at most {MAX_SMS_TEXT} characters")
         _require(isinstance(time_sensitive, bool), "fallback.time_sensitive must be true or false")
     return Outbound(phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive)

@@ -13,7 +13,8 @@ the Pub/Sub emulator ignores filters.
 
 import base64
 import binascii
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cloudevents.http import CloudEvent
 

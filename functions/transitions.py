@@ -86,7 +86,7 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
     """The message once `fact`, seen at `at`, is known; unchanged if `event_id` was applied already."""
     if event_id and event_id in m.applied:
         return m
-    m = dataclasses.replace(m, applied=(m.applied + [event_id])[-APPLIED_KEEP:] if event_id else m.applied)
+    m = dataclasses.replace(m, applied=[*m.applied, event_id][-APPLIED_KEEP:] if event_id else m.applied)
     m.state = max(m.state, _FACT_STATE[fact], key=RANK.__getitem__)
     for name in _FIRST_SEEN.get(fact, ()):
         setattr(m, name, _earliest(getattr(m, name), at))
@@ -254,7 +254,7 @@ def conversation_learn(c: Conversation, signals: Iterable[Signal], at: datetime,
     if event_id and event_id in c.applied:
         return c
     if event_id:
-        c = dataclasses.replace(c, applied=(c.applied + [event_id])[-CONVERSATION_APPLIED_KEEP:])
+        c = dataclasses.replace(c, applied=[*c.applied, event_id][-CONVERSATION_APPLIED_KEEP:])
     for signal in signals:
         if signal is Signal.ACTIVITY:
             c = dataclasses.replace(c, last_activity_at=_latest(c.last_activity_at, at))

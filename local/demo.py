@@ -129,7 +129,7 @@ def table(planned: list[Planned], docs: dict) -> str:
                  "fallback": m.fallback.value if m else "-", **(timings(m) if m else {})}
         rows.append([str(cells.get(c) if cells.get(c) is not None else "-") for c in columns])
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows)
 
 
 SMS_TIMINGS = ("deadline→SMS", "send→SMS")  # how late the SMS of a message not delivered on RCS went out
@@ -149,7 +149,7 @@ def summary(docs: dict, names: tuple[str, ...]) -> dict:
 def verdict(found: list[str], docs: dict) -> str:
     """The closing lines: the fates, then how late the SMS went out."""
     lines = ["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found \
-        else ["PROBLEMS:"] + found
+        else ["PROBLEMS:", *found]
     for name, s in summary(docs, SMS_TIMINGS).items():
         lines.append(f"{name}: p50 {s['p50']} s, p99 {s['p99']} s over {s['n']} messages")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ ALREADY_EXISTS — the worst reading for a caller, so the one the fake gives.
 import argparse
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -67,7 +67,7 @@ def google_error(status: int, message: str = "") -> tuple[int, dict]:
 
 def now_rfc3339() -> str:
     """The current UTC time as RBM writes it, e.g. 2026-01-01T00:00:00.123456Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _agent_message_problem(body: Any) -> str | None:

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -237,7 +237,7 @@ class FakeTwilio(SmsFake):
 
     def _success(self, sent: dict) -> tuple[int, Any]:
         form, sid = sent["fields"], sent["provider_id"]
-        created = format_datetime(datetime.fromtimestamp(sent["time"], timezone.utc))
+        created = format_datetime(datetime.fromtimestamp(sent["time"], UTC))
         uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
         return 201, {
             "sid": sid,

@@ -16,10 +16,11 @@ import socket
 import struct
 import threading
 import traceback
+from collections.abc import Hashable
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Hashable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")

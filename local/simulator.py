@@ -24,8 +24,9 @@ import threading
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import requests
 
@@ -41,7 +42,7 @@ def _expires_in(body: dict) -> float | None:
         return float(body["ttl"][:-1])
     if "expireTime" in body:
         expiry = datetime.fromisoformat(body["expireTime"])
-        return max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (expiry - datetime.now(UTC)).total_seconds())
     return None
 
 

@@ -14,6 +14,7 @@ process started here, and only those.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,12 +27,19 @@ from pathlib import Path
 import requests
 
 from local.fake_sms import FakeTwilio
+from local.processes import (
+    PROJECT,
+    REPO_ROOT,
+    Emulator,
+    FunctionProcess,
+    create_pull_subscription,
+    create_push_subscription,
+    create_topic,
+    delete_subscription,
+    delete_topic,
+)
 from local.pusher import Pusher
 from local.simulator import Simulator
-from local.processes import (
-    PROJECT, REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
-    delete_subscription, delete_topic,
-)
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
 WORK = TOPOLOGY["work"]
@@ -192,10 +200,9 @@ class Stack:
         return response.json() if response.ok else {"error": response.status_code}
 
     def _call(self, name: str) -> None:
-        try:
+        # A process being restarted by a fault test, or the stack stopping: the next tick calls again.
+        with contextlib.suppress(requests.RequestException):
             self.sweep(name)
-        except requests.RequestException:
-            pass  # a process being restarted by a fault test, or the stack stopping; the next tick calls again
 
     def _scheduler(self) -> None:
         """Calls each scheduled function at every tick, the first at once, without

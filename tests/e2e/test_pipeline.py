@@ -14,9 +14,8 @@ from functions import store
 from functions.model import conversation_id
 from functions.signature import sign
 from local import demo
-from local.processes import PROJECT
+from local.processes import PROJECT, create_pull_subscription, free_port, pull_all
 from local.stack import AGENT, CLIENT_TOKEN, TOPOLOGY
-from local.processes import create_pull_subscription, free_port, pull_all
 from tests.support import wait_for
 
 DEADLINE = 10  # the shortest deadline send_message accepts

@@ -3,6 +3,7 @@ agent: against an RBM REST root and a signed SMS webhook gateway of its own
 (here the repository's fakes, standing in for a partner's sandbox), with
 production's scheduler period; then interrupted."""
 
+import contextlib
 import inspect
 import json
 import os
@@ -41,10 +42,8 @@ def descendants(root: int) -> dict[int, str]:
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                pass
     found, frontier = {}, {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}

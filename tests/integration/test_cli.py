@@ -7,8 +7,7 @@ import sys
 
 from functions import store
 from functions.model import Fallback, Message, State
-from local.processes import PROJECT
-from local.processes import create_pull_subscription, create_topic, free_port, publish, pull_all
+from local.processes import PROJECT, create_pull_subscription, create_topic, free_port, publish, pull_all
 
 
 def cli(*args, env=None):

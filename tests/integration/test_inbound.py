@@ -7,8 +7,8 @@ import requests
 
 from functions import events, store
 from functions.model import Fallback, State
-from tests.support import wait_for
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
+from tests.support import wait_for
 
 PHONE, AGENT = "+447700900000", "agent@rbm.goog"  # seed() gives message 0 this phone
 

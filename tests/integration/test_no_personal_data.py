@@ -35,7 +35,7 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
     requests.post(sender.url, json={"phone": phone(120), "content": {"text": "dropped"}}, timeout=90)
 
     revoked = seed(len(REVOKE_ANSWERS) + 1, time_sensitive=True, start=200)
-    for i, (message_id, status) in enumerate(zip(revoked, REVOKE_ANSWERS), start=200):
+    for i, (message_id, status) in enumerate(zip(revoked, REVOKE_ANSWERS, strict=False), start=200):
         queue(rbm, message_id, i)
         rbm.script("revoke", message_id, [status] * 20, retry_after="1")
     queue(rbm, revoked[-1], 200 + len(REVOKE_ANSWERS))

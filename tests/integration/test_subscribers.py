@@ -6,8 +6,7 @@ import pytest
 
 from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
-from local.processes import PROJECT
-from local.processes import create_pull_subscription, pull_all
+from local.processes import PROJECT, create_pull_subscription, pull_all
 from tests.support import wait_for
 
 PHONE, AGENT = "+447700900456", "agent@rbm.goog"

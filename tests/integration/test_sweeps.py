@@ -15,7 +15,6 @@ from functions.transitions import Fact, learn
 from tests.support import AGENT, SWEEP_ENV, wait_for
 
 
-
 def phone(i: int) -> str:
     return f"+4477009{i:05d}"
 

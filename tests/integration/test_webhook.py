@@ -8,8 +8,7 @@ import json
 import pytest
 import requests
 
-from local.processes import PROJECT
-from local.processes import free_port, pull_all
+from local.processes import PROJECT, free_port, pull_all
 
 TOKEN, OLD_TOKEN = "integration-token", "previous-token"
 PHONE = "+447700900123"

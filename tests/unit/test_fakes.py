@@ -156,7 +156,7 @@ def test_scripted_creates_answer_in_turn_then_behave_normally(rbm):
     rbm.script("create", PHONE, [500, 429, 503, 403, 200])
     answers = [create(rbm, message_id="m1") for _ in range(6)]
     assert [a.status_code for a in answers] == [500, 429, 503, 403, 200, 409]
-    for answer, status in zip(answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"]):
+    for answer, status in zip(answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"], strict=False):
         assert_google_error(answer, answer.status_code, status)
     assert "Retry-After" not in answers[1].headers  # only when asked for
     assert rbm.messages["m1"]["duplicates"] == 1

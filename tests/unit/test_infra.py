@@ -361,7 +361,7 @@ def test_terraform_settings_all_have_values():
 def test_terraform_secrets_come_only_from_secret_manager():
     declared = locals_()["secrets"]
     plain = {n for names in locals_()["setting_groups"].values() for n in names}
-    assert SENSITIVE <= set(declared), "a sensitive setting has no secret"
+    assert set(declared) >= SENSITIVE, "a sensitive setting has no secret"
     assert not plain & set(declared), "a secret is also set as a plain environment variable"
     for entry_point in functions_table():
         secrets = terraform_settings(entry_point)[1]
@@ -553,7 +553,7 @@ def test_terraform_schedules_the_sweeps():
 
 def test_metrics_count_events_the_code_logs():
     events = set(locals_()["log_events"])
-    assert METRIC_EVENTS <= events
+    assert events >= METRIC_EVENTS
     readme = (INFRA / "README.md").read_text()
     for event in events:
         assert logged_events_match(event), f"no code logs jsonPayload.event={event!r}"
@@ -753,7 +753,7 @@ def test_dry_run_deploys_each_entry_point_exactly_once(config):
     assert set(counts) == set(entry_points()) and set(counts.values()) == {1}
     names = {ep: c[3] for ep, c in deploys(config).items()}
     assert names == {ep: f["name"] for ep, f in functions_table().items()}, "gcloud and Terraform name functions differently"
-    for ep, c in deploys(config).items():
+    for c in deploys(config).values():
         assert flag(c, "--trigger-http") == "" and flag(c, "--gen2") == ""
 
 
@@ -988,7 +988,7 @@ def command_problems(words: list[str]) -> list[str]:
         following = words[i] if i < len(words) else "(nothing)"
         return [f"`{path}` is a command group, and {following!r} is not one of its commands"]
     problems, rest = [], words[i:]
-    for j, word in enumerate(rest):
+    for word in rest:
         if not word.startswith("--"):
             continue
         name, has_value, value = word.partition("=")

@@ -79,6 +79,23 @@ def schema_of(kind: str, type_: str, provider: str) -> dict | None:
     return SNAPSHOT["schemas"].get(provider, {}).get(kind, {}).get(type_)
 
 
+def dynamic_problems(schema: dict, dynamics: list, where: str, given_blocks: set[str]) -> list[str]:
+    """`block_problems` for the blocks of `dynamic` entries; adds their names to `given_blocks`."""
+    problems = []
+    for dynamic in dynamics:
+        for name, spec in dynamic.items():
+            given_blocks.add(name)
+            content = spec.get("content", [])
+            if name not in schema["blocks"]:
+                problems.append(f"{where}: unknown block {name!r} (dynamic)")
+            elif not is_block(content):
+                problems.append(f"{where}.{name}: 'content' is a block, not an argument (dynamic)")
+            else:
+                for instance in content:
+                    problems += block_problems(schema["blocks"][name], instance, f"{where}.{name}")
+    return problems
+
+
 def block_problems(schema: dict, body: dict, where: str, meta: set[str] = frozenset()) -> list[str]:
     """What in one block's body the schema does not know, and what it requires that is missing."""
     problems, given_blocks = [], set()
@@ -86,17 +103,7 @@ def block_problems(schema: dict, body: dict, where: str, meta: set[str] = frozen
         if key in meta:
             continue
         if key == "dynamic":
-            for dynamic in value:
-                for name, spec in dynamic.items():
-                    given_blocks.add(name)
-                    content = spec.get("content", [])
-                    if name not in schema["blocks"]:
-                        problems.append(f"{where}: unknown block {name!r} (dynamic)")
-                    elif not is_block(content):
-                        problems.append(f"{where}.{name}: 'content' is a block, not an argument (dynamic)")
-                    else:
-                        for instance in content:
-                            problems += block_problems(schema["blocks"][name], instance, f"{where}.{name}")
+            problems += dynamic_problems(schema, value, where, given_blocks)
         elif key in schema["blocks"]:
             given_blocks.add(key)
             if not is_block(value):

@@ -1,6 +1,6 @@
 """send_message's request rules, with no I/O."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ def test_minimal_request_gets_a_generated_uuid_and_the_default_agent():
 
 
 def test_record_is_pending_with_its_deadline_and_fallback():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     wanted = parse(OK | {"revoke_after_seconds": 60, "fallback": {"text": "sms", "time_sensitive": True}}, "a")
     record = wanted.record(now, resend_after=30)
     assert (record.state, record.fallback, record.time_sensitive) == (State.PENDING, Fallback.WAITING, True)
@@ -128,7 +128,7 @@ def test_content_at_the_documented_limits_is_accepted(content):
 
 
 # A reused message_id: the same request answers the stored message, any other is refused.
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 FULL = OK | {"message_id": "6f1c1c52-5d6e-4c54-9b8a-3e4c1f0d2a11", "revoke_after_seconds": 300,
              "traffic_type": "AUTHENTICATION", "fallback": {"text": "code 1", "time_sensitive": True}}
 

@@ -8,6 +8,7 @@ import base64
 import collections
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def test_mark_delivered_sends_delivered(sim, receiver):
 
 
 def soon(seconds):
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 @pytest.mark.parametrize("field", ["ttl", "expireTime"])
@@ -267,13 +268,13 @@ def test_user_messages_and_events(sim, receiver):
         sim.unsubscribe(PHONE),
     ]
     text, suggestion, location, typing, subscribe, unsubscribe = receiver.events(6)
-    for event, message_id in zip((text, suggestion, location), ids):
+    for event, message_id in zip((text, suggestion, location), ids, strict=False):
         assert {"senderPhoneNumber", "agentId", "messageId", "sendTime"} < set(event)
         assert (event["senderPhoneNumber"], event["agentId"], event["messageId"]) == (PHONE, AGENT, message_id)
     assert text["text"] == "hello"
     assert suggestion["suggestionResponse"] == {"postbackData": "yes_please", "text": "yes_please", "type": "REPLY"}
     assert location["location"] == {"latitude": 51.5, "longitude": -0.12}
-    for event, event_id, event_type in zip((typing, subscribe, unsubscribe), ids[3:], ("IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE")):
+    for event, event_id, event_type in zip((typing, subscribe, unsubscribe), ids[3:], ("IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE"), strict=True):
         assert set(event) == USER_EVENT_FIELDS
         assert (event["eventType"], event["eventId"], event["senderPhoneNumber"]) == (event_type, event_id, PHONE)
     with pytest.raises(ValueError):
@@ -291,8 +292,8 @@ def test_webhooks_are_retried_with_backoff_until_200(sim, receiver):
     assert (record["statuses"], record["attempts"], record["delivered"], record["gave_up"]) == ([503, 503, 500, 200], 4, True, False)
     times = [t for t, _, _ in receiver.posts]
     assert len({body for _, _, body in receiver.posts}) == 1  # the same envelope each time
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.05, 0.1, 0.2]))
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.05, 0.1, 0.2], strict=True))
 
 
 def test_webhooks_are_given_up_after_max_age(make, receiver):

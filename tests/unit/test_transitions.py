@@ -1,7 +1,7 @@
 """The pure state machine: DESIGN.md §3 invariants 2, 3 and 5, with no I/O."""
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -9,11 +9,21 @@ from hypothesis import strategies as st
 
 from functions.model import CONVERSATION_APPLIED_KEEP, Conversation, Fallback, Message, State
 from functions.transitions import (
-    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, due_from, fallback_sent, hold_fallback,
-    learn, retry_fallback, retry_revoke,
+    EVENT_FACTS,
+    Fact,
+    Signal,
+    claim_fallback,
+    claim_revoke,
+    conversation_learn,
+    due_from,
+    fallback_sent,
+    hold_fallback,
+    learn,
+    retry_fallback,
+    retry_revoke,
 )
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
 
 
