@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--limit", type=int, default=100)
     listing.set_defaults(run=list_messages)
     again = commands.add_parser("replay", help="republish dead letters onto the events topic")
-    again.add_argument("--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription")
+    again.add_argument(
+        "--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription"
+    )
     again.add_argument("--max", type=int, default=1000, help="replay at most this many")
     again.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
     again.set_defaults(run=replay)

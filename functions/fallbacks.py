@@ -35,7 +35,8 @@ def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
             return fallback_sent(m, now, result.provider_id)
         case sms.SmsOutcome.TRANSIENT:
             return retry_fallback(
-                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after)
+                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after
+            )
         case sms.SmsOutcome.REJECTED:
             return fallback_failed(m, result.error)
         case _:

@@ -51,7 +51,9 @@ def mask_phone(phone: str | None) -> str | None:
 
 def _mask(match: re.Match[str]) -> str:
     digits = sum(c.isdigit() for c in match.group()) - (2 if match.group()[:3].upper() == "%2B" else 0)
-    return mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
+    return (
+        mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
+    )
 
 
 def mask_phones(text: str) -> str:

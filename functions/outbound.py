@@ -162,7 +162,10 @@ def _check_storable(content: dict[str, Any]) -> None:
             for key in value:
                 _require(bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
                          f"{path} has a field name Firestore can't store: empty or __reserved__")
-        _require(len(path.encode()) <= MAX_FIELD_PATH_BYTES, f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes")
+        _require(
+            len(path.encode()) <= MAX_FIELD_PATH_BYTES,
+            f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes",
+        )
         _require(not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
                  f"{path} holds an array directly in an array, which Firestore can't store")
 
@@ -177,7 +180,9 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
                      f"{path} must be text of at most {MAX_CHARACTERS[pattern]} characters")
         if pattern in ITEMS:
             low, high = ITEMS[pattern]
-            _require(isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items")
+            _require(
+                isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items"
+            )
     body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
     _require(len(json.dumps(body, separators=(",", ":")).encode()) <= MAX_AGENT_MESSAGE_BYTES,
              f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message")
@@ -189,7 +194,9 @@ def parse(body: Any, default_agent: str) -> Outbound:
     _require(isinstance(body, dict), "body must be a JSON object")
     _check_unicode(body)
     phone, content = body.get("phone"), body.get("content")
-    _require(isinstance(phone, str) and E164.fullmatch(phone) is not None, "phone must be an E.164 number like +14155550123")
+    _require(
+        isinstance(phone, str) and E164.fullmatch(phone) is not None, "phone must be an E.164 number like +14155550123"
+    )
     _require(isinstance(content, dict) and bool(content), "content must be a non-empty RBM contentMessage object")
     agent_id = body.get("agent_id") or default_agent
     _require(isinstance(agent_id, str) and bool(agent_id), "agent_id missing and no RBM_AGENT_ID configured")
@@ -199,10 +206,16 @@ def parse(body: Any, default_agent: str) -> Outbound:
     except (ValueError, TypeError, AttributeError):
         raise InvalidRequest("message_id must be a UUID") from None
     revoke_after = body.get("revoke_after_seconds")
-    _require(revoke_after is None or (type(revoke_after) is int and MIN_REVOKE_SECONDS <= revoke_after <= MAX_REVOKE_SECONDS),
-             f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}")
+    _require(
+        revoke_after is None
+        or (type(revoke_after) is int and MIN_REVOKE_SECONDS <= revoke_after <= MAX_REVOKE_SECONDS),
+        f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}",
+    )
     traffic_type = body.get("traffic_type")
-    _require(traffic_type is None or (isinstance(traffic_type, str) and traffic_type in TRAFFIC_TYPES), f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}")
+    _require(
+        traffic_type is None or (isinstance(traffic_type, str) and traffic_type in TRAFFIC_TYPES),
+        f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}",
+    )
     _check_storable(content)
     _check_rbm(content, traffic_type)
     fallback = body.get("fallback")

@@ -89,7 +89,9 @@ class RbmClient:
     def __init__(self, session: requests.Session, root: str, retry_seconds: float) -> None:
         self.session, self.root, self.retry_seconds = session, root, retry_seconds
 
-    def _try(self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None) -> tuple[int | None, dict[str, Any], float | None, bool]:
+    def _try(
+        self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None
+    ) -> tuple[int | None, dict[str, Any], float | None, bool]:
         """One HTTP try: (status or None, JSON body, Retry-After seconds, whether a
         failure leaves open that RBM acted on it)."""
         try:
@@ -120,7 +122,14 @@ class RbmClient:
             time.sleep(sleep)
             delay *= 2
 
-    def create_message(self, phone: str, message_id: str, agent_id: str | None, content: dict[str, Any] | None, traffic_type: str | None = None) -> Result:
+    def create_message(
+        self,
+        phone: str,
+        message_id: str,
+        agent_id: str | None,
+        content: dict[str, Any] | None,
+        traffic_type: str | None = None,
+    ) -> Result:
         """Sends a message. OK: accepted; ALREADY_EXISTS: accepted by an earlier call
         (the platform ignores a messageId this agent used before), so retries are safe."""
         body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
@@ -134,7 +143,9 @@ class RbmClient:
     def send_event(self, phone: str, agent_id: str, event_type: str, message_id: str | None = None) -> Result:
         """READ (of a user's message) or IS_TYPING, as the agent."""
         body = {"eventType": event_type} | ({"messageId": message_id} if message_id else {})
-        return self._call("POST", f"phones/{phone}/agentEvents", {"eventId": str(uuid.uuid4()), "agentId": agent_id}, body)
+        return self._call(
+            "POST", f"phones/{phone}/agentEvents", {"eventId": str(uuid.uuid4()), "agentId": agent_id}, body
+        )
 
     def capabilities(self, phone: str, agent_id: str) -> Result:
         """NOT_FOUND: the user can't receive RBM from this agent."""

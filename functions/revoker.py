@@ -60,8 +60,14 @@ def _act(message: Message) -> str:
     grace = now + timedelta(seconds=config.revoke_grace())
     after = store.change_message(message.message_id, lambda m: hold_fallback(learn(m, fact, now), grace))
     outcome = "revoked" if fact is Fact.REVOKED else "delivered"
-    logs.info(f"message {outcome}", event=f"message_{outcome}", message_id=message.message_id, agent_id=message.agent_id,
-              state=after.state.value, fallback=after.fallback.value)
+    logs.info(
+        f"message {outcome}",
+        event=f"message_{outcome}",
+        message_id=message.message_id,
+        agent_id=message.agent_id,
+        state=after.state.value,
+        fallback=after.fallback.value,
+    )
     return outcome
 
 

@@ -35,7 +35,9 @@ def send(message: Message) -> tuple[Message | None, rbm.Result]:
     """Calls create for a PENDING message and records what RBM answered: (the message
     as stored now, RBM's result), or (None, result) if the call failed transiently
     (the message stays PENDING for a later retry; the result says when RBM wants it)."""
-    result = rbm.client().create_message(message.phone, message.message_id, message.agent_id, message.content, message.traffic_type)
+    result = rbm.client().create_message(
+        message.phone, message.message_id, message.agent_id, message.content, message.traffic_type
+    )
     if result.outcome is rbm.Outcome.TRANSIENT:
         logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id,
                      reason=result.error, retry_after=result.retry_after)

@@ -74,7 +74,10 @@ def _post(session: requests.Session, url: str, id_field: str, **kwargs: Any) -> 
         response = session.post(url, timeout=TIMEOUT, **kwargs)
     except requests.RequestException as exc:
         if transport.may_have_been_read(exc):
-            return SmsResult(SmsOutcome.UNKNOWN, error=f"no answer after the request may have reached the provider: {type(exc).__name__}")
+            return SmsResult(
+                SmsOutcome.UNKNOWN,
+                error=f"no answer after the request may have reached the provider: {type(exc).__name__}",
+            )
         return SmsResult(SmsOutcome.TRANSIENT, error=f"provider unreachable: {type(exc).__name__}")
     return _answer(response, id_field)
 
@@ -90,7 +93,9 @@ def _answer(response: requests.Response, id_field: str) -> SmsResult:
     code = _error_code(response)
     error = f"provider {status}" + (f", code {code}" if code else "")
     if status in transport.NOT_PROCESSED:
-        return SmsResult(SmsOutcome.TRANSIENT, error=error, retry_after=transport.retry_after(response, MAX_RETRY_AFTER))
+        return SmsResult(
+            SmsOutcome.TRANSIENT, error=error, retry_after=transport.retry_after(response, MAX_RETRY_AFTER)
+        )
     if 400 <= status < 500:
         return SmsResult(SmsOutcome.REJECTED, error=error)
     return SmsResult(SmsOutcome.UNKNOWN, error=error)

@@ -75,7 +75,10 @@ def stamped(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
 
 
 def stage(
-    batch: firestore.WriteBatch, ref: DocumentReference, snapshot: DocumentSnapshot[DocumentReference], doc: dict[str, Any]
+    batch: firestore.WriteBatch,
+    ref: DocumentReference,
+    snapshot: DocumentSnapshot[DocumentReference],
+    doc: dict[str, Any],
 ) -> None:
     """Adds a write of `doc` to `batch` that fails if `ref` changed since `snapshot`."""
     if snapshot.exists:
@@ -184,9 +187,13 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
     refs = [ref for ref, _ in docs]
     for _ in range(ATTEMPTS):
         snapshots = _read(refs)
-        current = [kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs, strict=True)]
+        current = [
+            kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs, strict=True)
+        ]
         new = change(current)
-        writes = [(ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new, strict=True) if n is not None and n != c]
+        writes = [
+            (ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new, strict=True) if n is not None and n != c
+        ]
         if not writes:
             return new
         batch, at = client().batch(), now()

@@ -201,7 +201,9 @@ def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opte
 
 
 def fallback_sent(m: Message, now: datetime, sms_id: str | None) -> Message:
-    return dataclasses.replace(m, fallback=Fallback.SENT, sms_id=sms_id, fallback_sent_at=now, fallback_at=None, lease_owner=None)
+    return dataclasses.replace(
+        m, fallback=Fallback.SENT, sms_id=sms_id, fallback_sent_at=now, fallback_at=None, lease_owner=None
+    )
 
 
 def fallback_failed(m: Message, error: str | None) -> Message:
@@ -247,7 +249,9 @@ def _subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversatio
     return dataclasses.replace(c, opted_out=opted_out, subscription_changed_at=at)
 
 
-def conversation_learn(c: Conversation, signals: Iterable[Signal], at: datetime, event_id: str | None = None) -> Conversation:
+def conversation_learn(
+    c: Conversation, signals: Iterable[Signal], at: datetime, event_id: str | None = None
+) -> Conversation:
     """The conversation once `signals` (Signal values), sent at `at`, are known;
     unchanged if the event `event_id` was applied already (the last
     CONVERSATION_APPLIED_KEEP ids are remembered)."""

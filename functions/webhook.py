@@ -79,7 +79,9 @@ def handle(request: flask.Request) -> Reply:
     try:
         published = pubsub.publish(config.events_topic(), data, attributes)
     except pubsub.PublishError as exc:
-        logs.error("publish failed; answering 503 so RBM retries", event="publish_failed", reason=str(exc), **attributes)
+        logs.error(
+            "publish failed; answering 503 so RBM retries", event="publish_failed", reason=str(exc), **attributes
+        )
         return reply(503, {"error": "event not queued, retry"})
     logs.info("event published", event="event_published", pubsub_id=published, **attributes)
     return reply(200, {"published": published})

@@ -34,7 +34,9 @@ KINDS = {
     "not_rcs": Kind("not_rcs", (State.UNREACHABLE, Fallback.SENT)),
     "unsubscribes": Kind("offline", (State.REVOKED, Fallback.CANCELLED), unsubscribes=True),
     # Its revoke never succeeds, so its SMS goes out anyway; RCS arrives later: both reach the user.
-    "urgent": Kind("offline", (State.DELIVERED, Fallback.SENT), online_after=3.0, time_sensitive=True, revoke_fails=True),
+    "urgent": Kind(
+        "offline", (State.DELIVERED, Fallback.SENT), online_after=3.0, time_sensitive=True, revoke_fails=True
+    ),
 }
 SMS_EXPECTED = {"never", "not_rcs", "urgent"}  # not delivered by the deadline: exactly one SMS each
 
@@ -97,10 +99,13 @@ def timings(m: Message) -> dict:
     """Seconds between the milestones of a message; an SMS sent before the
     deadline (no RCS at all) is timed from the send instead."""
     early = m.fallback_sent_at and m.revoke_at and m.fallback_sent_at < m.revoke_at
-    return {"send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at), "send→read": _seconds(m.sent_at, m.read_at),
-            "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
-            "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
-            "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None}
+    return {
+        "send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at),
+        "send→read": _seconds(m.sent_at, m.read_at),
+        "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
+        "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
+        "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None,
+    }
 
 
 def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
@@ -121,7 +126,17 @@ def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
 
 
 def table(planned: list[Planned], docs: dict) -> str:
-    columns = ["kind", "phone", "state", "fallback", "send→delivered", "send→read", "deadline→revoked", "deadline→SMS", "send→SMS"]
+    columns = [
+        "kind",
+        "phone",
+        "state",
+        "fallback",
+        "send→delivered",
+        "send→read",
+        "deadline→revoked",
+        "deadline→SMS",
+        "send→SMS",
+    ]
     rows = [columns]
     for p in planned:
         m = docs[p.message_id]

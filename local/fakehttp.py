@@ -73,7 +73,9 @@ class FakeServer:
             httpd.fake = self
             self.port = httpd.server_address[1]
             self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True, name=type(self).__name__)
+            self._thread = threading.Thread(
+                target=httpd.serve_forever, args=(0.01,), daemon=True, name=type(self).__name__
+            )
             self._thread.start()
         return self
 

@@ -22,7 +22,11 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeSmsWebhook
 from local.processes import EMULATOR_VARS, REPO_ROOT
 
-PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = "partner-agent@rbm.goog", "partner-client-token", "partner-gateway-secret"
+PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = (
+    "partner-agent@rbm.goog",
+    "partner-client-token",
+    "partner-gateway-secret",
+)
 NO_RCS = "+15550424242"
 ENTRY_POINTS = {name for name, f in vars(main).items() if inspect.isfunction(f) and f.__module__ == "main"}
 
@@ -81,7 +85,9 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
                 "revoke_after_seconds": 600, "fallback": {"text": "your code is 123456"}})
             assert answer.status_code == 200, answer.text
             created = [r for r in rbm.requests if r["kind"] == "create"]
-            assert [(r["phone"], r["agent_id"], r["message_id"]) for r in created] == [(NO_RCS, PARTNER_AGENT, message_id)]
+            assert [(r["phone"], r["agent_id"], r["message_id"]) for r in created] == [
+                (NO_RCS, PARTNER_AGENT, message_id)
+            ]
             # No RCS: the SMS goes to the partner's gateway, signed with its secret, at once.
             assert gateway.wait_sent(1, timeout=30)
             assert [(s["to"], s["message_id"]) for s in gateway.sent] == [(NO_RCS, message_id)]

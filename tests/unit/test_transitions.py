@@ -46,7 +46,9 @@ def comparable(m: Message) -> dict:
 
 
 events = st.lists(
-    st.tuples(st.sampled_from(sorted(EVENT_FACTS)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 20)),
+    st.tuples(
+        st.sampled_from(sorted(EVENT_FACTS)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 20)
+    ),
     max_size=8,
 ).map(lambda evs: list({eid: (t, eid, mi) for t, eid, mi in evs}.values()))  # one payload per event id
 
@@ -188,10 +190,20 @@ def untracked() -> Message:
 
 
 @settings(max_examples=500)
-@given(steps=st.lists(st.one_of(
-    st.tuples(st.just("fact"), st.sampled_from(list(Fact)), st.sampled_from(["e1", "e2", "e3", None]), st.integers(0, 60)),
-    st.tuples(st.just("sweep"), st.sampled_from(["revoke", "fallback"]), st.booleans(), st.integers(0, 60)),
-), max_size=12))
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("fact"),
+                st.sampled_from(list(Fact)),
+                st.sampled_from(["e1", "e2", "e3", None]),
+                st.integers(0, 60),
+            ),
+            st.tuples(st.just("sweep"), st.sampled_from(["revoke", "fallback"]), st.booleans(), st.integers(0, 60)),
+        ),
+        max_size=12,
+    )
+)
 def test_an_untracked_message_is_never_due_whatever_happens_in_any_order(steps):
     m = untracked()
     for kind, what, detail, minute in steps:
@@ -202,7 +214,13 @@ def test_an_untracked_message_is_never_due_whatever_happens_in_any_order(steps):
             assert claim_revoke(m, at + timedelta(days=30), LEASE, "sweep") is None
         else:
             assert claim_fallback(m, at + timedelta(days=30), LEASE, "sweep", opted_out=detail) is None
-        assert (m.next_action_at, m.fallback_at, m.fallback, m.lease_owner, m.tracked) == (None, None, Fallback.NONE, None, False)
+        assert (m.next_action_at, m.fallback_at, m.fallback, m.lease_owner, m.tracked) == (
+            None,
+            None,
+            Fallback.NONE,
+            None,
+            False,
+        )
 
 
 def test_an_untracked_message_still_records_its_delivery_state():
@@ -220,7 +238,12 @@ def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(cl
     legacy = Message("m9", "+15550002222", "agent", state=State.REVOKE_FAILED, fallback=Fallback.DUE, tracked=False,
                      next_action_at=T0, fallback_at=T0, revoking=True)
     dropped = claim(legacy, T0 + LEASE)
-    assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (None, None, None, False)
+    assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (
+        None,
+        None,
+        None,
+        False,
+    )
     assert claim_revoke(dropped, T0 + 100 * LEASE, LEASE, "b") is None
     assert claim_fallback(dropped, T0 + 100 * LEASE, LEASE, "b", opted_out=False) is None
 
@@ -240,7 +263,9 @@ conversation_events = st.lists(
 
 
 @settings(max_examples=300)
-@given(events=conversation_events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6))
+@given(
+    events=conversation_events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6)
+)
 def test_conversation_events_in_any_order_with_duplicates_converge(events, order, dupes):
     canonical = fold_conversation(Conversation("agent", "+15550001111"), events)
     delivered = events + [events[i] for i in dupes if i < len(events)]
@@ -285,7 +310,9 @@ def test_a_retry_is_no_sooner_than_rbm_asked():
     m = claim_revoke(sent(), sent().revoke_at, LEASE, "a")
     now = m.revoke_at
     assert retry_revoke(m, now, "429", 8, base=10, retry_after=300).next_action_at == now + timedelta(seconds=300)
-    assert retry_revoke(m, now, "429", 8, base=10, retry_after=2).next_action_at == now + timedelta(seconds=10)  # the backoff is longer
+    assert retry_revoke(m, now, "429", 8, base=10, retry_after=2).next_action_at == now + timedelta(
+        seconds=10
+    )  # the backoff is longer
     assert retry_revoke(m, now, "429", 8, base=10).next_action_at == now + timedelta(seconds=10)
 
 
