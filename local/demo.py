@@ -87,7 +87,10 @@ def progress(docs: dict, started: float) -> str:
     for m in filter(None, docs.values()):
         states[m.state.value] = states.get(m.state.value, 0) + 1
         fallbacks[m.fallback.value] = fallbacks.get(m.fallback.value, 0) + 1
-    show = lambda counts: " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))  # noqa: E731
+
+    def show(counts: dict) -> str:
+        return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+
     return f"t={time.monotonic() - started:5.1f}s  state {show(states)}  |  fallback {show(fallbacks)}"
 
 
