@@ -5,28 +5,30 @@ cold start only for what it uses (the webhook never loads Firestore). Every
 HTTP entry point answers JSON, an unexpected error included.
 """
 
+import flask
 import functions_framework
+from cloudevents.http import CloudEvent
 
-from functions.replies import json_errors
+from functions.replies import Reply, json_errors
 
 
 @functions_framework.http
 @json_errors
-def receive_webhook(request):
+def receive_webhook(request: flask.Request) -> Reply:
     from functions import webhook
 
     return webhook.handle(request)
 
 
 @functions_framework.cloud_event
-def track_delivery(cloud_event):
+def track_delivery(cloud_event: CloudEvent) -> None:
     from functions import tracker
 
     tracker.handle(cloud_event)
 
 
 @functions_framework.cloud_event
-def record_inbound(cloud_event):
+def record_inbound(cloud_event: CloudEvent) -> None:
     from functions import inbound
 
     inbound.handle(cloud_event)
@@ -34,7 +36,7 @@ def record_inbound(cloud_event):
 
 @functions_framework.http
 @json_errors
-def send_message(request):
+def send_message(request: flask.Request) -> Reply:
     from functions import sender
 
     return sender.handle(request)
@@ -42,7 +44,7 @@ def send_message(request):
 
 @functions_framework.http
 @json_errors
-def revoke_expired(request):
+def revoke_expired(request: flask.Request) -> Reply:
     from functions import due
 
     return due.handle_scheduled(request, "revoke")
@@ -50,14 +52,14 @@ def revoke_expired(request):
 
 @functions_framework.http
 @json_errors
-def send_fallbacks(request):
+def send_fallbacks(request: flask.Request) -> Reply:
     from functions import due
 
     return due.handle_scheduled(request, "fallback")
 
 
 @functions_framework.cloud_event
-def process_due_work(cloud_event):
+def process_due_work(cloud_event: CloudEvent) -> None:
     from functions import due
 
     due.handle_item(cloud_event)

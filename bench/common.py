@@ -58,13 +58,17 @@ class Run(contextlib.ExitStack):
         os.environ[_VARS[kind]] = emulator.host
         return emulator.host
 
-    def function(self, target: str, env: dict | None = None, source: str = "main.py", start: bool = True) -> FunctionProcess:
+    def function(
+        self, target: str, env: dict | None = None, source: str = "main.py", start: bool = True
+    ) -> FunctionProcess:
         """An entry point under functions-framework (gunicorn), wired to this run's emulators."""
         full_env = {"GOOGLE_CLOUD_PROJECT": PROJECT}
         full_env.update({v: os.environ[v] for v in EMULATOR_VARS if os.environ.get(v)})
         full_env.update(env or {})
         self._started += 1
-        process = FunctionProcess(target, full_env, source=source, log_path=self.logs / f"{self._started:02d}-{target}.log")
+        process = FunctionProcess(
+            target, full_env, source=source, log_path=self.logs / f"{self._started:02d}-{target}.log"
+        )
         self.callback(process.stop)
         return process.start() if start else process
 
@@ -72,7 +76,8 @@ class Run(contextlib.ExitStack):
         """Writes results/<name>.json and says where."""
         path = RESULTS / f"{self.name}.json"
         path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"\nresults written to {path.relative_to(RESULTS.parent.parent)}; logs in {self.logs.relative_to(RESULTS.parent.parent)}/")
+        root = RESULTS.parent.parent
+        print(f"\nresults written to {path.relative_to(root)}; logs in {self.logs.relative_to(root)}/")
         return path
 
 
@@ -275,7 +280,9 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n{title}")
     for n, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print(
+            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False)))
+        )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 

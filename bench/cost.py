@@ -72,8 +72,10 @@ def journey(flows, sims, folders, name: str, count: int, deadline: int, period: 
         counted = totals(folders[kind])
         counted.subtract(before[kind])
         result[kind] = {"done": done[kind], "seconds": round(elapsed, 1), "counts": dict(counted)}
-    print(f"{name}: {count} messages per flow in {elapsed:.0f} s, fates {'met' if all(done.values()) else 'NOT all met'}",
-          flush=True)
+    print(
+        f"{name}: {count} messages per flow in {elapsed:.0f} s, fates {'met' if all(done.values()) else 'NOT all met'}",
+        flush=True,
+    )
     return result
 
 
@@ -89,8 +91,15 @@ def per_message(counts: dict, messages: int) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20, help="messages per journey and flow (20)")
-    parser.add_argument("--period", type=float, default=10.0, help="scheduler period, seconds (10; counts per message do not depend on it)")
-    parser.add_argument("--deadline", type=int, default=10, help="revoke_after_seconds (10, the least send_message takes)")
+    parser.add_argument(
+        "--period",
+        type=float,
+        default=10.0,
+        help="scheduler period, seconds (10; counts per message do not depend on it)",
+    )
+    parser.add_argument(
+        "--deadline", type=int, default=10, help="revoke_after_seconds (10, the least send_message takes)"
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
     args = parser.parse_args(argv)
 
@@ -104,8 +113,16 @@ def main(argv=None) -> None:
             shutil.rmtree(folders[kind], ignore_errors=True)
             folders[kind].mkdir()
             sims[kind] = run.enter_context(Simulator("http://127.0.0.1:9", CLIENT_TOKEN, agent_id="bench@rbm.goog"))
-            flows[kind] = start_flow(run, kind, sims[kind].url, twilio.url, args.period, source="bench/counted.py", events=True,
-                                     settings={"BENCH_COUNTS_DIR": str(folders[kind]), "REVOKE_GRACE_SECONDS": f"{args.grace:g}"})
+            flows[kind] = start_flow(
+                run,
+                kind,
+                sims[kind].url,
+                twilio.url,
+                args.period,
+                source="bench/counted.py",
+                events=True,
+                settings={"BENCH_COUNTS_DIR": str(folders[kind]), "REVOKE_GRACE_SECONDS": f"{args.grace:g}"},
+            )
             sims[kind].webhook_url = flows[kind].functions["receive_webhook"].url
             if not sims[kind].register_webhook():
                 raise RuntimeError("the webhook handshake failed")
@@ -120,22 +137,41 @@ def main(argv=None) -> None:
     for name, result in results.items():
         for kind in KINDS:
             f = per_message(result[kind]["counts"], args.messages)
-            rows.append([name, kind, f["firestore_reads"], f["firestore_writes"], f["firestore_commits"], f["firestore_lookups"],
-                         f["firestore_queries"], f["pubsub_messages"], f["pubsub_publish_requests"], f["invocations"]])
+            rows.append(
+                [
+                    name,
+                    kind,
+                    f["firestore_reads"],
+                    f["firestore_writes"],
+                    f["firestore_commits"],
+                    f["firestore_lookups"],
+                    f["firestore_queries"],
+                    f["pubsub_messages"],
+                    f["pubsub_publish_requests"],
+                    f["invocations"],
+                ]
+            )
             result[kind]["per_message"] = f
     table(f"Per message over its life ({args.messages} messages per journey and flow; grace {args.grace:g} s)",
           ["journey", "flow", "FS reads", "FS writes", "commits", "lookups", "queries (with results)", "Pub/Sub msgs",
            "publish calls", "invocations"], rows)
     idle = {}
     for kind in KINDS:
-        idle[kind] = {"empty_queries_per_hour": whole[kind].get("firestore_empty_queries", 0) / elapsed * 3600,
-                      "scheduled_invocations_per_hour": sum(whole[kind].get(f"invocations.{e}", 0)
-                                                            for e in ("revoke_expired", "send_fallbacks")) / elapsed * 3600}
+        idle[kind] = {
+            "empty_queries_per_hour": whole[kind].get("firestore_empty_queries", 0) / elapsed * 3600,
+            "scheduled_invocations_per_hour": sum(
+                whole[kind].get(f"invocations.{e}", 0) for e in ("revoke_expired", "send_fallbacks")
+            )
+            / elapsed
+            * 3600,
+        }
     table(f"Whatever the traffic, at a scheduler period of {args.period:g} s (production: 60 s)",
           ["flow", "empty polls (1 read each) per hour", "scheduled invocations per hour"],
           [[k, v["empty_queries_per_hour"], v["scheduled_invocations_per_hour"]] for k, v in idle.items()])
-    print("\nEmpty polls: the dispatch flow's runs poll every second for their whole period, so about 2 × 3,600 an hour "
-          "whatever the period; today's runs poll once a tick, 2 × 3,600 ÷ period an hour.")
+    print(
+        "\nEmpty polls: the dispatch flow's runs poll every second for their whole period, so about 2 × 3,600 an hour "
+        "whatever the period; today's runs poll once a tick, 2 × 3,600 ÷ period an hour."
+    )
     run.save({"args": vars(args), "journeys": results, "idle": idle, "totals": {k: dict(v) for k, v in whole.items()}})
 
 

@@ -113,7 +113,9 @@ def _publish(method):
     @functools.wraps(method)
     def wrapped(self, *args, topic=None, messages=(), **kwargs):
         name = (topic or "").rsplit("/", 1)[-1]
-        count(**{"pubsub_publish_requests": 1, "pubsub_messages": len(messages), f"pubsub_messages.{name}": len(messages)})
+        count(
+            **{"pubsub_publish_requests": 1, "pubsub_messages": len(messages), f"pubsub_messages.{name}": len(messages)}
+        )
         return method(self, *args, topic=topic, messages=messages, **kwargs)
     return wrapped
 

@@ -93,7 +93,10 @@ def measure(planned: list[dict], flows: dict, rbm: FakeRbm, twilio: FakeTwilio) 
         sms_at.setdefault(record["to"], record["time"])
         sms_count[record["to"]] = sms_count.get(record["to"], 0) + 1
     revoked_at = {r["message_id"]: r["time"] for r in rbm.requests if r["kind"] == "revoke" and r["status"] == 200}
-    out = {flow: {"deadline→revoke": [], "deadline→SMS": [], "send→SMS": [], "missing": 0, "duplicates": 0} for flow in KINDS}
+    out = {
+        flow: {"deadline→revoke": [], "deadline→SMS": [], "send→SMS": [], "missing": 0, "duplicates": 0}
+        for flow in KINDS
+    }
     for p in planned:
         figures = out[p["flow"]]
         doc = store.client().collection(flows[p["flow"]].collection).document(p["message_id"]).get()
@@ -175,8 +178,9 @@ def main(argv=None) -> None:
                     f"{new[2]:.2f} s (target <= {target:g} s) {'ok' if new[2] <= target else 'MISSED'}")
                 verdicts[f"{measure_name} p50, ticks / dispatch"] = f"{old[1] / new[1]:.1f}x sooner"
                 verdicts[f"{measure_name} p99, ticks / dispatch"] = f"{old[2] / new[2]:.1f}x sooner"
-        verdicts["lost or duplicated SMS"] = ("none" if not any(r["missing"] or r["duplicates"] for r in results.values())
-                                             else "SOME (see Fates)")
+        verdicts["lost or duplicated SMS"] = (
+            "none" if not any(r["missing"] or r["duplicates"] for r in results.values()) else "SOME (see Fates)"
+        )
         table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
         run.save({"args": vars(args), "results": results, "load_average": loads, "verdicts": verdicts,
                   "scheduler_answers": scheduler.answers})

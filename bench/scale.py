@@ -52,7 +52,9 @@ def warm(workers) -> None:
     envelope = {"message": {"data": "", "messageId": "warm-up", "publishTime": "2026-01-01T00:00:00Z"},
                 "subscription": f"projects/{PROJECT}/subscriptions/warm-up"}
     for worker in workers:
-        http_session.post(f"{worker.url}/projects/{PROJECT}/topics/warm-up", json=envelope, timeout=60).raise_for_status()
+        http_session.post(
+            f"{worker.url}/projects/{PROJECT}/topics/warm-up", json=envelope, timeout=60
+        ).raise_for_status()
 
 
 def wait_done(twilio: FakeTwilio, count: int, timeout: float) -> bool:
@@ -72,9 +74,19 @@ def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, arg
     twilio.set_delay(args.latency)
     with contextlib.ExitStack() as stack:
         settings = {"SWEEP_PARALLELISM": str(args.parallelism), "REVOKE_GRACE_SECONDS": f"{args.grace:g}"}
-        flow = start_flow(run, "dispatch", rbm.url, twilio.url, args.period, workers=workers,
-                          concurrency=args.concurrency, settings=settings, functions=("revoke_expired", "send_fallbacks"),
-                          tag=f"-w{workers}", stack=stack)
+        flow = start_flow(
+            run,
+            "dispatch",
+            rbm.url,
+            twilio.url,
+            args.period,
+            workers=workers,
+            concurrency=args.concurrency,
+            settings=settings,
+            functions=("revoke_expired", "send_fallbacks"),
+            tag=f"-w{workers}",
+            stack=stack,
+        )
         os.environ["RBM_MESSAGES_COLLECTION"] = flow.collection  # where seed() writes
         messages = due(f"w{workers}", args.messages)
         seeding = seed(messages)
@@ -82,8 +94,12 @@ def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, arg
         warm(flow.workers)
         print(f"{workers} worker(s): seeded {args.messages:,} in {seeding:.1f} s; scheduler starts", flush=True)
         groups = {f"worker{i}": w.pid for i, w in enumerate(flow.workers)}
-        groups |= {"firestore": run.emulators["firestore"].pid, "pubsub": run.emulators["pubsub"].pid,
-                   "revoke_expired": flow.functions["revoke_expired"].pid, "send_fallbacks": flow.functions["send_fallbacks"].pid}
+        groups |= {
+            "firestore": run.emulators["firestore"].pid,
+            "pubsub": run.emulators["pubsub"].pid,
+            "revoke_expired": flow.functions["revoke_expired"].pid,
+            "send_fallbacks": flow.functions["send_fallbacks"].pid,
+        }
         with CpuMeter(**groups) as cpu:
             started = time.time()
             schedule(stack, [flow], args.period)
@@ -91,10 +107,20 @@ def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, arg
         sent = twilio.sent
         finished = max((s["time"] for s in sent), default=time.time())
         phones = {s["to"] for s in sent}
-        result = {"workers": workers, "done": done, "seconds": round(finished - started, 2), "seeding_s": round(seeding, 2),
-                  "revoked": rbm.count("revoke", status=200), "revoke_calls": rbm.count("revoke"),
-                  "sms": len(sent), "sms_phones": len(phones), "pushed": flow.pusher.delivered, "push_failed": flow.pusher.failed,
-                  "cpu_seconds": cpu.seconds, "wall": cpu.wall}
+        result = {
+            "workers": workers,
+            "done": done,
+            "seconds": round(finished - started, 2),
+            "seeding_s": round(seeding, 2),
+            "revoked": rbm.count("revoke", status=200),
+            "revoke_calls": rbm.count("revoke"),
+            "sms": len(sent),
+            "sms_phones": len(phones),
+            "pushed": flow.pusher.delivered,
+            "push_failed": flow.pusher.failed,
+            "cpu_seconds": cpu.seconds,
+            "wall": cpu.wall,
+        }
     cores = {k: v / cpu.wall for k, v in cpu.seconds.items()}
     result["cores"] = {"workers": sum(v for k, v in cores.items() if k.startswith("worker")),
                        "firestore": cores["firestore"], "pubsub": cores["pubsub"],
@@ -137,10 +163,21 @@ def main(argv=None) -> None:
         factor = r["workers"] / results[i - 1]["workers"] if i else None
         r["speedup"] = speedup
         c = r["cores"]
-        rows.append([r["workers"], r["seconds"], r["messages_per_s"], calls, ideal, f"{r['of_ideal']:.2f}x",
-                     f"{speedup:.2f}x" if speedup else "-",
-                     f"{c['workers']:.2f}/{c['firestore']:.2f}/{c['pubsub']:.2f}/{c['runs']:.2f}/{c['bench']:.2f} = {c['total']:.2f}",
-                     f"{r['revoked']}/{r['sms_phones']}/{r['sms'] - r['sms_phones']}", r["pushed"]])
+        rows.append(
+            [
+                r["workers"],
+                r["seconds"],
+                r["messages_per_s"],
+                calls,
+                ideal,
+                f"{r['of_ideal']:.2f}x",
+                f"{speedup:.2f}x" if speedup else "-",
+                "/".join(f"{c[k]:.2f}" for k in ("workers", "firestore", "pubsub", "runs", "bench"))
+                + f" = {c['total']:.2f}",
+                f"{r['revoked']}/{r['sms_phones']}/{r['sms'] - r['sms_phones']}",
+                r["pushed"],
+            ]
+        )
         verdicts[f"{r['workers']} worker(s), of the ideal"] = check(r["of_ideal"], 0.7, at_least=True)
         if speedup:
             verdicts[f"{results[i - 1]['workers']} → {r['workers']} workers ({factor:g}×), speed-up"] = check(

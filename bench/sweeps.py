@@ -85,7 +85,8 @@ def sweep(process) -> tuple[float, dict]:
 
 def due_query_seconds() -> float:
     """Time of revoke_expired's due-messages query (first page) from this process."""
-    from functions import revoker, store, sweep as sweeps
+    from functions import revoker, store
+    from functions import sweep as sweeps
 
     started = time.monotonic()
     next(sweeps.due(revoker.REVOKE, store.now()), None)
@@ -143,11 +144,17 @@ def throughput(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, count: int
             revoke_s, revoked = sweep(revoker)
         with CpuMeter(function=fallbacks.pid, emulator=emulator) as sms_cpu:
             sms_s, texted = sweep(fallbacks)
-        results[label] = {"revoke_s": round(revoke_s, 2), "fallback_s": round(sms_s, 2), "total_s": round(revoke_s + sms_s, 2),
-                          "cores": {"revoke_expired": revoke_cpu.cores, "send_fallbacks": sms_cpu.cores},
-                          "revoke_summary": revoked, "fallback_summary": texted, "sms_sent": twilio.count(),
-                          "rbm_revokes": rbm.count("revoke"),
-                          "pool_full_warnings": sum(p.read_log().count(POOL_FULL) for p in (revoker, fallbacks))}
+        results[label] = {
+            "revoke_s": round(revoke_s, 2),
+            "fallback_s": round(sms_s, 2),
+            "total_s": round(revoke_s + sms_s, 2),
+            "cores": {"revoke_expired": revoke_cpu.cores, "send_fallbacks": sms_cpu.cores},
+            "revoke_summary": revoked,
+            "fallback_summary": texted,
+            "sms_sent": twilio.count(),
+            "rbm_revokes": rbm.count("revoke"),
+            "pool_full_warnings": sum(p.read_log().count(POOL_FULL) for p in (revoker, fallbacks)),
+        }
         revoker.stop()
         fallbacks.stop()
         print(f"parallelism {label}: {revoke_s + sms_s:.1f} s", flush=True)
@@ -174,7 +181,9 @@ def main(argv=None) -> None:
         timed = throughput(run, host, rbm, twilio, args.messages, args.delay)
 
         loads = {"before": load_before, "after": load_average()}
-        print(f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)")
+        print(
+            f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)"
+        )
         table(f"1. revoke_expired on {args.due} due messages beside N not-due ones "
               f"(fakes answer at once; {args.repeats} sweeps per size)",
               ["not due (N)", "seeding s", "docs/s", "due query s", "sweep median s", "sweeps s", "revoked"],
@@ -190,14 +199,21 @@ def main(argv=None) -> None:
                for label, r in timed.items()])
         verdicts = {
             f"sweep time, {sizes[-1]:,} vs {sizes[0]:,} not due": check(
-                scaled[sizes[-1]]["median_s"] / scaled[sizes[0]]["median_s"], 1.3, at_least=False),
-            "default parallelism speed-up": check(timed["1"]["total_s"] / timed["default (16)"]["total_s"], 5, at_least=True),
+                scaled[sizes[-1]]["median_s"] / scaled[sizes[0]]["median_s"], 1.3, at_least=False
+            ),
+            "default parallelism speed-up": check(
+                timed["1"]["total_s"] / timed["default (16)"]["total_s"], 5, at_least=True
+            ),
         }
         table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
         warnings = scaled["pool_full_warnings"] + sum(r["pool_full_warnings"] for r in timed.values())
         if warnings:
-            print(f"\nnote: the function logs say '{POOL_FULL}' {warnings:,} times (HTTP connections dropped, not reused)")
-        run.save({"scaling": scaled, "throughput": timed, "delay_s": args.delay, "load_average": loads, "verdicts": verdicts})
+            print(
+                f"\nnote: the function logs say '{POOL_FULL}' {warnings:,} times (HTTP connections dropped, not reused)"
+            )
+        run.save(
+            {"scaling": scaled, "throughput": timed, "delay_s": args.delay, "load_average": loads, "verdicts": verdicts}
+        )
 
 
 def _cores(cores: dict) -> str:

@@ -121,8 +121,10 @@ def main(argv=None) -> None:
             parsed = [events.parse(p) for p in payloads]
             documents = {m.message_id: m for m in recorded(messages)}
 
-            def blind_full(event) -> None:
-                m = dataclasses.replace(documents[event.message_id], state=State(event.event_type), applied=[event.dedupe_id])
+            def blind_full(event, documents=documents) -> None:
+                m = dataclasses.replace(
+                    documents[event.message_id], state=State(event.event_type), applied=[event.dedupe_id]
+                )
                 store.messages().document(event.message_id).set(store.stamped(m.to_doc(), store.now()))
 
             measured = {}
@@ -136,12 +138,32 @@ def main(argv=None) -> None:
                 states = Counter(s.get("state") for s in store.messages().select(["state"]).stream())
                 counter.take()
                 n = len(parsed)
-                measured[way] = {"events": n, "messages": messages, "seconds": round(seconds, 2),
-                                 "events_per_s": round(n / seconds, 1), "client_cpu_ms_per_event": round(1000 * cpu / n, 2),
-                                 "errors": errors, "rpcs": dict(rpcs),
-                                 "final_states": dict(states)}
-                rows.append([name, way, n, messages, seconds, n / seconds, 1000 * cpu / n, rpcs["batch_get_documents"] / n,
-                             rpcs["commit"] / n, rpcs["begin_transaction"] / n, errors, _states(states)])
+                measured[way] = {
+                    "events": n,
+                    "messages": messages,
+                    "seconds": round(seconds, 2),
+                    "events_per_s": round(n / seconds, 1),
+                    "client_cpu_ms_per_event": round(1000 * cpu / n, 2),
+                    "errors": errors,
+                    "rpcs": dict(rpcs),
+                    "final_states": dict(states),
+                }
+                rows.append(
+                    [
+                        name,
+                        way,
+                        n,
+                        messages,
+                        seconds,
+                        n / seconds,
+                        1000 * cpu / n,
+                        rpcs["batch_get_documents"] / n,
+                        rpcs["commit"] / n,
+                        rpcs["begin_transaction"] / n,
+                        errors,
+                        _states(states),
+                    ]
+                )
             rate = measured["track_delivery"]["events_per_s"]
             rpcs = measured["track_delivery"]["rpcs"]
             measured["verdicts"] = {

@@ -19,8 +19,19 @@ from collections import Counter
 
 import requests
 
-from bench.common import (PROJECT, CpuMeter, Load, Run, check, group_memory, http_session, load_average, median,
-                          post_load, table)
+from bench.common import (
+    PROJECT,
+    CpuMeter,
+    Load,
+    Run,
+    check,
+    group_memory,
+    http_session,
+    load_average,
+    median,
+    post_load,
+    table,
+)
 from functions.signature import sign
 from local.processes import create_pull_subscription, create_topic
 
@@ -40,7 +51,9 @@ def signed_bodies(count: int) -> list[tuple[bytes, dict]]:
         body = {"message": {"data": base64.b64encode(data).decode(), "messageId": str(i),
                             "publishTime": "2026-01-01T00:00:01Z"},
                 "subscription": "projects/rbm/subscriptions/bench"}
-        bodies.append((json.dumps(body).encode(), {"Content-Type": "application/json", "X-Goog-Signature": sign(TOKEN, data)}))
+        bodies.append(
+            (json.dumps(body).encode(), {"Content-Type": "application/json", "X-Goog-Signature": sign(TOKEN, data)})
+        )
     return bodies
 
 
@@ -50,7 +63,12 @@ def gunicorn_settings() -> dict:
     from functions_framework._http.gunicorn import GunicornApplication
 
     cfg = GunicornApplication(None, "127.0.0.1", 0, False).cfg
-    return {"workers": cfg.workers, "threads": cfg.threads, "worker_class": cfg.worker_class_str, "cpus": os.cpu_count()}
+    return {
+        "workers": cfg.workers,
+        "threads": cfg.threads,
+        "worker_class": cfg.worker_class_str,
+        "cpus": os.cpu_count(),
+    }
 
 
 def cold_start(run: Run, target: str, env: dict, source: str, body: tuple[bytes, dict]) -> dict:
@@ -142,7 +160,9 @@ def main(argv=None) -> None:
             "p50 vs naive": check(rw.percentile(0.5) / naive.percentile(0.5), 0.6, at_least=False),
         }
         cold = {t: median(s["first_200_s"] for s in runs) for t, runs in starts.items()}
-        verdicts["cold start vs imports_only"] = check(cold["receive_webhook"] / cold["imports_only"], 1.3, at_least=False)
+        verdicts["cold start vs imports_only"] = check(
+            cold["receive_webhook"] / cold["imports_only"], 1.3, at_least=False
+        )
         table(f"Cold start: process start to first 200, {args.starts} starts each (receive_webhook: a signed POST)",
               ["function", "median s", "min s", "max s", "listening (median) s"],
               [[t, cold[t], min(s["first_200_s"] for s in runs), max(s["first_200_s"] for s in runs),
@@ -155,10 +175,14 @@ def main(argv=None) -> None:
         verdicts["memory (RSS, group)"] = f"{rss:.1f} MB (target <= 150 MB) {'ok' if rss <= 150 else 'MISSED'}"
         table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
 
-        results.update(load={t: load.summary() | {"cpu_s": dict(cpu[t])} for t, load in loads.items()},
-                       one_client={t: load.summary() for t, load in alone.items()}, cold_start=starts,
-                       cold_start_median_s=cold, memory={"requests_served": served["receive_webhook"], "processes": memory,
-                                                         "rss_mb": rss, "pss_mb": pss}, verdicts=verdicts)
+        results.update(
+            load={t: load.summary() | {"cpu_s": dict(cpu[t])} for t, load in loads.items()},
+            one_client={t: load.summary() for t, load in alone.items()},
+            cold_start=starts,
+            cold_start_median_s=cold,
+            memory={"requests_served": served["receive_webhook"], "processes": memory, "rss_mb": rss, "pss_mb": pss},
+            verdicts=verdicts,
+        )
         run.save(results)
 
 

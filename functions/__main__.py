@@ -23,7 +23,7 @@ from functions.model import Fallback, State
 INTERNAL_ATTRIBUTES = ("dead_letter_", "CloudPubSubDeadLetter")
 
 
-def status(args) -> int:
+def status(args: argparse.Namespace) -> int:
     from functions import store
 
     message = store.get_message(args.message_id)
@@ -34,7 +34,7 @@ def status(args) -> int:
     return 0
 
 
-def list_messages(args) -> int:
+def list_messages(args: argparse.Namespace) -> int:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     from functions import store
@@ -42,16 +42,16 @@ def list_messages(args) -> int:
 
     field, value = ("state", args.state) if args.state else ("fallback", args.fallback)
     for snapshot in store.messages().where(filter=FieldFilter(field, "==", value)).limit(args.limit).stream():
-        m = Message.from_doc(snapshot.to_dict())
+        m = Message.from_doc(store.found(snapshot))
         print(json.dumps({"message_id": m.message_id, "state": m.state.value, "fallback": m.fallback.value,
                           "agent_id": m.agent_id, "updated_at": m.updated_at, "last_error": m.last_error}, default=str))
     return 0
 
 
-def replay(args) -> int:
+def replay(args: argparse.Namespace) -> int:
     """Moves dead letters back onto the events topic, without the attributes the
     dead-lettering added; acknowledges each only once it is republished."""
-    from google.cloud import pubsub_v1
+    import google.cloud.pubsub_v1 as pubsub_v1
 
     subscriber, publisher = pubsub_v1.SubscriberClient(), pubsub_v1.PublisherClient()
     subscription = subscriber.subscription_path(config.project(), args.subscription)
@@ -88,7 +88,7 @@ def _check_emulators() -> None:
             socket.create_connection((name, int(port)), timeout=2).close()
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m functions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,14 +102,17 @@ def main(argv=None) -> int:
     listing.add_argument("--limit", type=int, default=100)
     listing.set_defaults(run=list_messages)
     again = commands.add_parser("replay", help="republish dead letters onto the events topic")
-    again.add_argument("--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription")
+    again.add_argument(
+        "--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription"
+    )
     again.add_argument("--max", type=int, default=1000, help="replay at most this many")
     again.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
     again.set_defaults(run=replay)
     args = parser.parse_args(argv)
     try:
         _check_emulators()
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError) as exc:
         print(f"cannot reach Google Cloud ({type(exc).__name__}: {str(exc)[:200]}); "
               "check GOOGLE_CLOUD_PROJECT, credentials, or the emulator hosts", file=sys.stderr)

@@ -27,10 +27,14 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
+
+import flask
+from cloudevents.http import CloudEvent
 
 from functions import config, fallbacks, logs, pubsub, revoker, sms, store, sweep, work_items
 from functions.model import Message
-from functions.replies import reply
+from functions.replies import Reply, reply
 from functions.sweep import Sweep
 from functions.work_items import WorkItem
 
@@ -48,7 +52,7 @@ def _wait_until(at: datetime, cap: float) -> None:
         time.sleep(min(delay, cap))
 
 
-def work(item: WorkItem, owner: str, deadline: float | None = None) -> Counter:
+def work(item: WorkItem, owner: str, deadline: float | None = None) -> Counter[str]:
     """Acts on `item` at its due second; answers the outcomes counted."""
     _wait_until(item.due_at, MAX_EARLY_SECONDS)
     return Counter(sweep.perform(SWEEPS[item.duty], list(item.message_ids), owner, deadline).values())
@@ -58,23 +62,23 @@ def items(s: Sweep, messages: list[Message]) -> list[WorkItem]:
     """Messages, earliest due first, as work items of at most WORK_ITEM_SIZE ids due
     within WINDOW_SECONDS of each other; an item is due when its last message is."""
     result: list[WorkItem] = []
-    ids: list[str] = []
-    first = last = None
+    group: list[tuple[str, datetime]] = []  # (message id, due time) of the item being filled
+
+    def close() -> None:
+        result.append(WorkItem(s.duty, tuple(i for i, _ in group), group[-1][1]))
+        group.clear()
+
     for message in messages:
         at = sweep.due_at(s, message)
-        if ids and (len(ids) >= config.work_item_size() or (at - first).total_seconds() > WINDOW_SECONDS):
-            result.append(WorkItem(s.duty, tuple(ids), last))
-            ids = []
-        if not ids:
-            first = at
-        ids.append(message.message_id)
-        last = at
-    if ids:
-        result.append(WorkItem(s.duty, tuple(ids), last))
+        if group and (len(group) >= config.work_item_size() or (at - group[0][1]).total_seconds() > WINDOW_SECONDS):
+            close()
+        group.append((message.message_id, at))
+    if group:
+        close()
     return result
 
 
-def run(s: Sweep) -> dict:
+def run(s: Sweep) -> dict[str, Any]:
     """One scheduled run: dispatches due work at its due second until the next run
     starts (one pass when SCHEDULE_PERIOD_SECONDS is 0) or the budget is spent.
     Answers the summary it also logs; raises pubsub.PublishError if items could not be queued."""
@@ -82,7 +86,7 @@ def run(s: Sweep) -> dict:
     period, budget, topic = config.schedule_period(), config.sweep_budget(), config.work_topic()
     deadline, lookahead = started + budget, timedelta(seconds=POLL_SECONDS if period else 0)
     dispatched: dict[str, datetime] = {}  # message id → the due time it was dispatched for
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     since = None  # the first poll reads all that is due; later ones only what became due lately
     with ThreadPoolExecutor(RUN_ITEMS, thread_name_prefix=s.name) as pool:
         running = []
@@ -103,13 +107,13 @@ def run(s: Sweep) -> dict:
             time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
         for future in running:
             counts.update(future.result())
-    summary = {"scanned": 0, **dict.fromkeys(s.outcomes + ("skipped", "errors", "left"), 0), **counts,
+    summary = {"scanned": 0, **dict.fromkeys((*s.outcomes, "skipped", "errors", "left"), 0), **counts,
                "seconds": round(time.monotonic() - started, 2)}
     logs.info(f"{s.name} finished", event=f"{s.name}_summary", summary=summary)
     return summary
 
 
-def handle_scheduled(request, duty: str):
+def handle_scheduled(request: flask.Request, duty: str) -> Reply:
     """revoke_expired / send_fallbacks: 200 with the run's summary; 503 when the work
     could not be queued (Cloud Scheduler retries; the messages stay due)."""
     logs.bind_trace(request.headers)
@@ -124,7 +128,7 @@ def handle_scheduled(request, duty: str):
         return reply(503, {"error": "work items not queued, retry"})
 
 
-def handle_item(cloud_event) -> None:
+def handle_item(cloud_event: CloudEvent) -> None:
     """process_due_work: one work item pushed by Pub/Sub. Always acknowledged: a message
     it could not finish stays due (or leased), and the next scheduled run dispatches it again."""
     message = (cloud_event.data or {}).get("message") or {}

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class Kind(StrEnum):
@@ -32,7 +33,7 @@ MAX_ATTRIBUTE_BYTES = 1024
 @dataclass(frozen=True)
 class Event:
     kind: Kind
-    raw: dict
+    raw: dict[str, Any]
     event_type: str | None = None
     agent_id: str | None = None
     message_id: str | None = None
@@ -87,12 +88,12 @@ def _fits_attribute(value: str) -> bool:
     return is_unicode(value) and len(value.encode()) <= MAX_ATTRIBUTE_BYTES
 
 
-def _text(payload: dict, key: str) -> str | None:
+def _text(payload: dict[str, Any], key: str) -> str | None:
     value = payload.get(key)
     return value if isinstance(value, str) and value else None
 
 
-def _kind(payload: dict, envelope_type: str | None) -> Kind:
+def _kind(payload: dict[str, Any], envelope_type: str | None) -> Kind:
     if envelope_type == Kind.AGENT_LAUNCH_EVENT or "newLaunchState" in payload:
         return Kind.AGENT_LAUNCH_EVENT
     if _text(payload, "phoneNumber") and _text(payload, "eventType"):
@@ -105,7 +106,7 @@ def _kind(payload: dict, envelope_type: str | None) -> Kind:
     return Kind.UNKNOWN
 
 
-def parse(payload: dict, envelope_type: str | None = None) -> Event:
+def parse(payload: dict[str, Any], envelope_type: str | None = None) -> Event:
     """A decoded RBM payload → Event. `envelope_type` is the push envelope's `type`
     attribute (`agent_launch_event` marks launch notifications)."""
     kind = _kind(payload, envelope_type)

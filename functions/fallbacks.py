@@ -6,6 +6,8 @@ runs out the next sweep marks it UNKNOWN and reports it, and nothing sends
 it again: a possibly missing SMS is reported, a second SMS never happens.
 """
 
+from datetime import datetime, timedelta
+
 from functions import config, logs, sms, store
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
 from functions.sweep import Sweep
@@ -21,25 +23,35 @@ _REPORT = {
 }
 
 
-def _claim(m: Message, now, lease, owner) -> Message | None:
+def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
     opted_out = m.fallback is Fallback.DUE and store.opted_out(m.agent_id, m.phone)
     return claim_fallback(m, now, lease, owner, opted_out)
 
 
-def _send(message: Message) -> Message:
-    """Calls the provider for a message this sweep holds, and records the answer."""
-    result, now = sms.provider().send(message.phone, message.fallback_text, message.message_id), store.now()
+def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
+    """The message once the provider's answer to its SMS is known."""
     match result.outcome:
         case sms.SmsOutcome.SENT:
-            change = lambda m: fallback_sent(m, now, result.provider_id)  # noqa: E731
+            return fallback_sent(m, now, result.provider_id)
         case sms.SmsOutcome.TRANSIENT:
-            change = lambda m: retry_fallback(  # noqa: E731
-                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after)
+            return retry_fallback(
+                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after
+            )
         case sms.SmsOutcome.REJECTED:
-            change = lambda m: fallback_failed(m, result.error)  # noqa: E731
+            return fallback_failed(m, result.error)
         case _:
-            change = lambda m: fallback_unknown(m, result.error)  # noqa: E731
-    return store.update_message(message.message_id, change)
+            return fallback_unknown(m, result.error)
+
+
+def _send(message: Message) -> Message:
+    """Calls the provider for a message this sweep holds, and records the answer.
+    Both the provider (the scheduled run and the worker refuse to run without one) and
+    the text (the fallback only leaves NONE when a text is given) are there."""
+    provider, text = sms.provider(), message.fallback_text
+    if provider is None or text is None:
+        raise LookupError("no SMS provider configured, or no fallback text")
+    result, now = provider.send(message.phone, text, message.message_id), store.now()
+    return store.change_message(message.message_id, lambda m: _answered(m, result, now))
 
 
 def _act(claimed: Message) -> str:

@@ -13,6 +13,10 @@ the label of a chip the agent offered ("Cancel my booking"), and its
 postbackData is the agent's to act on.
 """
 
+from typing import Any
+
+from cloudevents.http import CloudEvent
+
 from functions import config, logs, store, subscriber
 from functions.events import CONTENT_FIELDS, Event, Kind
 from functions.model import Conversation, UserMessage
@@ -30,7 +34,7 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def keyword_signals(content: dict) -> tuple[Signal, ...]:
+def keyword_signals(content: dict[str, Any]) -> tuple[Signal, ...]:
     """(Signal.OPT_OUT,) if a message's content is a text that is an opt-out keyword,
     (Signal.OPT_IN,) for an opt-in keyword, else (); opt-out wins if a text is in both lists."""
     text = content.get("text")
@@ -44,47 +48,48 @@ def keyword_signals(content: dict) -> tuple[Signal, ...]:
     return ()
 
 
-def _store_message(event: Event, agent_id: str) -> tuple[bool, Conversation]:
+def _store_message(event: Event, agent_id: str, phone: str, dedupe_id: str) -> tuple[bool, Conversation]:
     """The user message below its conversation, both in one commit. Returns whether it
     was new (False: a duplicate, nothing changed) and the conversation."""
-    conversation = store.conversation_ref(agent_id, event.phone)
-    ref = conversation.collection("messages").document(store.document_id(event.dedupe_id, "messageId"))
+    conversation = store.conversation_ref(agent_id, phone)
+    ref = conversation.collection("messages").document(store.document_id(dedupe_id, "messageId"))
     original = {field: event.raw[field] for field in CONTENT_FIELDS if field in event.raw}
     content = store.repaired(original)  # text that is not valid Unicode: stored with U+FFFD in place
     if content != original:
         logs.warning("user message text repaired: lone UTF-16 surrogates replaced by U+FFFD",
                      event="user_message_repaired", **event.attributes())
     at = event.time or store.now()
-    fresh = UserMessage(event.dedupe_id, agent_id, at, event.content_type, content, received_at=store.now())
+    fresh = UserMessage(dedupe_id, agent_id, at, event.content_type, content, received_at=store.now())
     signals = (Signal.ACTIVITY, *keyword_signals(content))
 
-    def change(current: list) -> list:
+    def change(current: list[Any]) -> list[Any]:
         known, stored = current
         if stored is not None:
             return current
-        return [conversation_learn(known or Conversation(agent_id, event.phone), signals, at), fresh]
+        return [conversation_learn(known or Conversation(agent_id, phone), signals, at), fresh]
 
     after, stored = store.update_all([(conversation, Conversation), (ref, UserMessage)], change)
     return stored is fresh, after
 
 
 def _record(event: Event) -> None:
-    agent_id = event.agent_id or config.agent_id()
-    if not event.phone or not agent_id or not event.dedupe_id:
+    agent_id, phone, dedupe_id = event.agent_id or config.agent_id(), event.phone, event.dedupe_id
+    if not phone or not agent_id or not dedupe_id:
         raise subscriber.PoisonError(f"{event.kind} without senderPhoneNumber, agentId or id")
     if event.kind is Kind.USER_MESSAGE:
-        stored, conversation = _store_message(event, agent_id)
+        stored, conversation = _store_message(event, agent_id, phone, dedupe_id)
         logs.info("user message recorded" if stored else "duplicate user message ignored",
                   event="user_message", phone=event.phone, opted_out=bool(conversation and conversation.opted_out),
                   **event.attributes())
         return
-    at, signals = event.time or store.now(), _USER_EVENTS[event.event_type]
-    ref = store.conversation_ref(agent_id, event.phone)
+    event_type = event.event_type or ""  # a user event `_handles` took: one of _USER_EVENTS
+    at, signals = event.time or store.now(), _USER_EVENTS[event_type]
+    ref = store.conversation_ref(agent_id, phone)
     conversation = store.update(
-        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, event.phone), signals, at, event.dedupe_id))
-    logs.info(f"{event.event_type} recorded", event=f"user_{event.event_type.lower()}", phone=event.phone,
+        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, phone), signals, at, dedupe_id))
+    logs.info(f"{event_type} recorded", event=f"user_{event_type.lower()}", phone=event.phone,
               opted_out=conversation.opted_out, **event.attributes())
 
 
-def handle(cloud_event) -> None:
+def handle(cloud_event: CloudEvent) -> None:
     subscriber.run(cloud_event, "record_inbound", _handles, _record)

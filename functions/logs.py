@@ -12,8 +12,13 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, overload
 
 from functions import config
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import Headers
 
 _SEVERITIES = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LABELS = ("agent_id", "message_id", "event_id")
@@ -32,6 +37,10 @@ _PHONE_SHAPED = re.compile(r"""
 """, re.VERBOSE | re.IGNORECASE)
 
 
+@overload
+def mask_phone(phone: str) -> str: ...
+@overload
+def mask_phone(phone: None) -> None: ...
 def mask_phone(phone: str | None) -> str | None:
     """`+447700900123` → `+44*******23`: enough to tell numbers apart, not to dial."""
     if not phone:
@@ -40,9 +49,11 @@ def mask_phone(phone: str | None) -> str | None:
     return phone[:keep] + "*" * (len(phone) - keep - 2) + phone[-2:]
 
 
-def _mask(match: re.Match) -> str:
+def _mask(match: re.Match[str]) -> str:
     digits = sum(c.isdigit() for c in match.group()) - (2 if match.group()[:3].upper() == "%2B" else 0)
-    return mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
+    return (
+        mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
+    )
 
 
 def mask_phones(text: str) -> str:
@@ -50,7 +61,7 @@ def mask_phones(text: str) -> str:
     return _PHONE_SHAPED.sub(_mask, text)
 
 
-def trace_id(headers) -> str | None:
+def trace_id(headers: "Headers | Mapping[str, str]") -> str | None:
     """The trace id of a request, from W3C `traceparent` or `X-Cloud-Trace-Context`."""
     parent = headers.get("traceparent", "")
     parts = parent.split("-")
@@ -60,13 +71,13 @@ def trace_id(headers) -> str | None:
     return cloud.split("/", 1)[0] or None
 
 
-def bind_trace(headers) -> None:
+def bind_trace(headers: "Headers | Mapping[str, str]") -> None:
     """Tags every later log line of this request with its Cloud Trace id."""
     trace = trace_id(headers)
     _trace.set(f"projects/{config.project()}/traces/{trace}" if trace else None)
 
 
-def log(severity: str, message: str, **fields) -> None:
+def log(severity: str, message: str, **fields: Any) -> None:
     """Writes one log line; `phone` and anything phone-shaped are masked, ids also become labels."""
     if _SEVERITIES[severity] < _SEVERITIES.get(os.environ.get("LOG_LEVEL", "INFO"), 20):
         return
@@ -83,17 +94,17 @@ def log(severity: str, message: str, **fields) -> None:
     sys.stdout.flush()
 
 
-def debug(message: str, **fields) -> None:
+def debug(message: str, **fields: Any) -> None:
     log("DEBUG", message, **fields)
 
 
-def info(message: str, **fields) -> None:
+def info(message: str, **fields: Any) -> None:
     log("INFO", message, **fields)
 
 
-def warning(message: str, **fields) -> None:
+def warning(message: str, **fields: Any) -> None:
     log("WARNING", message, **fields)
 
 
-def error(message: str, **fields) -> None:
+def error(message: str, **fields: Any) -> None:
     log("ERROR", message, **fields)

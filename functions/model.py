@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from functions import config
 
@@ -63,7 +64,7 @@ class Message:
     agent_id: str | None = None
     state: State = State.PENDING
     fallback: Fallback = Fallback.NONE
-    content: dict | None = None  # the RBM contentMessage, kept to re-send a PENDING message
+    content: dict[str, Any] | None = None  # the RBM contentMessage, kept to re-send a PENDING message
     traffic_type: str | None = None
     fallback_text: str | None = None
     time_sensitive: bool = False
@@ -90,13 +91,13 @@ class Message:
     expire_at: datetime | None = None  # TTL policy field
 
     @classmethod
-    def from_doc(cls, data: dict) -> "Message":
+    def from_doc(cls, data: dict[str, Any]) -> "Message":
         known = {f.name for f in dataclasses.fields(cls)}
         message = cls(**{k: v for k, v in data.items() if k in known})
         message.state, message.fallback = State(message.state), Fallback(message.fallback)
         return message
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"state": self.state.value, "fallback": self.fallback.value}
 
 
@@ -128,11 +129,11 @@ class Conversation:
     expire_at: datetime | None = None
 
     @classmethod
-    def from_doc(cls, data: dict) -> "Conversation":
+    def from_doc(cls, data: dict[str, Any]) -> "Conversation":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -146,17 +147,17 @@ class UserMessage:
     agent_id: str
     send_time: datetime
     content_type: str | None
-    content: dict = field(default_factory=dict)  # {content_type: value}
+    content: dict[str, Any] = field(default_factory=dict)  # {content_type: value}
     received_at: datetime | None = None
     updated_at: datetime | None = None
     expire_at: datetime | None = None
 
     @classmethod
-    def from_doc(cls, data: dict) -> "UserMessage":
+    def from_doc(cls, data: dict[str, Any]) -> "UserMessage":
         known = {f.name for f in dataclasses.fields(cls)} - {"content"}
         return cls(**{k: v for k, v in data.items() if k in known},
                    content={k: v for k, v in data.items() if k not in known})
 
-    def to_doc(self) -> dict:
+    def to_doc(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         return {k: v for k, v in doc.items() if k != "content"} | self.content

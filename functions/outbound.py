@@ -8,9 +8,10 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterator
+from typing import Any
 
 from functions.model import Fallback, Message
 
@@ -28,7 +29,7 @@ MAX_SMS_TEXT = 1600  # Twilio's limit on a message body (ten concatenated segmen
 MAX_AGENT_MESSAGE_BYTES = 250_000  # "250 KB"; read as the smaller of 250,000 and 256,000
 CONTENT_KINDS = ("text", "fileName", "uploadedRbmFile", "richCard", "contentInfo")  # the union: exactly one
 _CARDS = ("richCard.standaloneCard.cardContent", "richCard.carouselCard.cardContents[]")
-_SUGGESTIONS = ("suggestions[]",) + tuple(f"{card}.suggestions[]" for card in _CARDS)
+_SUGGESTIONS = ("suggestions[]", *(f"{card}.suggestions[]" for card in _CARDS))
 MAX_CHARACTERS = (
     {"text": 3072}
     | {f"{card}.title": 200 for card in _CARDS}
@@ -57,7 +58,7 @@ class InvalidRequest(ValueError):
 @dataclass(frozen=True)
 class Outbound:
     phone: str
-    content: dict
+    content: dict[str, Any]
     agent_id: str
     message_id: str
     revoke_after_seconds: int | None = None
@@ -88,8 +89,8 @@ class Outbound:
         )
 
 
-def fingerprint(phone: str, agent_id: str, content: dict, traffic_type: str | None, revoke_after_seconds: int | None,
-                fallback_text: str | None, time_sensitive: bool) -> str:
+def fingerprint(phone: str, agent_id: str | None, content: dict[str, Any] | None, traffic_type: str | None,
+                revoke_after_seconds: int | None, fallback_text: str | None, time_sensitive: bool) -> str:
     """sha256 hex of the canonical request (JSON, sorted keys, no spaces), after
     defaults are applied: two requests that would send the same thing share it."""
     canonical = {"phone": phone, "agent_id": agent_id, "content": content, "traffic_type": traffic_type,
@@ -124,7 +125,7 @@ def _require(condition: bool, reason: str) -> None:
         raise InvalidRequest(reason)
 
 
-def _nodes(value, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
+def _nodes(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
     """Every value of a JSON tree with its path (`a.b[2].c`). The body is the
     document (depth 0) and its fields are depth 1: a tree nested deeper than
     Firestore stores is refused before it is walked further."""
@@ -147,7 +148,7 @@ def _unicode(text: str) -> bool:
         return False
 
 
-def _check_unicode(body: dict) -> None:
+def _check_unicode(body: dict[str, Any]) -> None:
     for path, value in _nodes(body):
         keys = value.keys() if isinstance(value, dict) else ()
         _require(all(_unicode(k) for k in keys), f"{path or 'body'} has a field name that is not valid Unicode")
@@ -155,18 +156,21 @@ def _check_unicode(body: dict) -> None:
                  f"{path} is not valid Unicode text (an unpaired surrogate)")
 
 
-def _check_storable(content: dict) -> None:
+def _check_storable(content: dict[str, Any]) -> None:
     for path, value in _nodes(content, "content", 1):
         if isinstance(value, dict):
             for key in value:
                 _require(bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
                          f"{path} has a field name Firestore can't store: empty or __reserved__")
-        _require(len(path.encode()) <= MAX_FIELD_PATH_BYTES, f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes")
+        _require(
+            len(path.encode()) <= MAX_FIELD_PATH_BYTES,
+            f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes",
+        )
         _require(not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
                  f"{path} holds an array directly in an array, which Firestore can't store")
 
 
-def _check_rbm(content: dict, traffic_type: str | None) -> None:
+def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     kinds = [k for k in CONTENT_KINDS if k in content]
     _require(len(kinds) == 1, f"content must have exactly one of {', '.join(CONTENT_KINDS)}")
     for path, value in _nodes(content, "content", 1):
@@ -176,19 +180,23 @@ def _check_rbm(content: dict, traffic_type: str | None) -> None:
                      f"{path} must be text of at most {MAX_CHARACTERS[pattern]} characters")
         if pattern in ITEMS:
             low, high = ITEMS[pattern]
-            _require(isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items")
+            _require(
+                isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items"
+            )
     body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
     _require(len(json.dumps(body, separators=(",", ":")).encode()) <= MAX_AGENT_MESSAGE_BYTES,
              f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message")
 
 
-def parse(body, default_agent: str) -> Outbound:
+def parse(body: Any, default_agent: str) -> Outbound:
     """The request a send_message body asks for, defaults applied; InvalidRequest
     (naming the field) for anything that can't be stored or that RBM documents it refuses."""
     _require(isinstance(body, dict), "body must be a JSON object")
     _check_unicode(body)
     phone, content = body.get("phone"), body.get("content")
-    _require(isinstance(phone, str) and E164.fullmatch(phone) is not None, "phone must be an E.164 number like +14155550123")
+    _require(
+        isinstance(phone, str) and E164.fullmatch(phone) is not None, "phone must be an E.164 number like +14155550123"
+    )
     _require(isinstance(content, dict) and bool(content), "content must be a non-empty RBM contentMessage object")
     agent_id = body.get("agent_id") or default_agent
     _require(isinstance(agent_id, str) and bool(agent_id), "agent_id missing and no RBM_AGENT_ID configured")
@@ -198,10 +206,16 @@ def parse(body, default_agent: str) -> Outbound:
     except (ValueError, TypeError, AttributeError):
         raise InvalidRequest("message_id must be a UUID") from None
     revoke_after = body.get("revoke_after_seconds")
-    _require(revoke_after is None or (type(revoke_after) is int and MIN_REVOKE_SECONDS <= revoke_after <= MAX_REVOKE_SECONDS),
-             f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}")
+    _require(
+        revoke_after is None
+        or (type(revoke_after) is int and MIN_REVOKE_SECONDS <= revoke_after <= MAX_REVOKE_SECONDS),
+        f"revoke_after_seconds must be an integer from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS}",
+    )
     traffic_type = body.get("traffic_type")
-    _require(traffic_type is None or (isinstance(traffic_type, str) and traffic_type in TRAFFIC_TYPES), f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}")
+    _require(
+        traffic_type is None or (isinstance(traffic_type, str) and traffic_type in TRAFFIC_TYPES),
+        f"traffic_type must be one of {sorted(TRAFFIC_TYPES)}",
+    )
     _check_storable(content)
     _check_rbm(content, traffic_type)
     fallback = body.get("fallback")
@@ -209,7 +223,7 @@ def parse(body, default_agent: str) -> Outbound:
     text = (fallback or {}).get("text")
     time_sensitive = (fallback or {}).get("time_sensitive", False)
     if fallback is not None:
-        _require(isinstance(text, str) and 0 < len(text.strip()) and len(text) <= MAX_SMS_TEXT,
+        _require(isinstance(text, str) and len(text.strip()) > 0 and len(text) <= MAX_SMS_TEXT,
                  f"fallback.text must be non-empty text of at most {MAX_SMS_TEXT} characters")
         _require(isinstance(time_sensitive, bool), "fallback.time_sensitive must be true or false")
     return Outbound(phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive)

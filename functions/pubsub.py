@@ -8,11 +8,10 @@ trip and no thread, with retries bounded by the time the caller waits.
 
 import functools
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import retry as retries
-from google.cloud import pubsub_v1
 
 from functions import config
-
 
 MAX_PER_CALL = 1000  # messages in one Publish request (cloud.google.com/pubsub/quotas)
 
@@ -28,7 +27,8 @@ def _client() -> pubsub_v1.PublisherClient:
 
 @functools.cache
 def topic_path(topic: str) -> str:
-    return _client().topic_path(config.project(), topic)
+    path: str = _client().topic_path(config.project(), topic)
+    return path
 
 
 def publish(topic: str, data: bytes, attributes: dict[str, str]) -> str:

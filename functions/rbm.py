@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import requests
 
@@ -56,7 +57,7 @@ class Result:
 
     outcome: Outcome
     status: int | None = None
-    body: dict = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
     retry_after: float | None = None
     may_have_acted: bool = False
 
@@ -85,10 +86,12 @@ def _session() -> requests.Session:
 
 
 class RbmClient:
-    def __init__(self, session: requests.Session, root: str, retry_seconds: float):
+    def __init__(self, session: requests.Session, root: str, retry_seconds: float) -> None:
         self.session, self.root, self.retry_seconds = session, root, retry_seconds
 
-    def _try(self, method: str, path: str, params: dict, body: dict | None) -> tuple[int | None, dict, float | None, bool]:
+    def _try(
+        self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None
+    ) -> tuple[int | None, dict[str, Any], float | None, bool]:
         """One HTTP try: (status or None, JSON body, Retry-After seconds, whether a
         failure leaves open that RBM acted on it)."""
         try:
@@ -104,7 +107,7 @@ class RbmClient:
             return status, payload, transport.retry_after(response, RETRY_AFTER_CAP), False
         return status, payload, None, status >= 500
 
-    def _call(self, method: str, path: str, params: dict, body: dict | None = None) -> Result:
+    def _call(self, method: str, path: str, params: dict[str, Any], body: dict[str, Any] | None = None) -> Result:
         deadline, delay, may_have_acted = time.monotonic() + self.retry_seconds, 0.2, False
         while True:
             status, payload, wait, ambiguous = self._try(method, path, params, body)
@@ -119,13 +122,20 @@ class RbmClient:
             time.sleep(sleep)
             delay *= 2
 
-    def create_message(self, phone: str, message_id: str, agent_id: str, content: dict, traffic_type: str | None = None) -> Result:
+    def create_message(
+        self,
+        phone: str,
+        message_id: str,
+        agent_id: str | None,
+        content: dict[str, Any] | None,
+        traffic_type: str | None = None,
+    ) -> Result:
         """Sends a message. OK: accepted; ALREADY_EXISTS: accepted by an earlier call
         (the platform ignores a messageId this agent used before), so retries are safe."""
         body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
         return self._call("POST", f"phones/{phone}/agentMessages", {"messageId": message_id, "agentId": agent_id}, body)
 
-    def revoke_message(self, phone: str, message_id: str, agent_id: str) -> Result:
+    def revoke_message(self, phone: str, message_id: str, agent_id: str | None) -> Result:
         """OK: revoke taken. NOT_FOUND: too late, the message was delivered — unless
         `may_have_acted`, when an earlier try may have revoked it."""
         return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", {"agentId": agent_id})
@@ -133,7 +143,9 @@ class RbmClient:
     def send_event(self, phone: str, agent_id: str, event_type: str, message_id: str | None = None) -> Result:
         """READ (of a user's message) or IS_TYPING, as the agent."""
         body = {"eventType": event_type} | ({"messageId": message_id} if message_id else {})
-        return self._call("POST", f"phones/{phone}/agentEvents", {"eventId": str(uuid.uuid4()), "agentId": agent_id}, body)
+        return self._call(
+            "POST", f"phones/{phone}/agentEvents", {"eventId": str(uuid.uuid4()), "agentId": agent_id}, body
+        )
 
     def capabilities(self, phone: str, agent_id: str) -> Result:
         """NOT_FOUND: the user can't receive RBM from this agent."""

@@ -3,7 +3,10 @@
 import functools
 import json
 import traceback
+from collections.abc import Callable
+from typing import Any
 
+import flask
 from google.api_core import exceptions
 
 from functions import logs
@@ -14,24 +17,28 @@ UNAVAILABLE = (exceptions.ServerError, exceptions.TooManyRequests, exceptions.Re
 
 _JSON = {"Content-Type": "application/json"}
 
+# What an HTTP function returns to Flask: (body, status, headers).
+Reply = tuple[str, int, dict[str, str]]
+Handler = Callable[[flask.Request], Reply]
 
-def reply(status: int, body: dict):
+
+def reply(status: int, body: dict[str, Any]) -> Reply:
     return json.dumps(body), status, _JSON
 
 
-def reject(status: int, reason: str, **fields):
+def reject(status: int, reason: str, **fields: Any) -> Reply:
     """A 4xx with a short JSON reason, logged at WARNING."""
     logs.warning(f"rejected: {reason}", status=status, **fields)
     return reply(status, {"error": reason})
 
 
-def json_errors(handler):
+def json_errors(handler: Handler) -> Handler:
     """Wraps an HTTP entry point so that an unexpected error answers 500 with
     `{"error"}` and logs ERROR with its traceback (masked like every line),
     never Flask's HTML error page; a Google backend unavailable answers 503."""
 
     @functools.wraps(handler)
-    def guarded(request):
+    def guarded(request: flask.Request) -> Reply:
         try:
             return handler(request)
         except UNAVAILABLE as exc:

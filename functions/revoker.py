@@ -21,7 +21,7 @@ REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVE
 
 def _retry(message: Message, result: rbm.Result) -> str:
     now = store.now()
-    after = store.update_message(message.message_id, lambda m: retry_revoke(
+    after = store.change_message(message.message_id, lambda m: retry_revoke(
         m, now, result.error, config.revoke_max_attempts(), config.retry_backoff_seconds(),
         retry_after=result.retry_after, may_have_acted=result.may_have_acted))
     gave_up = after.next_action_at is None and after.state in (State.FAILED, State.REVOKE_FAILED)
@@ -36,7 +36,7 @@ def _uncertain(message: Message) -> str:
     delivered, or revoked by that attempt. Treated as a revoke that could not be
     completed: a time-sensitive SMS goes out, a normal one waits for DELIVERED."""
     now, error = store.now(), "404 after a revoke whose outcome was lost: delivered, or revoked by that attempt"
-    after = store.update_message(message.message_id, lambda m: learn(m, Fact.REVOKE_ABANDONED, now, error=error))
+    after = store.change_message(message.message_id, lambda m: learn(m, Fact.REVOKE_ABANDONED, now, error=error))
     logs.error("revoke outcome uncertain", event="revoke_uncertain", message_id=message.message_id,
                state=after.state.value, fallback=after.fallback.value)
     return "failed"
@@ -45,7 +45,7 @@ def _uncertain(message: Message) -> str:
 def _act(message: Message) -> str:
     if message.state is State.PENDING and store.opted_out(message.agent_id, message.phone):
         now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
-        store.update_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
+        store.change_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
         return "failed"
     if message.state is State.PENDING:
         sent, result = sender.send(message)
@@ -58,10 +58,16 @@ def _act(message: Message) -> str:
         return _uncertain(message)
     now = store.now()
     grace = now + timedelta(seconds=config.revoke_grace())
-    after = store.update_message(message.message_id, lambda m: hold_fallback(learn(m, fact, now), grace))
+    after = store.change_message(message.message_id, lambda m: hold_fallback(learn(m, fact, now), grace))
     outcome = "revoked" if fact is Fact.REVOKED else "delivered"
-    logs.info(f"message {outcome}", event=f"message_{outcome}", message_id=message.message_id, agent_id=message.agent_id,
-              state=after.state.value, fallback=after.fallback.value)
+    logs.info(
+        f"message {outcome}",
+        event=f"message_{outcome}",
+        message_id=message.message_id,
+        agent_id=message.agent_id,
+        state=after.state.value,
+        fallback=after.fallback.value,
+    )
     return outcome
 
 

@@ -8,9 +8,13 @@ ALREADY_EXISTS was accepted by an earlier call (another request in flight, or
 a try whose answer was lost): the message is SENT, like any other.
 """
 
+from typing import Any
+
+import flask
+
 from functions import config, logs, outbound, rbm, store
 from functions.model import Message, State
-from functions.replies import reject, reply
+from functions.replies import Reply, reject, reply
 from functions.transitions import Fact, learn
 
 # What each create outcome teaches about the message.
@@ -23,7 +27,7 @@ CREATE_FACTS = {
 }
 
 
-def summary(message: Message) -> dict:
+def summary(message: Message) -> dict[str, Any]:
     return {"message_id": message.message_id, "state": message.state.value, "fallback": message.fallback.value}
 
 
@@ -31,14 +35,16 @@ def send(message: Message) -> tuple[Message | None, rbm.Result]:
     """Calls create for a PENDING message and records what RBM answered: (the message
     as stored now, RBM's result), or (None, result) if the call failed transiently
     (the message stays PENDING for a later retry; the result says when RBM wants it)."""
-    result = rbm.client().create_message(message.phone, message.message_id, message.agent_id, message.content, message.traffic_type)
+    result = rbm.client().create_message(
+        message.phone, message.message_id, message.agent_id, message.content, message.traffic_type
+    )
     if result.outcome is rbm.Outcome.TRANSIENT:
         logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id,
                      reason=result.error, retry_after=result.retry_after)
         return None, result
     fact, now = CREATE_FACTS[result.outcome], store.now()
     error = None if fact is Fact.ACCEPTED else result.error
-    message = store.update_message(message.message_id, lambda m: learn(m, fact, now, error=error))
+    message = store.change_message(message.message_id, lambda m: learn(m, fact, now, error=error))
     logs.info(f"message {message.state.value.lower()}", event=f"message_{message.state.value.lower()}",
               message_id=message.message_id, agent_id=message.agent_id, phone=message.phone, reason=error,
               rbm_outcome=result.outcome.value)
@@ -50,7 +56,7 @@ def deliver(message: Message) -> Message | None:
     return send(message)[0]
 
 
-def handle(request):
+def handle(request: flask.Request) -> Reply:
     logs.bind_trace(request.headers)
     if request.method != "POST":
         return reject(405, "method not allowed")

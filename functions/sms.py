@@ -33,9 +33,10 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 
@@ -67,13 +68,16 @@ class Provider(Protocol):
     def send(self, to: str, text: str, message_id: str) -> SmsResult: ...
 
 
-def _post(session: requests.Session, url: str, id_field: str, **kwargs) -> SmsResult:
+def _post(session: requests.Session, url: str, id_field: str, **kwargs: Any) -> SmsResult:
     """POSTs once and sorts the outcome (see the module docstring)."""
     try:
         response = session.post(url, timeout=TIMEOUT, **kwargs)
     except requests.RequestException as exc:
         if transport.may_have_been_read(exc):
-            return SmsResult(SmsOutcome.UNKNOWN, error=f"no answer after the request may have reached the provider: {type(exc).__name__}")
+            return SmsResult(
+                SmsOutcome.UNKNOWN,
+                error=f"no answer after the request may have reached the provider: {type(exc).__name__}",
+            )
         return SmsResult(SmsOutcome.TRANSIENT, error=f"provider unreachable: {type(exc).__name__}")
     return _answer(response, id_field)
 
@@ -89,7 +93,9 @@ def _answer(response: requests.Response, id_field: str) -> SmsResult:
     code = _error_code(response)
     error = f"provider {status}" + (f", code {code}" if code else "")
     if status in transport.NOT_PROCESSED:
-        return SmsResult(SmsOutcome.TRANSIENT, error=error, retry_after=transport.retry_after(response, MAX_RETRY_AFTER))
+        return SmsResult(
+            SmsOutcome.TRANSIENT, error=error, retry_after=transport.retry_after(response, MAX_RETRY_AFTER)
+        )
     if 400 <= status < 500:
         return SmsResult(SmsOutcome.REJECTED, error=error)
     return SmsResult(SmsOutcome.UNKNOWN, error=error)
@@ -110,7 +116,7 @@ def _error_code(response: requests.Response) -> str | None:
 class Twilio:
     """POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded, HTTP Basic auth."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sid = env("TWILIO_ACCOUNT_SID")
         self.sender = {"From": env("TWILIO_FROM_NUMBER")} if env("TWILIO_FROM_NUMBER") else {
             "MessagingServiceSid": env("TWILIO_MESSAGING_SERVICE_SID")}
@@ -127,7 +133,7 @@ class SignedWebhook:
     and `Idempotency-Key: <message_id>`; answers are read as Twilio's are, since a
     gateway may ignore the key (the contract is in the README)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.url, self.secret = env("SMS_WEBHOOK_URL"), env("SMS_WEBHOOK_SECRET").encode()
         self.session = requests.Session()
 
@@ -138,7 +144,7 @@ class SignedWebhook:
         return _post(self.session, self.url, "id", data=body, headers=headers)
 
 
-PROVIDERS = {"twilio": Twilio, "webhook": SignedWebhook}
+PROVIDERS: dict[str, Callable[[], Provider]] = {"twilio": Twilio, "webhook": SignedWebhook}
 
 
 @functools.cache

@@ -11,12 +11,15 @@ UnstorableError and the reason, rather than in every retry.
 
 import functools
 import re
-from datetime import datetime, timezone
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from google.api_core import exceptions
 from google.api_core import retry as retries
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_document import DocumentSnapshot
+from google.cloud.firestore_v1.document import DocumentReference
 
 from functions import config
 from functions.model import Conversation, Message, UserMessage, conversation_id, retention
@@ -28,7 +31,7 @@ ATTEMPTS = 20
 # a request in an outage gets an answer (503, or a Pub/Sub redelivery) instead of
 # hanging until the platform ends it.
 CALL_SECONDS = 15.0
-CALL = {"retry": retries.Retry(initial=0.1, maximum=2.0, timeout=CALL_SECONDS), "timeout": CALL_SECONDS}
+RETRY = retries.Retry(initial=0.1, maximum=2.0, timeout=CALL_SECONDS)
 
 # Firestore's hard limits ("Quotas and limits": collections, documents and fields),
 # with sizes counted as its "Storage size calculations" page counts them.
@@ -63,15 +66,20 @@ def conversations() -> firestore.CollectionReference:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-def stamped(doc: dict, at: datetime) -> dict:
+def stamped(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
     """A document ready to write: its change time and its TTL field set."""
     return doc | {"updated_at": at, "expire_at": retention(at)}
 
 
-def stage(batch: firestore.WriteBatch, ref, snapshot, doc: dict) -> None:
+def stage(
+    batch: firestore.WriteBatch,
+    ref: DocumentReference,
+    snapshot: DocumentSnapshot[DocumentReference],
+    doc: dict[str, Any],
+) -> None:
     """Adds a write of `doc` to `batch` that fails if `ref` changed since `snapshot`."""
     if snapshot.exists:
         batch.update(ref, doc, option=client().write_option(last_update_time=snapshot.update_time))
@@ -79,14 +87,16 @@ def stage(batch: firestore.WriteBatch, ref, snapshot, doc: dict) -> None:
         batch.create(ref, doc)
 
 
-def _text(value: str, what: str) -> str:
-    """`value` if it is valid Unicode (UTF-8 encodable), else UnstorableError."""
+def _text(value: str | None, what: str) -> str:
+    """`value` if it is valid Unicode (UTF-8 encodable), else UnstorableError (also when missing)."""
+    if value is None:
+        raise UnstorableError(f"{what} is missing")
     if _LONE_SURROGATE.search(value):
         raise UnstorableError(f"{what} is not valid Unicode (a lone UTF-16 surrogate)")
     return value
 
 
-def repaired(value):
+def repaired(value: Any) -> Any:
     """`value` (JSON-shaped) with each lone UTF-16 surrogate in its strings replaced by
     U+FFFD, as a UTF-8 decoder replaces what it cannot decode; map keys are left as they are."""
     if isinstance(value, str):
@@ -107,7 +117,7 @@ def document_id(value: str, what: str = "document id") -> str:
     return value
 
 
-def _size(value, depth: int, where: str) -> int:
+def _size(value: object, depth: int, where: str) -> int:
     """Storage size of a field value in bytes; UnstorableError for what Firestore refuses."""
     if isinstance(value, str):
         return len(_text(value, where).encode()) + 1
@@ -130,7 +140,7 @@ def _size(value, depth: int, where: str) -> int:
     raise UnstorableError(f"{where} is a {type(value).__name__}, not a Firestore value")
 
 
-def _fields_size(fields: dict, depth: int, where: str) -> int:
+def _fields_size(fields: dict[Any, Any], depth: int, where: str) -> int:
     total = 0
     for name, value in fields.items():
         if not isinstance(name, str) or not name or _RESERVED.fullmatch(name):
@@ -145,7 +155,7 @@ def _fields_size(fields: dict, depth: int, where: str) -> int:
     return total
 
 
-def check(ref, doc: dict) -> dict:
+def check(ref: DocumentReference, doc: dict[str, Any]) -> dict[str, Any]:
     """`doc` if Firestore can store it at `ref`, else UnstorableError saying why: its
     strings valid Unicode, integers within 64 bits, no array directly in an array,
     field names neither empty nor `__.*__` nor over 1,500 bytes, at most 20 levels of
@@ -158,13 +168,13 @@ def check(ref, doc: dict) -> dict:
     return doc
 
 
-def _read(refs: list) -> list:
+def _read(refs: list[DocumentReference]) -> list[DocumentSnapshot[DocumentReference]]:
     """Snapshots of `refs`, in their order, in one round trip."""
-    snapshots = {s.reference.path: s for s in client().get_all(refs, **CALL)}
+    snapshots = {s.reference.path: s for s in client().get_all(refs, retry=RETRY, timeout=CALL_SECONDS)}
     return [snapshots[ref.path] for ref in refs]
 
 
-def update_all(docs: list[tuple], change: Callable[[list], list]) -> list:
+def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable[[list[Any]], list[Any]]) -> list[Any]:
     """Applies `change` to documents read together and writes those it changed in one
     commit, each on the condition that nobody wrote it since it was read (or that it is
     still absent); on a conflict `change` runs again on fresh documents.
@@ -177,53 +187,93 @@ def update_all(docs: list[tuple], change: Callable[[list], list]) -> list:
     refs = [ref for ref, _ in docs]
     for _ in range(ATTEMPTS):
         snapshots = _read(refs)
-        current = [kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs)]
+        current = [
+            kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs, strict=True)
+        ]
         new = change(current)
-        writes = [(ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new) if n is not None and n != c]
+        writes = [
+            (ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new, strict=True) if n is not None and n != c
+        ]
         if not writes:
             return new
         batch, at = client().batch(), now()
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
         try:
-            batch.commit(**CALL)
+            batch.commit(retry=RETRY, timeout=CALL_SECONDS)
             return new
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
             continue
     raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")
 
 
-def update(ref, kind: type[T], change: Callable[[T | None], T | None]) -> T | None:
+def update(ref: DocumentReference, kind: type[T], change: Callable[[T | None], T]) -> T:
     """Applies `change` to the document at `ref` (None if absent); writes only if it changed."""
-    return update_all([(ref, kind)], lambda current: [change(current[0])])[0]
+    new: T = update_all([(ref, kind)], lambda current: [change(current[0])])[0]
+    return new
 
 
-def message_ref(message_id: str):
+def message_ref(message_id: str) -> DocumentReference:
     """The message document of an RBM messageId; UnstorableError if it cannot be a document id."""
     return messages().document(document_id(message_id, "messageId"))
 
 
-def update_message(message_id: str, change: Callable[[Message | None], Message | None]) -> Message | None:
-    """Applies `change` to the message (None if absent); a message it changed is written with
-    its past due times as the time of writing (transitions.due_from), so the scheduled
-    runs, which look back only a few seconds, see it at once."""
-    def written(current: Message | None) -> Message | None:
-        new = change(current)
-        return new if new is None or new == current else due_from(new, now())
+def _due_now(current: Message | None, new: Message) -> Message:
+    """`new`, if it changed `current`, with its past due times as the time of writing
+    (transitions.due_from), so the scheduled runs, which look back only a few
+    seconds, see it at once."""
+    return new if new == current else due_from(new, now())
 
-    return update(message_ref(message_id), Message, written)
+
+def update_message(message_id: str, change: Callable[[Message | None], Message]) -> Message:
+    """The message as `change` makes it from the stored one (None if absent), written
+    (due times as `_due_now` says) if it changed."""
+    return update(message_ref(message_id), Message, lambda current: _due_now(current, change(current)))
+
+
+def change_message(message_id: str, change: Callable[[Message], Message]) -> Message:
+    """`update_message` for a message known to exist (one a caller has just read or
+    claimed); LookupError if it does not."""
+
+    def existing(current: Message | None) -> Message:
+        if current is None:
+            raise LookupError(f"message {message_id!r} does not exist")
+        return change(current)
+
+    return update_message(message_id, existing)
+
+
+def claim_message(message_id: str, claim: Callable[[Message], Message | None]) -> Message | None:
+    """The message as `claim` makes it, written if it changed; None (nothing written) when
+    the message is absent or `claim` answers None (taken, or no longer due)."""
+
+    def claimed(current: Message | None) -> Message | None:
+        new = None if current is None else claim(current)
+        return None if new is None else _due_now(current, new)
+
+    result: Message | None = update_all([(message_ref(message_id), Message)], lambda current: [claimed(current[0])])[0]
+    return result
+
+
+def found(snapshot: DocumentSnapshot[DocumentReference]) -> dict[str, Any]:
+    """The fields of a document a query found (so one that exists); LookupError if it is gone."""
+    data = snapshot.to_dict()
+    if data is None:
+        raise LookupError(f"{snapshot.reference.path} does not exist")
+    return data
 
 
 def get_message(message_id: str) -> Message | None:
-    snapshot = message_ref(message_id).get(**CALL)
-    return Message.from_doc(snapshot.to_dict()) if snapshot.exists else None
+    snapshot = message_ref(message_id).get(retry=RETRY, timeout=CALL_SECONDS)
+    data = snapshot.to_dict()
+    return None if data is None else Message.from_doc(data)
 
 
-def conversation_ref(agent_id: str, phone: str):
-    """The conversation of (agent, user); UnstorableError if either is not valid Unicode."""
+def conversation_ref(agent_id: str | None, phone: str) -> DocumentReference:
+    """The conversation of (agent, user); UnstorableError if either is missing or not valid Unicode."""
     return conversations().document(conversation_id(_text(agent_id, "agentId"), _text(phone, "phone")))
 
 
-def opted_out(agent_id: str, phone: str) -> bool:
-    snapshot = conversation_ref(agent_id, phone).get(["opted_out"], **CALL)
+def opted_out(agent_id: str | None, phone: str) -> bool:
+    snapshot = conversation_ref(agent_id, phone).get(["opted_out"], retry=RETRY, timeout=CALL_SECONDS)
     return bool(snapshot.exists and snapshot.get("opted_out"))

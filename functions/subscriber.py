@@ -13,7 +13,10 @@ the Pub/Sub emulator ignores filters.
 
 import base64
 import binascii
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
+
+from cloudevents.http import CloudEvent
 
 from functions import config, events, logs, pubsub, store
 
@@ -22,14 +25,27 @@ class PoisonError(ValueError):
     """The event can never be processed; retrying would not help."""
 
 
-def _dead_letter(data: bytes, attributes: dict, reason: str, subscriber: str) -> None:
+def _dead_letter(data: bytes, attributes: dict[str, Any], reason: str, subscriber: str) -> None:
     pubsub.publish(
-        config.dead_letter_topic(), data, attributes | {"dead_letter_reason": reason[:1000], "dead_letter_subscriber": subscriber}
+        config.dead_letter_topic(),
+        data,
+        attributes | {"dead_letter_reason": reason[:1000], "dead_letter_subscriber": subscriber},
     )
-    logs.error(f"event dead-lettered: {reason}", event="event_dead_lettered", subscriber=subscriber, reason=reason, **attributes)
+    logs.error(
+        f"event dead-lettered: {reason}",
+        event="event_dead_lettered",
+        subscriber=subscriber,
+        reason=reason,
+        **attributes,
+    )
 
 
-def run(cloud_event, subscriber: str, handles: Callable[[events.Event], bool], process: Callable[[events.Event], None]) -> None:
+def run(
+    cloud_event: CloudEvent,
+    subscriber: str,
+    handles: Callable[[events.Event], bool],
+    process: Callable[[events.Event], None],
+) -> None:
     """Decodes the pushed Pub/Sub message and gives it to `process` if `handles` it."""
     message = (cloud_event.data or {}).get("message") or {}
     attributes = {k: v for k, v in (message.get("attributes") or {}).items() if isinstance(v, str)}

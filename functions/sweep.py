@@ -11,12 +11,14 @@ that is never completed makes the message due again when it runs out.
 
 import functools
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterator
+from enum import StrEnum
 
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.query import Query
 
 from functions import config, logs, store
 from functions.model import Message
@@ -32,13 +34,13 @@ class Sweep:
     name: str  # the scheduled entry point that runs it
     duty: str  # its name in a work item
     fields: tuple[str, str]  # (the field filtered with `in`, the due-time field)
-    values: tuple  # the values of the first field that can be due
+    values: tuple[StrEnum, ...]  # the values of the first field that can be due
     claim: Claim
     act: Act  # returns one of `outcomes`
     outcomes: tuple[str, ...]
 
 
-def _due_query(sweep: Sweep, until: datetime, after: datetime | None = None):
+def _due_query(sweep: Sweep, until: datetime, after: datetime | None = None) -> Query:
     selector, due_at = sweep.fields
     query = (store.messages()
              .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
@@ -51,18 +53,20 @@ def due(sweep: Sweep, until: datetime, after: datetime | None = None) -> Iterato
     query, cursor = _due_query(sweep, until, after).order_by(sweep.fields[1]), None
     while True:
         page = (query.start_after(cursor) if cursor else query).limit(PAGE).get()
-        yield from (Message.from_doc(s.to_dict()) for s in page)
+        yield from (Message.from_doc(store.found(s)) for s in page)
         if len(page) < PAGE:
             return
         cursor = page[-1]
 
 
 def due_at(sweep: Sweep, message: Message) -> datetime:
-    return getattr(message, sweep.fields[1])
+    at: datetime = getattr(message, sweep.fields[1])  # set on every message the sweep's query finds
+    return at
 
 
 def count_due(sweep: Sweep, until: datetime) -> int:
-    return int(_due_query(sweep, until).count().get()[0][0].value)
+    # google-cloud-firestore annotates Query.count() as returning the AggregationQuery class; it returns an instance.
+    return int(_due_query(sweep, until).count().get()[0][0].value)  # type: ignore[call-arg, index]
 
 
 def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> str:
@@ -72,7 +76,7 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
         return "left"
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
     try:
-        claimed = store.update_message(message_id, lambda m: m and sweep.claim(m, now, lease, owner))
+        claimed = store.claim_message(message_id, lambda m: sweep.claim(m, now, lease, owner))
         return sweep.act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: never acted on
     except Exception as exc:  # one message's trouble must not stop the others; its lease expires
         logs.error("could not process a message", event="sweep_error", sweep=sweep.name, message_id=message_id,

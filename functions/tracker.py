@@ -5,6 +5,8 @@ sender's) gets a minimal `tracked: false` record: its state is kept, and nothing
 ever acts on it (`transitions.learn` never makes it due).
 """
 
+from cloudevents.http import CloudEvent
+
 from functions import logs, store, subscriber
 from functions.events import Event, Kind
 from functions.model import Message
@@ -16,18 +18,19 @@ def _handles(event: Event) -> bool:
 
 
 def _record(event: Event) -> None:
-    if not event.message_id or not event.phone or not event.dedupe_id:
-        raise subscriber.PoisonError(f"{event.event_type} without messageId, phone or eventId")
-    fact, at = EVENT_FACTS[event.event_type], event.time or store.now()
+    message_id, phone, dedupe_id, event_type = event.message_id, event.phone, event.dedupe_id, event.event_type
+    if not message_id or not phone or not dedupe_id or event_type is None:
+        raise subscriber.PoisonError(f"{event_type} without messageId, phone or eventId")
+    fact, at = EVENT_FACTS[event_type], event.time or store.now()
 
     def change(current: Message | None) -> Message:
-        message = current or Message(event.message_id, event.phone, event.agent_id, tracked=False)
-        return learn(message, fact, at, event.dedupe_id)
+        message = current or Message(message_id, phone, event.agent_id, tracked=False)
+        return learn(message, fact, at, dedupe_id)
 
-    message = store.update_message(event.message_id, change)
+    message = store.update_message(message_id, change)
     logs.info(
-        f"{event.event_type} recorded",
-        event=f"receipt_{event.event_type.lower()}",
+        f"{event_type} recorded",
+        event=f"receipt_{event_type.lower()}",
         state=message.state.value,
         fallback=message.fallback.value,
         tracked=message.tracked,
@@ -35,5 +38,5 @@ def _record(event: Event) -> None:
     )
 
 
-def handle(cloud_event) -> None:
+def handle(cloud_event: CloudEvent) -> None:
     subscriber.run(cloud_event, "track_delivery", _handles, _record)

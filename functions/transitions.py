@@ -8,11 +8,19 @@ delivery state until an SMS is under way; from then on only the sweep moves it.
 """
 
 import dataclasses
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from functions.model import (
-    APPLIED_KEEP, CONVERSATION_APPLIED_KEEP, RANK, SWEPT_STATES, Conversation, Fallback, Message, State,
+    APPLIED_KEEP,
+    CONVERSATION_APPLIED_KEEP,
+    RANK,
+    SWEPT_STATES,
+    Conversation,
+    Fallback,
+    Message,
+    State,
 )
 
 
@@ -78,7 +86,7 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
     """The message once `fact`, seen at `at`, is known; unchanged if `event_id` was applied already."""
     if event_id and event_id in m.applied:
         return m
-    m = dataclasses.replace(m, applied=(m.applied + [event_id])[-APPLIED_KEEP:] if event_id else m.applied)
+    m = dataclasses.replace(m, applied=[*m.applied, event_id][-APPLIED_KEEP:] if event_id else m.applied)
     m.state = max(m.state, _FACT_STATE[fact], key=RANK.__getitem__)
     for name in _FIRST_SEEN.get(fact, ()):
         setattr(m, name, _earliest(getattr(m, name), at))
@@ -118,16 +126,16 @@ def _dropped(m: Message) -> Message:
     return dataclasses.replace(m, next_action_at=None, fallback_at=None, lease_owner=None, revoking=False)
 
 
-def due_from(m: Message | None, now: datetime) -> Message | None:
+def due_from(m: Message, now: datetime) -> Message:
     """`m` with each due time (`next_action_at`, `fallback_at`) that is already past at
     `now` moved to `now`. After its first look a scheduled run reads only work whose due
     time is recent (due.LOOKBACK_SECONDS), so a due time written in the past — the
     sendTime of an event that reached us late, a deadline that passed while the message
     waited to be re-sent — would wait for the next run; written as `now`, it is due at once."""
-    if m is None:
-        return None
-    return dataclasses.replace(m, **{name: now for name in ("next_action_at", "fallback_at")
-                                     if getattr(m, name) is not None and getattr(m, name) < now})
+    def moved(at: datetime | None) -> datetime | None:
+        return now if at is not None and at < now else at
+
+    return dataclasses.replace(m, next_action_at=moved(m.next_action_at), fallback_at=moved(m.fallback_at))
 
 
 # revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
@@ -192,20 +200,22 @@ def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opte
     return m
 
 
-def fallback_sent(m: Message, now: datetime, sms_id: str) -> Message:
-    return dataclasses.replace(m, fallback=Fallback.SENT, sms_id=sms_id, fallback_sent_at=now, fallback_at=None, lease_owner=None)
+def fallback_sent(m: Message, now: datetime, sms_id: str | None) -> Message:
+    return dataclasses.replace(
+        m, fallback=Fallback.SENT, sms_id=sms_id, fallback_sent_at=now, fallback_at=None, lease_owner=None
+    )
 
 
-def fallback_failed(m: Message, error: str) -> Message:
+def fallback_failed(m: Message, error: str | None) -> Message:
     return dataclasses.replace(m, fallback=Fallback.FAILED, last_error=error, fallback_at=None, lease_owner=None)
 
 
-def fallback_unknown(m: Message, error: str) -> Message:
+def fallback_unknown(m: Message, error: str | None) -> Message:
     """The provider got the request but its answer was lost: the SMS may be out."""
     return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
 
 
-def retry_fallback(m: Message, now: datetime, error: str, max_attempts: int, base: float,
+def retry_fallback(m: Message, now: datetime, error: str | None, max_attempts: int, base: float,
                    wait: float | None = None) -> Message:
     """The provider surely sent nothing: due again after the backoff, or after `wait`
     seconds (the provider's Retry-After) when that is longer; or failed for good."""
@@ -239,14 +249,16 @@ def _subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversatio
     return dataclasses.replace(c, opted_out=opted_out, subscription_changed_at=at)
 
 
-def conversation_learn(c: Conversation, signals, at: datetime, event_id: str | None = None) -> Conversation:
+def conversation_learn(
+    c: Conversation, signals: Iterable[Signal], at: datetime, event_id: str | None = None
+) -> Conversation:
     """The conversation once `signals` (Signal values), sent at `at`, are known;
     unchanged if the event `event_id` was applied already (the last
     CONVERSATION_APPLIED_KEEP ids are remembered)."""
     if event_id and event_id in c.applied:
         return c
     if event_id:
-        c = dataclasses.replace(c, applied=(c.applied + [event_id])[-CONVERSATION_APPLIED_KEEP:])
+        c = dataclasses.replace(c, applied=[*c.applied, event_id][-CONVERSATION_APPLIED_KEEP:])
     for signal in signals:
         if signal is Signal.ACTIVITY:
             c = dataclasses.replace(c, last_activity_at=_latest(c.last_activity_at, at))

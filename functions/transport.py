@@ -15,7 +15,7 @@ other 5xx leave the outcome open.
 """
 
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import requests
@@ -39,7 +39,7 @@ def may_have_been_read(exc: requests.RequestException) -> bool:
                                 exceptions.InvalidSchema, exceptions.InvalidHeader))
 
 
-def _while_connecting(exc: BaseException) -> bool:
+def _while_connecting(exc: object) -> bool:
     """Whether `exc`, or an error it wraps (requests → urllib3 → ssl), was raised while
     urllib3 set up the connection (TCP, TLS handshake, certificate check): before any
     byte of the request was written."""
@@ -63,7 +63,7 @@ def retry_after(response: requests.Response, cap: float) -> float | None:
         seconds = float(value)
     else:
         try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None
     return min(max(seconds, 0.0), cap)

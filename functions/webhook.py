@@ -9,14 +9,17 @@ import base64
 import binascii
 import hmac
 import json
+from typing import Any
+
+import flask
 
 from functions import config, events, logs, pubsub, signature
-from functions.replies import reject, reply
+from functions.replies import Reply, reject, reply
 
 MAX_BODY = 1 << 20
 
 
-def _handshake(body: dict):
+def _handshake(body: dict[str, Any]) -> Reply:
     """RBM's webhook registration: echo the secret, as plain text, to a known token."""
     token, secret = body.get("clientToken"), body.get("secret")
     if not isinstance(token, str) or not isinstance(secret, str):
@@ -29,7 +32,7 @@ def _handshake(body: dict):
     return secret, 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 
-def _envelope_data(body: dict) -> tuple[bytes, str | None]:
+def _envelope_data(body: dict[str, Any]) -> tuple[bytes, str | None]:
     """The decoded `message.data` bytes and the envelope's `type` attribute."""
     message = body.get("message")
     if not isinstance(message, dict) or not isinstance(message.get("data"), str):
@@ -43,7 +46,7 @@ def _envelope_data(body: dict) -> tuple[bytes, str | None]:
     return data, envelope_type if isinstance(envelope_type, str) else None
 
 
-def handle(request):
+def handle(request: flask.Request) -> Reply:
     logs.bind_trace(request.headers)
     if request.method != "POST":
         return reject(405, "method not allowed")
@@ -76,7 +79,9 @@ def handle(request):
     try:
         published = pubsub.publish(config.events_topic(), data, attributes)
     except pubsub.PublishError as exc:
-        logs.error("publish failed; answering 503 so RBM retries", event="publish_failed", reason=str(exc), **attributes)
+        logs.error(
+            "publish failed; answering 503 so RBM retries", event="publish_failed", reason=str(exc), **attributes
+        )
         return reply(503, {"error": "event not queued, retry"})
     logs.info("event published", event="event_published", pubsub_id=published, **attributes)
     return reply(200, {"published": published})

@@ -34,7 +34,9 @@ KINDS = {
     "not_rcs": Kind("not_rcs", (State.UNREACHABLE, Fallback.SENT)),
     "unsubscribes": Kind("offline", (State.REVOKED, Fallback.CANCELLED), unsubscribes=True),
     # Its revoke never succeeds, so its SMS goes out anyway; RCS arrives later: both reach the user.
-    "urgent": Kind("offline", (State.DELIVERED, Fallback.SENT), online_after=3.0, time_sensitive=True, revoke_fails=True),
+    "urgent": Kind(
+        "offline", (State.DELIVERED, Fallback.SENT), online_after=3.0, time_sensitive=True, revoke_fails=True
+    ),
 }
 SMS_EXPECTED = {"never", "not_rcs", "urgent"}  # not delivered by the deadline: exactly one SMS each
 
@@ -85,7 +87,10 @@ def progress(docs: dict, started: float) -> str:
     for m in filter(None, docs.values()):
         states[m.state.value] = states.get(m.state.value, 0) + 1
         fallbacks[m.fallback.value] = fallbacks.get(m.fallback.value, 0) + 1
-    show = lambda counts: " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))  # noqa: E731
+
+    def show(counts: dict) -> str:
+        return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
+
     return f"t={time.monotonic() - started:5.1f}s  state {show(states)}  |  fallback {show(fallbacks)}"
 
 
@@ -97,10 +102,13 @@ def timings(m: Message) -> dict:
     """Seconds between the milestones of a message; an SMS sent before the
     deadline (no RCS at all) is timed from the send instead."""
     early = m.fallback_sent_at and m.revoke_at and m.fallback_sent_at < m.revoke_at
-    return {"send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at), "send→read": _seconds(m.sent_at, m.read_at),
-            "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
-            "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
-            "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None}
+    return {
+        "send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at),
+        "send→read": _seconds(m.sent_at, m.read_at),
+        "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
+        "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
+        "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None,
+    }
 
 
 def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
@@ -121,7 +129,17 @@ def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
 
 
 def table(planned: list[Planned], docs: dict) -> str:
-    columns = ["kind", "phone", "state", "fallback", "send→delivered", "send→read", "deadline→revoked", "deadline→SMS", "send→SMS"]
+    columns = [
+        "kind",
+        "phone",
+        "state",
+        "fallback",
+        "send→delivered",
+        "send→read",
+        "deadline→revoked",
+        "deadline→SMS",
+        "send→SMS",
+    ]
     rows = [columns]
     for p in planned:
         m = docs[p.message_id]
@@ -129,7 +147,7 @@ def table(planned: list[Planned], docs: dict) -> str:
                  "fallback": m.fallback.value if m else "-", **(timings(m) if m else {})}
         rows.append([str(cells.get(c) if cells.get(c) is not None else "-") for c in columns])
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows)
 
 
 SMS_TIMINGS = ("deadline→SMS", "send→SMS")  # how late the SMS of a message not delivered on RCS went out
@@ -149,7 +167,7 @@ def summary(docs: dict, names: tuple[str, ...]) -> dict:
 def verdict(found: list[str], docs: dict) -> str:
     """The closing lines: the fates, then how late the SMS went out."""
     lines = ["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found \
-        else ["PROBLEMS:"] + found
+        else ["PROBLEMS:", *found]
     for name, s in summary(docs, SMS_TIMINGS).items():
         lines.append(f"{name}: p50 {s['p50']} s, p99 {s['p99']} s over {s['n']} messages")
     return "\n".join(lines)

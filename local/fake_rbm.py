@@ -18,7 +18,7 @@ ALREADY_EXISTS — the worst reading for a caller, so the one the fake gives.
 import argparse
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -67,7 +67,7 @@ def google_error(status: int, message: str = "") -> tuple[int, dict]:
 
 def now_rfc3339() -> str:
     """The current UTC time as RBM writes it, e.g. 2026-01-01T00:00:00.123456Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _agent_message_problem(body: Any) -> str | None:
@@ -193,7 +193,9 @@ class FakeRbm(FakeServer):
         with self._lock:
             return {k: dict(v) for k, v in self._messages.items()}
 
-    def count(self, kind: str, message_id: str | None = None, phone: str | None = None, status: int | None = None) -> int:
+    def count(
+        self, kind: str, message_id: str | None = None, phone: str | None = None, status: int | None = None
+    ) -> int:
         """How many requests of a kind (create, revoke, event, capabilities) matched."""
         with self._lock:
             return sum(
@@ -288,18 +290,33 @@ class FakeRbm(FakeServer):
                 self._messages[message_id]["duplicates"] += 1
             return google_error(409, f"Agent message with id {message_id} already exists.")
         self._used_ids.add((r["agent_id"], message_id))
-        message = {"phone": phone, "agent_id": r["agent_id"], "body": body, "state": "queued", "send_time": now_rfc3339(), "duplicates": 0}
+        message = {
+            "phone": phone,
+            "agent_id": r["agent_id"],
+            "body": body,
+            "state": "queued",
+            "send_time": now_rfc3339(),
+            "duplicates": 0,
+        }
         self._messages[message_id] = message
         self._queued(message_id, message)
         fields = {k: v for k, v in message["body"].items() if k not in ("name", "sendTime")}
-        return 200, {"name": f"phones/{message['phone']}/agentMessages/{message_id}", "sendTime": message["send_time"], **fields}
+        return 200, {
+            "name": f"phones/{message['phone']}/agentMessages/{message_id}",
+            "sendTime": message["send_time"],
+            **fields,
+        }
 
     def _revoke(self, r: dict) -> tuple[int, Any]:
         error = self._faults.next_error(("revoke", r["message_id"]), "revoke")
         if error:
             return google_error(error)
         message = self._messages.get(r["message_id"])
-        if message is None or (message["phone"], message["agent_id"], message["state"]) != (r["phone"], r["agent_id"], "queued"):
+        if message is None or (message["phone"], message["agent_id"], message["state"]) != (
+            r["phone"],
+            r["agent_id"],
+            "queued",
+        ):
             return google_error(404)  # unknown, delivered already, or revoked already
         message["state"] = "revoked"
         self._revoked(r["message_id"], message)
@@ -338,7 +355,9 @@ def _key(method: str, phone_or_message: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local.fake_rbm", description="Fake RBM REST API on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="port to bind; a free one by default")
-    parser.add_argument("--not-rcs", action="append", default=[], metavar="PHONE", help="a phone without RCS (answers 404); repeatable")
+    parser.add_argument(
+        "--not-rcs", action="append", default=[], metavar="PHONE", help="a phone without RCS (answers 404); repeatable"
+    )
     args = parser.parse_args(argv)
     fake = FakeRbm()
     for phone in args.not_rcs:

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -185,7 +185,12 @@ class SmsFake(FakeServer):
 
 def twilio_error(status: int, code: int, message: str) -> dict:
     """Twilio's JSON error body."""
-    return {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}", "status": status}
+    return {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
 
 
 _TWILIO_PATH = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
@@ -237,7 +242,7 @@ class FakeTwilio(SmsFake):
 
     def _success(self, sent: dict) -> tuple[int, Any]:
         form, sid = sent["fields"], sent["provider_id"]
-        created = format_datetime(datetime.fromtimestamp(sent["time"], timezone.utc))
+        created = format_datetime(datetime.fromtimestamp(sent["time"], UTC))
         uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
         return 201, {
             "sid": sid,
@@ -290,13 +295,17 @@ class FakeSmsWebhook(SmsFake):
     def _read(self, request: Request) -> dict:
         if request.method != "POST":
             raise Rejected(405, gateway_error("method_not_allowed", "method not allowed"))
-        if not hmac.compare_digest(request.headers.get("X-Signature", "").encode(), self.signature(request.body).encode()):
+        if not hmac.compare_digest(
+            request.headers.get("X-Signature", "").encode(), self.signature(request.body).encode()
+        ):
             raise Rejected(401, gateway_error("bad_signature", "bad signature"))
         try:
             payload = request.json()
         except ValueError:
             raise Rejected(400, gateway_error("bad_request", "body is not JSON")) from None
-        if not isinstance(payload, dict) or not all(isinstance(payload.get(k), str) and payload[k] for k in ("to", "text", "message_id")):
+        if not isinstance(payload, dict) or not all(
+            isinstance(payload.get(k), str) and payload[k] for k in ("to", "text", "message_id")
+        ):
             raise Rejected(400, gateway_error("bad_request", "to, text and message_id are required strings"))
         if not E164.match(payload["to"]):
             raise _bad_number(payload["to"])

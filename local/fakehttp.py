@@ -16,10 +16,11 @@ import socket
 import struct
 import threading
 import traceback
+from collections.abc import Hashable
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Hashable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -72,7 +73,9 @@ class FakeServer:
             httpd.fake = self
             self.port = httpd.server_address[1]
             self._httpd = httpd
-            self._thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True, name=type(self).__name__)
+            self._thread = threading.Thread(
+                target=httpd.serve_forever, args=(0.01,), daemon=True, name=type(self).__name__
+            )
             self._thread.start()
         return self
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import requests
 from google.cloud import pubsub_v1
@@ -92,7 +93,7 @@ class Emulator:
             os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
     """
 
-    COMMANDS = {
+    COMMANDS: ClassVar[dict[str, list[str]]] = {
         "pubsub": ["gcloud", "beta", "emulators", "pubsub", "start"],
         "firestore": ["gcloud", "emulators", "firestore", "start"],
     }
@@ -247,7 +248,7 @@ def _emulator_host() -> str:
     return host
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _clients(host: str):
     return pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
 

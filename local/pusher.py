@@ -93,7 +93,9 @@ class Pusher:
             self.busy[endpoint] += 1
         try:
             try:
-                status = self._http.post(endpoint, json=push_body(received, self.path), timeout=self.timeout).status_code
+                status = self._http.post(
+                    endpoint, json=push_body(received, self.path), timeout=self.timeout
+                ).status_code
             except requests.RequestException:
                 status = None  # endpoint down: redelivered, as a push is
             with self._lock:

@@ -24,8 +24,9 @@ import threading
 import time
 import traceback
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import requests
 
@@ -41,7 +42,7 @@ def _expires_in(body: dict) -> float | None:
         return float(body["ttl"][:-1])
     if "expireTime" in body:
         expiry = datetime.fromisoformat(body["expireTime"])
-        return max(0.0, (expiry - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (expiry - datetime.now(UTC)).total_seconds())
     return None
 
 
@@ -68,8 +69,18 @@ class Simulator(FakeRbm):
                  shuffle_window: int = 4, shuffle_hold: float = 0.2, senders: int = 1, timeout: float = 10.0,
                  on_attempt: Callable[[dict], None] | None = None):
         self.webhook_url, self.client_token, self.agent_id, self.seed = webhook_url, client_token, agent_id, seed
-        self.delivery_delay, self.retry_base, self.retry_cap, self.max_age = delivery_delay, retry_base, retry_cap, max_age
-        self.duplicate_all, self.shuffle, self.shuffle_window, self.shuffle_hold = duplicate_all, shuffle, shuffle_window, shuffle_hold
+        self.delivery_delay, self.retry_base, self.retry_cap, self.max_age = (
+            delivery_delay,
+            retry_base,
+            retry_cap,
+            max_age,
+        )
+        self.duplicate_all, self.shuffle, self.shuffle_window, self.shuffle_hold = (
+            duplicate_all,
+            shuffle,
+            shuffle_window,
+            shuffle_hold,
+        )
         self.senders, self.timeout, self.on_attempt = senders, timeout, on_attempt
         self._threads: list[threading.Thread] = []
         self._stopping = False  # tells the clock and the sender to end
@@ -91,7 +102,9 @@ class Simulator(FakeRbm):
 
     # Devices
 
-    def add_device(self, phone: str, mode: str, online_after: float | None = None, read_after: float | None = None) -> None:
+    def add_device(
+        self, phone: str, mode: str, online_after: float | None = None, read_after: float | None = None
+    ) -> None:
         """online: receives messages after `delivery_delay`; offline: comes online
         after `online_after` seconds, or never; not_rcs: create answers 404.
         A device that receives a message reads it `read_after` seconds later, if set."""
@@ -189,10 +202,20 @@ class Simulator(FakeRbm):
             fields = {"postbackData": suggestion, "text": suggestion} if isinstance(suggestion, str) else suggestion
             content = {"suggestionResponse": {"type": "REPLY", **fields}}
         else:
-            latitude, longitude = (location["latitude"], location["longitude"]) if isinstance(location, dict) else location
+            latitude, longitude = (
+                (location["latitude"], location["longitude"]) if isinstance(location, dict) else location
+            )
             content = {"location": {"latitude": latitude, "longitude": longitude}}
         message_id = str(uuid.uuid4())
-        self._emit({"senderPhoneNumber": phone, "agentId": self.agent_id, "messageId": message_id, "sendTime": now_rfc3339(), **content})
+        self._emit(
+            {
+                "senderPhoneNumber": phone,
+                "agentId": self.agent_id,
+                "messageId": message_id,
+                "sendTime": now_rfc3339(),
+                **content,
+            }
+        )
         return message_id
 
     def user_typing(self, phone: str) -> str:
@@ -218,7 +241,9 @@ class Simulator(FakeRbm):
         must answer 200 with the secret as its plain-text body."""
         secret = secrets.token_urlsafe(16)
         try:
-            response = requests.post(self.webhook_url, json={"clientToken": self.client_token, "secret": secret}, timeout=self.timeout)
+            response = requests.post(
+                self.webhook_url, json={"clientToken": self.client_token, "secret": secret}, timeout=self.timeout
+            )
         except requests.RequestException:
             return False
         return response.status_code == 200 and response.text == secret
@@ -252,9 +277,15 @@ class Simulator(FakeRbm):
         """Queue a webhook for one event, twice under duplicate_all."""
         agent = re.sub(r"[^a-z0-9-]", "-", event["agentId"].split("@")[0].lower())
         with self._lock:
-            envelope = {"message": {"data": base64.b64encode(json.dumps(event).encode()).decode(),
-                                    "messageId": str(next(self._envelope_ids)), "publishTime": now_rfc3339(), "attributes": {}},
-                        "subscription": f"projects/rbm-partner/subscriptions/rbm-agent-{agent}"}
+            envelope = {
+                "message": {
+                    "data": base64.b64encode(json.dumps(event).encode()).decode(),
+                    "messageId": str(next(self._envelope_ids)),
+                    "publishTime": now_rfc3339(),
+                    "attributes": {},
+                },
+                "subscription": f"projects/rbm-partner/subscriptions/rbm-agent-{agent}",
+            }
             for duplicate in (False, True)[: 1 + self.duplicate_all]:
                 record = {"event": event, "envelope": envelope, "statuses": [], "attempts": 0, "delivered": False,
                           "gave_up": False, "duplicate": duplicate, "created": time.monotonic()}
@@ -280,7 +311,9 @@ class Simulator(FakeRbm):
         data = base64.b64decode(record["envelope"]["message"]["data"])
         headers = {"Content-Type": "application/json", "X-Goog-Signature": sign(self.client_token, data)}
         try:
-            return requests.post(self.webhook_url, data=json.dumps(record["envelope"]), headers=headers, timeout=self.timeout).status_code
+            return requests.post(
+                self.webhook_url, data=json.dumps(record["envelope"]), headers=headers, timeout=self.timeout
+            ).status_code
         except requests.RequestException:
             return None
 
@@ -337,7 +370,10 @@ class Simulator(FakeRbm):
             if not self._threads:
                 self._stopping = False
                 self._threads = [threading.Thread(target=self._timer_loop, daemon=True, name="rbm-clock")]
-                self._threads += [threading.Thread(target=self._send_loop, daemon=True, name=f"rbm-webhooks-{i}") for i in range(self.senders)]
+                self._threads += [
+                    threading.Thread(target=self._send_loop, daemon=True, name=f"rbm-webhooks-{i}")
+                    for i in range(self.senders)
+                ]
                 for thread in self._threads:
                     thread.start()
         return self
@@ -357,7 +393,9 @@ def _device(text: str) -> tuple[str, str, float | None]:
     phone, _, rest = text.partition(":")
     mode, _, seconds = rest.partition(":")
     if mode not in DEVICE_MODES or (seconds and mode != "offline") or not re.fullmatch(r"(\d+(\.\d*)?)?", seconds):
-        raise argparse.ArgumentTypeError(f"expected PHONE:online, PHONE:offline[:SECONDS] or PHONE:not_rcs, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected PHONE:online, PHONE:offline[:SECONDS] or PHONE:not_rcs, got {text!r}"
+        )
     return phone, mode, float(seconds) if seconds else None
 
 
@@ -376,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user-writes", nargs=2, action="append", default=[], metavar=("PHONE", "TEXT"))
     for flag in ("--user-typing", "--subscribe", "--unsubscribe"):
         parser.add_argument(flag, action="append", default=[], metavar="PHONE")
-    parser.add_argument("--retry-base", type=float, default=1.0, help="first webhook retry delay, seconds (doubles, up to 600)")
+    parser.add_argument(
+        "--retry-base", type=float, default=1.0, help="first webhook retry delay, seconds (doubles, up to 600)"
+    )
     parser.add_argument("--once", action="store_true", help="send the webhooks asked for, wait for them, then exit")
     args = parser.parse_args(argv)
 
@@ -384,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         kind = record["event"].get("eventType", "user message")
         print(f"webhook {kind} attempt {record['attempts']}: {record['statuses'][-1]}", file=sys.stderr, flush=True)
 
-    simulator = Simulator(args.webhook_url, args.client_token, args.agent_id, retry_base=args.retry_base, on_attempt=report)
+    simulator = Simulator(
+        args.webhook_url, args.client_token, args.agent_id, retry_base=args.retry_base, on_attempt=report
+    )
     simulator.start(args.port)
     print(simulator.url, flush=True)
     try:

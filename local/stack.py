@@ -14,6 +14,7 @@ process started here, and only those.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -26,12 +27,19 @@ from pathlib import Path
 import requests
 
 from local.fake_sms import FakeTwilio
+from local.processes import (
+    PROJECT,
+    REPO_ROOT,
+    Emulator,
+    FunctionProcess,
+    create_pull_subscription,
+    create_push_subscription,
+    create_topic,
+    delete_subscription,
+    delete_topic,
+)
 from local.pusher import Pusher
 from local.simulator import Simulator
-from local.processes import (
-    PROJECT, REPO_ROOT, Emulator, FunctionProcess, create_pull_subscription, create_push_subscription, create_topic,
-    delete_subscription, delete_topic,
-)
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
 WORK = TOPOLOGY["work"]
@@ -90,9 +98,17 @@ class Stack:
     `rbm` the simulator and `sms` the fake Twilio, or None where the stack was given
     an RBM root or an SMS webhook gateway of its own."""
 
-    def __init__(self, workdir: Path | None = None, period: float = 5.0, settings: dict | None = None,
-                 simulator_options: dict | None = None, pubsub_host: str | None = None, firestore_host: str | None = None,
-                 rbm_root: str | None = None, sms_webhook: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        period: float = 5.0,
+        settings: dict | None = None,
+        simulator_options: dict | None = None,
+        pubsub_host: str | None = None,
+        firestore_host: str | None = None,
+        rbm_root: str | None = None,
+        sms_webhook: tuple[str, str] | None = None,
+    ):
         """Emulator hosts given are used as they are; otherwise the stack starts its own.
         `period`: seconds between scheduled runs (SCHEDULE_PERIOD_SECONDS). `rbm_root`:
         the RBM REST root the relay calls instead of the simulator's; `sms_webhook`:
@@ -145,7 +161,9 @@ class Stack:
         if not self.sms_webhook:
             self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))
         if not self.rbm_root:
-            self.rbm = self._start(Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options))
+            self.rbm = self._start(
+                Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options)
+            )
         for name in HTTP_FUNCTIONS:
             self.functions[name] = self._start(self._function(name))
         self._topology()
@@ -168,18 +186,36 @@ class Stack:
         topology.topic(dead)
         topology.pull(dead, TOPOLOGY["dead_letter_subscription"])
         for subscription in TOPOLOGY["subscriptions"]:
-            process = self.functions[subscription["entry_point"]] = self._start(self._function(subscription["entry_point"]))
-            topology.push(events, subscription["name"], process, dead, TOPOLOGY["max_delivery_attempts"], subscription["filter"])
+            process = self.functions[subscription["entry_point"]] = self._start(
+                self._function(subscription["entry_point"])
+            )
+            topology.push(
+                events, subscription["name"], process, dead, TOPOLOGY["max_delivery_attempts"], subscription["filter"]
+            )
         topology.topic(WORK["topic"])
         topology.topic(WORK["dead_letter_topic"])
         topology.pull(WORK["dead_letter_topic"], WORK["dead_letter_subscription"])
         worker = self._function(WORK["entry_point"], THREADS=str(WORKER_THREADS))  # functions-framework's thread count
         worker = self.functions[WORK["entry_point"]] = self._start(worker)
         # Pushed by a Pusher, not by the emulator, which has only about two pushes outstanding (local/pusher.py).
-        topology.push(WORK["topic"], WORK["subscription"], None, WORK["dead_letter_topic"], WORK["max_delivery_attempts"],
-                      ack_deadline=WORK["ack_deadline_seconds"])
-        self._start(Pusher(PROJECT, WORK["subscription"], f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
-                           WORKER_THREADS, timeout=WORK["ack_deadline_seconds"], backoff=float(WORK["minimum_backoff"].rstrip("s"))))
+        topology.push(
+            WORK["topic"],
+            WORK["subscription"],
+            None,
+            WORK["dead_letter_topic"],
+            WORK["max_delivery_attempts"],
+            ack_deadline=WORK["ack_deadline_seconds"],
+        )
+        self._start(
+            Pusher(
+                PROJECT,
+                WORK["subscription"],
+                f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
+                WORKER_THREADS,
+                timeout=WORK["ack_deadline_seconds"],
+                backoff=float(WORK["minimum_backoff"].rstrip("s")),
+            )
+        )
 
     def urls(self) -> dict[str, str]:
         """The URL of every function, by entry point."""
@@ -192,10 +228,9 @@ class Stack:
         return response.json() if response.ok else {"error": response.status_code}
 
     def _call(self, name: str) -> None:
-        try:
+        # A process being restarted by a fault test, or the stack stopping: the next tick calls again.
+        with contextlib.suppress(requests.RequestException):
             self.sweep(name)
-        except requests.RequestException:
-            pass  # a process being restarted by a fault test, or the stack stopping; the next tick calls again
 
     def _scheduler(self) -> None:
         """Calls each scheduled function at every tick, the first at once, without
@@ -231,7 +266,9 @@ class Stack:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--period", type=float, default=5.0,
                         help="seconds between scheduled runs, as Cloud Scheduler's (5; production's: 60)")
     demo = parser.add_argument_group("the demo")
@@ -247,10 +284,18 @@ def _parser() -> argparse.ArgumentParser:
     own.add_argument("--rbm-agent-id", default=AGENT, help=f"the agent id the relay sends as ({AGENT})")
     own.add_argument("--rbm-client-token", default=CLIENT_TOKEN,
                      help="the client token the RBM webhooks are signed with; comma-separated for several")
-    own.add_argument("--rbm-key-file", type=Path, metavar="PATH",
-                     help="service account key (JSON) for an https RBM root; without it, Application Default Credentials")
+    own.add_argument(
+        "--rbm-key-file",
+        type=Path,
+        metavar="PATH",
+        help="service account key (JSON) for an https RBM root; without it, Application Default Credentials",
+    )
     own.add_argument("--sms-webhook-url", metavar="URL", help="signed SMS webhook gateway instead of the fake Twilio")
-    own.add_argument("--sms-webhook-secret", metavar="SECRET", help="its HMAC secret (or the SMS_WEBHOOK_SECRET environment variable)")
+    own.add_argument(
+        "--sms-webhook-secret",
+        metavar="SECRET",
+        help="its HMAC secret (or the SMS_WEBHOOK_SECRET environment variable)",
+    )
     return parser
 
 
@@ -261,7 +306,9 @@ def _arguments(argv) -> argparse.Namespace:
     if args.period <= 0:
         parser.error("--period must be positive")
     if (args.rbm_root or args.sms_webhook_url) and not args.no_demo:
-        parser.error("--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio")
+        parser.error(
+            "--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio"
+        )
     if bool(args.sms_webhook_url) != bool(args.sms_webhook_secret):
         parser.error("--sms-webhook-url and --sms-webhook-secret go together")
     return args
@@ -272,7 +319,11 @@ def _settings(args: argparse.Namespace) -> dict:
     if not args.rbm_root:
         return {}
     key = args.rbm_key_file.read_text() if args.rbm_key_file else ""
-    return {"RBM_AGENT_ID": args.rbm_agent_id, "RBM_CLIENT_TOKEN": args.rbm_client_token, "RBM_SERVICE_ACCOUNT_KEY": key}
+    return {
+        "RBM_AGENT_ID": args.rbm_agent_id,
+        "RBM_CLIENT_TOKEN": args.rbm_client_token,
+        "RBM_SERVICE_ACCOUNT_KEY": key,
+    }
 
 
 def _demo(stack: Stack, args: argparse.Namespace) -> bool:
@@ -302,7 +353,10 @@ def main(argv=None) -> int:
     out = sys.stderr if args.no_demo else sys.stdout
     print(f"starting the stack, scheduler period {args.period:g} s …", file=out, flush=True)
     sms_webhook = (args.sms_webhook_url, args.sms_webhook_secret) if args.sms_webhook_url else None
-    stack, ok = Stack(period=args.period, settings=_settings(args), rbm_root=args.rbm_root, sms_webhook=sms_webhook), True
+    stack, ok = (
+        Stack(period=args.period, settings=_settings(args), rbm_root=args.rbm_root, sms_webhook=sms_webhook),
+        True,
+    )
     try:
         stack.start()
         ok = _serve(stack) if args.no_demo else _demo(stack, args)

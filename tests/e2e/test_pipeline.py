@@ -14,9 +14,8 @@ from functions import store
 from functions.model import conversation_id
 from functions.signature import sign
 from local import demo
-from local.processes import PROJECT
+from local.processes import PROJECT, create_pull_subscription, free_port, pull_all
 from local.stack import AGENT, CLIENT_TOKEN, TOPOLOGY
-from local.processes import create_pull_subscription, free_port, pull_all
 from tests.support import wait_for
 
 DEADLINE = 10  # the shortest deadline send_message accepts
@@ -90,7 +89,12 @@ def test_webhook_503_while_pubsub_is_unreachable_then_everything_comes_in(stack,
     try:
         for i in range(10):
             simulator.user_writes(phone, text=f"during the outage {i}")
-        wait_for(lambda: sum(503 in r["statuses"] for r in simulator.webhooks if r["event"].get("senderPhoneNumber") == phone) == 10)
+        wait_for(
+            lambda: (
+                sum(503 in r["statuses"] for r in simulator.webhooks if r["event"].get("senderPhoneNumber") == phone)
+                == 10
+            )
+        )
     finally:
         webhook.env.update(PUBSUB_EMULATOR_HOST=reachable, PUBLISH_TIMEOUT_SECONDS="5")
         webhook.restart()
@@ -134,8 +138,10 @@ def test_fuzzed_signed_requests_get_4xx_and_publish_nothing(stack, simulator):
     event = {"senderPhoneNumber": "+15550009999", "eventType": "DELIVERED", "eventId": "fuzz", "messageId": "fuzz-m",
              "agentId": AGENT, "sendTime": "2026-01-01T00:00:00Z"}
     data = json.dumps(event).encode()
-    body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
-            "subscription": "projects/rbm-partner/subscriptions/rbm-agent"}
+    body = {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
+        "subscription": "projects/rbm-partner/subscriptions/rbm-agent",
+    }
     url = stack.functions["receive_webhook"].url
     statuses = [requests.post(url, data=raw, headers=headers, timeout=10).status_code
                 for raw, headers in mutations(random.Random(11), body, sign(CLIENT_TOKEN, data))]
@@ -155,7 +161,9 @@ def test_no_phone_number_or_secret_in_any_log_line_of_the_run(stack, simulator):
     assert demo.problems(stack, planned, docs) == []
     logs = {name: process.read_log() for name, process in stack.functions.items()}
     assert all(logs.values())
-    phones = {record["event"].get("senderPhoneNumber") or record["event"].get("phoneNumber") for record in stack.rbm.webhooks}
+    phones = {
+        record["event"].get("senderPhoneNumber") or record["event"].get("phoneNumber") for record in stack.rbm.webhooks
+    }
     phones |= {record["to"] for record in stack.sms.sent}
     phones.discard(None)
     assert len(phones) >= 12

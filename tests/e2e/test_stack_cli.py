@@ -3,6 +3,7 @@ agent: against an RBM REST root and a signed SMS webhook gateway of its own
 (here the repository's fakes, standing in for a partner's sandbox), with
 production's scheduler period; then interrupted."""
 
+import contextlib
 import inspect
 import json
 import os
@@ -21,7 +22,11 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeSmsWebhook
 from local.processes import EMULATOR_VARS, REPO_ROOT
 
-PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = "partner-agent@rbm.goog", "partner-client-token", "partner-gateway-secret"
+PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = (
+    "partner-agent@rbm.goog",
+    "partner-client-token",
+    "partner-gateway-secret",
+)
 NO_RCS = "+15550424242"
 ENTRY_POINTS = {name for name, f in vars(main).items() if inspect.isfunction(f) and f.__module__ == "main"}
 
@@ -41,10 +46,8 @@ def descendants(root: int) -> dict[int, str]:
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                pass
     found, frontier = {}, {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier and pid not in found}
@@ -82,7 +85,9 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
                 "revoke_after_seconds": 600, "fallback": {"text": "your code is 123456"}})
             assert answer.status_code == 200, answer.text
             created = [r for r in rbm.requests if r["kind"] == "create"]
-            assert [(r["phone"], r["agent_id"], r["message_id"]) for r in created] == [(NO_RCS, PARTNER_AGENT, message_id)]
+            assert [(r["phone"], r["agent_id"], r["message_id"]) for r in created] == [
+                (NO_RCS, PARTNER_AGENT, message_id)
+            ]
             # No RCS: the SMS goes to the partner's gateway, signed with its secret, at once.
             assert gateway.wait_sent(1, timeout=30)
             assert [(s["to"], s["message_id"]) for s in gateway.sent] == [(NO_RCS, message_id)]

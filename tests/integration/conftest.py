@@ -7,8 +7,7 @@ import pytest
 
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
-from local.processes import PROJECT
-from local.processes import create_push_subscription, create_topic, publish
+from local.processes import PROJECT, create_push_subscription, create_topic, publish
 
 
 @pytest.fixture

@@ -7,13 +7,14 @@ import sys
 
 from functions import store
 from functions.model import Fallback, Message, State
-from local.processes import PROJECT
-from local.processes import create_pull_subscription, create_topic, free_port, publish, pull_all
+from local.processes import PROJECT, create_pull_subscription, create_topic, free_port, publish, pull_all
 
 
 def cli(*args, env=None):
     full_env = {**os.environ, "GOOGLE_CLOUD_PROJECT": PROJECT, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "functions", *args], capture_output=True, text=True, env=full_env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "functions", *args], capture_output=True, text=True, env=full_env, timeout=60
+    )
 
 
 def test_status_prints_the_document_or_exits_1(firestore):
@@ -45,7 +46,9 @@ def test_replay_moves_dead_letters_back_without_their_dead_letter_attributes(pub
     assert pull_all(PROJECT, "replay-events-pull", wait_seconds=1) == []
     done = cli("replay", "--subscription", "replay-dead-inspect", env=env)
     assert done.returncode == 0, done.stderr
-    assert pull_all(PROJECT, "replay-events-pull", wait_seconds=5, expect=1) == [(b'{"eventType": "DELIVERED"}', {"kind": "user_event"})]
+    assert pull_all(PROJECT, "replay-events-pull", wait_seconds=5, expect=1) == [
+        (b'{"eventType": "DELIVERED"}', {"kind": "user_event"})
+    ]
     assert pull_all(PROJECT, "replay-dead-inspect", wait_seconds=1) == []
 
 

@@ -97,13 +97,15 @@ def test_items_twice_out_of_order_and_to_two_workers_act_once(worker, work_topic
     chunks = [ids[i:i + 10] for i in range(0, 40, 10)]
     for duty in ("revoke", "fallback"):  # each SMS is due the grace (0.5 s) after its revoke: after every revoke
         now = store.now() + timedelta(seconds=0.5)
-        published = [(chunk, now + timedelta(seconds=1 - 0.3 * n)) for n, chunk in enumerate(chunks)]  # latest due first
-        published += published[::-1] + [(ids[5:25], now)]  # again, in the other order, and overlapping
+        published = [
+            (chunk, now + timedelta(seconds=1 - 0.3 * n)) for n, chunk in enumerate(chunks)
+        ]  # latest due first
+        published += [*published[::-1], (ids[5:25], now)]  # again, in the other order, and overlapping
         for chunk, due_at in published:
             send_item(work_topic, duty, chunk, due_at)
         # Both workers finished every item (warm-up included): nothing more is on its way.
         done = 1 + len(published) * (1 if duty == "revoke" else 2)
-        wait_for(lambda: items_done(a) == items_done(b) == done, timeout=60, interval=0.3)
+        wait_for(lambda done=done: items_done(a) == items_done(b) == done, timeout=60, interval=0.3)
     once_each(rbm, twilio, ids)
     assert {(get(i).state, get(i).fallback) for i in ids} == {(State.REVOKED, Fallback.SENT)}
 
@@ -230,7 +232,9 @@ def test_a_delivered_inside_the_grace_window_cancels_the_sms(delivering, functio
     assert (get(raced).state, get(raced).fallback) == (State.DELIVERED, Fallback.CANCELLED)
     assert (get(plain).state, get(plain).fallback) == (State.REVOKED, Fallback.SENT)
     [sms] = twilio.sent
-    assert sms["to"] == phone(1) and sms["time"] - revoked_at >= 3 - 1  # not before the grace (less the revoke's own time)
+    assert (
+        sms["to"] == phone(1) and sms["time"] - revoked_at >= 3 - 1
+    )  # not before the grace (less the revoke's own time)
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import pytest
 import requests
 from google.cloud import firestore as firestore_client
 
-from local.processes import PROJECT
-from local.processes import Emulator, StartError, create_push_subscription, publish, pull_all, reset_firestore
+from local.processes import PROJECT, Emulator, StartError, create_push_subscription, publish, pull_all, reset_firestore
 
 SAMPLES = "tests/integration/samples/harness_samples.py"
 

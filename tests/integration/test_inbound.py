@@ -7,8 +7,8 @@ import requests
 
 from functions import events, store
 from functions.model import Fallback, State
-from tests.support import wait_for
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
+from tests.support import wait_for
 
 PHONE, AGENT = "+447700900000", "agent@rbm.goog"  # seed() gives message 0 this phone
 
@@ -27,7 +27,9 @@ def typed(message_id, text, minute=None):
 
 
 def user_event(event_type, event_id, minute=None):
-    return {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventType": event_type, "eventId": event_id} | sent_at(minute)
+    return {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventType": event_type, "eventId": event_id} | sent_at(
+        minute
+    )
 
 
 def processed(send, event_id, times):
@@ -40,14 +42,19 @@ def inbound(subscriber):
     return subscriber("record_inbound")
 
 
-def test_a_typed_stop_is_honoured_by_send_message_and_the_sweep_and_start_undoes_it(inbound, functions, rbm, sms_env, twilio):
-    sender = functions("send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "RBM_RETRY_SECONDS": "1"})
+def test_a_typed_stop_is_honoured_by_send_message_and_the_sweep_and_start_undoes_it(
+    inbound, functions, rbm, sms_env, twilio
+):
+    sender = functions(
+        "send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "RBM_RETRY_SECONDS": "1"}
+    )
     fallbacks = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
     [due] = seed(1, state=State.REVOKED, fallback=Fallback.DUE)
 
     def send_message():
-        return requests.post(sender.url, json={"phone": PHONE, "content": {"text": "hi"}, "message_id": str(uuid.uuid4())},
-                             timeout=30)
+        return requests.post(
+            sender.url, json={"phone": PHONE, "content": {"text": "hi"}, "message_id": str(uuid.uuid4())}, timeout=30
+        )
 
     push(inbound, typed("u-stop", "  stop ", minute=1))
     wait_for(lambda: store.opted_out(AGENT, PHONE))

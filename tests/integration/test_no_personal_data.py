@@ -35,13 +35,15 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
     requests.post(sender.url, json={"phone": phone(120), "content": {"text": "dropped"}}, timeout=90)
 
     revoked = seed(len(REVOKE_ANSWERS) + 1, time_sensitive=True, start=200)
-    for i, (message_id, status) in enumerate(zip(revoked, REVOKE_ANSWERS), start=200):
+    for i, (message_id, status) in enumerate(zip(revoked, REVOKE_ANSWERS, strict=False), start=200):
         queue(rbm, message_id, i)
         rbm.script("revoke", message_id, [status] * 20, retry_after="1")
     queue(rbm, revoked[-1], 200 + len(REVOKE_ANSWERS))
     rbm.drop("revoke", revoked[-1], times=20)
     revoker = functions("revoke_expired", env=env)
-    wait_for(lambda: sweep(revoker) and all(m.next_action_at is None for m in map(get, revoked)), timeout=60, interval=0.5)
+    wait_for(
+        lambda: sweep(revoker) and all(m.next_action_at is None for m in map(get, revoked)), timeout=60, interval=0.5
+    )
 
     twilio.script(SMS_ANSWERS)
     texting = functions("send_fallbacks", env={**env, **sms_env})
@@ -52,7 +54,12 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
     sweep(texting)
     with FakeSmsWebhook(secret=GATEWAY_SECRET) as gateway:
         gateway.script(SMS_ANSWERS)
-        webhook_env = {**env, "SMS_PROVIDER": "webhook", "SMS_WEBHOOK_URL": gateway.url, "SMS_WEBHOOK_SECRET": GATEWAY_SECRET}
+        webhook_env = {
+            **env,
+            "SMS_PROVIDER": "webhook",
+            "SMS_WEBHOOK_URL": gateway.url,
+            "SMS_WEBHOOK_SECRET": GATEWAY_SECRET,
+        }
         texting_by_webhook = functions("send_fallbacks", env=webhook_env)
         due = seed(len(SMS_ANSWERS), state=State.REVOKED, fallback=Fallback.DUE, start=500)
         wait_for(lambda: sweep(texting_by_webhook) and all(get(i).fallback is not Fallback.DUE for i in due),

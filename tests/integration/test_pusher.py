@@ -37,7 +37,9 @@ def subscription(endpoint: Endpoint, concurrency: int):
     topic, sub = f"work-{suffix}", f"work-pull-{suffix}"
     create_topic(PROJECT, topic)
     create_push_subscription(PROJECT, topic, sub, "", ack_deadline_seconds=60)
-    pusher = Pusher(PROJECT, sub, f"{endpoint.url}/projects/{PROJECT}/topics/{topic}", concurrency, timeout=30, backoff=0.5)
+    pusher = Pusher(
+        PROJECT, sub, f"{endpoint.url}/projects/{PROJECT}/topics/{topic}", concurrency, timeout=30, backoff=0.5
+    )
     return topic, sub, pusher
 
 

@@ -63,8 +63,17 @@ def get(message_id: str) -> Message:
 def seed_pending(message_id: str, revoke_in: float = 600) -> None:
     """A PENDING message whose re-send is due now, as send_message leaves it after a transient failure."""
     now = store.now()
-    message = Message(message_id, PHONE, AGENT, fallback=Fallback.WAITING, fallback_text=FALLBACK["text"], content=CONTENT,
-                      revoke_at=now + timedelta(seconds=revoke_in), next_action_at=now - timedelta(seconds=1), created_at=now)
+    message = Message(
+        message_id,
+        PHONE,
+        AGENT,
+        fallback=Fallback.WAITING,
+        fallback_text=FALLBACK["text"],
+        content=CONTENT,
+        revoke_at=now + timedelta(seconds=revoke_in),
+        next_action_at=now - timedelta(seconds=1),
+        created_at=now,
+    )
     store.messages().document(message_id).set(message.to_doc())
 
 
@@ -117,7 +126,10 @@ def test_send_message_retried_while_the_first_call_is_in_flight_is_sent_once(rel
     second = relay.send(message_id=message_id, revoke_after_seconds=600, fallback=FALLBACK)
     assert second.status_code == 200, second.text
     assert (second.json()["state"], second.json()["fallback"]) == ("SENT", "WAITING")
-    assert (get(message_id).state, get(message_id).fallback) == (State.SENT, Fallback.WAITING)  # before the first answer too
+    assert (get(message_id).state, get(message_id).fallback) == (
+        State.SENT,
+        Fallback.WAITING,
+    )  # before the first answer too
     first = first.result()
     for response in (first, second):
         assert response.status_code == 200, response.text
@@ -136,7 +148,10 @@ def test_a_create_accepted_but_its_answer_lost_is_sent_and_revoked_at_its_deadli
     assert response.status_code == 200, response.text
     message_id = response.json()["message_id"]
     assert (response.json()["state"], response.json()["fallback"]) == ("SENT", "WAITING")
-    assert [r["status"] for r in rbm.requests if r["kind"] == "create"] == [200, 409]  # the client's retry found it accepted
+    assert [r["status"] for r in rbm.requests if r["kind"] == "create"] == [
+        200,
+        409,
+    ]  # the client's retry found it accepted
     assert relay.fallbacks()["sent"] == 0 and twilio.sent == []  # no SMS while RBM holds the message
     assert relay.revoke()["revoked"] == 0  # not before its deadline
     wait_for(lambda: relay.revoke()["revoked"] == 1, timeout=30, interval=1)

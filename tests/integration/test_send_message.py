@@ -14,7 +14,9 @@ CONTENT = {"text": "Your code is 123456"}
 
 @pytest.fixture
 def send(functions, firestore, rbm):
-    process = functions("send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "RBM_RETRY_SECONDS": "1"})
+    process = functions(
+        "send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "RBM_RETRY_SECONDS": "1"}
+    )
 
     def call(**body):
         body = {"phone": PHONE, "content": CONTENT, "message_id": str(uuid.uuid4()), **body}
@@ -70,7 +72,9 @@ def test_transient_failure_answers_503_and_stays_pending(send, rbm):
 
 
 def test_opted_out_user_is_refused_and_nothing_is_sent(send, rbm):
-    store.update(store.conversation_ref(AGENT, PHONE), Conversation, lambda _: Conversation(AGENT, PHONE, opted_out=True))
+    store.update(
+        store.conversation_ref(AGENT, PHONE), Conversation, lambda _: Conversation(AGENT, PHONE, opted_out=True)
+    )
     response = send()
     assert response.status_code == 409 and "unsubscribed" in response.json()["error"]
     assert rbm.count("create") == 0

@@ -6,8 +6,7 @@ import pytest
 
 from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
-from local.processes import PROJECT
-from local.processes import create_pull_subscription, pull_all
+from local.processes import PROJECT, create_pull_subscription, pull_all
 from tests.support import wait_for
 
 PHONE, AGENT = "+447700900456", "agent@rbm.goog"
@@ -85,11 +84,27 @@ def conversation():
 def test_user_messages_typing_and_opt_out_are_recorded_once(subscriber):
     send = subscriber("record_inbound")
     texts = [
-        {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": "u-1", "sendTime": "2026-01-01T00:01:00Z", "text": "hi"},
-        {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventId": "u-2", "sendTime": "2026-01-01T00:02:00Z",
-         "suggestionResponse": {"postbackData": "yes", "text": "Yes", "type": "REPLY"}},
-        {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": "u-3", "sendTime": "2026-01-01T00:03:00Z",
-         "location": {"latitude": 1.5, "longitude": 2.5}},
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": AGENT,
+            "messageId": "u-1",
+            "sendTime": "2026-01-01T00:01:00Z",
+            "text": "hi",
+        },
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": AGENT,
+            "eventId": "u-2",
+            "sendTime": "2026-01-01T00:02:00Z",
+            "suggestionResponse": {"postbackData": "yes", "text": "Yes", "type": "REPLY"},
+        },
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": AGENT,
+            "messageId": "u-3",
+            "sendTime": "2026-01-01T00:03:00Z",
+            "location": {"latitude": 1.5, "longitude": 2.5},
+        },
     ]
     for payload in texts + texts:
         push(send, payload)
@@ -131,20 +146,33 @@ UNSTORABLE = {
         ("reserved messageId", receipt("DELIVERED", "d-3", message_id="__m__"), "cannot be a Firestore document id"),
         ("long messageId", receipt("DELIVERED", "d-4", message_id="m" * 1501), "over 1500 bytes"),
         ("lone surrogate in messageId", receipt("DELIVERED", "d-5", message_id="m-ok" + LONE), "not valid Unicode"),
-        ("lone surrogate in phone", receipt("DELIVERED", "d-6", message_id="m-new") | {"senderPhoneNumber": PHONE + LONE},
-         "phone is not valid Unicode"),
+        (
+            "lone surrogate in phone",
+            receipt("DELIVERED", "d-6", message_id="m-new") | {"senderPhoneNumber": PHONE + LONE},
+            "phone is not valid Unicode",
+        ),
     ],
     "record_inbound": [
         ("slash in messageId", user_text("u-ok/x"), "cannot be a Firestore document id"),
         ("reserved messageId", user_text("__u__"), "cannot be a Firestore document id"),
         ("lone surrogate in phone", user_text("u-2", phone=PHONE + LONE), "phone is not valid Unicode"),
-        ("too deep", {k: v for k, v in user_text("u-3").items() if k != "text"} | {"userFile": _nested(25)},
-         "deeper than 20 levels"),
-        ("reserved field name", {k: v for k, v in user_text("u-4").items() if k != "text"}
-         | {"userFile": {"__name__": "x"}}, "reserves or refuses"),
+        (
+            "too deep",
+            {k: v for k, v in user_text("u-3").items() if k != "text"} | {"userFile": _nested(25)},
+            "deeper than 20 levels",
+        ),
+        (
+            "reserved field name",
+            {k: v for k, v in user_text("u-4").items() if k != "text"} | {"userFile": {"__name__": "x"}},
+            "reserves or refuses",
+        ),
         ("over 1 MiB", user_text("u-5", text="x" * 1_100_000), "over Firestore's"),
-        ("integer over 64 bits", {k: v for k, v in user_text("u-6").items() if k != "text"}
-         | {"location": {"latitude": 2 ** 64, "longitude": 1}}, "outside 64 bits"),
+        (
+            "integer over 64 bits",
+            {k: v for k, v in user_text("u-6").items() if k != "text"}
+            | {"location": {"latitude": 2**64, "longitude": 1}},
+            "outside 64 bits",
+        ),
     ],
 }
 
@@ -190,9 +218,14 @@ def test_text_that_is_not_valid_unicode_is_stored_with_the_bad_part_replaced(sub
     push(send, user_text("u-half", text="see you " + LONE))
     push(send, {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventId": "u-chip", "sendTime": "2026-01-01T00:10:00Z",
                 "suggestionResponse": {"postbackData": "pick" + LONE, "text": LONE + "Yes", "type": "REPLY"}})
-    stored = wait_for(lambda: len(docs := {s.id: s.to_dict() for s in conversation().collection("messages").stream()}) == 2
-                      and docs)
+    stored = wait_for(
+        lambda: len(docs := {s.id: s.to_dict() for s in conversation().collection("messages").stream()}) == 2 and docs
+    )
     assert stored["u-half"]["text"] == "see you \ufffd"
-    assert stored["u-chip"]["suggestionResponse"] == {"postbackData": "pick\ufffd", "text": "\ufffdYes", "type": "REPLY"}
+    assert stored["u-chip"]["suggestionResponse"] == {
+        "postbackData": "pick\ufffd",
+        "text": "\ufffdYes",
+        "type": "REPLY",
+    }
     log = send.process.read_log()
     assert log.count('"user_message_repaired"') == 2 and "event_dead_lettered" not in log and "Traceback" not in log

@@ -15,12 +15,13 @@ from functions.transitions import Fact, learn
 from tests.support import AGENT, SWEEP_ENV, wait_for
 
 
-
 def phone(i: int) -> str:
     return f"+4477009{i:05d}"
 
 
-def seed(count=1, state=State.SENT, fallback=Fallback.WAITING, time_sensitive=False, start=0, deadline=None) -> list[str]:
+def seed(
+    count=1, state=State.SENT, fallback=Fallback.WAITING, time_sensitive=False, start=0, deadline=None
+) -> list[str]:
     """Messages whose deadline has just passed, or is `deadline` (a datetime) when given."""
     past = deadline or store.now() - timedelta(seconds=1)
     ids = []
@@ -103,8 +104,11 @@ def test_every_revoke_outcome(revoker, rbm):
     assert (summary["revoked"], summary["delivered"], summary["retried"]) == (1, 1, 3)
     assert (get(ok).state, get(ok).fallback) == (State.REVOKED, Fallback.DUE)
     assert (get(delivered).state, get(delivered).fallback) == (State.DELIVERED, Fallback.CANCELLED)
-    wait_for(lambda: sweep(process) and get(broken).next_action_at is None and get(broken_urgent).next_action_at is None,
-             timeout=30, interval=0.3)
+    wait_for(
+        lambda: sweep(process) and get(broken).next_action_at is None and get(broken_urgent).next_action_at is None,
+        timeout=30,
+        interval=0.3,
+    )
     assert get(flaky).state is State.REVOKED
     assert (get(broken).state, get(broken).fallback, get(broken).attempts) == (State.REVOKE_FAILED, Fallback.WAITING, 3)
     assert "gave up after 3 attempts" in get(broken).last_error
@@ -121,9 +125,15 @@ def test_a_pending_message_is_sent_again_under_the_same_id(revoker, rbm):
 
 def test_a_pending_message_of_a_user_who_unsubscribed_since_is_not_sent(revoker, rbm):
     [pending] = seed(1, state=State.PENDING)
-    store.update(store.conversation_ref(AGENT, phone(0)), Conversation, lambda _: Conversation(AGENT, phone(0), opted_out=True))
+    store.update(
+        store.conversation_ref(AGENT, phone(0)), Conversation, lambda _: Conversation(AGENT, phone(0), opted_out=True)
+    )
     assert sweep(revoker())["failed"] == 1
-    assert (get(pending).state, get(pending).fallback, get(pending).last_error) == (State.FAILED, Fallback.DUE, "user opted out")
+    assert (get(pending).state, get(pending).fallback, get(pending).last_error) == (
+        State.FAILED,
+        Fallback.DUE,
+        "user opted out",
+    )
     assert rbm.count("create") == 0
 
 
@@ -131,11 +141,21 @@ def test_every_fallback_outcome(fallbacks, twilio):
     sent, rejected, flaky, delivered, opted_out = seed(5, state=State.REVOKED, fallback=Fallback.DUE)
     [urgent] = seed(1, state=State.REVOKE_FAILED, fallback=Fallback.DUE, time_sensitive=True, start=5)
     store.update_message(delivered, lambda m: learn(m, Fact.DELIVERED, store.now()))
-    store.update(store.conversation_ref(AGENT, phone(4)), Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True))
+    store.update(
+        store.conversation_ref(AGENT, phone(4)), Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True)
+    )
     twilio.script([200, 400, 503])  # in query order: sent, rejected, flaky (503: not processed, retried)
     process = fallbacks(SWEEP_PARALLELISM="1")
     summary = sweep(process)
-    assert summary == summary | {"scanned": 5, "sent": 2, "failed": 1, "retried": 1, "cancelled": 1, "unknown": 0, "left": 0}
+    assert summary == summary | {
+        "scanned": 5,
+        "sent": 2,
+        "failed": 1,
+        "retried": 1,
+        "cancelled": 1,
+        "unknown": 0,
+        "left": 0,
+    }
     wait_for(lambda: sweep(process) and get(flaky).fallback is Fallback.SENT, timeout=10, interval=0.3)
     assert get(rejected).fallback is Fallback.FAILED and "provider 400" in get(rejected).last_error
     assert get(delivered).fallback is Fallback.CANCELLED and get(opted_out).fallback is Fallback.CANCELLED

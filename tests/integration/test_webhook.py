@@ -8,8 +8,7 @@ import json
 import pytest
 import requests
 
-from local.processes import PROJECT
-from local.processes import free_port, pull_all
+from local.processes import PROJECT, free_port, pull_all
 
 TOKEN, OLD_TOKEN = "integration-token", "previous-token"
 PHONE = "+447700900123"
@@ -18,8 +17,10 @@ PHONE = "+447700900123"
 def signed(event: dict, token: str = TOKEN) -> tuple[bytes, dict]:
     data = json.dumps(event).encode()
     signature = base64.b64encode(hmac.new(token.encode(), data, hashlib.sha512).digest()).decode()
-    body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
-            "subscription": "projects/rbm/subscriptions/partner"}
+    body = {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
+        "subscription": "projects/rbm/subscriptions/partner",
+    }
     return json.dumps(body).encode(), {"X-Goog-Signature": signature, "Content-Type": "application/json"}
 
 
@@ -31,7 +32,9 @@ def receipt(event_id="e1") -> dict:
 @pytest.fixture
 def webhook(functions, topic):
     events = topic("events")
-    process = functions("receive_webhook", env={"RBM_CLIENT_TOKEN": f"{OLD_TOKEN},{TOKEN}", "RBM_EVENTS_TOPIC": events.topic})
+    process = functions(
+        "receive_webhook", env={"RBM_CLIENT_TOKEN": f"{OLD_TOKEN},{TOKEN}", "RBM_EVENTS_TOPIC": events.topic}
+    )
     return process, events
 
 
@@ -74,13 +77,20 @@ def test_rejected_requests_publish_nothing(webhook):
 def test_handshake_echoes_the_secret_for_a_known_token(webhook):
     process, _ = webhook
     response = requests.post(process.url, json={"clientToken": OLD_TOKEN, "secret": "abc123"}, timeout=10)
-    assert (response.status_code, response.text, response.headers["Content-Type"].split(";")[0]) == (200, "abc123", "text/plain")
+    assert (response.status_code, response.text, response.headers["Content-Type"].split(";")[0]) == (
+        200,
+        "abc123",
+        "text/plain",
+    )
     assert requests.post(process.url, json={"clientToken": "stranger", "secret": "x"}, timeout=10).status_code == 403
 
 
 def test_missing_topic_answers_503(functions, pubsub_emulator):
     process = functions("receive_webhook", env={"RBM_CLIENT_TOKEN": TOKEN, "RBM_EVENTS_TOPIC": "no-such-topic"})
-    assert requests.post(process.url, data=signed(receipt())[0], headers=signed(receipt())[1], timeout=10).status_code == 503
+    assert (
+        requests.post(process.url, data=signed(receipt())[0], headers=signed(receipt())[1], timeout=10).status_code
+        == 503
+    )
 
 
 def test_unreachable_pubsub_answers_503_within_the_bound(functions):

@@ -13,14 +13,36 @@ PHONE = "+15550001111"
     "content",
     [
         {"text": "hello"},
-        {"userFile": {"payload": {"mimeType": "image/png", "fileSizeBytes": 10, "fileUri": "https://x/y", "fileName": "y.png"},
-                      "thumbnail": {"mimeType": "image/png", "fileSizeBytes": 1, "fileUri": "https://x/t", "fileName": "t.png"}}},
+        {
+            "userFile": {
+                "payload": {
+                    "mimeType": "image/png",
+                    "fileSizeBytes": 10,
+                    "fileUri": "https://x/y",
+                    "fileName": "y.png",
+                },
+                "thumbnail": {
+                    "mimeType": "image/png",
+                    "fileSizeBytes": 1,
+                    "fileUri": "https://x/t",
+                    "fileName": "t.png",
+                },
+            }
+        },
         {"location": {"latitude": 51.5, "longitude": -0.1}},
         {"suggestionResponse": {"postbackData": "yes", "text": "Yes", "type": "REPLY"}},
     ],
 )
 def test_user_messages(content):
-    event = parse({"senderPhoneNumber": PHONE, "agentId": "a@rbm.goog", "messageId": "m1", "sendTime": "2026-01-01T00:00:00Z", **content})
+    event = parse(
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": "a@rbm.goog",
+            "messageId": "m1",
+            "sendTime": "2026-01-01T00:00:00Z",
+            **content,
+        }
+    )
     assert event.kind is Kind.USER_MESSAGE
     assert (event.phone, event.agent_id, event.message_id, event.dedupe_id) == (PHONE, "a@rbm.goog", "m1", "m1")
     assert event.content_type == next(iter(content))
@@ -33,7 +55,9 @@ def test_user_message_with_event_id_instead_of_message_id():
 
 @pytest.mark.parametrize("event_type", ["DELIVERED", "READ", "IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE", "SOMETHING_NEW"])
 def test_user_events(event_type):
-    event = parse({"senderPhoneNumber": PHONE, "eventType": event_type, "eventId": "e1", "messageId": "m1", "agentId": "a"})
+    event = parse(
+        {"senderPhoneNumber": PHONE, "eventType": event_type, "eventId": "e1", "messageId": "m1", "agentId": "a"}
+    )
     assert event.kind is Kind.USER_EVENT
     assert (event.event_type, event.event_id, event.message_id, event.phone) == (event_type, "e1", "m1", PHONE)
 
@@ -46,7 +70,14 @@ def test_server_events_use_phone_number(event_type):
 
 
 def test_agent_launch_event_by_envelope_attribute_and_by_shape():
-    payload = {"eventId": "e", "agentId": "a", "brandId": "b", "regionId": "r", "oldLaunchState": "PENDING", "newLaunchState": "LAUNCHED"}
+    payload = {
+        "eventId": "e",
+        "agentId": "a",
+        "brandId": "b",
+        "regionId": "r",
+        "oldLaunchState": "PENDING",
+        "newLaunchState": "LAUNCHED",
+    }
     assert parse(payload, "agent_launch_event").kind is Kind.AGENT_LAUNCH_EVENT
     assert parse(payload).kind is Kind.AGENT_LAUNCH_EVENT
     assert parse({"eventId": "e"}, "agent_launch_event").kind is Kind.AGENT_LAUNCH_EVENT
@@ -54,7 +85,13 @@ def test_agent_launch_event_by_envelope_attribute_and_by_shape():
 
 @pytest.mark.parametrize(
     "payload",
-    [{}, {"foo": 1}, {"senderPhoneNumber": PHONE}, {"senderPhoneNumber": 15550001111, "text": "x"}, {"phoneNumber": PHONE}],
+    [
+        {},
+        {"foo": 1},
+        {"senderPhoneNumber": PHONE},
+        {"senderPhoneNumber": 15550001111, "text": "x"},
+        {"phoneNumber": PHONE},
+    ],
 )
 def test_unknown_shapes_are_kept_not_rejected(payload):
     event = parse(payload)
@@ -68,7 +105,9 @@ def test_unknown_fields_are_kept():
 
 
 def test_attributes_never_carry_the_phone_and_skip_absent_or_oversized_values():
-    event = parse({"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": "e" * 1025, "messageId": "m1", "agentId": "a"})
+    event = parse(
+        {"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": "e" * 1025, "messageId": "m1", "agentId": "a"}
+    )
     attributes = event.attributes()
     assert attributes == {"kind": "user_event", "event_type": "DELIVERED", "message_id": "m1", "agent_id": "a"}
     assert PHONE not in json.dumps(attributes)

@@ -38,11 +38,20 @@ def create(rbm, phone=PHONE, message_id=None, body=None, agent=AGENT, encode=Tru
     message_id = message_id or str(uuid.uuid4())
     path_phone = phone.replace("+", "%2B") if encode else phone
     params = {"agentId": agent} if message_id == "-" else {"messageId": message_id, "agentId": agent}
-    return requests.post(f"{rbm.url}/v1/phones/{path_phone}/agentMessages", params=params, json=body if body is not None else {"contentMessage": CONTENT}, timeout=5)
+    return requests.post(
+        f"{rbm.url}/v1/phones/{path_phone}/agentMessages",
+        params=params,
+        json=body if body is not None else {"contentMessage": CONTENT},
+        timeout=5,
+    )
 
 
 def revoke(rbm, message_id, phone=PHONE):
-    return requests.delete(f"{rbm.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}", params={"agentId": AGENT}, timeout=5)
+    return requests.delete(
+        f"{rbm.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}",
+        params={"agentId": AGENT},
+        timeout=5,
+    )
 
 
 def assert_google_error(response, code, status):
@@ -58,18 +67,34 @@ def assert_google_error(response, code, status):
 @pytest.mark.parametrize("encode", [True, False])
 def test_create_answers_the_agent_message(rbm, encode):
     message_id = str(uuid.uuid4())
-    response = create(rbm, message_id=message_id, body={"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"}, encode=encode)
+    response = create(
+        rbm,
+        message_id=message_id,
+        body={"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"},
+        encode=encode,
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["name"] == f"phones/{PHONE}/agentMessages/{message_id}"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", body["sendTime"])
     assert (body["contentMessage"], body["ttl"], body["messageTrafficType"]) == (CONTENT, "60s", "TRANSACTION")
     assert rbm.messages[message_id] | {"send_time": None} == {
-        "phone": PHONE, "agent_id": AGENT, "body": {"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"},
-        "state": "queued", "send_time": None, "duplicates": 0,
+        "phone": PHONE,
+        "agent_id": AGENT,
+        "body": {"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"},
+        "state": "queued",
+        "send_time": None,
+        "duplicates": 0,
     }
     [record] = rbm.requests
-    assert (record["method"], record["kind"], record["phone"], record["message_id"], record["agent_id"], record["status"]) == ("POST", "create", PHONE, message_id, AGENT, 200)
+    assert (
+        record["method"],
+        record["kind"],
+        record["phone"],
+        record["message_id"],
+        record["agent_id"],
+        record["status"],
+    ) == ("POST", "create", PHONE, message_id, AGENT, 200)
     assert record["query"] == {"messageId": message_id, "agentId": AGENT}
     assert record["body"] == {"contentMessage": CONTENT, "ttl": "60s", "messageTrafficType": "TRANSACTION"}
 
@@ -114,9 +139,17 @@ def test_a_repeated_message_id_is_409_already_exists_and_not_queued_twice(rbm):
 
 def test_an_id_used_by_an_agent_event_is_taken_for_messages_too(rbm):
     url = f"{rbm.url}/v1/phones/%2B15550000001/agentEvents"
-    assert requests.post(url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5).status_code == 200
-    assert_google_error(requests.post(url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5),
-                        409, "ALREADY_EXISTS")
+    assert (
+        requests.post(
+            url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5
+        ).status_code
+        == 200
+    )
+    assert_google_error(
+        requests.post(url, params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5),
+        409,
+        "ALREADY_EXISTS",
+    )
     assert_google_error(create(rbm, message_id="e1"), 409, "ALREADY_EXISTS")
     assert rbm.messages == {}
 
@@ -125,8 +158,16 @@ def test_not_rcs_phone_gets_404_on_create_capabilities_and_events(rbm):
     rbm.set_phone(PHONE, "not_rcs")
     assert_google_error(create(rbm), 404, "NOT_FOUND")
     url = f"{rbm.url}/v1/phones/%2B15550000001"
-    assert_google_error(requests.get(f"{url}/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5), 404, "NOT_FOUND")
-    assert_google_error(requests.post(f"{url}/agentEvents", params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5), 404, "NOT_FOUND")
+    assert_google_error(
+        requests.get(f"{url}/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5), 404, "NOT_FOUND"
+    )
+    assert_google_error(
+        requests.post(
+            f"{url}/agentEvents", params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "IS_TYPING"}, timeout=5
+        ),
+        404,
+        "NOT_FOUND",
+    )
     assert rbm.messages == {}
     assert create(rbm, phone="+15550000002").status_code == 200  # other phones unaffected
 
@@ -156,7 +197,9 @@ def test_scripted_creates_answer_in_turn_then_behave_normally(rbm):
     rbm.script("create", PHONE, [500, 429, 503, 403, 200])
     answers = [create(rbm, message_id="m1") for _ in range(6)]
     assert [a.status_code for a in answers] == [500, 429, 503, 403, 200, 409]
-    for answer, status in zip(answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"]):
+    for answer, status in zip(
+        answers, ["INTERNAL", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "PERMISSION_DENIED"], strict=False
+    ):
         assert_google_error(answer, answer.status_code, status)
     assert "Retry-After" not in answers[1].headers  # only when asked for
     assert rbm.messages["m1"]["duplicates"] == 1
@@ -271,13 +314,25 @@ def test_revoke_needs_agent_id(rbm):
 
 
 def test_agent_event_is_echoed_with_its_name(rbm):
-    response = requests.post(f"{rbm.url}/v1/phones/%2B15550000001/agentEvents", params={"eventId": "e1", "agentId": AGENT}, json={"eventType": "READ", "messageId": "u1"}, timeout=5)
+    response = requests.post(
+        f"{rbm.url}/v1/phones/%2B15550000001/agentEvents",
+        params={"eventId": "e1", "agentId": AGENT},
+        json={"eventType": "READ", "messageId": "u1"},
+        timeout=5,
+    )
     assert response.status_code == 200
     assert response.json() == {"name": f"phones/{PHONE}/agentEvents/e1", "eventType": "READ", "messageId": "u1"}
     assert rbm.count("event", message_id="u1", phone=PHONE) == 1
 
 
-@pytest.mark.parametrize("body, params", [({"eventType": "DELIVERED"}, None), ({"eventType": "READ"}, None), ({"eventType": "IS_TYPING"}, {"agentId": AGENT})])
+@pytest.mark.parametrize(
+    "body, params",
+    [
+        ({"eventType": "DELIVERED"}, None),
+        ({"eventType": "READ"}, None),
+        ({"eventType": "IS_TYPING"}, {"agentId": AGENT}),
+    ],
+)
 def test_bad_agent_events_are_400(rbm, body, params):
     params = params or {"eventId": "e1", "agentId": AGENT}
     response = requests.post(f"{rbm.url}/v1/phones/%2B15550000001/agentEvents", params=params, json=body, timeout=5)
@@ -285,7 +340,9 @@ def test_bad_agent_events_are_400(rbm, body, params):
 
 
 def test_capabilities(rbm):
-    response = requests.get(f"{rbm.url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5)
+    response = requests.get(
+        f"{rbm.url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r1", "agentId": AGENT}, timeout=5
+    )
     assert (response.status_code, response.json()) == (200, {"features": FEATURES})
     assert "ACTION_VIEW_LOCATION" in FEATURES and len(FEATURES) == 7
     assert rbm.count("capabilities", phone=PHONE) == 1
@@ -362,10 +419,22 @@ def test_twilio_send_answers_201_with_a_message_resource(twilio):
     assert response.status_code == 201
     body = response.json()
     assert re.fullmatch(r"SM[0-9a-f]{32}", body["sid"])
-    assert (body["status"], body["to"], body["from"], body["body"], body["account_sid"], body["num_segments"]) == ("queued", PHONE, "+15557770000", "code 1234", SID, "1")
+    assert (body["status"], body["to"], body["from"], body["body"], body["account_sid"], body["num_segments"]) == (
+        "queued",
+        PHONE,
+        "+15557770000",
+        "code 1234",
+        SID,
+        "1",
+    )
     assert parsedate_to_datetime(body["date_created"]).utcoffset().total_seconds() == 0
     [sent] = twilio.sent
-    assert (sent["to"], sent["text"], sent["message_id"], sent["provider_id"]) == (PHONE, "code 1234", None, body["sid"])
+    assert (sent["to"], sent["text"], sent["message_id"], sent["provider_id"]) == (
+        PHONE,
+        "code 1234",
+        None,
+        body["sid"],
+    )
     assert sent["fields"]["From"] == "+15557770000" and sent["time"] > 0
 
 
@@ -379,7 +448,12 @@ def test_twilio_accepts_a_messaging_service_instead_of_from(twilio):
 def test_twilio_rejects_bad_auth(twilio, auth):
     response = twilio_send(twilio, auth=auth)
     assert response.status_code == 401
-    assert response.json() == {"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401}
+    assert response.json() == {
+        "code": 20003,
+        "message": "Authenticate",
+        "more_info": "https://www.twilio.com/docs/errors/20003",
+        "status": 401,
+    }
     assert twilio.count() == 0
 
 
@@ -420,7 +494,10 @@ def test_webhook_rejects_bad_signatures(gateway, signature):
     assert gateway.count() == 0
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"to": "+15550000001", "text": "x"}', b'{"to": "0155", "text": "x", "message_id": "m1"}'])
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"to": "+15550000001", "text": "x"}', b'{"to": "0155", "text": "x", "message_id": "m1"}'],
+)
 def test_webhook_rejects_malformed_bodies(gateway, body):
     response = requests.post(gateway.url, data=body, headers={"X-Signature": gateway.signature(body)}, timeout=5)
     assert response.status_code == 400 and response.json()["error"]
@@ -454,12 +531,18 @@ def test_twilio_invalid_number_names_the_number_in_full_as_twilio_does(twilio):
     body = twilio_send(twilio).json()
     assert body == {"code": 21211, "message": f"The 'To' number {PHONE} is not a valid phone number.",
                     "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}
-    assert twilio_send(twilio, To="555", From="+15557770000", Body="x").json()["message"] == "The 'To' number 555 is not a valid phone number."
+    assert (
+        twilio_send(twilio, To="555", From="+15557770000", Body="x").json()["message"]
+        == "The 'To' number 555 is not a valid phone number."
+    )
 
 
 def test_gateway_errors_carry_a_code_and_may_name_the_number(gateway):
     gateway.script([400, 503])
-    assert gateway_send(gateway).json() == {"code": "invalid_to", "error": f"{PHONE} is not a phone number we can send to"}
+    assert gateway_send(gateway).json() == {
+        "code": "invalid_to",
+        "error": f"{PHONE} is not a phone number we can send to",
+    }
     assert gateway_send(gateway).json() == {"code": "http_503", "error": f"gateway error 503 sending to {PHONE}"}
     assert gateway.count() == 0 and gateway.received == 2
 
@@ -476,7 +559,9 @@ def test_retry_after_comes_with_429_and_503_once_set(provider, status):
     assert "Retry-After" not in send(fake).headers  # only on the statuses that say "come back later"
 
 
-@pytest.mark.parametrize("reset, error", [(True, "Connection aborted"), (False, "Remote end closed connection without response")])
+@pytest.mark.parametrize(
+    "reset, error", [(True, "Connection aborted"), (False, "Remote end closed connection without response")]
+)
 def test_drop_reads_the_whole_request_sends_and_answers_nothing(provider, reset, error):
     fake, send = provider
     fake.drop(reset=reset)
@@ -551,13 +636,37 @@ def test_sms_reset_forgets_and_releases(provider):
 @pytest.mark.parametrize(
     "args, check",
     [
-        (["local.fake_rbm", "--not-rcs", PHONE], lambda url: requests.get(f"{url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r", "agentId": "a"}, timeout=5).status_code == 404),
-        (["local.fake_sms", "twilio", "--account-sid", SID, "--auth-token", TOKEN], lambda url: requests.post(f"{url}/2010-04-01/Accounts/{SID}/Messages.json", data={"To": PHONE, "From": "+15557770000", "Body": "x"}, auth=(SID, TOKEN), timeout=5).status_code == 201),
-        (["local.fake_sms", "webhook", "--secret", SECRET], lambda url: requests.post(url, data=b"{}", headers={"X-Signature": "x"}, timeout=5).status_code == 401),
+        (
+            ["local.fake_rbm", "--not-rcs", PHONE],
+            lambda url: (
+                requests.get(
+                    f"{url}/v1/phones/%2B15550000001/capabilities", params={"requestId": "r", "agentId": "a"}, timeout=5
+                ).status_code
+                == 404
+            ),
+        ),
+        (
+            ["local.fake_sms", "twilio", "--account-sid", SID, "--auth-token", TOKEN],
+            lambda url: (
+                requests.post(
+                    f"{url}/2010-04-01/Accounts/{SID}/Messages.json",
+                    data={"To": PHONE, "From": "+15557770000", "Body": "x"},
+                    auth=(SID, TOKEN),
+                    timeout=5,
+                ).status_code
+                == 201
+            ),
+        ),
+        (
+            ["local.fake_sms", "webhook", "--secret", SECRET],
+            lambda url: requests.post(url, data=b"{}", headers={"X-Signature": "x"}, timeout=5).status_code == 401,
+        ),
     ],
 )
 def test_command_line_prints_the_url_and_serves(args, check):
-    process = subprocess.Popen([sys.executable, "-m", *args, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args, "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         url = process.stdout.readline().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)

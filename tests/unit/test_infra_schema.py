@@ -79,6 +79,23 @@ def schema_of(kind: str, type_: str, provider: str) -> dict | None:
     return SNAPSHOT["schemas"].get(provider, {}).get(kind, {}).get(type_)
 
 
+def dynamic_problems(schema: dict, dynamics: list, where: str, given_blocks: set[str]) -> list[str]:
+    """`block_problems` for the blocks of `dynamic` entries; adds their names to `given_blocks`."""
+    problems = []
+    for dynamic in dynamics:
+        for name, spec in dynamic.items():
+            given_blocks.add(name)
+            content = spec.get("content", [])
+            if name not in schema["blocks"]:
+                problems.append(f"{where}: unknown block {name!r} (dynamic)")
+            elif not is_block(content):
+                problems.append(f"{where}.{name}: 'content' is a block, not an argument (dynamic)")
+            else:
+                for instance in content:
+                    problems += block_problems(schema["blocks"][name], instance, f"{where}.{name}")
+    return problems
+
+
 def block_problems(schema: dict, body: dict, where: str, meta: set[str] = frozenset()) -> list[str]:
     """What in one block's body the schema does not know, and what it requires that is missing."""
     problems, given_blocks = [], set()
@@ -86,17 +103,7 @@ def block_problems(schema: dict, body: dict, where: str, meta: set[str] = frozen
         if key in meta:
             continue
         if key == "dynamic":
-            for dynamic in value:
-                for name, spec in dynamic.items():
-                    given_blocks.add(name)
-                    content = spec.get("content", [])
-                    if name not in schema["blocks"]:
-                        problems.append(f"{where}: unknown block {name!r} (dynamic)")
-                    elif not is_block(content):
-                        problems.append(f"{where}.{name}: 'content' is a block, not an argument (dynamic)")
-                    else:
-                        for instance in content:
-                            problems += block_problems(schema["blocks"][name], instance, f"{where}.{name}")
+            problems += dynamic_problems(schema, value, where, given_blocks)
         elif key in schema["blocks"]:
             given_blocks.add(key)
             if not is_block(value):
@@ -230,11 +237,18 @@ def test_example_matches_the_provider_schema():
 
 @cache
 def module_variables() -> dict[str, dict]:
-    return {name: body for parsed in parse(MODULE).values() for block in parsed.get("variable", []) for name, body in block.items()}
+    return {
+        name: body
+        for parsed in parse(MODULE).values()
+        for block in parsed.get("variable", [])
+        for name, body in block.items()
+    }
 
 
 def test_example_calls_the_module_with_its_variables():
-    (call,) = (body for parsed in parse(EXAMPLE).values() for block in parsed.get("module", []) for body in block.values())
+    (call,) = (
+        body for parsed in parse(EXAMPLE).values() for block in parsed.get("module", []) for body in block.values()
+    )
     given = set(call) - {"source", "providers", "depends_on"}
     assert given <= set(module_variables()), f"not variables of the module: {sorted(given - set(module_variables()))}"
     required = {n for n, body in module_variables().items() if "default" not in body}
@@ -248,10 +262,14 @@ def test_snapshot_is_of_the_pinned_provider_versions():
         assert set(pinned) == set(SNAPSHOT["providers"]), f"{directory.name}: providers differ from the snapshot's"
         for name, spec in pinned.items():
             snap = SNAPSHOT["providers"][name]
-            assert (spec["source"], spec["version"]) == (snap["source"], snap["constraint"]), f"{directory.name}: {name}"
+            assert (spec["source"], spec["version"]) == (snap["source"], snap["constraint"]), (
+                f"{directory.name}: {name}"
+            )
             major, minor, patch = re.fullmatch(r"~> (\d+)\.(\d+)\.(\d+)", spec["version"]).groups()
             have = snap["version"].split(".")
-            assert have[:2] == [major, minor] and int(have[2]) >= int(patch), f"{name} {snap['version']} outside {spec['version']}"
+            assert have[:2] == [major, minor] and int(have[2]) >= int(patch), (
+                f"{name} {snap['version']} outside {spec['version']}"
+            )
 
 
 # --- the check catches what it is for ----------------------------------------------------------
@@ -280,7 +298,8 @@ def test_a_misspelt_argument_is_caught(module_copy):
 def test_a_misspelt_nested_argument_is_caught(module_copy):
     _edit(module_copy / "functions.tf", "max_instance_request_concurrency", "max_instance_concurrency")
     assert schema_problems(module_copy) == [
-        "functions.tf: google_cloudfunctions2_function.this.service_config: unknown argument 'max_instance_concurrency'"]
+        "functions.tf: google_cloudfunctions2_function.this.service_config: unknown argument 'max_instance_concurrency'"
+    ]
 
 
 def test_a_missing_required_argument_is_caught(module_copy):
@@ -296,10 +315,17 @@ def test_a_missing_required_block_is_caught(module_copy):
 
 
 def test_an_unknown_type_and_a_wrong_reference_are_caught(module_copy):
-    _edit(module_copy / "pubsub.tf", 'resource "google_pubsub_topic" "events"', 'resource "google_pubsub_topics" "events"')
-    _edit(module_copy / "scheduler.tf", "google_service_account.scheduler.email", "google_service_account.scheduler.mail")
+    _edit(
+        module_copy / "pubsub.tf", 'resource "google_pubsub_topic" "events"', 'resource "google_pubsub_topics" "events"'
+    )
+    _edit(
+        module_copy / "scheduler.tf", "google_service_account.scheduler.email", "google_service_account.scheduler.mail"
+    )
     problems = schema_problems(module_copy)
-    assert "pubsub.tf: google_pubsub_topics.events: no resource type 'google_pubsub_topics' in provider 'google'" in problems
+    assert (
+        "pubsub.tf: google_pubsub_topics.events: no resource type 'google_pubsub_topics' in provider 'google'"
+        in problems
+    )
     assert ("scheduler.tf: google_service_account.scheduler.mail: google_service_account has no attribute 'mail'"
             in problems)
 
@@ -308,12 +334,23 @@ VERSIONING = "  versioning {\n    enabled = true\n  }\n"
 ACTION = "      action {\n        type = lifecycle_rule.value.action.type\n      }\n"
 
 
-@pytest.mark.parametrize(("block", "argument", "where"), [
-    pytest.param(VERSIONING, "  versioning = {\n    enabled = true\n  }\n", "google_storage_bucket.source", id="object"),
-    pytest.param(VERSIONING, "  versioning = [{\n    enabled = true\n  }]\n", "google_storage_bucket.source", id="list"),
-    pytest.param(ACTION, "      action = {\n        type = lifecycle_rule.value.action.type\n      }\n",
-                 "google_storage_bucket.source.lifecycle_rule", id="nested-in-dynamic"),
-])
+@pytest.mark.parametrize(
+    ("block", "argument", "where"),
+    [
+        pytest.param(
+            VERSIONING, "  versioning = {\n    enabled = true\n  }\n", "google_storage_bucket.source", id="object"
+        ),
+        pytest.param(
+            VERSIONING, "  versioning = [{\n    enabled = true\n  }]\n", "google_storage_bucket.source", id="list"
+        ),
+        pytest.param(
+            ACTION,
+            "      action = {\n        type = lifecycle_rule.value.action.type\n      }\n",
+            "google_storage_bucket.source.lifecycle_rule",
+            id="nested-in-dynamic",
+        ),
+    ],
+)
 def test_a_block_written_as_an_argument_is_caught(module_copy, block, argument, where):
     _edit(module_copy / "source.tf", block, argument)
     name = block.split()[0]
@@ -323,7 +360,9 @@ def test_a_block_written_as_an_argument_is_caught(module_copy, block, argument, 
 def test_an_argument_written_as_a_block_is_caught(module_copy):
     _edit(module_copy / "source.tf", "  labels                      = local.common_labels\n",
           '  labels {\n    app = "rbm-relay"\n  }\n')
-    assert schema_problems(module_copy) == ["source.tf: google_storage_bucket.source: 'labels' is an argument, not a block"]
+    assert schema_problems(module_copy) == [
+        "source.tf: google_storage_bucket.source: 'labels' is an argument, not a block"
+    ]
 
 
 def test_a_dynamic_blocks_content_written_as_an_argument_is_caught(module_copy):
@@ -335,8 +374,11 @@ def test_a_dynamic_blocks_content_written_as_an_argument_is_caught(module_copy):
 def test_references_to_undeclared_resources_and_data_sources_are_caught(module_copy):
     _edit(module_copy / "source.tf", "data.archive_file.source.output_path", "data.archive_file.sourc.output_path")
     _edit(module_copy / "locals.tf", "= google_pubsub_topic.events.name", "= google_pubsub_topic.evnts.name")
-    _edit(module_copy / "pubsub.tf", "= google_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
-          "= gogle_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each")
+    _edit(
+        module_copy / "pubsub.tf",
+        "= google_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
+        "= gogle_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
+    )
     _edit(module_copy / "source.tf", "  depends_on = [google_project_service.this]\n",
           "  depends_on = [google_project_services.this]\n")
     assert sorted(schema_problems(module_copy)) == [
@@ -350,11 +392,15 @@ def test_references_to_undeclared_resources_and_data_sources_are_caught(module_c
 def test_a_reference_inside_an_index_or_a_string_template_is_read(module_copy):
     _edit(module_copy / "iam.tf", "google_cloudfunctions2_function.this[each.value.function].name",
           "google_cloudfunctions2_function.this[google_service_account.nobody.name].name")
-    _edit(module_copy / "monitoring.tf", 'resource.labels.subscription_id=\\"${google_pubsub_subscription.dead_letter_inspect.',
-          'resource.labels.subscription_id=\\"${google_pubsub_subscription.dead_letter_inspekt.')
+    _edit(
+        module_copy / "monitoring.tf",
+        'resource.labels.subscription_id=\\"${google_pubsub_subscription.dead_letter_inspect.',
+        'resource.labels.subscription_id=\\"${google_pubsub_subscription.dead_letter_inspekt.',
+    )
     assert sorted(schema_problems(module_copy)) == [
         "iam.tf: google_service_account.nobody: no resource 'google_service_account' 'nobody' is declared",
-        "monitoring.tf: google_pubsub_subscription.dead_letter_inspekt: no resource 'google_pubsub_subscription' 'dead_letter_inspekt' is declared",
+        "monitoring.tf: google_pubsub_subscription.dead_letter_inspekt: "
+        "no resource 'google_pubsub_subscription' 'dead_letter_inspekt' is declared",
     ]
 
 

@@ -1,6 +1,6 @@
 """send_message's request rules, with no I/O."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ def test_minimal_request_gets_a_generated_uuid_and_the_default_agent():
 
 
 def test_record_is_pending_with_its_deadline_and_fallback():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     wanted = parse(OK | {"revoke_after_seconds": 60, "fallback": {"text": "sms", "time_sensitive": True}}, "a")
     record = wanted.record(now, resend_after=30)
     assert (record.state, record.fallback, record.time_sensitive) == (State.PENDING, Fallback.WAITING, True)
@@ -59,39 +59,79 @@ def reply(text="ok") -> dict:
 
 
 # Input that can't be stored, or that RBM documents it refuses: 400 naming the field.
-@pytest.mark.parametrize("change, reason", [
-    ({"fallback": {"text": "see you \ud83d"}}, "fallback.text is not valid Unicode"),
-    ({"content": {"text": "half an emoji \ude00"}}, "content.text is not valid Unicode"),
-    ({"content": {"text": "x", "suggestions": [reply("\ud83d")]}}, r"content.suggestions\[0\].reply.text is not valid"),
-    ({"agent_id": "agent\udfff"}, "agent_id is not valid Unicode"),
-    ({"content": {"text": "x", "\ud83d": 1}}, "content has a field name that is not valid Unicode"),
-    ({"content": {"text": "x" * 3073}}, "content.text must be text of at most 3072"),
-    ({"content": {"text": "x", "suggestions": [reply()] * 12}}, "content.suggestions must be a list of 0 to 11"),
-    ({"content": {"text": "x", "suggestions": [reply("x" * 26)]}}, r"content.suggestions\[0\].reply.text must be text of at most 25"),
-    ({"content": {"text": "x", "suggestions": [{"action": {"text": "x" * 26, "openUrlAction": {"url": "https://a"}}}]}},
-     r"content.suggestions\[0\].action.text must be text of at most 25"),
-    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(title="x" * 201)}}}},
-     "content.richCard.standaloneCard.cardContent.title must be text of at most 200"),
-    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(description="x" * 2001)}}}},
-     "cardContent.description must be text of at most 2000"),
-    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(suggestions=[reply()] * 5)}}}},
-     "cardContent.suggestions must be a list of 0 to 4"),
-    ({"content": {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()]}}}},
-     "content.richCard.carouselCard.cardContents must be a list of 2 to 10"),
-    ({"content": {"richCard": {"carouselCard": {"cardContents": [card()] * 11}}}}, "cardContents must be a list of 2 to 10"),
-    ({"content": {"richCard": {"carouselCard": {"cardContents": [card(), card(title="x" * 201)]}}}},
-     r"cardContents\[1\].title must be text of at most 200"),
-    ({"content": {"richCard": {"carouselCard": {"cardContents": [card(), card(suggestions=[reply("x" * 26)])]}}}},
-     r"cardContents\[1\].suggestions\[0\].reply.text must be text of at most 25"),
-    ({"content": {"suggestions": [reply()]}}, "exactly one of text, fileName, uploadedRbmFile, richCard, contentInfo"),
-    ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://a/b.png"}}}, "exactly one of"),
-    ({"content": {"richCard": {"standaloneCard": {"cardContent": card(media={"x": "y" * 250_000})}}}},
-     "over RBM's 250,000 bytes"),
-    ({"content": {"text": "x", "extra": {"": 1}}}, "content.extra has a field name Firestore can't store"),
-    ({"content": {"text": "x", "__name__": 1}}, "content has a field name Firestore can't store"),
-    ({"content": {"text": "x", "extra": [[1]]}}, "content.extra holds an array directly in an array"),
-    ({"content": {"text": "x", "k" * 1500: 1}}, "is a field path over 1500 bytes"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"fallback": {"text": "see you \ud83d"}}, "fallback.text is not valid Unicode"),
+        ({"content": {"text": "half an emoji \ude00"}}, "content.text is not valid Unicode"),
+        (
+            {"content": {"text": "x", "suggestions": [reply("\ud83d")]}},
+            r"content.suggestions\[0\].reply.text is not valid",
+        ),
+        ({"agent_id": "agent\udfff"}, "agent_id is not valid Unicode"),
+        ({"content": {"text": "x", "\ud83d": 1}}, "content has a field name that is not valid Unicode"),
+        ({"content": {"text": "x" * 3073}}, "content.text must be text of at most 3072"),
+        ({"content": {"text": "x", "suggestions": [reply()] * 12}}, "content.suggestions must be a list of 0 to 11"),
+        (
+            {"content": {"text": "x", "suggestions": [reply("x" * 26)]}},
+            r"content.suggestions\[0\].reply.text must be text of at most 25",
+        ),
+        (
+            {
+                "content": {
+                    "text": "x",
+                    "suggestions": [{"action": {"text": "x" * 26, "openUrlAction": {"url": "https://a"}}}],
+                }
+            },
+            r"content.suggestions\[0\].action.text must be text of at most 25",
+        ),
+        (
+            {"content": {"richCard": {"standaloneCard": {"cardContent": card(title="x" * 201)}}}},
+            "content.richCard.standaloneCard.cardContent.title must be text of at most 200",
+        ),
+        (
+            {"content": {"richCard": {"standaloneCard": {"cardContent": card(description="x" * 2001)}}}},
+            "cardContent.description must be text of at most 2000",
+        ),
+        (
+            {"content": {"richCard": {"standaloneCard": {"cardContent": card(suggestions=[reply()] * 5)}}}},
+            "cardContent.suggestions must be a list of 0 to 4",
+        ),
+        (
+            {"content": {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()]}}}},
+            "content.richCard.carouselCard.cardContents must be a list of 2 to 10",
+        ),
+        (
+            {"content": {"richCard": {"carouselCard": {"cardContents": [card()] * 11}}}},
+            "cardContents must be a list of 2 to 10",
+        ),
+        (
+            {"content": {"richCard": {"carouselCard": {"cardContents": [card(), card(title="x" * 201)]}}}},
+            r"cardContents\[1\].title must be text of at most 200",
+        ),
+        (
+            {
+                "content": {
+                    "richCard": {"carouselCard": {"cardContents": [card(), card(suggestions=[reply("x" * 26)])]}}
+                }
+            },
+            r"cardContents\[1\].suggestions\[0\].reply.text must be text of at most 25",
+        ),
+        (
+            {"content": {"suggestions": [reply()]}},
+            "exactly one of text, fileName, uploadedRbmFile, richCard, contentInfo",
+        ),
+        ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://a/b.png"}}}, "exactly one of"),
+        (
+            {"content": {"richCard": {"standaloneCard": {"cardContent": card(media={"x": "y" * 250_000})}}}},
+            "over RBM's 250,000 bytes",
+        ),
+        ({"content": {"text": "x", "extra": {"": 1}}}, "content.extra has a field name Firestore can't store"),
+        ({"content": {"text": "x", "__name__": 1}}, "content has a field name Firestore can't store"),
+        ({"content": {"text": "x", "extra": [[1]]}}, "content.extra holds an array directly in an array"),
+        ({"content": {"text": "x", "k" * 1500: 1}}, "is a field path over 1500 bytes"),
+    ],
+)
 def test_what_cannot_be_stored_or_sent_is_refused_naming_the_field(change, reason):
     with pytest.raises(InvalidRequest, match=reason):
         parse(OK | change, "a")
@@ -128,7 +168,7 @@ def test_content_at_the_documented_limits_is_accepted(content):
 
 
 # A reused message_id: the same request answers the stored message, any other is refused.
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 FULL = OK | {"message_id": "6f1c1c52-5d6e-4c54-9b8a-3e4c1f0d2a11", "revoke_after_seconds": 300,
              "traffic_type": "AUTHENTICATION", "fallback": {"text": "code 1", "time_sensitive": True}}
 

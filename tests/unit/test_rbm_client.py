@@ -57,7 +57,9 @@ def test_a_create_accepted_then_dropped_is_retried_and_found_accepted(rbm):
     assert [r["status"] for r in rbm.requests] == [200, 409] and rbm.messages["m1"]["state"] == "queued"
 
 
-@pytest.mark.parametrize("first, uncertain", [("drop", True), (500, True), (502, True), (504, True), (503, False), (429, False)])
+@pytest.mark.parametrize(
+    "first, uncertain", [("drop", True), (500, True), (502, True), (504, True), (503, False), (429, False)]
+)
 def test_a_revoke_retried_after_a_failure_that_may_have_revoked_it_says_so(rbm, first, uncertain):
     c = client(rbm, retry_seconds=3)
     c.create_message(PHONE, "m1", AGENT, {"text": "hi"})
@@ -86,7 +88,12 @@ def test_retry_after_past_the_bound_is_transient_and_carries_the_wait(rbm, statu
     started = time.monotonic()
     result = client(rbm, retry_seconds=2).revoke_message(PHONE, "m1", AGENT)
     assert time.monotonic() - started < 1.5  # no pointless wait nor retry inside the bound
-    assert (result.outcome, result.status, result.retry_after, result.may_have_acted) == (Outcome.TRANSIENT, status, expected, False)
+    assert (result.outcome, result.status, result.retry_after, result.may_have_acted) == (
+        Outcome.TRANSIENT,
+        status,
+        expected,
+        False,
+    )
     assert rbm.count("revoke") == 1
 
 
@@ -112,7 +119,9 @@ def test_429_and_5xx_are_retried_then_succeed(rbm):
 def test_a_retry_after_of_now_still_backs_off(rbm, header):
     # "Retry-After: 0", or a date already past (clock skew), allows a retry at once, not a storm of them
     rbm.script("create", PHONE, [429] * 1000, retry_after=header)
-    assert client(rbm, retry_seconds=1.0).create_message(PHONE, "m1", AGENT, {"text": "hi"}).outcome is Outcome.TRANSIENT
+    assert (
+        client(rbm, retry_seconds=1.0).create_message(PHONE, "m1", AGENT, {"text": "hi"}).outcome is Outcome.TRANSIENT
+    )
     assert rbm.count("create") <= 10
 
 

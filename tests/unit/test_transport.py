@@ -1,12 +1,13 @@
 """What a failed HTTP call tells about the request: real sockets on loopback,
 each failing at a different moment of the exchange."""
 
+import contextlib
 import ipaddress
 import os
 import socket
 import ssl
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -104,12 +105,18 @@ def tls(tmp_path_factory):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     folder = tmp_path_factory.mktemp("tls")
     (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "key.pem").write_bytes(key.private_bytes(
@@ -141,10 +148,8 @@ def test_a_failed_tls_handshake_never_reached_the_server(tls):
     context, _ = tls
 
     def handshake(conn):
-        try:
+        with contextlib.suppress(ssl.SSLError, OSError):  # the client refuses the certificate
             context.wrap_socket(conn, server_side=True).close()
-        except (ssl.SSLError, OSError):
-            pass  # the client refuses the certificate
 
     assert not may_have_been_read(_tls_failure(_server(handshake), verify=True))
 
@@ -162,6 +167,6 @@ def test_retry_after_seconds_is_bounded(value, expected):
 
 
 def test_retry_after_http_date():
-    when = datetime.now(timezone.utc) + timedelta(seconds=20)
+    when = datetime.now(UTC) + timedelta(seconds=20)
     assert 15 <= retry_after(_response(format_datetime(when, usegmt=True)), cap=60.0) <= 20
     assert retry_after(_response(format_datetime(when - timedelta(hours=1), usegmt=True)), cap=60.0) == 0.0

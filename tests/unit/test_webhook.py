@@ -26,7 +26,10 @@ def sign(data: bytes, token: str = TOKEN) -> str:
 
 def envelope(event: dict) -> tuple[bytes, dict]:
     data = json.dumps(event).encode()
-    body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"}, "subscription": "s"}
+    body = {
+        "message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
+        "subscription": "s",
+    }
     return json.dumps(body).encode(), {"X-Goog-Signature": sign(data)}
 
 
@@ -50,13 +53,25 @@ def call(body: bytes, headers=None, method="POST"):
 
 
 def test_signed_event_is_published_verbatim_with_attributes(published):
-    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": "e1", "messageId": "m1", "agentId": "a"}
+    event = {
+        "senderPhoneNumber": "+15550001111",
+        "eventType": "READ",
+        "eventId": "e1",
+        "messageId": "m1",
+        "agentId": "a",
+    }
     body, headers = envelope(event)
     response = call(body, headers)
     assert response.status_code == 200
     [(topic, data, attributes)] = published
     assert topic == "rbm-events" and json.loads(data) == event
-    assert attributes == {"kind": "user_event", "event_type": "READ", "event_id": "e1", "message_id": "m1", "agent_id": "a"}
+    assert attributes == {
+        "kind": "user_event",
+        "event_type": "READ",
+        "event_id": "e1",
+        "message_id": "m1",
+        "agent_id": "a",
+    }
 
 
 def test_handshake_answers_the_secret_as_plain_text(published):
@@ -73,14 +88,21 @@ def test_handshake_answers_the_secret_as_plain_text(published):
         (b"[]", {}, 400),
         (b'{"message": {}}', {}, 400),
         (b'{"message": {"data": "***"}}', {}, 400),
-        (json.dumps({"message": {"data": base64.b64encode(b"[1]").decode()}}).encode(), {"X-Goog-Signature": sign(b"[1]")}, 400),
+        (
+            json.dumps({"message": {"data": base64.b64encode(b"[1]").decode()}}).encode(),
+            {"X-Goog-Signature": sign(b"[1]")},
+            400,
+        ),
         (envelope({"text": "x"})[0], {}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(b"other")}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(json.dumps({"text": "x"}).encode(), "wrong")}, 401),
         (b"x" * (webhook.MAX_BODY + 1), {}, 413),
         (b"[" * 100_000 + b"]" * 100_000, {}, 400),  # deeper than the JSON parser goes
-        (json.dumps({"message": {"data": base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()}}).encode(),
-         {"X-Goog-Signature": sign(b"[" * 5000 + b"]" * 5000)}, 400),
+        (
+            json.dumps({"message": {"data": base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()}}).encode(),
+            {"X-Goog-Signature": sign(b"[" * 5000 + b"]" * 5000)},
+            400,
+        ),
     ],
 )
 def test_bad_requests_get_a_json_reason_and_publish_nothing(published, body, headers, status):
@@ -117,7 +139,11 @@ def requests(draw):
         "data": st.just(base64.b64encode(data).decode()) | st.text(max_size=30) | json_values,
         "attributes": json_values,
     }))
-    body = draw(st.binary(max_size=300) | st.just(json.dumps({"message": message}).encode()) | json_values.map(lambda v: json.dumps(v).encode()))
+    body = draw(
+        st.binary(max_size=300)
+        | st.just(json.dumps({"message": message}).encode())
+        | json_values.map(lambda v: json.dumps(v).encode())
+    )
     header_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=100)  # what HTTP can carry
     signature = draw(st.none() | header_text | st.just(sign(data, "attacker")))
     headers = {"X-Goog-Signature": signature} if signature is not None else {}
@@ -134,7 +160,13 @@ def test_arbitrary_unsigned_requests_never_publish_and_never_5xx(published, requ
 
 @pytest.mark.parametrize("bad_id", ["see you \ud83d", "x" * 1025, "é" * 513])
 def test_ids_that_cannot_be_attributes_are_left_out_and_the_event_still_published(published, bad_id):
-    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": bad_id, "messageId": "m1", "agentId": "a"}
+    event = {
+        "senderPhoneNumber": "+15550001111",
+        "eventType": "READ",
+        "eventId": bad_id,
+        "messageId": "m1",
+        "agentId": "a",
+    }
     data = json.dumps(event).encode()
     body = {"message": {"data": base64.b64encode(data).decode(), "messageId": "1"}, "subscription": "s"}
     response = call(json.dumps(body).encode(), {"X-Goog-Signature": sign(data)})

@@ -1,7 +1,7 @@
 """Work items as bytes (work_items.encode / decode) and how due messages become items (due.items)."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -9,7 +9,7 @@ from functions import due, fallbacks, revoker, work_items
 from functions.model import Fallback, Message, State
 from functions.work_items import WorkItem, WorkItemError
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def test_an_item_survives_encode_and_decode():
