@@ -83,6 +83,7 @@ class Run(contextlib.ExitStack):
 
 # Load
 
+
 @dataclass
 class Load:
     """What one load run measured: successful request latencies (s) and failures."""
@@ -109,9 +110,14 @@ class Load:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
     def summary(self) -> dict:
-        return {"requests": self.requests, "errors": self.errors, "seconds": round(self.seconds, 2),
-                "rps": round(self.rps, 1), "p50_ms": round(self.percentile(0.50), 2),
-                "p99_ms": round(self.percentile(0.99), 2)}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.percentile(0.50), 2),
+            "p99_ms": round(self.percentile(0.99), 2),
+        }
 
 
 def post_load(url: str, bodies: list[tuple[bytes, dict]], threads: int, seconds: float = 0.0, total: int = 0) -> Load:
@@ -166,12 +172,13 @@ def parallel(fn, items, threads: int = 8) -> list:
 
 # Firestore
 
+
 def seed(messages, threads: int = 4, batch_size: int = 500) -> float:
     """Writes message documents as batches of up to 500; answers the seconds it took."""
     from functions import store
 
     messages = list(messages)
-    chunks = [messages[i:i + batch_size] for i in range(0, len(messages), batch_size)]
+    chunks = [messages[i : i + batch_size] for i in range(0, len(messages), batch_size)]
 
     def commit(chunk) -> None:
         batch = store.client().batch()
@@ -186,6 +193,7 @@ def seed(messages, threads: int = 4, batch_size: int = 500) -> float:
 
 # Processes
 
+
 def group_memory(pgid: int) -> list[dict]:
     """RSS and PSS (MB) of every process in a process group, read from /proc.
     RSS counts pages a forked worker shares with its parent twice; PSS splits them."""
@@ -199,8 +207,14 @@ def group_memory(pgid: int) -> list[dict]:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except (OSError, ValueError, IndexError):
             continue
-        found.append({"pid": int(pid), "rss_mb": _kb(status, "VmRSS:") / 1024, "pss_mb": _kb(rollup, "Pss:") / 1024,
-                      "threads": int(_kb(status, "Threads:"))})
+        found.append(
+            {
+                "pid": int(pid),
+                "rss_mb": _kb(status, "VmRSS:") / 1024,
+                "pss_mb": _kb(rollup, "Pss:") / 1024,
+                "threads": int(_kb(status, "Threads:")),
+            }
+        )
     return sorted(found, key=lambda p: p["pid"])
 
 
@@ -255,6 +269,7 @@ def _kb(text: str, key: str) -> float:
 
 
 # Reporting
+
 
 def median(values) -> float:
     return statistics.median(values)

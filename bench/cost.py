@@ -37,8 +37,15 @@ JOURNEYS = {  # journey → (simulated device, the fate that ends it: state, fal
     "online": ("online", ("DELIVERED", "CANCELLED")),
     "no RCS": ("not_rcs", ("UNREACHABLE", "SENT")),
 }
-MEASURES = ("firestore_reads", "firestore_writes", "firestore_commits", "firestore_lookups", "firestore_queries",
-            "pubsub_messages", "pubsub_publish_requests")
+MEASURES = (
+    "firestore_reads",
+    "firestore_writes",
+    "firestore_commits",
+    "firestore_lookups",
+    "firestore_queries",
+    "pubsub_messages",
+    "pubsub_publish_requests",
+)
 PER_MESSAGE_INVOCATIONS = ("send_message", "receive_webhook", "track_delivery", "process_due_work")
 
 
@@ -128,8 +135,10 @@ def main(argv=None) -> None:
                 raise RuntimeError("the webhook handshake failed")
         started = time.monotonic()
         schedule(run, list(flows.values()), args.period)
-        results = {name: journey(flows, sims, folders, name, args.messages, args.deadline, args.period, 1000 * j)
-                   for j, name in enumerate(JOURNEYS)}
+        results = {
+            name: journey(flows, sims, folders, name, args.messages, args.deadline, args.period, 1000 * j)
+            for j, name in enumerate(JOURNEYS)
+        }
         elapsed = time.monotonic() - started
         whole = {kind: totals(folders[kind]) for kind in KINDS}
 
@@ -152,9 +161,22 @@ def main(argv=None) -> None:
                 ]
             )
             result[kind]["per_message"] = f
-    table(f"Per message over its life ({args.messages} messages per journey and flow; grace {args.grace:g} s)",
-          ["journey", "flow", "FS reads", "FS writes", "commits", "lookups", "queries (with results)", "Pub/Sub msgs",
-           "publish calls", "invocations"], rows)
+    table(
+        f"Per message over its life ({args.messages} messages per journey and flow; grace {args.grace:g} s)",
+        [
+            "journey",
+            "flow",
+            "FS reads",
+            "FS writes",
+            "commits",
+            "lookups",
+            "queries (with results)",
+            "Pub/Sub msgs",
+            "publish calls",
+            "invocations",
+        ],
+        rows,
+    )
     idle = {}
     for kind in KINDS:
         idle[kind] = {
@@ -165,9 +187,11 @@ def main(argv=None) -> None:
             / elapsed
             * 3600,
         }
-    table(f"Whatever the traffic, at a scheduler period of {args.period:g} s (production: 60 s)",
-          ["flow", "empty polls (1 read each) per hour", "scheduled invocations per hour"],
-          [[k, v["empty_queries_per_hour"], v["scheduled_invocations_per_hour"]] for k, v in idle.items()])
+    table(
+        f"Whatever the traffic, at a scheduler period of {args.period:g} s (production: 60 s)",
+        ["flow", "empty polls (1 read each) per hour", "scheduled invocations per hour"],
+        [[k, v["empty_queries_per_hour"], v["scheduled_invocations_per_hour"]] for k, v in idle.items()],
+    )
     print(
         "\nEmpty polls: the dispatch flow's runs poll every second for their whole period, so about 2 × 3,600 an hour "
         "whatever the period; today's runs poll once a tick, 2 × 3,600 ÷ period an hour."

@@ -62,11 +62,13 @@ def totals(folder: Path) -> collections.Counter:
 
 def _stream(method, counter):
     """Wraps a server-streaming client method: `counter(response)` for each response."""
+
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         for response in method(self, *args, **kwargs):
             counter(response)
             yield response
+
     return wrapped
 
 
@@ -82,6 +84,7 @@ def _query_stream(method):
             returned += response._pb.HasField("document")
             yield response
         count(firestore_queries=1, firestore_reads=max(1, returned), firestore_empty_queries=int(returned == 0))
+
     return wrapped
 
 
@@ -90,6 +93,7 @@ def _commit(method):
     def wrapped(self, *args, request=None, **kwargs):
         count(firestore_commits=1, firestore_writes=len((request or {}).get("writes", ())))
         return method(self, *args, request=request, **kwargs)
+
     return wrapped
 
 
@@ -98,6 +102,7 @@ def _lookup(method):
     def wrapped(self, *args, **kwargs):
         count(firestore_lookups=1)
         yield from _stream(method, _found)(self, *args, **kwargs)
+
     return wrapped
 
 
@@ -106,6 +111,7 @@ def _aggregation(method):
     def wrapped(self, *args, **kwargs):
         count(firestore_queries=1, firestore_reads=1)
         return method(self, *args, **kwargs)
+
     return wrapped
 
 
@@ -117,6 +123,7 @@ def _publish(method):
             **{"pubsub_publish_requests": 1, "pubsub_messages": len(messages), f"pubsub_messages.{name}": len(messages)}
         )
         return method(self, *args, topic=topic, messages=messages, **kwargs)
+
     return wrapped
 
 
@@ -135,6 +142,7 @@ def _counted(entry):
         finally:
             count(**{f"invocations.{entry.__name__}": 1})
             _dump()
+
     return invoked
 
 

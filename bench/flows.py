@@ -47,8 +47,13 @@ def rbm_env(rbm_url: str) -> dict:
 
 
 def sms_env(twilio_url: str) -> dict:
-    return {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": TWILIO_SID, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-            "TWILIO_FROM_NUMBER": "+15005550006", "TWILIO_API_BASE": twilio_url}
+    return {
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE": twilio_url,
+    }
 
 
 class Scheduler:
@@ -101,10 +106,22 @@ class Flow:
         return [self.functions[name].url for name in ("revoke_expired", "send_fallbacks")]
 
 
-def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float, *, workers: int = 1,
-               concurrency: int = 16, settings: dict | None = None, source: str = "main.py",
-               functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"), events: bool = False,
-               tag: str = "", stack: contextlib.ExitStack | None = None) -> Flow:
+def start_flow(
+    run: Run,
+    kind: str,
+    rbm_url: str,
+    twilio_url: str,
+    period: float,
+    *,
+    workers: int = 1,
+    concurrency: int = 16,
+    settings: dict | None = None,
+    source: str = "main.py",
+    functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"),
+    events: bool = False,
+    tag: str = "",
+    stack: contextlib.ExitStack | None = None,
+) -> Flow:
     """Starts `kind`'s functions over its own collection (`bench_<kind><tag>`), so
     both flows can share the emulators and fakes. `dispatch` also gets a work topic,
     `workers` process_due_work processes (each THREADS=`concurrency`) and a Pusher.
@@ -126,11 +143,18 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
     if kind == "dispatch":
         topic = f"bench-work-{kind}{tag}"
         processes.create_topic(PROJECT, topic)
-        _subscriber().create_subscription(request={
-            "name": f"projects/{PROJECT}/subscriptions/{topic}-pull", "topic": f"projects/{PROJECT}/topics/{topic}",
-            "ack_deadline_seconds": ACK_DEADLINE})
-        common |= {"RBM_WORK_TOPIC": topic, "SCHEDULE_PERIOD_SECONDS": f"{period:g}",
-                   "SWEEP_BUDGET_SECONDS": f"{max(90.0, period + 30):g}"}
+        _subscriber().create_subscription(
+            request={
+                "name": f"projects/{PROJECT}/subscriptions/{topic}-pull",
+                "topic": f"projects/{PROJECT}/topics/{topic}",
+                "ack_deadline_seconds": ACK_DEADLINE,
+            }
+        )
+        common |= {
+            "RBM_WORK_TOPIC": topic,
+            "SCHEDULE_PERIOD_SECONDS": f"{period:g}",
+            "SWEEP_BUDGET_SECONDS": f"{max(90.0, period + 30):g}",
+        }
         envs = {"send_message": common, "revoke_expired": common | sms, "send_fallbacks": common | sms}
     else:
         envs = {"send_message": common, "revoke_expired": common, "send_fallbacks": common | sms}
@@ -143,14 +167,19 @@ def start_flow(run: Run, kind: str, rbm_url: str, twilio_url: str, period: float
     for name in functions + (("receive_webhook", "track_delivery") if events else ()):
         flow.functions[name] = function(name, envs[name])
     if events:
-        processes.create_push_subscription(PROJECT, events_topic, f"{events_topic}-track",
-                                           f"{flow.functions['track_delivery'].url}/projects/{PROJECT}/topics/{events_topic}")
+        processes.create_push_subscription(
+            PROJECT,
+            events_topic,
+            f"{events_topic}-track",
+            f"{flow.functions['track_delivery'].url}/projects/{PROJECT}/topics/{events_topic}",
+        )
     if kind == "dispatch":
         worker_env = common | sms | {"THREADS": str(concurrency)}
         flow.workers = [function("process_due_work", worker_env) for _ in range(workers)]
         endpoints = [f"{w.url}/projects/{PROJECT}/topics/{topic}" for w in flow.workers]
-        flow.pusher = stack.enter_context(_Started(Pusher(PROJECT, f"{topic}-pull", endpoints, concurrency,
-                                                          timeout=ACK_DEADLINE, backoff=1.0)))
+        flow.pusher = stack.enter_context(
+            _Started(Pusher(PROJECT, f"{topic}-pull", endpoints, concurrency, timeout=ACK_DEADLINE, backoff=1.0))
+        )
     return flow
 
 
@@ -178,9 +207,17 @@ class _Started:
 def send(url: str, phone: str, message_id: str, deadline: int, text: str = "bench") -> float:
     """One send_message call; answers the wall-clock time (time.time()) it was made."""
     at = time.time()
-    response = http_session.post(url, json={"phone": phone, "message_id": message_id, "content": {"text": text},
-                                            "revoke_after_seconds": deadline, "fallback": {"text": f"SMS {text}"}},
-                                 timeout=60)
+    response = http_session.post(
+        url,
+        json={
+            "phone": phone,
+            "message_id": message_id,
+            "content": {"text": text},
+            "revoke_after_seconds": deadline,
+            "fallback": {"text": f"SMS {text}"},
+        },
+        timeout=60,
+    )
     if response.status_code != 200:
         raise RuntimeError(f"send_message answered {response.status_code}: {response.text[:200]}")
     return at

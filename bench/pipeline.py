@@ -17,8 +17,9 @@ from local.stack import Stack
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--population", type=int, default=12)
     parser.add_argument("--period", type=float, default=5.0)
     parser.add_argument("--deadline", type=int, default=20)
@@ -35,8 +36,11 @@ def main(argv=None) -> int:
             values = [t[measure] for t in times if t[measure] is not None]
             if values:
                 rows.append([kind, measure, *percentiles(values)])
-    table(f"Timings through the whole stack, scheduler period {args.period} s, deadline {args.deadline} s",
-          ["kind", "measure", "n", "p50 s", "p99 s"], rows)
+    table(
+        f"Timings through the whole stack, scheduler period {args.period} s, deadline {args.deadline} s",
+        ["kind", "measure", "n", "p50 s", "p99 s"],
+        rows,
+    )
     print("fates: all met" if not found else "PROBLEMS:\n" + "\n".join(found))
     return 0 if not found else 1
 

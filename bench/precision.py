@@ -42,8 +42,12 @@ def phone(flow: int, user: int, i: int) -> str:
 
 def plan(users: int) -> list[dict]:
     """Every message of the run: flow, kind of user, phone, message id."""
-    return [{"flow": flow, "user": user, "phone": phone(f, u, i), "message_id": str(uuid.uuid4())}
-            for i in range(users) for f, flow in enumerate(KINDS) for u, user in enumerate(USERS)]
+    return [
+        {"flow": flow, "user": user, "phone": phone(f, u, i), "message_id": str(uuid.uuid4())}
+        for i in range(users)
+        for f, flow in enumerate(KINDS)
+        for u, user in enumerate(USERS)
+    ]
 
 
 def launch(flows: dict, planned: list[dict], users: int, spread: float, deadline: int) -> None:
@@ -54,7 +58,7 @@ def launch(flows: dict, planned: list[dict], users: int, spread: float, deadline
     with ThreadPoolExecutor(8) as pool:
         for step in range(users):
             time.sleep(max(0.0, started + spread * (step + 0.5) / users - time.monotonic()))
-            for p in planned[step * per_step:(step + 1) * per_step]:
+            for p in planned[step * per_step : (step + 1) * per_step]:
                 url = flows[p["flow"]].functions["send_message"].url
                 p["sent"] = pool.submit(send, url, p["phone"], p["message_id"], deadline)
     for p in planned:
@@ -134,9 +138,19 @@ def main(argv=None) -> None:
         rbm = run.enter_context(FakeRbm())
         twilio = run.enter_context(FakeTwilio(TWILIO_SID, TWILIO_TOKEN))
         twilio.set_delay(args.latency)
-        flows = {kind: start_flow(run, kind, rbm.url, twilio.url, args.period, workers=args.workers,
-                                  concurrency=args.concurrency, settings={"REVOKE_GRACE_SECONDS": f"{args.grace:g}"})
-                 for kind in KINDS}
+        flows = {
+            kind: start_flow(
+                run,
+                kind,
+                rbm.url,
+                twilio.url,
+                args.period,
+                workers=args.workers,
+                concurrency=args.concurrency,
+                settings={"REVOKE_GRACE_SECONDS": f"{args.grace:g}"},
+            )
+            for kind in KINDS
+        }
         planned = plan(args.users)
         for p in planned:
             if p["user"] == "never":
@@ -156,34 +170,56 @@ def main(argv=None) -> None:
         scheduler.stop()
         loads = {"before": load_before, "after": load_average()}
 
-        print(f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)"
-              + ("" if done else "\nnote: not every SMS arrived before the timeout; see `missing`"))
+        print(
+            f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)"
+            + ("" if done else "\nnote: not every SMS arrived before the timeout; see `missing`")
+        )
         rows = []
         for flow in KINDS:
             for measure_name in ("deadline→revoke", "deadline→SMS", "send→SMS"):
                 rows.append([flow, measure_name, *percentiles(results[flow][measure_name])])
-        table(f"Seconds until due work is done, scheduler period {args.period:g} s, grace {args.grace:g} s, "
-              f"fakes answer in {args.latency * 1000:g} ms, {args.users} users of each kind per flow",
-              ["flow", "measure", "n", "p50 s", "p99 s"], rows)
-        table("Fates", ["flow", "SMS missing", "duplicate SMS", "pushes ok/failed"],
-              [[flow, results[flow]["missing"], results[flow]["duplicates"],
-                f"{flows[flow].pusher.delivered}/{flows[flow].pusher.failed}" if flows[flow].pusher else "-"]
-               for flow in KINDS])
+        table(
+            f"Seconds until due work is done, scheduler period {args.period:g} s, grace {args.grace:g} s, "
+            f"fakes answer in {args.latency * 1000:g} ms, {args.users} users of each kind per flow",
+            ["flow", "measure", "n", "p50 s", "p99 s"],
+            rows,
+        )
+        table(
+            "Fates",
+            ["flow", "SMS missing", "duplicate SMS", "pushes ok/failed"],
+            [
+                [
+                    flow,
+                    results[flow]["missing"],
+                    results[flow]["duplicates"],
+                    f"{flows[flow].pusher.delivered}/{flows[flow].pusher.failed}" if flows[flow].pusher else "-",
+                ]
+                for flow in KINDS
+            ],
+        )
         dispatch, ticks = results["dispatch"], results["ticks"]
         verdicts = {}
         for measure_name, target in (("deadline→SMS", WINDOW + args.grace), ("send→SMS", WINDOW)):
             new, old = percentiles(dispatch[measure_name]), percentiles(ticks[measure_name])
             if new[0] and old[0]:
                 verdicts[f"{measure_name} p99, dispatch"] = (
-                    f"{new[2]:.2f} s (target <= {target:g} s) {'ok' if new[2] <= target else 'MISSED'}")
+                    f"{new[2]:.2f} s (target <= {target:g} s) {'ok' if new[2] <= target else 'MISSED'}"
+                )
                 verdicts[f"{measure_name} p50, ticks / dispatch"] = f"{old[1] / new[1]:.1f}x sooner"
                 verdicts[f"{measure_name} p99, ticks / dispatch"] = f"{old[2] / new[2]:.1f}x sooner"
         verdicts["lost or duplicated SMS"] = (
             "none" if not any(r["missing"] or r["duplicates"] for r in results.values()) else "SOME (see Fates)"
         )
         table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
-        run.save({"args": vars(args), "results": results, "load_average": loads, "verdicts": verdicts,
-                  "scheduler_answers": scheduler.answers})
+        run.save(
+            {
+                "args": vars(args),
+                "results": results,
+                "load_average": loads,
+                "verdicts": verdicts,
+                "scheduler_answers": scheduler.answers,
+            }
+        )
 
 
 if __name__ == "__main__":

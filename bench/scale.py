@@ -40,8 +40,15 @@ def queue(rbm: FakeRbm, messages, latency: float) -> None:
     the socket), so a revoke answers 200; then every call for its phone is slow."""
     for m in messages:
         body = json.dumps({"contentMessage": m.content}).encode()
-        status = rbm.handle(Request("POST", f"/v1/phones/{m.phone}/agentMessages",
-                                    {"messageId": m.message_id, "agentId": AGENT}, Headers(), body))[0]
+        status = rbm.handle(
+            Request(
+                "POST",
+                f"/v1/phones/{m.phone}/agentMessages",
+                {"messageId": m.message_id, "agentId": AGENT},
+                Headers(),
+                body,
+            )
+        )[0]
         if status != 200:
             raise RuntimeError(f"the fake refused a create: {status}")
         rbm.set_phone(m.phone, "slow", delay=latency)
@@ -49,8 +56,10 @@ def queue(rbm: FakeRbm, messages, latency: float) -> None:
 
 def warm(workers) -> None:
     """One push with no work item to each worker: it imports its modules and acknowledges."""
-    envelope = {"message": {"data": "", "messageId": "warm-up", "publishTime": "2026-01-01T00:00:00Z"},
-                "subscription": f"projects/{PROJECT}/subscriptions/warm-up"}
+    envelope = {
+        "message": {"data": "", "messageId": "warm-up", "publishTime": "2026-01-01T00:00:00Z"},
+        "subscription": f"projects/{PROJECT}/subscriptions/warm-up",
+    }
     for worker in workers:
         http_session.post(
             f"{worker.url}/projects/{PROJECT}/topics/warm-up", json=envelope, timeout=60
@@ -122,9 +131,13 @@ def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, arg
             "wall": cpu.wall,
         }
     cores = {k: v / cpu.wall for k, v in cpu.seconds.items()}
-    result["cores"] = {"workers": sum(v for k, v in cores.items() if k.startswith("worker")),
-                       "firestore": cores["firestore"], "pubsub": cores["pubsub"],
-                       "runs": cores["revoke_expired"] + cores["send_fallbacks"], "bench": cores["bench"]}
+    result["cores"] = {
+        "workers": sum(v for k, v in cores.items() if k.startswith("worker")),
+        "firestore": cores["firestore"],
+        "pubsub": cores["pubsub"],
+        "runs": cores["revoke_expired"] + cores["send_fallbacks"],
+        "bench": cores["bench"],
+    }
     result["cores"]["total"] = sum(result["cores"].values())
     print(f"{workers} worker(s): {result['seconds']:.1f} s, cores busy {result['cores']['total']:.2f}", flush=True)
     return result
@@ -157,8 +170,12 @@ def main(argv=None) -> None:
     for i, r in enumerate(results):
         calls = 2 * args.messages / r["seconds"]
         ideal = r["workers"] * args.parallelism / args.latency
-        r |= {"messages_per_s": args.messages / r["seconds"], "calls_per_s": calls, "ideal_calls_per_s": ideal,
-              "of_ideal": calls / ideal}
+        r |= {
+            "messages_per_s": args.messages / r["seconds"],
+            "calls_per_s": calls,
+            "ideal_calls_per_s": ideal,
+            "of_ideal": calls / ideal,
+        }
         speedup = results[i - 1]["seconds"] / r["seconds"] if i else None
         factor = r["workers"] / results[i - 1]["workers"] if i else None
         r["speedup"] = speedup
@@ -181,11 +198,25 @@ def main(argv=None) -> None:
         verdicts[f"{r['workers']} worker(s), of the ideal"] = check(r["of_ideal"], 0.7, at_least=True)
         if speedup:
             verdicts[f"{results[i - 1]['workers']} → {r['workers']} workers ({factor:g}×), speed-up"] = check(
-                speedup, round(1.6 ** math.log2(factor), 2), at_least=True)
-    table(f"{args.messages:,} messages sharing one deadline, revoked and texted; SWEEP_PARALLELISM={args.parallelism}, "
-          f"fakes answer in {args.latency * 1000:g} ms, grace {args.grace:g} s, scheduler period {args.period:g} s",
-          ["workers", "seconds", "msgs/s", "calls/s", "ideal calls/s", "of ideal", "speed-up",
-           "cores: workers/firestore/pubsub/runs/bench = total", "revoked/texted/dup SMS", "items pushed"], rows)
+                speedup, round(1.6 ** math.log2(factor), 2), at_least=True
+            )
+    table(
+        f"{args.messages:,} messages sharing one deadline, revoked and texted; SWEEP_PARALLELISM={args.parallelism}, "
+        f"fakes answer in {args.latency * 1000:g} ms, grace {args.grace:g} s, scheduler period {args.period:g} s",
+        [
+            "workers",
+            "seconds",
+            "msgs/s",
+            "calls/s",
+            "ideal calls/s",
+            "of ideal",
+            "speed-up",
+            "cores: workers/firestore/pubsub/runs/bench = total",
+            "revoked/texted/dup SMS",
+            "items pushed",
+        ],
+        rows,
+    )
     table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
     print(f"\ncores available: {os.cpu_count()}; where the total nears it, the machine, not the design, sets the pace")
     run.save({"args": vars(args), "results": results, "load_average": loads, "verdicts": verdicts})

@@ -41,9 +41,20 @@ def due(prefix: str, count: int, start: int = 0):
     from functions.model import Fallback, Message, State
 
     past = store.now() - timedelta(seconds=1)
-    return [Message(f"{prefix}-{i:06d}", phone(start + i), AGENT, state=State.SENT, fallback=Fallback.WAITING,
-                    fallback_text=f"fallback {i}", content={"text": f"rcs {i}"}, revoke_at=past, next_action_at=past)
-            for i in range(count)]
+    return [
+        Message(
+            f"{prefix}-{i:06d}",
+            phone(start + i),
+            AGENT,
+            state=State.SENT,
+            fallback=Fallback.WAITING,
+            fallback_text=f"fallback {i}",
+            content={"text": f"rcs {i}"},
+            revoke_at=past,
+            next_action_at=past,
+        )
+        for i in range(count)
+    ]
 
 
 def others(count: int):
@@ -55,21 +66,42 @@ def others(count: int):
     messages = []
     for i in range(count):
         if i % 5 == 4:
-            m = Message(f"other-{i:06d}", phone(500_000 + i), AGENT, state=State.SENT, fallback=Fallback.WAITING,
-                        fallback_text="fallback", content={"text": "rcs"}, revoke_at=later, next_action_at=later)
+            m = Message(
+                f"other-{i:06d}",
+                phone(500_000 + i),
+                AGENT,
+                state=State.SENT,
+                fallback=Fallback.WAITING,
+                fallback_text="fallback",
+                content={"text": "rcs"},
+                revoke_at=later,
+                next_action_at=later,
+            )
         else:
-            m = Message(f"other-{i:06d}", phone(500_000 + i), AGENT, state=State.READ if i % 2 else State.DELIVERED,
-                        fallback=Fallback.CANCELLED, fallback_text="fallback", content={"text": "rcs"}, revoke_at=later)
+            m = Message(
+                f"other-{i:06d}",
+                phone(500_000 + i),
+                AGENT,
+                state=State.READ if i % 2 else State.DELIVERED,
+                fallback=Fallback.CANCELLED,
+                fallback_text="fallback",
+                content={"text": "rcs"},
+                revoke_at=later,
+            )
         messages.append(m)
     return messages
 
 
 def queue(rbm: FakeRbm, messages) -> None:
     """Sends each message to the fake platform, so it is queued there and a revoke answers 200."""
+
     def create(m) -> None:
-        response = http_session.post(f"{rbm.url}/v1/phones/{m.phone}/agentMessages",
-                                     params={"messageId": m.message_id, "agentId": AGENT},
-                                     json={"contentMessage": m.content}, timeout=10)
+        response = http_session.post(
+            f"{rbm.url}/v1/phones/{m.phone}/agentMessages",
+            params={"messageId": m.message_id, "agentId": AGENT},
+            json={"contentMessage": m.content},
+            timeout=10,
+        )
         response.raise_for_status()
 
     parallel(create, messages, 8)
@@ -111,8 +143,12 @@ def scaling(run: Run, host: str, rbm: FakeRbm, sizes: list[int], count: int, rep
             queue(rbm, messages)
             seconds, summary = sweep(revoker)
             runs.append({"seconds": round(seconds, 3), "summary": summary})
-        results[size] = {"seeding_s": round(seeding, 2), "due_query_s": round(query, 3), "runs": runs,
-                         "median_s": median(r["seconds"] for r in runs)}
+        results[size] = {
+            "seeding_s": round(seeding, 2),
+            "due_query_s": round(query, 3),
+            "runs": runs,
+            "median_s": median(r["seconds"] for r in runs),
+        }
     revoker.stop()
     results["pool_full_warnings"] = revoker.read_log().count(POOL_FULL)
     return results
@@ -120,13 +156,23 @@ def scaling(run: Run, host: str, rbm: FakeRbm, sizes: list[int], count: int, rep
 
 def throughput(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, count: int, delay: float) -> dict:
     """`count` messages revoked then texted, default parallelism versus one at a time."""
-    sms_env = {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": TWILIO_SID, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
-               "TWILIO_FROM_NUMBER": "+15005550006", "TWILIO_API_BASE": twilio.url}
+    sms_env = {
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": TWILIO_SID,
+        "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE": twilio.url,
+    }
     results = {}
     for label, extra in (("default (16)", {}), ("1", {"SWEEP_PARALLELISM": "1"})):
         # No grace: send_fallbacks runs right after revoke_expired and must find every SMS due.
-        env = {"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "SWEEP_BUDGET_SECONDS": LONG_BUDGET,
-               "REVOKE_GRACE_SECONDS": "0", **extra}
+        env = {
+            "RBM_API_ENDPOINT": rbm.url,
+            "RBM_AGENT_ID": AGENT,
+            "SWEEP_BUDGET_SECONDS": LONG_BUDGET,
+            "REVOKE_GRACE_SECONDS": "0",
+            **extra,
+        }
         revoker = run.function("revoke_expired", env)
         fallbacks = run.function("send_fallbacks", {**env, **sms_env})
         sweep(revoker), sweep(fallbacks)  # warm-up on an empty collection
@@ -167,8 +213,12 @@ def main(argv=None) -> None:
     parser.add_argument("--due", type=int, default=100, help="due messages per scaling sweep")
     parser.add_argument("--repeats", type=int, default=3, help="scaling sweeps per size")
     parser.add_argument("--messages", type=int, default=1000, help="due messages in the throughput part")
-    parser.add_argument("--delay", type=float, default=0.1,
-                        help="seconds each fake RBM / Twilio call takes, as a call to a remote API does (0.1)")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.1,
+        help="seconds each fake RBM / Twilio call takes, as a call to a remote API does (0.1)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.others.split(",")]
     load_before = load_average()
@@ -184,19 +234,52 @@ def main(argv=None) -> None:
         print(
             f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)"
         )
-        table(f"1. revoke_expired on {args.due} due messages beside N not-due ones "
-              f"(fakes answer at once; {args.repeats} sweeps per size)",
-              ["not due (N)", "seeding s", "docs/s", "due query s", "sweep median s", "sweeps s", "revoked"],
-              [[n, scaled[n]["seeding_s"], n / scaled[n]["seeding_s"], scaled[n]["due_query_s"], scaled[n]["median_s"],
-                " ".join(f"{r['seconds']:.2f}" for r in scaled[n]["runs"]),
-                "/".join(str(r["summary"].get("revoked", 0)) for r in scaled[n]["runs"])] for n in sizes])
-        table(f"2. {args.messages:,} due messages: revoke_expired then send_fallbacks "
-              f"(fake RBM and fake Twilio answer each call after {args.delay * 1000:g} ms)",
-              ["parallelism", "revoke s", "fallback s", "total s", "msgs/s", "revoked", "SMS sent", "RBM DELETEs",
-               "cores busy: function/emulator/fakes"],
-              [[label, r["revoke_s"], r["fallback_s"], r["total_s"], args.messages / r["total_s"],
-                r["revoke_summary"].get("revoked", 0), r["sms_sent"], r["rbm_revokes"], _cores(r["cores"])]
-               for label, r in timed.items()])
+        table(
+            f"1. revoke_expired on {args.due} due messages beside N not-due ones "
+            f"(fakes answer at once; {args.repeats} sweeps per size)",
+            ["not due (N)", "seeding s", "docs/s", "due query s", "sweep median s", "sweeps s", "revoked"],
+            [
+                [
+                    n,
+                    scaled[n]["seeding_s"],
+                    n / scaled[n]["seeding_s"],
+                    scaled[n]["due_query_s"],
+                    scaled[n]["median_s"],
+                    " ".join(f"{r['seconds']:.2f}" for r in scaled[n]["runs"]),
+                    "/".join(str(r["summary"].get("revoked", 0)) for r in scaled[n]["runs"]),
+                ]
+                for n in sizes
+            ],
+        )
+        table(
+            f"2. {args.messages:,} due messages: revoke_expired then send_fallbacks "
+            f"(fake RBM and fake Twilio answer each call after {args.delay * 1000:g} ms)",
+            [
+                "parallelism",
+                "revoke s",
+                "fallback s",
+                "total s",
+                "msgs/s",
+                "revoked",
+                "SMS sent",
+                "RBM DELETEs",
+                "cores busy: function/emulator/fakes",
+            ],
+            [
+                [
+                    label,
+                    r["revoke_s"],
+                    r["fallback_s"],
+                    r["total_s"],
+                    args.messages / r["total_s"],
+                    r["revoke_summary"].get("revoked", 0),
+                    r["sms_sent"],
+                    r["rbm_revokes"],
+                    _cores(r["cores"]),
+                ]
+                for label, r in timed.items()
+            ],
+        )
         verdicts = {
             f"sweep time, {sizes[-1]:,} vs {sizes[0]:,} not due": check(
                 scaled[sizes[-1]]["median_s"] / scaled[sizes[0]]["median_s"], 1.3, at_least=False

@@ -47,6 +47,7 @@ class RpcCounter:
             with self._lock:
                 self.counts[name] += 1
             return method(*args, **kwargs)
+
         return call
 
     def take(self) -> Counter:
@@ -58,9 +59,18 @@ class RpcCounter:
 
 def receipts(messages: int, kinds: tuple[str, ...], copies: int) -> list[dict]:
     """RBM user events: each kind for each message, each `copies` times, shuffled."""
-    payloads = [{"senderPhoneNumber": phone(i), "eventType": kind, "eventId": f"{kind.lower()}-{i}",
-                 "messageId": f"msg-{i:05d}", "sendTime": f"2026-01-01T00:00:{1 + n:02d}.5Z", "agentId": AGENT}
-                for i in range(messages) for n, kind in enumerate(kinds)] * copies
+    payloads = [
+        {
+            "senderPhoneNumber": phone(i),
+            "eventType": kind,
+            "eventId": f"{kind.lower()}-{i}",
+            "messageId": f"msg-{i:05d}",
+            "sendTime": f"2026-01-01T00:00:{1 + n:02d}.5Z",
+            "agentId": AGENT,
+        }
+        for i in range(messages)
+        for n, kind in enumerate(kinds)
+    ] * copies
     random.Random(7).shuffle(payloads)
     return payloads
 
@@ -75,13 +85,25 @@ def recorded(count: int):
     from functions.model import Fallback, Message, State
 
     later = store.now() + timedelta(hours=1)
-    return [Message(f"msg-{i:05d}", phone(i), AGENT, state=State.SENT, fallback=Fallback.WAITING,
-                    fallback_text=f"fallback {i}", content={"text": f"rcs {i}"}, revoke_at=later,
-                    next_action_at=later) for i in range(count)]
+    return [
+        Message(
+            f"msg-{i:05d}",
+            phone(i),
+            AGENT,
+            state=State.SENT,
+            fallback=Fallback.WAITING,
+            fallback_text=f"fallback {i}",
+            content={"text": f"rcs {i}"},
+            revoke_at=later,
+            next_action_at=later,
+        )
+        for i in range(count)
+    ]
 
 
 def drive(work, items, threads: int) -> tuple[float, int]:
     """Seconds to run `work` over `items` on `threads` threads, and how many raised."""
+
     def safely(item) -> bool:
         try:
             work(item)
@@ -175,15 +197,35 @@ def main(argv=None) -> None:
             results["workloads"][name] = measured
 
         results["load_average"] = {"before": load_before, "after": load_average()}
-        print(f"\n{args.threads} threads in one process, Firestore emulator; log lines below WARNING off;"
-              " CPU ms/ev = this process's CPU (Python and gRPC) per event.\n"
-              f"Machine load average before/after: {load_before:.2f}/{results['load_average']['after']:.2f}"
-              f" ({os.cpu_count()} CPUs)")
-        table("Receipts recorded per second and Firestore round trips per event",
-              ["workload", "way", "events", "messages", "seconds", "events/s", "CPU ms/ev", "reads/ev", "commits/ev",
-               "begin_tx/ev", "errors", "final states"], rows)
-        table("Against the targets", ["workload", "measure", "result"],
-              [[w, k, v] for w, m in results["workloads"].items() for k, v in m["verdicts"].items()])
+        print(
+            f"\n{args.threads} threads in one process, Firestore emulator; log lines below WARNING off;"
+            " CPU ms/ev = this process's CPU (Python and gRPC) per event.\n"
+            f"Machine load average before/after: {load_before:.2f}/{results['load_average']['after']:.2f}"
+            f" ({os.cpu_count()} CPUs)"
+        )
+        table(
+            "Receipts recorded per second and Firestore round trips per event",
+            [
+                "workload",
+                "way",
+                "events",
+                "messages",
+                "seconds",
+                "events/s",
+                "CPU ms/ev",
+                "reads/ev",
+                "commits/ev",
+                "begin_tx/ev",
+                "errors",
+                "final states",
+            ],
+            rows,
+        )
+        table(
+            "Against the targets",
+            ["workload", "measure", "result"],
+            [[w, k, v] for w, m in results["workloads"].items() for k, v in m["verdicts"].items()],
+        )
         run.save(results)
 
 

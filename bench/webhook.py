@@ -45,12 +45,24 @@ def signed_bodies(count: int) -> list[tuple[bytes, dict]]:
     """`count` DELIVERED receipts, each with its own event id, in RBM's push envelope."""
     bodies = []
     for i in range(count):
-        data = json.dumps({"senderPhoneNumber": f"+4477009{i % 100000:05d}", "eventType": "DELIVERED",
-                           "eventId": f"bench-event-{i}", "messageId": f"bench-message-{i}",
-                           "sendTime": "2026-01-01T00:00:01.123456Z", "agentId": "bench@rbm.goog"}).encode()
-        body = {"message": {"data": base64.b64encode(data).decode(), "messageId": str(i),
-                            "publishTime": "2026-01-01T00:00:01Z"},
-                "subscription": "projects/rbm/subscriptions/bench"}
+        data = json.dumps(
+            {
+                "senderPhoneNumber": f"+4477009{i % 100000:05d}",
+                "eventType": "DELIVERED",
+                "eventId": f"bench-event-{i}",
+                "messageId": f"bench-message-{i}",
+                "sendTime": "2026-01-01T00:00:01.123456Z",
+                "agentId": "bench@rbm.goog",
+            }
+        ).encode()
+        body = {
+            "message": {
+                "data": base64.b64encode(data).decode(),
+                "messageId": str(i),
+                "publishTime": "2026-01-01T00:00:01Z",
+            },
+            "subscription": "projects/rbm/subscriptions/bench",
+        }
         bodies.append(
             (json.dumps(body).encode(), {"Content-Type": "application/json", "X-Goog-Signature": sign(TOKEN, data)})
         )
@@ -100,8 +112,13 @@ def main(argv=None) -> None:
     parser.add_argument("--starts", type=int, default=5, help="cold starts per function")
     args = parser.parse_args(argv)
 
-    results: dict = {"threads": args.threads, "seconds": args.seconds, "rounds": args.rounds,
-                     "gunicorn": gunicorn_settings(), "load_average_before": load_average()}
+    results: dict = {
+        "threads": args.threads,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "gunicorn": gunicorn_settings(),
+        "load_average_before": load_average(),
+    }
     bodies = signed_bodies(5000)
     with Run("webhook") as run:
         run.emulator("pubsub")
@@ -128,8 +145,9 @@ def main(argv=None) -> None:
 
         webhook = processes["receive_webhook"]
         if served["receive_webhook"] < MEMORY_AFTER:
-            served["receive_webhook"] += post_load(webhook.url, bodies, args.threads,
-                                                   total=MEMORY_AFTER - served["receive_webhook"]).requests
+            served["receive_webhook"] += post_load(
+                webhook.url, bodies, args.threads, total=MEMORY_AFTER - served["receive_webhook"]
+            ).requests
         leader, memory = webhook.pid, group_memory(webhook.pid)
         for process in processes.values():
             process.stop()
@@ -141,18 +159,47 @@ def main(argv=None) -> None:
         results["load_average_after"] = load_average()
 
         g = results["gunicorn"]
-        print(f"\nfunctions-framework serves with gunicorn: {g['workers']} worker x {g['threads']} threads "
-              f"({g['worker_class']}, {g['cpus']} CPUs). Clients: {args.threads} keep-alive threads; "
-              f"{args.warmup:g} s warm-up, then {args.rounds} turns of {args.seconds / args.rounds:g} s per function. "
-              f"Load average before/after: {results['load_average_before']:.2f}/{results['load_average_after']:.2f}")
-        table(f"Throughput and latency, {args.threads} concurrent clients (same signed receipts, Pub/Sub emulator)",
-              ["function", "requests", "errors", "req/s", "p50 ms", "p99 ms", "server CPU ms/req",
-               "cores: server", "emulator", "clients"],
-              [[t, load.requests, load.errors, load.rps, load.percentile(0.5), load.percentile(0.99),
-                1000 * cpu[t]["server"] / max(load.requests, 1), cpu[t]["server"] / load.seconds,
-                cpu[t]["emulator"] / load.seconds, cpu[t]["bench"] / load.seconds] for t, load in loads.items()])
-        table("One client at a time (no queueing), 2 s each", ["function", "requests", "req/s", "p50 ms", "p99 ms"],
-              [[t, load.requests, load.rps, load.percentile(0.5), load.percentile(0.99)] for t, load in alone.items()])
+        print(
+            f"\nfunctions-framework serves with gunicorn: {g['workers']} worker x {g['threads']} threads "
+            f"({g['worker_class']}, {g['cpus']} CPUs). Clients: {args.threads} keep-alive threads; "
+            f"{args.warmup:g} s warm-up, then {args.rounds} turns of {args.seconds / args.rounds:g} s per function. "
+            f"Load average before/after: {results['load_average_before']:.2f}/{results['load_average_after']:.2f}"
+        )
+        table(
+            f"Throughput and latency, {args.threads} concurrent clients (same signed receipts, Pub/Sub emulator)",
+            [
+                "function",
+                "requests",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "server CPU ms/req",
+                "cores: server",
+                "emulator",
+                "clients",
+            ],
+            [
+                [
+                    t,
+                    load.requests,
+                    load.errors,
+                    load.rps,
+                    load.percentile(0.5),
+                    load.percentile(0.99),
+                    1000 * cpu[t]["server"] / max(load.requests, 1),
+                    cpu[t]["server"] / load.seconds,
+                    cpu[t]["emulator"] / load.seconds,
+                    cpu[t]["bench"] / load.seconds,
+                ]
+                for t, load in loads.items()
+            ],
+        )
+        table(
+            "One client at a time (no queueing), 2 s each",
+            ["function", "requests", "req/s", "p50 ms", "p99 ms"],
+            [[t, load.requests, load.rps, load.percentile(0.5), load.percentile(0.99)] for t, load in alone.items()],
+        )
         rw, naive, floor = loads["receive_webhook"], loads["naive"], loads["floor"]
         verdicts = {
             "throughput vs naive": check(rw.rps / naive.rps, 1.5, at_least=True),
@@ -163,15 +210,30 @@ def main(argv=None) -> None:
         verdicts["cold start vs imports_only"] = check(
             cold["receive_webhook"] / cold["imports_only"], 1.3, at_least=False
         )
-        table(f"Cold start: process start to first 200, {args.starts} starts each (receive_webhook: a signed POST)",
-              ["function", "median s", "min s", "max s", "listening (median) s"],
-              [[t, cold[t], min(s["first_200_s"] for s in runs), max(s["first_200_s"] for s in runs),
-                median(s["listening_s"] for s in runs)] for t, runs in starts.items()])
+        table(
+            f"Cold start: process start to first 200, {args.starts} starts each (receive_webhook: a signed POST)",
+            ["function", "median s", "min s", "max s", "listening (median) s"],
+            [
+                [
+                    t,
+                    cold[t],
+                    min(s["first_200_s"] for s in runs),
+                    max(s["first_200_s"] for s in runs),
+                    median(s["listening_s"] for s in runs),
+                ]
+                for t, runs in starts.items()
+            ],
+        )
         rss, pss = sum(p["rss_mb"] for p in memory), sum(p["pss_mb"] for p in memory)
-        table(f"receive_webhook memory after {served['receive_webhook']:,} requests (its process group)",
-              ["pid", "role", "RSS MB", "PSS MB", "threads"],
-              [[p["pid"], "master" if p["pid"] == leader else "worker", p["rss_mb"], p["pss_mb"], p["threads"]]
-               for p in memory] + [["total", "", rss, pss, ""]])
+        table(
+            f"receive_webhook memory after {served['receive_webhook']:,} requests (its process group)",
+            ["pid", "role", "RSS MB", "PSS MB", "threads"],
+            [
+                [p["pid"], "master" if p["pid"] == leader else "worker", p["rss_mb"], p["pss_mb"], p["threads"]]
+                for p in memory
+            ]
+            + [["total", "", rss, pss, ""]],
+        )
         verdicts["memory (RSS, group)"] = f"{rss:.1f} MB (target <= 150 MB) {'ok' if rss <= 150 else 'MISSED'}"
         table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
 

@@ -43,8 +43,19 @@ def list_messages(args: argparse.Namespace) -> int:
     field, value = ("state", args.state) if args.state else ("fallback", args.fallback)
     for snapshot in store.messages().where(filter=FieldFilter(field, "==", value)).limit(args.limit).stream():
         m = Message.from_doc(store.found(snapshot))
-        print(json.dumps({"message_id": m.message_id, "state": m.state.value, "fallback": m.fallback.value,
-                          "agent_id": m.agent_id, "updated_at": m.updated_at, "last_error": m.last_error}, default=str))
+        print(
+            json.dumps(
+                {
+                    "message_id": m.message_id,
+                    "state": m.state.value,
+                    "fallback": m.fallback.value,
+                    "agent_id": m.agent_id,
+                    "updated_at": m.updated_at,
+                    "last_error": m.last_error,
+                },
+                default=str,
+            )
+        )
     return 0
 
 
@@ -64,8 +75,16 @@ def replay(args: argparse.Namespace) -> int:
         for received in response.received_messages:
             message = received.message
             attributes = {k: v for k, v in message.attributes.items() if not k.startswith(INTERNAL_ATTRIBUTES)}
-            print(json.dumps({"pubsub_id": message.message_id, "reason": message.attributes.get("dead_letter_reason"),
-                              "attributes": attributes, "action": "would replay" if args.dry_run else "replayed"}))
+            print(
+                json.dumps(
+                    {
+                        "pubsub_id": message.message_id,
+                        "reason": message.attributes.get("dead_letter_reason"),
+                        "attributes": attributes,
+                        "action": "would replay" if args.dry_run else "replayed",
+                    }
+                )
+            )
             if not args.dry_run:
                 publisher.publish(topic, message.data, **attributes).result(timeout=30)
         ack_ids = [r.ack_id for r in response.received_messages]
@@ -89,8 +108,9 @@ def _check_emulators() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m functions", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m functions", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("status", help="print a message's document as JSON; exit 1 if it does not exist")
     show.add_argument("message_id")
@@ -114,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError) as exc:
-        print(f"cannot reach Google Cloud ({type(exc).__name__}: {str(exc)[:200]}); "
-              "check GOOGLE_CLOUD_PROJECT, credentials, or the emulator hosts", file=sys.stderr)
+        print(
+            f"cannot reach Google Cloud ({type(exc).__name__}: {str(exc)[:200]}); "
+            "check GOOGLE_CLOUD_PROJECT, credentials, or the emulator hosts",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -107,8 +107,12 @@ def run(s: Sweep) -> dict[str, Any]:
             time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
         for future in running:
             counts.update(future.result())
-    summary = {"scanned": 0, **dict.fromkeys((*s.outcomes, "skipped", "errors", "left"), 0), **counts,
-               "seconds": round(time.monotonic() - started, 2)}
+    summary = {
+        "scanned": 0,
+        **dict.fromkeys((*s.outcomes, "skipped", "errors", "left"), 0),
+        **counts,
+        "seconds": round(time.monotonic() - started, 2),
+    }
     logs.info(f"{s.name} finished", event=f"{s.name}_summary", summary=summary)
     return summary
 

@@ -59,12 +59,26 @@ def _act(claimed: Message) -> str:
     severity, event = _REPORT[after.fallback]
     # The reason goes in its own field and is ours (a status and a provider error code,
     # see sms.py), never a provider's reply text, which can hold the number in full.
-    logs.log(severity, f"fallback {after.fallback.value}", event=event, message_id=after.message_id,
-             agent_id=after.agent_id, phone=after.phone, sms_id=after.sms_id,
-             error=after.last_error if severity != "INFO" else None,
-             retry_at=after.fallback_at if after.fallback is Fallback.DUE else None)
+    logs.log(
+        severity,
+        f"fallback {after.fallback.value}",
+        event=event,
+        message_id=after.message_id,
+        agent_id=after.agent_id,
+        phone=after.phone,
+        sms_id=after.sms_id,
+        error=after.last_error if severity != "INFO" else None,
+        retry_at=after.fallback_at if after.fallback is Fallback.DUE else None,
+    )
     return "retried" if after.fallback is Fallback.DUE else after.fallback.value.lower()
 
 
-FALLBACK = Sweep("send_fallbacks", "fallback", FALLBACK_QUERY, SWEPT_FALLBACKS, _claim, _act,
-                 ("sent", "retried", "failed", "cancelled", "unknown"))
+FALLBACK = Sweep(
+    "send_fallbacks",
+    "fallback",
+    FALLBACK_QUERY,
+    SWEPT_FALLBACKS,
+    _claim,
+    _act,
+    ("sent", "retried", "failed", "cancelled", "unknown"),
+)

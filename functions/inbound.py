@@ -56,8 +56,11 @@ def _store_message(event: Event, agent_id: str, phone: str, dedupe_id: str) -> t
     original = {field: event.raw[field] for field in CONTENT_FIELDS if field in event.raw}
     content = store.repaired(original)  # text that is not valid Unicode: stored with U+FFFD in place
     if content != original:
-        logs.warning("user message text repaired: lone UTF-16 surrogates replaced by U+FFFD",
-                     event="user_message_repaired", **event.attributes())
+        logs.warning(
+            "user message text repaired: lone UTF-16 surrogates replaced by U+FFFD",
+            event="user_message_repaired",
+            **event.attributes(),
+        )
     at = event.time or store.now()
     fresh = UserMessage(dedupe_id, agent_id, at, event.content_type, content, received_at=store.now())
     signals = (Signal.ACTIVITY, *keyword_signals(content))
@@ -78,17 +81,27 @@ def _record(event: Event) -> None:
         raise subscriber.PoisonError(f"{event.kind} without senderPhoneNumber, agentId or id")
     if event.kind is Kind.USER_MESSAGE:
         stored, conversation = _store_message(event, agent_id, phone, dedupe_id)
-        logs.info("user message recorded" if stored else "duplicate user message ignored",
-                  event="user_message", phone=event.phone, opted_out=bool(conversation and conversation.opted_out),
-                  **event.attributes())
+        logs.info(
+            "user message recorded" if stored else "duplicate user message ignored",
+            event="user_message",
+            phone=event.phone,
+            opted_out=bool(conversation and conversation.opted_out),
+            **event.attributes(),
+        )
         return
     event_type = event.event_type or ""  # a user event `_handles` took: one of _USER_EVENTS
     at, signals = event.time or store.now(), _USER_EVENTS[event_type]
     ref = store.conversation_ref(agent_id, phone)
     conversation = store.update(
-        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, phone), signals, at, dedupe_id))
-    logs.info(f"{event_type} recorded", event=f"user_{event_type.lower()}", phone=event.phone,
-              opted_out=conversation.opted_out, **event.attributes())
+        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, phone), signals, at, dedupe_id)
+    )
+    logs.info(
+        f"{event_type} recorded",
+        event=f"user_{event_type.lower()}",
+        phone=event.phone,
+        opted_out=conversation.opted_out,
+        **event.attributes(),
+    )
 
 
 def handle(cloud_event: CloudEvent) -> None:

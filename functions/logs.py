@@ -29,12 +29,15 @@ _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", def
 # Not inside a word, a longer number or a UUID, so ids and times stay readable; a JSON
 # escape such as "\\n" may stand right before a number. Too few or too many
 # digits for a phone number: left alone (see _mask).
-_PHONE_SHAPED = re.compile(r"""
+_PHONE_SHAPED = re.compile(
+    r"""
     (?<!\d) (?:\+|%2B) \d[\d ().\-]{5,18}\d (?!\d)
   | (?: (?<![A-Za-z0-9.+])(?<![0-9A-F]-) | (?<=\\[nrt]) )
     (?: \(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4} | \d{2,8}(?:[ .]\d{2,8}){1,5} | \d{10,15} )
     (?![A-Za-z0-9]|\.\d)
-""", re.VERBOSE | re.IGNORECASE)
+""",
+    re.VERBOSE | re.IGNORECASE,
+)
 
 
 @overload

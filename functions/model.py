@@ -40,10 +40,21 @@ class Fallback(StrEnum):
 # Delivery states ordered so that a later state never gives way to an earlier
 # one: the state of a message is the maximum of everything known about it, so
 # any arrival order of the same facts ends in the same state.
-RANK = {s: i for i, s in enumerate([
-    State.PENDING, State.FAILED, State.UNREACHABLE, State.SENT,
-    State.REVOKE_FAILED, State.REVOKED, State.DELIVERED, State.READ,
-])}
+RANK = {
+    s: i
+    for i, s in enumerate(
+        [
+            State.PENDING,
+            State.FAILED,
+            State.UNREACHABLE,
+            State.SENT,
+            State.REVOKE_FAILED,
+            State.REVOKED,
+            State.DELIVERED,
+            State.READ,
+        ]
+    )
+}
 # States in which revoke_expired still has work: re-send, revoke, revoke again.
 SWEPT_STATES = (State.PENDING, State.SENT, State.REVOKE_FAILED)
 # Fallback states send_fallbacks looks at: due ones, and sends whose lease ran out.
@@ -155,8 +166,9 @@ class UserMessage:
     @classmethod
     def from_doc(cls, data: dict[str, Any]) -> "UserMessage":
         known = {f.name for f in dataclasses.fields(cls)} - {"content"}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   content={k: v for k, v in data.items() if k not in known})
+        return cls(
+            **{k: v for k, v in data.items() if k in known}, content={k: v for k, v in data.items() if k not in known}
+        )
 
     def to_doc(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)

@@ -68,8 +68,15 @@ class Outbound:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.phone, self.agent_id, self.content, self.traffic_type, self.revoke_after_seconds,
-                           self.fallback_text, self.time_sensitive)
+        return fingerprint(
+            self.phone,
+            self.agent_id,
+            self.content,
+            self.traffic_type,
+            self.revoke_after_seconds,
+            self.fallback_text,
+            self.time_sensitive,
+        )
 
     def record(self, now: datetime, resend_after: float) -> Message:
         """The PENDING document stored before RBM is called."""
@@ -89,13 +96,26 @@ class Outbound:
         )
 
 
-def fingerprint(phone: str, agent_id: str | None, content: dict[str, Any] | None, traffic_type: str | None,
-                revoke_after_seconds: int | None, fallback_text: str | None, time_sensitive: bool) -> str:
+def fingerprint(
+    phone: str,
+    agent_id: str | None,
+    content: dict[str, Any] | None,
+    traffic_type: str | None,
+    revoke_after_seconds: int | None,
+    fallback_text: str | None,
+    time_sensitive: bool,
+) -> str:
     """sha256 hex of the canonical request (JSON, sorted keys, no spaces), after
     defaults are applied: two requests that would send the same thing share it."""
-    canonical = {"phone": phone, "agent_id": agent_id, "content": content, "traffic_type": traffic_type,
-                 "revoke_after_seconds": revoke_after_seconds, "fallback_text": fallback_text,
-                 "time_sensitive": time_sensitive}
+    canonical = {
+        "phone": phone,
+        "agent_id": agent_id,
+        "content": content,
+        "traffic_type": traffic_type,
+        "revoke_after_seconds": revoke_after_seconds,
+        "fallback_text": fallback_text,
+        "time_sensitive": time_sensitive,
+    }
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -152,22 +172,27 @@ def _check_unicode(body: dict[str, Any]) -> None:
     for path, value in _nodes(body):
         keys = value.keys() if isinstance(value, dict) else ()
         _require(all(_unicode(k) for k in keys), f"{path or 'body'} has a field name that is not valid Unicode")
-        _require(not isinstance(value, str) or _unicode(value),
-                 f"{path} is not valid Unicode text (an unpaired surrogate)")
+        _require(
+            not isinstance(value, str) or _unicode(value), f"{path} is not valid Unicode text (an unpaired surrogate)"
+        )
 
 
 def _check_storable(content: dict[str, Any]) -> None:
     for path, value in _nodes(content, "content", 1):
         if isinstance(value, dict):
             for key in value:
-                _require(bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
-                         f"{path} has a field name Firestore can't store: empty or __reserved__")
+                _require(
+                    bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
+                    f"{path} has a field name Firestore can't store: empty or __reserved__",
+                )
         _require(
             len(path.encode()) <= MAX_FIELD_PATH_BYTES,
             f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes",
         )
-        _require(not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
-                 f"{path} holds an array directly in an array, which Firestore can't store")
+        _require(
+            not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
+            f"{path} holds an array directly in an array, which Firestore can't store",
+        )
 
 
 def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
@@ -176,16 +201,20 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     for path, value in _nodes(content, "content", 1):
         pattern = re.sub(r"\[\d+\]", "[]", path).removeprefix("content.")
         if pattern in MAX_CHARACTERS:
-            _require(isinstance(value, str) and len(value) <= MAX_CHARACTERS[pattern],
-                     f"{path} must be text of at most {MAX_CHARACTERS[pattern]} characters")
+            _require(
+                isinstance(value, str) and len(value) <= MAX_CHARACTERS[pattern],
+                f"{path} must be text of at most {MAX_CHARACTERS[pattern]} characters",
+            )
         if pattern in ITEMS:
             low, high = ITEMS[pattern]
             _require(
                 isinstance(value, list) and low <= len(value) <= high, f"{path} must be a list of {low} to {high} items"
             )
     body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
-    _require(len(json.dumps(body, separators=(",", ":")).encode()) <= MAX_AGENT_MESSAGE_BYTES,
-             f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message")
+    _require(
+        len(json.dumps(body, separators=(",", ":")).encode()) <= MAX_AGENT_MESSAGE_BYTES,
+        f"content is over RBM's {MAX_AGENT_MESSAGE_BYTES:,} bytes for a whole message",
+    )
 
 
 def parse(body: Any, default_agent: str) -> Outbound:
@@ -223,7 +252,9 @@ def parse(body: Any, default_agent: str) -> Outbound:
     text = (fallback or {}).get("text")
     time_sensitive = (fallback or {}).get("time_sensitive", False)
     if fallback is not None:
-        _require(isinstance(text, str) and len(text.strip()) > 0 and len(text) <= MAX_SMS_TEXT,
-                 f"fallback.text must be non-empty text of at most {MAX_SMS_TEXT} characters")
+        _require(
+            isinstance(text, str) and len(text.strip()) > 0 and len(text) <= MAX_SMS_TEXT,
+            f"fallback.text must be non-empty text of at most {MAX_SMS_TEXT} characters",
+        )
         _require(isinstance(time_sensitive, bool), "fallback.time_sensitive must be true or false")
     return Outbound(phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive)

@@ -41,10 +41,12 @@ def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> l
     limit per request); returns their ids in order, or raises PublishError."""
     timeout, ids = config.publish_timeout(), []
     for start in range(0, len(messages), MAX_PER_CALL):
-        chunk = [pubsub_v1.types.PubsubMessage(data=d, attributes=a) for d, a in messages[start:start + MAX_PER_CALL]]
+        chunk = [pubsub_v1.types.PubsubMessage(data=d, attributes=a) for d, a in messages[start : start + MAX_PER_CALL]]
         try:
             response = _client().api.publish(
-                topic=topic_path(topic), messages=chunk, timeout=timeout,
+                topic=topic_path(topic),
+                messages=chunk,
+                timeout=timeout,
                 retry=retries.Retry(initial=0.05, maximum=1.0, timeout=timeout),
             )
         except Exception as exc:  # the library raises many types; all mean "not confirmed"

@@ -44,8 +44,14 @@ class Outcome(StrEnum):
     TRANSIENT = "TRANSIENT"  # still failing after retries: try again later
 
 
-_OUTCOMES = {200: Outcome.OK, 404: Outcome.NOT_FOUND, 409: Outcome.ALREADY_EXISTS, 400: Outcome.INVALID,
-             401: Outcome.FORBIDDEN, 403: Outcome.FORBIDDEN}
+_OUTCOMES = {
+    200: Outcome.OK,
+    404: Outcome.NOT_FOUND,
+    409: Outcome.ALREADY_EXISTS,
+    400: Outcome.INVALID,
+    401: Outcome.FORBIDDEN,
+    403: Outcome.FORBIDDEN,
+}
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,11 @@ def json_errors(handler: Handler) -> Handler:
         try:
             return handler(request)
         except UNAVAILABLE as exc:
-            logs.error("a Google backend is unavailable; answering 503", event="backend_unavailable",
-                       reason=f"{type(exc).__name__}: {exc}"[:300])
+            logs.error(
+                "a Google backend is unavailable; answering 503",
+                event="backend_unavailable",
+                reason=f"{type(exc).__name__}: {exc}"[:300],
+            )
             return reply(503, {"error": "storage unavailable, retry"})
         except Exception:  # the last line of defence: anything not handled below
             logs.error("unexpected error", event="unhandled_error", traceback=traceback.format_exc()[-4000:])

@@ -21,13 +21,29 @@ REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVE
 
 def _retry(message: Message, result: rbm.Result) -> str:
     now = store.now()
-    after = store.change_message(message.message_id, lambda m: retry_revoke(
-        m, now, result.error, config.revoke_max_attempts(), config.retry_backoff_seconds(),
-        retry_after=result.retry_after, may_have_acted=result.may_have_acted))
+    after = store.change_message(
+        message.message_id,
+        lambda m: retry_revoke(
+            m,
+            now,
+            result.error,
+            config.revoke_max_attempts(),
+            config.retry_backoff_seconds(),
+            retry_after=result.retry_after,
+            may_have_acted=result.may_have_acted,
+        ),
+    )
     gave_up = after.next_action_at is None and after.state in (State.FAILED, State.REVOKE_FAILED)
-    logs.log("ERROR" if gave_up else "WARNING", "gave up; recorded" if gave_up else "will retry",
-             event="revoke_gave_up" if gave_up else "revoke_retry", message_id=message.message_id,
-             attempts=after.attempts, reason=after.last_error, state=after.state.value, fallback=after.fallback.value)
+    logs.log(
+        "ERROR" if gave_up else "WARNING",
+        "gave up; recorded" if gave_up else "will retry",
+        event="revoke_gave_up" if gave_up else "revoke_retry",
+        message_id=message.message_id,
+        attempts=after.attempts,
+        reason=after.last_error,
+        state=after.state.value,
+        fallback=after.fallback.value,
+    )
     return "failed" if gave_up else "retried"
 
 
@@ -37,8 +53,13 @@ def _uncertain(message: Message) -> str:
     completed: a time-sensitive SMS goes out, a normal one waits for DELIVERED."""
     now, error = store.now(), "404 after a revoke whose outcome was lost: delivered, or revoked by that attempt"
     after = store.change_message(message.message_id, lambda m: learn(m, Fact.REVOKE_ABANDONED, now, error=error))
-    logs.error("revoke outcome uncertain", event="revoke_uncertain", message_id=message.message_id,
-               state=after.state.value, fallback=after.fallback.value)
+    logs.error(
+        "revoke outcome uncertain",
+        event="revoke_uncertain",
+        message_id=message.message_id,
+        state=after.state.value,
+        fallback=after.fallback.value,
+    )
     return "failed"
 
 
@@ -71,5 +92,12 @@ def _act(message: Message) -> str:
     return outcome
 
 
-REVOKE = Sweep("revoke_expired", "revoke", REVOKE_QUERY, SWEPT_STATES, claim_revoke, _act,
-               ("revoked", "delivered", "resent", "retried", "failed"))
+REVOKE = Sweep(
+    "revoke_expired",
+    "revoke",
+    REVOKE_QUERY,
+    SWEPT_STATES,
+    claim_revoke,
+    _act,
+    ("revoked", "delivered", "resent", "retried", "failed"),
+)

@@ -39,15 +39,26 @@ def send(message: Message) -> tuple[Message | None, rbm.Result]:
         message.phone, message.message_id, message.agent_id, message.content, message.traffic_type
     )
     if result.outcome is rbm.Outcome.TRANSIENT:
-        logs.warning("RBM create failed transiently", event="send_transient", message_id=message.message_id,
-                     reason=result.error, retry_after=result.retry_after)
+        logs.warning(
+            "RBM create failed transiently",
+            event="send_transient",
+            message_id=message.message_id,
+            reason=result.error,
+            retry_after=result.retry_after,
+        )
         return None, result
     fact, now = CREATE_FACTS[result.outcome], store.now()
     error = None if fact is Fact.ACCEPTED else result.error
     message = store.change_message(message.message_id, lambda m: learn(m, fact, now, error=error))
-    logs.info(f"message {message.state.value.lower()}", event=f"message_{message.state.value.lower()}",
-              message_id=message.message_id, agent_id=message.agent_id, phone=message.phone, reason=error,
-              rbm_outcome=result.outcome.value)
+    logs.info(
+        f"message {message.state.value.lower()}",
+        event=f"message_{message.state.value.lower()}",
+        message_id=message.message_id,
+        agent_id=message.agent_id,
+        phone=message.phone,
+        reason=error,
+        rbm_outcome=result.outcome.value,
+    )
     return message, result
 
 

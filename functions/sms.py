@@ -118,8 +118,11 @@ class Twilio:
 
     def __init__(self) -> None:
         self.sid = env("TWILIO_ACCOUNT_SID")
-        self.sender = {"From": env("TWILIO_FROM_NUMBER")} if env("TWILIO_FROM_NUMBER") else {
-            "MessagingServiceSid": env("TWILIO_MESSAGING_SERVICE_SID")}
+        self.sender = (
+            {"From": env("TWILIO_FROM_NUMBER")}
+            if env("TWILIO_FROM_NUMBER")
+            else {"MessagingServiceSid": env("TWILIO_MESSAGING_SERVICE_SID")}
+        )
         self.url = f"{env('TWILIO_API_BASE', 'https://api.twilio.com').rstrip('/')}/2010-04-01/Accounts/{self.sid}/Messages.json"
         self.session = requests.Session()
         self.session.auth = (self.sid, env("TWILIO_AUTH_TOKEN"))

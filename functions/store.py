@@ -40,7 +40,7 @@ MAX_VALUE_BYTES = 1_048_487  # of one field's value
 MAX_ID_BYTES = 1_500  # a document id, and a field name
 MAX_DEPTH = 20  # of maps and arrays inside a field
 _RESERVED = re.compile(r"__.*__", re.DOTALL)
-_INT64 = range(-2 ** 63, 2 ** 63)
+_INT64 = range(-(2**63), 2**63)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -42,9 +42,11 @@ class Sweep:
 
 def _due_query(sweep: Sweep, until: datetime, after: datetime | None = None) -> Query:
     selector, due_at = sweep.fields
-    query = (store.messages()
-             .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
-             .where(filter=FieldFilter(due_at, "<=", until)))
+    query = (
+        store.messages()
+        .where(filter=FieldFilter(selector, "in", [v.value for v in sweep.values]))
+        .where(filter=FieldFilter(due_at, "<=", until))
+    )
     return query.where(filter=FieldFilter(due_at, ">", after)) if after else query
 
 
@@ -79,8 +81,13 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
         claimed = store.claim_message(message_id, lambda m: sweep.claim(m, now, lease, owner))
         return sweep.act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: never acted on
     except Exception as exc:  # one message's trouble must not stop the others; its lease expires
-        logs.error("could not process a message", event="sweep_error", sweep=sweep.name, message_id=message_id,
-                   reason=repr(exc)[:300])
+        logs.error(
+            "could not process a message",
+            event="sweep_error",
+            sweep=sweep.name,
+            message_id=message_id,
+            reason=repr(exc)[:300],
+        )
         return "errors"
 
 

@@ -132,6 +132,7 @@ def due_from(m: Message, now: datetime) -> Message:
     time is recent (due.LOOKBACK_SECONDS), so a due time written in the past — the
     sendTime of an event that reached us late, a deadline that passed while the message
     waited to be re-sent — would wait for the next run; written as `now`, it is due at once."""
+
     def moved(at: datetime | None) -> datetime | None:
         return now if at is not None and at < now else at
 
@@ -139,6 +140,7 @@ def due_from(m: Message, now: datetime) -> Message:
 
 
 # revoke_expired: re-send PENDING, revoke SENT / REVOKE_FAILED past their deadline.
+
 
 def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
     """The message leased to `owner`, or None if it is not due (or another sweep holds it).
@@ -148,19 +150,37 @@ def claim_revoke(m: Message, now: datetime, lease: timedelta, owner: str) -> Mes
         return None
     if not m.tracked:
         return _dropped(m)
-    return dataclasses.replace(m, next_action_at=now + lease, lease_owner=owner, attempts=m.attempts + 1,
-                               revoke_uncertain=m.revoke_uncertain or m.revoking, revoking=m.state is not State.PENDING)
+    return dataclasses.replace(
+        m,
+        next_action_at=now + lease,
+        lease_owner=owner,
+        attempts=m.attempts + 1,
+        revoke_uncertain=m.revoke_uncertain or m.revoking,
+        revoking=m.state is not State.PENDING,
+    )
 
 
-def retry_revoke(m: Message, now: datetime, error: str, max_attempts: int, base: float,
-                 retry_after: float | None = None, may_have_acted: bool = False) -> Message:
+def retry_revoke(
+    m: Message,
+    now: datetime,
+    error: str,
+    max_attempts: int,
+    base: float,
+    retry_after: float | None = None,
+    may_have_acted: bool = False,
+) -> Message:
     """A transient failure of a re-send or revoke: try again later, or give up and say why.
     The next try is no sooner than the backoff nor than `retry_after` seconds (RBM's
     Retry-After). `may_have_acted`: a DELETE may have been acted on although its answer
     was lost, so from now on a 404 may mean "revoked" as well as "delivered" (a re-send
     needs no such care: the messageId makes it safe)."""
-    m = dataclasses.replace(m, lease_owner=None, last_error=error, revoking=False,
-                            revoke_uncertain=m.revoke_uncertain or (may_have_acted and m.state is not State.PENDING))
+    m = dataclasses.replace(
+        m,
+        lease_owner=None,
+        last_error=error,
+        revoking=False,
+        revoke_uncertain=m.revoke_uncertain or (may_have_acted and m.state is not State.PENDING),
+    )
     if m.state not in SWEPT_STATES:
         return m
     if m.attempts >= max_attempts:
@@ -180,6 +200,7 @@ def hold_fallback(m: Message, until: datetime) -> Message:
 
 
 # send_fallbacks: one SMS per message, at most.
+
 
 def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool) -> Message | None:
     """DUE → SENDING under a lease, DUE → CANCELLED for an opted-out user, and a
@@ -215,8 +236,9 @@ def fallback_unknown(m: Message, error: str | None) -> Message:
     return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
 
 
-def retry_fallback(m: Message, now: datetime, error: str | None, max_attempts: int, base: float,
-                   wait: float | None = None) -> Message:
+def retry_fallback(
+    m: Message, now: datetime, error: str | None, max_attempts: int, base: float, wait: float | None = None
+) -> Message:
     """The provider surely sent nothing: due again after the backoff, or after `wait`
     seconds (the provider's Retry-After) when that is longer; or failed for good."""
     if m.fallback_attempts >= max_attempts:
@@ -226,6 +248,7 @@ def retry_fallback(m: Message, now: datetime, error: str | None, max_attempts: i
 
 
 # record_inbound: a conversation per (agent, user).
+
 
 class Signal(StrEnum):
     """What a user message or a user event tells about its conversation."""
@@ -244,7 +267,8 @@ def _subscription(c: Conversation, opted_out: bool, at: datetime) -> Conversatio
     """The latest opt-out / opt-in by send time wins, whatever order they arrive in;
     at the same send time the opt-out wins, so the result does not depend on the order either."""
     if c.subscription_changed_at is not None and (
-            at < c.subscription_changed_at or (at == c.subscription_changed_at and (c.opted_out or not opted_out))):
+        at < c.subscription_changed_at or (at == c.subscription_changed_at and (c.opted_out or not opted_out))
+    ):
         return c
     return dataclasses.replace(c, opted_out=opted_out, subscription_changed_at=at)
 

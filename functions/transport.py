@@ -35,8 +35,9 @@ def may_have_been_read(exc: requests.RequestException) -> bool:
     if isinstance(exc, exceptions.ConnectionError):
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         return not isinstance(reason, (NewConnectionError, ConnectTimeoutError))
-    return not isinstance(exc, (exceptions.InvalidURL, exceptions.MissingSchema,
-                                exceptions.InvalidSchema, exceptions.InvalidHeader))
+    return not isinstance(
+        exc, (exceptions.InvalidURL, exceptions.MissingSchema, exceptions.InvalidSchema, exceptions.InvalidHeader)
+    )
 
 
 def _while_connecting(exc: object) -> bool:
@@ -46,8 +47,10 @@ def _while_connecting(exc: object) -> bool:
     seen = set()
     while isinstance(exc, BaseException) and id(exc) not in seen:
         seen.add(id(exc))
-        if any(frame.f_code.co_name == "connect" and frame.f_globals.get("__name__") == "urllib3.connection"
-               for frame, _ in traceback.walk_tb(exc.__traceback__)):
+        if any(
+            frame.f_code.co_name == "connect" and frame.f_globals.get("__name__") == "urllib3.connection"
+            for frame, _ in traceback.walk_tb(exc.__traceback__)
+        ):
             return True
         exc = getattr(exc, "reason", None) or (exc.args[0] if exc.args else None)
     return False

@@ -39,8 +39,13 @@ def decode(data: bytes) -> WorkItem:
         duty, ids, due_at = body["duty"], body["message_ids"], datetime.fromisoformat(body["due_at"])
     except (ValueError, TypeError, KeyError) as exc:
         raise WorkItemError(f"not a work item: {type(exc).__name__}") from None
-    if duty not in DUTIES or not isinstance(ids, list) or not 0 < len(ids) <= MAX_IDS \
-            or not all(isinstance(i, str) and i for i in ids) or due_at.tzinfo is None:
+    if (
+        duty not in DUTIES
+        or not isinstance(ids, list)
+        or not 0 < len(ids) <= MAX_IDS
+        or not all(isinstance(i, str) and i for i in ids)
+        or due_at.tzinfo is None
+    ):
         raise WorkItemError("not a work item: bad duty, message_ids or due_at")
     return WorkItem(duty, tuple(ids), due_at)
 

@@ -63,9 +63,13 @@ def launch(stack, planned: list[Planned], deadline: int) -> None:
         if kind.revoke_fails:
             rbm.script("revoke", p.message_id, [500] * 1000)
     for p in planned:
-        body = {"phone": p.phone, "message_id": p.message_id, "content": {"text": f"Hello {p.kind}"},
-                "revoke_after_seconds": deadline,
-                "fallback": {"text": f"SMS for {p.kind}", "time_sensitive": KINDS[p.kind].time_sensitive}}
+        body = {
+            "phone": p.phone,
+            "message_id": p.message_id,
+            "content": {"text": f"Hello {p.kind}"},
+            "revoke_after_seconds": deadline,
+            "fallback": {"text": f"SMS for {p.kind}", "time_sensitive": KINDS[p.kind].time_sensitive},
+        }
         response = stack.send(**body)
         if response.status_code != 200:
             raise RuntimeError(f"send_message answered {response.status_code}: {response.text}")
@@ -78,8 +82,10 @@ def documents(planned: list[Planned]) -> dict[str, Message | None]:
 
 
 def settled(planned: list[Planned], docs: dict) -> bool:
-    return all(docs[p.message_id] and (docs[p.message_id].state, docs[p.message_id].fallback) == KINDS[p.kind].expect
-               for p in planned)
+    return all(
+        docs[p.message_id] and (docs[p.message_id].state, docs[p.message_id].fallback) == KINDS[p.kind].expect
+        for p in planned
+    )
 
 
 def progress(docs: dict, started: float) -> str:
@@ -143,8 +149,13 @@ def table(planned: list[Planned], docs: dict) -> str:
     rows = [columns]
     for p in planned:
         m = docs[p.message_id]
-        cells = {"kind": p.kind, "phone": mask_phone(p.phone), "state": m.state.value if m else "-",
-                 "fallback": m.fallback.value if m else "-", **(timings(m) if m else {})}
+        cells = {
+            "kind": p.kind,
+            "phone": mask_phone(p.phone),
+            "state": m.state.value if m else "-",
+            "fallback": m.fallback.value if m else "-",
+            **(timings(m) if m else {}),
+        }
         rows.append([str(cells.get(c) if cells.get(c) is not None else "-") for c in columns])
     widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows)
@@ -159,15 +170,21 @@ def summary(docs: dict, names: tuple[str, ...]) -> dict:
     for name in names:
         values = sorted(v for m in filter(None, docs.values()) if (v := timings(m)[name]) is not None)
         if values:
-            out[name] = {"n": len(values), "p50": round(statistics.median(values), 2),
-                         "p99": values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]}
+            out[name] = {
+                "n": len(values),
+                "p50": round(statistics.median(values), 2),
+                "p99": values[min(len(values) - 1, round(0.99 * (len(values) - 1)))],
+            }
     return out
 
 
 def verdict(found: list[str], docs: dict) -> str:
     """The closing lines: the fates, then how late the SMS went out."""
-    lines = ["every message reached its fate; one SMS for each one not delivered by its deadline"] if not found \
+    lines = (
+        ["every message reached its fate; one SMS for each one not delivered by its deadline"]
+        if not found
         else ["PROBLEMS:", *found]
+    )
     for name, s in summary(docs, SMS_TIMINGS).items():
         lines.append(f"{name}: p50 {s['p50']} s, p99 {s['p99']} s over {s['n']} messages")
     return "\n".join(lines)

@@ -79,8 +79,13 @@ def _spawn(cmd, log_path: Path, env=None, cwd=None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
 
 
@@ -177,8 +182,9 @@ class FunctionProcess:
     accident. `restart()` keeps the port, so push endpoints stay valid.
     """
 
-    def __init__(self, target: str, env=None, port=None, source="main.py",
-                 cwd=REPO_ROOT, log_path=None, timeout: float = 30.0):
+    def __init__(
+        self, target: str, env=None, port=None, source="main.py", cwd=REPO_ROOT, log_path=None, timeout: float = 30.0
+    ):
         self.target, self.source, self.cwd, self.timeout = target, str(source), Path(cwd), timeout
         self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}
@@ -197,8 +203,19 @@ class FunctionProcess:
         return self._proc.pid if self._proc else None
 
     def start(self) -> "FunctionProcess":
-        cmd = [sys.executable, "-m", "functions_framework", "--target", self.target,
-               "--source", self.source, "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target",
+            self.target,
+            "--source",
+            self.source,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         self._proc = _spawn(cmd, self.log_path, env=self.env, cwd=self.cwd)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline and self._proc.poll() is None:
@@ -241,6 +258,7 @@ class FunctionProcess:
 # Pub/Sub admin and test-side helpers. The clients read PUBSUB_EMULATOR_HOST
 # when they are built, so they are cached per emulator host.
 
+
 def _emulator_host() -> str:
     host = os.environ.get("PUBSUB_EMULATOR_HOST")
     if not host:
@@ -274,15 +292,26 @@ def delete_subscription(project: str, sub: str) -> None:
 
 
 def create_pull_subscription(project: str, topic: str, sub: str) -> str:
-    return _subscriber().create_subscription(
-        name=f"projects/{project}/subscriptions/{sub}",
-        topic=f"projects/{project}/topics/{topic}",
-    ).name
+    return (
+        _subscriber()
+        .create_subscription(
+            name=f"projects/{project}/subscriptions/{sub}",
+            topic=f"projects/{project}/topics/{topic}",
+        )
+        .name
+    )
 
 
-def create_push_subscription(project: str, topic: str, sub: str, push_endpoint: str,
-                             dead_letter_topic=None, max_delivery_attempts=None, filter: str = "",
-                             ack_deadline_seconds: int | None = None) -> str:
+def create_push_subscription(
+    project: str,
+    topic: str,
+    sub: str,
+    push_endpoint: str,
+    dead_letter_topic=None,
+    max_delivery_attempts=None,
+    filter: str = "",
+    ack_deadline_seconds: int | None = None,
+) -> str:
     """A push subscription (a pull one if `push_endpoint` is empty); with
     `dead_letter_topic` (an id in `project`), messages go there after
     `max_delivery_attempts` failed deliveries. The emulator accepts `filter`
@@ -324,10 +353,12 @@ def pull_all(project: str, sub: str, wait_seconds: float, expect=None):
             timeout=max(0.5, min(5.0, deadline - time.monotonic())),
         )
         if response.received_messages:
-            subscriber.acknowledge(request={
-                "subscription": path,
-                "ack_ids": [m.ack_id for m in response.received_messages],
-            })
+            subscriber.acknowledge(
+                request={
+                    "subscription": path,
+                    "ack_ids": [m.ack_id for m in response.received_messages],
+                }
+            )
             received += [(m.message.data, dict(m.message.attributes)) for m in response.received_messages]
         else:
             time.sleep(0.1)

@@ -28,9 +28,15 @@ def push_body(received, subscription: str) -> dict:
     """The wrapped push request of one pulled message (a ReceivedMessage)."""
     message = received.message
     published = message.publish_time.isoformat().replace("+00:00", "Z")
-    return {"message": {"data": base64.b64encode(message.data).decode(), "attributes": dict(message.attributes),
-                        "messageId": message.message_id, "publishTime": published},
-            "subscription": subscription}
+    return {
+        "message": {
+            "data": base64.b64encode(message.data).decode(),
+            "attributes": dict(message.attributes),
+            "messageId": message.message_id,
+            "publishTime": published,
+        },
+        "subscription": subscription,
+    }
 
 
 class Pusher:
@@ -38,8 +44,15 @@ class Pusher:
     `concurrency` requests at a time per endpoint, until stop(); counts what was
     `delivered` and what `failed`. Needs PUBSUB_EMULATOR_HOST set."""
 
-    def __init__(self, project: str, subscription: str, endpoints: str | list[str], concurrency: int, timeout: float,
-                 backoff: float):
+    def __init__(
+        self,
+        project: str,
+        subscription: str,
+        endpoints: str | list[str],
+        concurrency: int,
+        timeout: float,
+        backoff: float,
+    ):
         """`timeout`: seconds a request may take (the ack deadline); `backoff`: seconds
         before a failed message is released for redelivery (the minimum backoff)."""
         self.path = f"projects/{project}/subscriptions/{subscription}"
@@ -76,8 +89,9 @@ class Pusher:
             if not taken:
                 continue
             try:
-                received = self._subscriber.pull(request={"subscription": self.path, "max_messages": taken},
-                                                 timeout=2).received_messages
+                received = self._subscriber.pull(
+                    request={"subscription": self.path, "max_messages": taken}, timeout=2
+                ).received_messages
             except Exception:  # nothing to pull within the timeout, or the emulator stopping
                 received = []
             for _ in range(taken - len(received)):
@@ -104,8 +118,9 @@ class Pusher:
             if status in SUCCESS:
                 self._subscriber.acknowledge(request={"subscription": self.path, "ack_ids": [received.ack_id]})
             elif not self._stop.wait(self.backoff):
-                self._subscriber.modify_ack_deadline(request={"subscription": self.path, "ack_ids": [received.ack_id],
-                                                              "ack_deadline_seconds": 0})
+                self._subscriber.modify_ack_deadline(
+                    request={"subscription": self.path, "ack_ids": [received.ack_id], "ack_deadline_seconds": 0}
+                )
         except Exception:  # the emulator stopping: the message stays unacknowledged
             pass
         finally:

@@ -63,11 +63,26 @@ class Simulator(FakeRbm):
     `on_attempt(record)` is called after each attempt, e.g. to print it.
     """
 
-    def __init__(self, webhook_url: str, client_token: str, agent_id: str = "demo-agent@rbm.goog", port: int = 0,
-                 seed: int = 0, *, delivery_delay: float = 0.05, retry_base: float = 0.2, retry_cap: float = 600.0,
-                 max_age: float = 7 * 86400.0, duplicate_all: bool = False, shuffle: bool = False,
-                 shuffle_window: int = 4, shuffle_hold: float = 0.2, senders: int = 1, timeout: float = 10.0,
-                 on_attempt: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        webhook_url: str,
+        client_token: str,
+        agent_id: str = "demo-agent@rbm.goog",
+        port: int = 0,
+        seed: int = 0,
+        *,
+        delivery_delay: float = 0.05,
+        retry_base: float = 0.2,
+        retry_cap: float = 600.0,
+        max_age: float = 7 * 86400.0,
+        duplicate_all: bool = False,
+        shuffle: bool = False,
+        shuffle_window: int = 4,
+        shuffle_hold: float = 0.2,
+        senders: int = 1,
+        timeout: float = 10.0,
+        on_attempt: Callable[[dict], None] | None = None,
+    ):
         self.webhook_url, self.client_token, self.agent_id, self.seed = webhook_url, client_token, agent_id, seed
         self.delivery_delay, self.retry_base, self.retry_cap, self.max_age = (
             delivery_delay,
@@ -183,14 +198,26 @@ class Simulator(FakeRbm):
         failed = message["phone"] in self._ttl_failures
         if not failed:
             message["state"] = "revoked"
-        self._emit({"phoneNumber": message["phone"], "messageId": message_id, "agentId": message["agent_id"],
-                    "eventType": "TTL_EXPIRATION_REVOKE_FAILED" if failed else "TTL_EXPIRATION_REVOKED",
-                    "eventId": str(uuid.uuid4()), "sendTime": now_rfc3339()})
+        self._emit(
+            {
+                "phoneNumber": message["phone"],
+                "messageId": message_id,
+                "agentId": message["agent_id"],
+                "eventType": "TTL_EXPIRATION_REVOKE_FAILED" if failed else "TTL_EXPIRATION_REVOKED",
+                "eventId": str(uuid.uuid4()),
+                "sendTime": now_rfc3339(),
+            }
+        )
 
     # Users
 
-    def user_writes(self, phone: str, text: str | None = None, suggestion: str | dict | None = None,
-                    location: tuple[float, float] | dict | None = None) -> str:
+    def user_writes(
+        self,
+        phone: str,
+        text: str | None = None,
+        suggestion: str | dict | None = None,
+        location: tuple[float, float] | dict | None = None,
+    ) -> str:
         """A user message with exactly one of: text; suggestion (the postbackData,
         or a dict of suggestionResponse fields); location ((lat, lng) or a dict).
         Returns its messageId."""
@@ -230,8 +257,16 @@ class Simulator(FakeRbm):
 
     def _user_event(self, phone: str, event_type: str, agent_id: str | None = None, **fields: str) -> str:
         event_id = str(uuid.uuid4())
-        self._emit({"senderPhoneNumber": phone, "eventType": event_type, "eventId": event_id, **fields,
-                    "sendTime": now_rfc3339(), "agentId": agent_id or self.agent_id})
+        self._emit(
+            {
+                "senderPhoneNumber": phone,
+                "eventType": event_type,
+                "eventId": event_id,
+                **fields,
+                "sendTime": now_rfc3339(),
+                "agentId": agent_id or self.agent_id,
+            }
+        )
         return event_id
 
     # Webhooks
@@ -267,9 +302,17 @@ class Simulator(FakeRbm):
     def wait_delivered(self, timeout: float = 5.0, **fields: Any) -> dict | None:
         """The first event with these fields that got its 200, once it has; None on timeout.
         E.g. wait_delivered(eventType="DELIVERED", messageId=mid)."""
+
         def find():
-            return next((r["event"] for r in self._webhooks
-                         if r["delivered"] and all(r["event"].get(k) == v for k, v in fields.items())), None)
+            return next(
+                (
+                    r["event"]
+                    for r in self._webhooks
+                    if r["delivered"] and all(r["event"].get(k) == v for k, v in fields.items())
+                ),
+                None,
+            )
+
         with self._lock:
             return self._lock.wait_for(find, timeout)
 
@@ -287,8 +330,16 @@ class Simulator(FakeRbm):
                 "subscription": f"projects/rbm-partner/subscriptions/rbm-agent-{agent}",
             }
             for duplicate in (False, True)[: 1 + self.duplicate_all]:
-                record = {"event": event, "envelope": envelope, "statuses": [], "attempts": 0, "delivered": False,
-                          "gave_up": False, "duplicate": duplicate, "created": time.monotonic()}
+                record = {
+                    "event": event,
+                    "envelope": envelope,
+                    "statuses": [],
+                    "attempts": 0,
+                    "delivered": False,
+                    "gave_up": False,
+                    "duplicate": duplicate,
+                    "created": time.monotonic(),
+                }
                 self._webhooks.append(record)
                 if self.shuffle:
                     self._window.append(record)
@@ -400,16 +451,26 @@ def _device(text: str) -> tuple[str, str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.simulator", description=(
-        "Simulated RBM platform on 127.0.0.1: prints its URL (use it as RBM_API_ENDPOINT), "
-        "sends signed webhooks to --webhook-url, and serves until Ctrl-C."))
+    parser = argparse.ArgumentParser(
+        prog="python -m local.simulator",
+        description=(
+            "Simulated RBM platform on 127.0.0.1: prints its URL (use it as RBM_API_ENDPOINT), "
+            "sends signed webhooks to --webhook-url, and serves until Ctrl-C."
+        ),
+    )
     parser.add_argument("--webhook-url", required=True)
     parser.add_argument("--client-token", required=True)
     parser.add_argument("--agent-id", default="demo-agent@rbm.goog")
     parser.add_argument("--port", type=int, default=0, help="port to bind; a free one by default")
     parser.add_argument("--register", action="store_true", help="do the webhook handshake first; exit 1 if it fails")
-    parser.add_argument("--device", action="append", default=[], type=_device, metavar="PHONE:MODE[:SECONDS]",
-                        help="online, offline[:seconds until online] or not_rcs; repeatable")
+    parser.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        type=_device,
+        metavar="PHONE:MODE[:SECONDS]",
+        help="online, offline[:seconds until online] or not_rcs; repeatable",
+    )
     parser.add_argument("--read-after", type=float, help="devices read a message this many seconds after receiving it")
     parser.add_argument("--user-writes", nargs=2, action="append", default=[], metavar=("PHONE", "TEXT"))
     for flag in ("--user-typing", "--subscribe", "--unsubscribe"):

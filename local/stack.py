@@ -55,8 +55,13 @@ WORKER_THREADS = 40
 BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
 # With the simulator, local time runs in seconds, not minutes; against an RBM
 # root of your own the relay keeps production's defaults.
-FAST = {"LEASE_SECONDS": "10", "RETRY_BACKOFF_SECONDS": "1", "RBM_RETRY_SECONDS": "1", "REVOKE_MAX_ATTEMPTS": "3",
-        "PENDING_RESEND_SECONDS": "5"}
+FAST = {
+    "LEASE_SECONDS": "10",
+    "RETRY_BACKOFF_SECONDS": "1",
+    "RBM_RETRY_SECONDS": "1",
+    "REVOKE_MAX_ATTEMPTS": "3",
+    "PENDING_RESEND_SECONDS": "5",
+}
 
 
 class _Topology:
@@ -78,12 +83,28 @@ class _Topology:
         create_pull_subscription(PROJECT, topic, name)
         self.subscriptions.append(name)
 
-    def push(self, topic: str, name: str, process: FunctionProcess | None, dead_letter: str, attempts: int,
-             filter: str = "", ack_deadline: int | None = None) -> None:
+    def push(
+        self,
+        topic: str,
+        name: str,
+        process: FunctionProcess | None,
+        dead_letter: str,
+        attempts: int,
+        filter: str = "",
+        ack_deadline: int | None = None,
+    ) -> None:
         """Pushed to `process`; with None, a pull subscription (an empty push endpoint)."""
         endpoint = f"{process.url}/projects/{PROJECT}/topics/{topic}" if process else ""
-        create_push_subscription(PROJECT, topic, name, endpoint, dead_letter_topic=dead_letter,
-                                 max_delivery_attempts=attempts, filter=filter, ack_deadline_seconds=ack_deadline)
+        create_push_subscription(
+            PROJECT,
+            topic,
+            name,
+            endpoint,
+            dead_letter_topic=dead_letter,
+            max_delivery_attempts=attempts,
+            filter=filter,
+            ack_deadline_seconds=ack_deadline,
+        )
         self.subscriptions.append(name)
 
     def stop(self) -> None:
@@ -142,8 +163,13 @@ class Stack:
         else:
             env.update(RBM_API_ENDPOINT=self.rbm_root)
         if self.sms:
-            env.update(SMS_PROVIDER="twilio", TWILIO_ACCOUNT_SID=TWILIO_SID, TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
-                       TWILIO_FROM_NUMBER="+15005550006", TWILIO_API_BASE=self.sms.url)
+            env.update(
+                SMS_PROVIDER="twilio",
+                TWILIO_ACCOUNT_SID=TWILIO_SID,
+                TWILIO_AUTH_TOKEN=TWILIO_TOKEN,
+                TWILIO_FROM_NUMBER="+15005550006",
+                TWILIO_API_BASE=self.sms.url,
+            )
         else:
             url, secret = self.sms_webhook
             env.update(SMS_PROVIDER="webhook", SMS_WEBHOOK_URL=url, SMS_WEBHOOK_SECRET=secret)
@@ -156,8 +182,11 @@ class Stack:
     def start(self) -> "Stack":
         self.pubsub_host = self.pubsub_host or self._start(Emulator("pubsub", self.workdir, PROJECT)).host
         self.firestore_host = self.firestore_host or self._start(Emulator("firestore", self.workdir, PROJECT)).host
-        os.environ.update(GOOGLE_CLOUD_PROJECT=PROJECT, PUBSUB_EMULATOR_HOST=self.pubsub_host,
-                          FIRESTORE_EMULATOR_HOST=self.firestore_host)
+        os.environ.update(
+            GOOGLE_CLOUD_PROJECT=PROJECT,
+            PUBSUB_EMULATOR_HOST=self.pubsub_host,
+            FIRESTORE_EMULATOR_HOST=self.firestore_host,
+        )
         if not self.sms_webhook:
             self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))
         if not self.rbm_root:
@@ -269,21 +298,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="make run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--period", type=float, default=5.0,
-                        help="seconds between scheduled runs, as Cloud Scheduler's (5; production's: 60)")
+    parser.add_argument(
+        "--period",
+        type=float,
+        default=5.0,
+        help="seconds between scheduled runs, as Cloud Scheduler's (5; production's: 60)",
+    )
     demo = parser.add_argument_group("the demo")
     demo.add_argument("--population", type=int, default=12, help="messages in the demo (12)")
     demo.add_argument("--deadline", type=int, default=20, help="revoke_after_seconds of each message (20)")
     demo.add_argument("--timeout", type=float, default=100, help="give the demo at most this long (100 s)")
     demo.add_argument("--keep", action="store_true", help="keep the stack running after the demo until Ctrl-C")
     own = parser.add_argument_group("without the demo")
-    own.add_argument("--no-demo", action="store_true",
-                     help="start the stack only: print the URL of every function as one JSON line, run until Ctrl-C")
-    own.add_argument("--rbm-root", metavar="URL", help="RBM REST root the relay calls instead of the simulator "
-                     "(e.g. https://rcsbusinessmessaging.googleapis.com, a partner's sandbox, a fake of your own)")
+    own.add_argument(
+        "--no-demo",
+        action="store_true",
+        help="start the stack only: print the URL of every function as one JSON line, run until Ctrl-C",
+    )
+    own.add_argument(
+        "--rbm-root",
+        metavar="URL",
+        help="RBM REST root the relay calls instead of the simulator "
+        "(e.g. https://rcsbusinessmessaging.googleapis.com, a partner's sandbox, a fake of your own)",
+    )
     own.add_argument("--rbm-agent-id", default=AGENT, help=f"the agent id the relay sends as ({AGENT})")
-    own.add_argument("--rbm-client-token", default=CLIENT_TOKEN,
-                     help="the client token the RBM webhooks are signed with; comma-separated for several")
+    own.add_argument(
+        "--rbm-client-token",
+        default=CLIENT_TOKEN,
+        help="the client token the RBM webhooks are signed with; comma-separated for several",
+    )
     own.add_argument(
         "--rbm-key-file",
         type=Path,
@@ -329,8 +372,11 @@ def _settings(args: argparse.Namespace) -> dict:
 def _demo(stack: Stack, args: argparse.Namespace) -> bool:
     from local import demo
 
-    print(f"webhook {stack.functions['receive_webhook'].url}   send_message {stack.functions['send_message'].url}\n"
-          f"RBM simulator {stack.rbm.url}   fake Twilio {stack.sms.url}   logs in {stack.workdir}", flush=True)
+    print(
+        f"webhook {stack.functions['receive_webhook'].url}   send_message {stack.functions['send_message'].url}\n"
+        f"RBM simulator {stack.rbm.url}   fake Twilio {stack.sms.url}   logs in {stack.workdir}",
+        flush=True,
+    )
     ok = demo.run(stack, population=args.population, deadline=args.deadline, timeout=args.timeout)
     if args.keep:
         print("stack running; Ctrl-C stops it", flush=True)
@@ -340,8 +386,17 @@ def _demo(stack: Stack, args: argparse.Namespace) -> bool:
 
 def _serve(stack: Stack) -> bool:
     """One JSON line on stdout, everything else on stderr, then wait for Ctrl-C."""
-    print(json.dumps({"functions": stack.urls(), "pubsub_emulator": stack.pubsub_host,
-                      "firestore_emulator": stack.firestore_host, "logs": str(stack.workdir)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "functions": stack.urls(),
+                "pubsub_emulator": stack.pubsub_host,
+                "firestore_emulator": stack.firestore_host,
+                "logs": str(stack.workdir),
+            }
+        ),
+        flush=True,
+    )
     print("stack running; Ctrl-C stops it", file=sys.stderr, flush=True)
     threading.Event().wait()
     return True

@@ -97,8 +97,9 @@ def functions(tmp_path):
 
     def start(target, env=None, source="main.py"):
         full_env = {"GOOGLE_CLOUD_PROJECT": PROJECT}
-        full_env.update({var: os.environ[var] for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
-                         if os.environ.get(var)})
+        full_env.update(
+            {var: os.environ[var] for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST") if os.environ.get(var)}
+        )
         full_env.update(env or {})
         log_path = tmp_path / f"{target}-{len(started)}.log"
         function = FunctionProcess(target, full_env, source=source, log_path=log_path)

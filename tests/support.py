@@ -17,5 +17,10 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
 AGENT = "agent@rbm.goog"
 # Sweeps on local time: leases of seconds, quick retries, one pass per call, and a
 # revoke's SMS due at once (the tests of the grace window set it themselves).
-SWEEP_ENV = {"RBM_AGENT_ID": AGENT, "LEASE_SECONDS": "2", "RETRY_BACKOFF_SECONDS": "0.2", "RBM_RETRY_SECONDS": "0.3",
-             "REVOKE_GRACE_SECONDS": "0"}
+SWEEP_ENV = {
+    "RBM_AGENT_ID": AGENT,
+    "LEASE_SECONDS": "2",
+    "RETRY_BACKOFF_SECONDS": "0.2",
+    "RBM_RETRY_SECONDS": "0.3",
+    "REVOKE_GRACE_SECONDS": "0",
+}

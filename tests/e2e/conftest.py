@@ -8,15 +8,25 @@ import pytest
 from local.stack import Stack
 
 # Local time runs fast: sweeps every second, leases and backoffs of a second.
-SETTINGS = {"LEASE_SECONDS": "5", "RETRY_BACKOFF_SECONDS": "0.5", "REVOKE_MAX_ATTEMPTS": "3",
-            "FALLBACK_MAX_ATTEMPTS": "8", "RBM_RETRY_SECONDS": "0.5"}
+SETTINGS = {
+    "LEASE_SECONDS": "5",
+    "RETRY_BACKOFF_SECONDS": "0.5",
+    "REVOKE_MAX_ATTEMPTS": "3",
+    "FALLBACK_MAX_ATTEMPTS": "8",
+    "RBM_RETRY_SECONDS": "0.5",
+}
 
 
 @pytest.fixture(scope="module")
 def stack(pubsub_emulator, firestore_emulator, tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("stack"), period=1.0, settings=SETTINGS,
-               simulator_options={"senders": 4, "retry_cap": 2.0},
-               pubsub_host=pubsub_emulator, firestore_host=firestore_emulator) as running:
+    with Stack(
+        tmp_path_factory.mktemp("stack"),
+        period=1.0,
+        settings=SETTINGS,
+        simulator_options={"senders": 4, "retry_cap": 2.0},
+        pubsub_host=pubsub_emulator,
+        firestore_host=firestore_emulator,
+    ) as running:
         yield running
 
 

@@ -110,7 +110,7 @@ def mutations(rng: random.Random, body: dict, signature: str):
         mutated, headers = json.loads(json.dumps(body)), {"X-Goog-Signature": signature}
         if choice == 0:  # a character of the base64 data
             i = rng.randrange(len(data))
-            new = data[:i] + rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/") + data[i + 1:]
+            new = data[:i] + rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/") + data[i + 1 :]
             try:
                 if base64.b64decode(new, validate=True) == base64.b64decode(data):
                     continue  # same bytes: still validly signed
@@ -119,7 +119,7 @@ def mutations(rng: random.Random, body: dict, signature: str):
             mutated["message"]["data"] = new
         elif choice == 1:  # a character of the signature
             i = rng.randrange(len(signature))
-            headers["X-Goog-Signature"] = signature[:i] + ("A" if signature[i] != "A" else "B") + signature[i + 1:]
+            headers["X-Goog-Signature"] = signature[:i] + ("A" if signature[i] != "A" else "B") + signature[i + 1 :]
         elif choice == 2:  # the event re-encoded with a change, old signature
             event = json.loads(base64.b64decode(data))
             event[rng.choice(list(event))] = rng.choice([None, 1, "x", [], {}])
@@ -135,16 +135,24 @@ def mutations(rng: random.Random, body: dict, signature: str):
 
 def test_fuzzed_signed_requests_get_4xx_and_publish_nothing(stack, simulator):
     create_pull_subscription(PROJECT, TOPOLOGY["events_topic"], "fuzz-watch")
-    event = {"senderPhoneNumber": "+15550009999", "eventType": "DELIVERED", "eventId": "fuzz", "messageId": "fuzz-m",
-             "agentId": AGENT, "sendTime": "2026-01-01T00:00:00Z"}
+    event = {
+        "senderPhoneNumber": "+15550009999",
+        "eventType": "DELIVERED",
+        "eventId": "fuzz",
+        "messageId": "fuzz-m",
+        "agentId": AGENT,
+        "sendTime": "2026-01-01T00:00:00Z",
+    }
     data = json.dumps(event).encode()
     body = {
         "message": {"data": base64.b64encode(data).decode(), "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"},
         "subscription": "projects/rbm-partner/subscriptions/rbm-agent",
     }
     url = stack.functions["receive_webhook"].url
-    statuses = [requests.post(url, data=raw, headers=headers, timeout=10).status_code
-                for raw, headers in mutations(random.Random(11), body, sign(CLIENT_TOKEN, data))]
+    statuses = [
+        requests.post(url, data=raw, headers=headers, timeout=10).status_code
+        for raw, headers in mutations(random.Random(11), body, sign(CLIENT_TOKEN, data))
+    ]
     assert statuses and all(400 <= s < 500 for s in statuses), statuses
     assert pull_all(PROJECT, "fuzz-watch", wait_seconds=2) == []
 

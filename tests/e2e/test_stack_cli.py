@@ -68,9 +68,24 @@ def first_line(stream, timeout: float) -> str:
 def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_every_process(tmp_path):
     with FakeRbm() as rbm, FakeSmsWebhook(secret=GATEWAY_SECRET) as gateway:
         rbm.set_phone(NO_RCS, "not_rcs")
-        command = [sys.executable, "-m", "local.stack", "--no-demo", "--period", "60",
-                   "--rbm-root", rbm.url, "--rbm-agent-id", PARTNER_AGENT, "--rbm-client-token", PARTNER_TOKEN,
-                   "--sms-webhook-url", f"{gateway.url}/sms", "--sms-webhook-secret", GATEWAY_SECRET]
+        command = [
+            sys.executable,
+            "-m",
+            "local.stack",
+            "--no-demo",
+            "--period",
+            "60",
+            "--rbm-root",
+            rbm.url,
+            "--rbm-agent-id",
+            PARTNER_AGENT,
+            "--rbm-client-token",
+            PARTNER_TOKEN,
+            "--sms-webhook-url",
+            f"{gateway.url}/sms",
+            "--sms-webhook-secret",
+            GATEWAY_SECRET,
+        ]
         env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}  # the stack starts emulators of its own
         with open(tmp_path / "stack.err", "wb") as err:
             stack = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -80,9 +95,17 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             assert set(ready["functions"]) == ENTRY_POINTS
 
             message_id = str(uuid.uuid4())
-            answer = requests.post(ready["functions"]["send_message"], timeout=30, json={
-                "phone": NO_RCS, "message_id": message_id, "content": {"text": "your code is 123456"},
-                "revoke_after_seconds": 600, "fallback": {"text": "your code is 123456"}})
+            answer = requests.post(
+                ready["functions"]["send_message"],
+                timeout=30,
+                json={
+                    "phone": NO_RCS,
+                    "message_id": message_id,
+                    "content": {"text": "your code is 123456"},
+                    "revoke_after_seconds": 600,
+                    "fallback": {"text": "your code is 123456"},
+                },
+            )
             assert answer.status_code == 200, answer.text
             created = [r for r in rbm.requests if r["kind"] == "create"]
             assert [(r["phone"], r["agent_id"], r["message_id"]) for r in created] == [

@@ -24,8 +24,13 @@ def twilio():
 
 @pytest.fixture
 def sms_env(twilio):
-    return {"SMS_PROVIDER": "twilio", "TWILIO_ACCOUNT_SID": "AC" + "1" * 32, "TWILIO_AUTH_TOKEN": "twilio-secret",
-            "TWILIO_FROM_NUMBER": "+15005550006", "TWILIO_API_BASE": twilio.url}
+    return {
+        "SMS_PROVIDER": "twilio",
+        "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
+        "TWILIO_AUTH_TOKEN": "twilio-secret",
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_API_BASE": twilio.url,
+    }
 
 
 @pytest.fixture
@@ -39,8 +44,14 @@ def subscriber(functions, firestore, pubsub_emulator):
         create_topic(PROJECT, topic)
         create_topic(PROJECT, dead_letter)
         process = functions(target, env={"RBM_DEAD_LETTER_TOPIC": dead_letter, **(env or {})})
-        create_push_subscription(PROJECT, topic, f"push-{suffix}", f"{process.url}/projects/{PROJECT}/topics/{topic}",
-                                 dead_letter_topic=dead_letter, max_delivery_attempts=5)
+        create_push_subscription(
+            PROJECT,
+            topic,
+            f"push-{suffix}",
+            f"{process.url}/projects/{PROJECT}/topics/{topic}",
+            dead_letter_topic=dead_letter,
+            max_delivery_attempts=5,
+        )
 
         def send(event, raw: bytes | None = None, **attributes):
             return publish(PROJECT, topic, raw if raw is not None else json.dumps(event).encode(), **attributes)

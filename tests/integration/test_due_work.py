@@ -38,9 +38,15 @@ def send_item(topic: str, duty: str, ids, due_at=None) -> None:
 def push_item(process, topic: str, duty: str, ids) -> None:
     """POSTs a work item to one worker in Pub/Sub's push envelope, as its subscription would."""
     data, attributes = WorkItem(duty, tuple(ids), store.now()).encode()
-    envelope = {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes,
-                            "messageId": uuid.uuid4().hex, "publishTime": now_rfc3339()},
-                "subscription": f"projects/{PROJECT}/subscriptions/direct"}
+    envelope = {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": uuid.uuid4().hex,
+            "publishTime": now_rfc3339(),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/direct",
+    }
     response = requests.post(f"{process.url}/projects/{PROJECT}/topics/{topic}", json=envelope, timeout=30)
     assert response.status_code == 200, response.text
 
@@ -61,9 +67,14 @@ def worker(functions, firestore, rbm, sms_env, work_topic):
 
     def start(**env):
         process = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **sms_env, **ENV, **env})
-        create_push_subscription(PROJECT, work_topic, f"push-{uuid.uuid4().hex[:8]}",
-                                 f"{process.url}/projects/{PROJECT}/topics/{work_topic}",
-                                 dead_letter_topic=f"{work_topic}-dead", max_delivery_attempts=5)
+        create_push_subscription(
+            PROJECT,
+            work_topic,
+            f"push-{uuid.uuid4().hex[:8]}",
+            f"{process.url}/projects/{PROJECT}/topics/{work_topic}",
+            dead_letter_topic=f"{work_topic}-dead",
+            max_delivery_attempts=5,
+        )
         push_item(process, work_topic, "revoke", ["warm-up"])  # no such message: imports and clients are ready after it
         return process
 
@@ -73,8 +84,9 @@ def worker(functions, firestore, rbm, sms_env, work_topic):
 @pytest.fixture
 def scheduled(functions, firestore, rbm, sms_env, work_topic):
     """`scheduled("revoke_expired", **env)` → a scheduled entry point that publishes to the work topic."""
-    return lambda target, **env: functions(target, env={"RBM_API_ENDPOINT": rbm.url, **sms_env, **ENV,
-                                                        "RBM_WORK_TOPIC": work_topic, **env})
+    return lambda target, **env: functions(
+        target, env={"RBM_API_ENDPOINT": rbm.url, **sms_env, **ENV, "RBM_WORK_TOPIC": work_topic, **env}
+    )
 
 
 def expiring(rbm, count, deadline=None, time_sensitive=False) -> list[str]:
@@ -94,7 +106,7 @@ def once_each(rbm, twilio, ids):
 def test_items_twice_out_of_order_and_to_two_workers_act_once(worker, work_topic, rbm, twilio):
     ids = expiring(rbm, 40)
     a, b = worker(), worker()  # each has its own subscription: every item reaches both, at the same time
-    chunks = [ids[i:i + 10] for i in range(0, 40, 10)]
+    chunks = [ids[i : i + 10] for i in range(0, 40, 10)]
     for duty in ("revoke", "fallback"):  # each SMS is due the grace (0.5 s) after its revoke: after every revoke
         now = store.now() + timedelta(seconds=0.5)
         published = [
@@ -113,8 +125,11 @@ def test_items_twice_out_of_order_and_to_two_workers_act_once(worker, work_topic
 def fated(message: Message) -> bool:
     """The message reached its fate: no sweep will act on it again, and it is not
     stranded as sent-and-never-revoked (a revoke given up on is an end: it is reported)."""
-    return (message.next_action_at is None and message.fallback not in SWEPT_FALLBACKS
-            and message.state not in (State.PENDING, State.SENT))
+    return (
+        message.next_action_at is None
+        and message.fallback not in SWEPT_FALLBACKS
+        and message.state not in (State.PENDING, State.SENT)
+    )
 
 
 def lost(ids) -> list[str]:
@@ -208,8 +223,14 @@ def delivering(functions, firestore, pubsub_emulator):
     create_topic(PROJECT, topic)
     create_topic(PROJECT, dead_letter)
     tracker = functions("track_delivery", env={"RBM_DEAD_LETTER_TOPIC": dead_letter})
-    create_push_subscription(PROJECT, topic, f"push-{suffix}", f"{tracker.url}/projects/{PROJECT}/topics/{topic}",
-                             dead_letter_topic=dead_letter, max_delivery_attempts=5)
+    create_push_subscription(
+        PROJECT,
+        topic,
+        f"push-{suffix}",
+        f"{tracker.url}/projects/{PROJECT}/topics/{topic}",
+        dead_letter_topic=dead_letter,
+        max_delivery_attempts=5,
+    )
     webhook = functions("receive_webhook", env={"RBM_CLIENT_TOKEN": token, "RBM_EVENTS_TOPIC": topic})
     with Simulator(webhook.url, token, agent_id=AGENT) as simulator:
         queue(simulator, "warm-up", 99)  # a DELIVERED through the whole path: every process is warm after it
@@ -253,9 +274,16 @@ def test_a_send_answered_404_gets_its_sms_within_a_second_or_two(worker, texting
 
     def send(i: int) -> dict:
         rbm.set_phone(phone(i), "not_rcs")
-        answer = requests.post(sender.url, json={"phone": phone(i), "content": {"text": "code 123456"},
-                                                 "revoke_after_seconds": 600, "fallback": {"text": f"code {i} by SMS"}},
-                               timeout=30)
+        answer = requests.post(
+            sender.url,
+            json={
+                "phone": phone(i),
+                "content": {"text": "code 123456"},
+                "revoke_after_seconds": 600,
+                "fallback": {"text": f"code {i} by SMS"},
+            },
+            timeout=30,
+        )
         assert (answer.status_code, answer.json()["state"], answer.json()["fallback"]) == (200, "UNREACHABLE", "DUE")
         return answer.json()
 
@@ -276,8 +304,14 @@ def test_a_ttl_revoke_gets_its_sms_within_a_second_or_two(worker, texting, subsc
     ids = seed(2, deadline=store.now() + timedelta(hours=1))
 
     def revoked_by_the_platform(i: int) -> float:
-        event = {"phoneNumber": phone(i), "eventType": "TTL_EXPIRATION_REVOKED", "eventId": f"ttl-{i}",
-                 "messageId": ids[i], "agentId": AGENT, "sendTime": now_rfc3339()}
+        event = {
+            "phoneNumber": phone(i),
+            "eventType": "TTL_EXPIRATION_REVOKED",
+            "eventId": f"ttl-{i}",
+            "messageId": ids[i],
+            "agentId": AGENT,
+            "sendTime": now_rfc3339(),
+        }
         published_at = time.time()
         send(event, **events.parse(event).attributes())
         return published_at
@@ -291,8 +325,9 @@ def test_a_ttl_revoke_gets_its_sms_within_a_second_or_two(worker, texting, subsc
     wait_for(lambda: (get(ids[0]).state, get(ids[0]).fallback) == (State.REVOKED, Fallback.SENT))
 
 
-def test_an_sms_made_due_in_the_past_by_a_late_event_goes_out_within_a_second_or_two(worker, texting, subscriber,
-                                                                                      work_topic, twilio):
+def test_an_sms_made_due_in_the_past_by_a_late_event_goes_out_within_a_second_or_two(
+    worker, texting, subscriber, work_topic, twilio
+):
     """RBM retries a webhook for up to 7 days and Pub/Sub redelivers with backoff, so a
     TTL_EXPIRATION_REVOKED can arrive long after its sendTime, the time that makes the SMS due."""
     worker()
@@ -301,8 +336,14 @@ def test_an_sms_made_due_in_the_past_by_a_late_event_goes_out_within_a_second_or
 
     def revoked_by_the_platform(i: int, sent_ago: float) -> float:
         sent = (store.now() - timedelta(seconds=sent_ago)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        event = {"phoneNumber": phone(i), "eventType": "TTL_EXPIRATION_REVOKED", "eventId": f"late-{i}",
-                 "messageId": ids[i], "agentId": AGENT, "sendTime": sent}
+        event = {
+            "phoneNumber": phone(i),
+            "eventType": "TTL_EXPIRATION_REVOKED",
+            "eventId": f"late-{i}",
+            "messageId": ids[i],
+            "agentId": AGENT,
+            "sendTime": sent,
+        }
         published_at = time.time()
         send(event, **events.parse(event).attributes())
         return published_at

@@ -22,18 +22,32 @@ def test_subscribers_lose_nothing_and_apply_nothing_twice_across_an_outage(subsc
     tracker, inbound = subscriber("track_delivery"), subscriber("record_inbound")
     ids = [f"m-{i}" for i in range(8)]
     for message_id in ids:
-        store.update_message(message_id, lambda _, m=message_id: Message(m, PHONE, AGENT, state=State.SENT,
-                                                                         fallback=Fallback.WAITING))
+        store.update_message(
+            message_id, lambda _, m=message_id: Message(m, PHONE, AGENT, state=State.SENT, fallback=Fallback.WAITING)
+        )
     with firestore_outage():
         for i, message_id in enumerate(ids):
             push(tracker, receipt("DELIVERED", f"d-{i}", message_id=message_id, minute=1))
             push(tracker, receipt("READ", f"r-{i}", message_id=message_id, minute=2))
-            push(inbound, {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": f"u-{i}",
-                           "sendTime": f"2026-01-01T00:{10 + i:02d}:00Z", "text": f"reply {i}"})
+            push(
+                inbound,
+                {
+                    "senderPhoneNumber": PHONE,
+                    "agentId": AGENT,
+                    "messageId": f"u-{i}",
+                    "sendTime": f"2026-01-01T00:{10 + i:02d}:00Z",
+                    "text": f"reply {i}",
+                },
+            )
         time.sleep(OUTAGE_SECONDS)
     conversation = store.conversations().document(conversation_id(AGENT, PHONE))
-    done = wait_for(lambda: all((m := store.get_message(i)) and m.state is State.READ for i in ids)
-                    and len(list(conversation.collection("messages").stream())) == len(ids), timeout=90)
+    done = wait_for(
+        lambda: (
+            all((m := store.get_message(i)) and m.state is State.READ for i in ids)
+            and len(list(conversation.collection("messages").stream())) == len(ids)
+        ),
+        timeout=90,
+    )
     assert done
     for i, message_id in enumerate(ids):
         m = store.get_message(message_id)

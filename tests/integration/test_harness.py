@@ -91,8 +91,9 @@ def test_push_subscription_delivers_a_cloud_event(functions, topic, tmp_path):
     output = tmp_path / "events.jsonl"
     function = functions("record_event", env={"SAMPLE_OUTPUT": str(output)}, source=SAMPLES)
     events = topic("events")
-    create_push_subscription(PROJECT, events.topic, f"{events.topic}-push",
-                             f"{function.url}/projects/{PROJECT}/topics/{events.topic}")
+    create_push_subscription(
+        PROJECT, events.topic, f"{events.topic}-push", f"{function.url}/projects/{PROJECT}/topics/{events.topic}"
+    )
 
     message_id = publish(PROJECT, events.topic, b'{"hello": 1}', kind="demo")
 
@@ -109,9 +110,14 @@ def test_push_subscription_delivers_a_cloud_event(functions, topic, tmp_path):
 def test_failing_push_ends_in_the_dead_letter_topic(functions, topic):
     function = functions("always_fail", source=SAMPLES)
     events, dead = topic("events"), topic("dead")
-    create_push_subscription(PROJECT, events.topic, f"{events.topic}-push",
-                             f"{function.url}/projects/{PROJECT}/topics/{events.topic}",
-                             dead_letter_topic=dead.topic, max_delivery_attempts=5)
+    create_push_subscription(
+        PROJECT,
+        events.topic,
+        f"{events.topic}-push",
+        f"{function.url}/projects/{PROJECT}/topics/{events.topic}",
+        dead_letter_topic=dead.topic,
+        max_delivery_attempts=5,
+    )
 
     publish(PROJECT, events.topic, b"poison", kind="demo")
 

@@ -28,8 +28,15 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
     sender = functions("send_message", env=env)
     for i, status in enumerate(RBM_ANSWERS, start=100):
         rbm.script("create", phone(i), [status] * 20, retry_after="1")
-        answer = requests.post(sender.url, json={"phone": phone(i), "content": {"text": f"call {phone(i)}"},
-                                                 "fallback": {"text": f"code for {phone(i)}"}}, timeout=90)
+        answer = requests.post(
+            sender.url,
+            json={
+                "phone": phone(i),
+                "content": {"text": f"call {phone(i)}"},
+                "fallback": {"text": f"code for {phone(i)}"},
+            },
+            timeout=90,
+        )
         assert answer.status_code in (200, 422, 503), answer.text
     rbm.drop("create", phone(120))
     requests.post(sender.url, json={"phone": phone(120), "content": {"text": "dropped"}}, timeout=90)
@@ -62,8 +69,11 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
         }
         texting_by_webhook = functions("send_fallbacks", env=webhook_env)
         due = seed(len(SMS_ANSWERS), state=State.REVOKED, fallback=Fallback.DUE, start=500)
-        wait_for(lambda: sweep(texting_by_webhook) and all(get(i).fallback is not Fallback.DUE for i in due),
-                 timeout=60, interval=0.5)
+        wait_for(
+            lambda: sweep(texting_by_webhook) and all(get(i).fallback is not Fallback.DUE for i in due),
+            timeout=60,
+            interval=0.5,
+        )
 
     logs = {p.target: p.read_log() for p in (sender, revoker, texting, texting_by_webhook)}
     numbers = [phone(i) for i in [*range(100, 121), *range(200, 210), *range(300, 311), 400, *range(500, 510)]]
@@ -72,4 +82,3 @@ def test_every_error_path_logs_no_phone_number_or_secret(functions, firestore, r
         for secret in ["twilio-secret", GATEWAY_SECRET, *numbers, *map(national, numbers)]:
             assert secret not in text, f"{secret!r} in the log of {name}"
         assert not re.search(r"<html|Traceback", text, re.IGNORECASE), f"an HTML page or a traceback in {name}'s log"
-

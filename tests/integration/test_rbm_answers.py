@@ -166,8 +166,12 @@ def test_a_pending_message_resent_by_the_sweep_and_answered_409_is_sent(relay, r
     """send_message's create reached RBM but its answer did not come back: the
     message stayed PENDING, and the sweep's re-send meets the id RBM already has."""
     message_id = str(uuid.uuid4())
-    requests.post(f"{rbm.url}/v1/phones/{PHONE}/agentMessages", params={"messageId": message_id, "agentId": AGENT},
-                  json={"contentMessage": CONTENT}, timeout=5)  # the first, lost, create
+    requests.post(
+        f"{rbm.url}/v1/phones/{PHONE}/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": CONTENT},
+        timeout=5,
+    )  # the first, lost, create
     seed_pending(message_id)
     if answer_lost:
         rbm.drop("create", PHONE)  # and the re-send's own answer is lost once more

@@ -27,8 +27,11 @@ def send(functions, firestore, rbm):
 
 
 def test_accepted_message_is_recorded_then_sent_with_its_id(send, rbm):
-    response = send(revoke_after_seconds=600, fallback={"text": "code 123456", "time_sensitive": True},
-                    traffic_type="AUTHENTICATION")
+    response = send(
+        revoke_after_seconds=600,
+        fallback={"text": "code 123456", "time_sensitive": True},
+        traffic_type="AUTHENTICATION",
+    )
     assert response.status_code == 200
     answer = response.json()
     assert (answer["state"], answer["fallback"]) == ("SENT", "WAITING")
@@ -80,36 +83,44 @@ def test_opted_out_user_is_refused_and_nothing_is_sent(send, rbm):
     assert rbm.count("create") == 0
 
 
-@pytest.mark.parametrize("body", [
-    {"phone": "07700900789"},
-    {"content": {}},
-    {"message_id": "not-a-uuid"},
-    {"revoke_after_seconds": 5},
-    {"revoke_after_seconds": "60"},
-    {"traffic_type": "SPAM"},
-    {"fallback": {"text": "   "}},
-    {"fallback": {"text": "x" * 1601}},
-    {"fallback": {"text": "ok", "time_sensitive": "yes"}},
-    {"agent_id": 7},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"phone": "07700900789"},
+        {"content": {}},
+        {"message_id": "not-a-uuid"},
+        {"revoke_after_seconds": 5},
+        {"revoke_after_seconds": "60"},
+        {"traffic_type": "SPAM"},
+        {"fallback": {"text": "   "}},
+        {"fallback": {"text": "x" * 1601}},
+        {"fallback": {"text": "ok", "time_sensitive": "yes"}},
+        {"agent_id": 7},
+    ],
+)
 def test_invalid_requests_get_400_with_a_reason(send, rbm, body):
     response = send(**body)
     assert response.status_code == 400 and response.json()["error"]
     assert rbm.count("create") == 0
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"fallback": {"text": "see you \ud83d"}}, "fallback.text"),  # half an emoji: no Firestore write could store it
-    ({"content": {"text": "see you \ud83d"}}, "content.text"),
-    ({"content": {"text": "x" * 3073}}, "content.text"),
-    ({"content": {"text": "x", "suggestions": [{"reply": {"text": "x" * 26, "postbackData": "p"}}]}},
-     "content.suggestions[0].reply.text"),
-    ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://example.com/a.png"}}}, "exactly one of"),
-    ({"content": {"text": "x", "extra": {"__name__": 1}}}, "content.extra"),
-    ({"content": {"text": "x", "extra": 2 ** 64}}, "content.extra"),  # Firestore integers are 64-bit
-    ({"agent_id": "a" * 1_100_000}, "agent_id"),  # over Firestore's value limit
-    ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"fallback": {"text": "see you \ud83d"}}, "fallback.text"),  # half an emoji: no Firestore write could store it
+        ({"content": {"text": "see you \ud83d"}}, "content.text"),
+        ({"content": {"text": "x" * 3073}}, "content.text"),
+        (
+            {"content": {"text": "x", "suggestions": [{"reply": {"text": "x" * 26, "postbackData": "p"}}]}},
+            "content.suggestions[0].reply.text",
+        ),
+        ({"content": {"text": "x", "contentInfo": {"fileUrl": "https://example.com/a.png"}}}, "exactly one of"),
+        ({"content": {"text": "x", "extra": {"__name__": 1}}}, "content.extra"),
+        ({"content": {"text": "x", "extra": 2**64}}, "content.extra"),  # Firestore integers are 64-bit
+        ({"agent_id": "a" * 1_100_000}, "agent_id"),  # over Firestore's value limit
+        ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
+    ],
+)
 def test_what_cannot_be_stored_or_sent_is_400_naming_the_field_and_nothing_is_stored(send, rbm, body, field):
     message_id = str(uuid.uuid4())
     response = send(message_id=message_id, **body)
@@ -125,16 +136,23 @@ def test_json_nested_deeper_than_the_parser_goes_is_400(send, rbm):
     assert rbm.count("create") == 0
 
 
-@pytest.mark.parametrize("change", [
-    {"content": {"text": "Your code is 654321"}},
-    {"revoke_after_seconds": 900},
-    {"traffic_type": "TRANSACTION"},
-    {"fallback": {"text": "another SMS", "time_sensitive": True}},
-    {"fallback": {"text": "code 123456", "time_sensitive": False}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"content": {"text": "Your code is 654321"}},
+        {"revoke_after_seconds": 900},
+        {"traffic_type": "TRANSACTION"},
+        {"fallback": {"text": "another SMS", "time_sensitive": True}},
+        {"fallback": {"text": "code 123456", "time_sensitive": False}},
+    ],
+)
 def test_a_reused_message_id_with_a_different_request_is_409_and_nothing_is_sent(send, rbm, change):
-    first = {"message_id": str(uuid.uuid4()), "revoke_after_seconds": 600, "traffic_type": "AUTHENTICATION",
-             "fallback": {"text": "code 123456", "time_sensitive": True}}
+    first = {
+        "message_id": str(uuid.uuid4()),
+        "revoke_after_seconds": 600,
+        "traffic_type": "AUTHENTICATION",
+        "fallback": {"text": "code 123456", "time_sensitive": True},
+    }
     assert send(**first).status_code == 200
     stored = store.get_message(first["message_id"])
     response = send(**first | change)

@@ -28,8 +28,17 @@ def fallbacks(functions, firestore, sms_env):
 def due_fallback(message_id="msg-sms-1") -> str:
     """A revoked message whose SMS is due now."""
     past = store.now() - timedelta(seconds=1)
-    m = Message(message_id, PHONE, AGENT, state=State.REVOKED, fallback=Fallback.DUE, fallback_text="your code is 1234",
-                time_sensitive=True, revoke_at=past, fallback_at=past)
+    m = Message(
+        message_id,
+        PHONE,
+        AGENT,
+        state=State.REVOKED,
+        fallback=Fallback.DUE,
+        fallback_text="your code is 1234",
+        time_sensitive=True,
+        revoke_at=past,
+        fallback_at=past,
+    )
     store.messages().document(message_id).set(m.to_doc())
     return message_id
 

@@ -13,8 +13,14 @@ PHONE, AGENT = "+447700900456", "agent@rbm.goog"
 
 
 def receipt(event_type, event_id, message_id="m-1", minute=1, phone_field="senderPhoneNumber"):
-    return {phone_field: PHONE, "eventType": event_type, "eventId": event_id, "messageId": message_id,
-            "agentId": AGENT, "sendTime": f"2026-01-01T00:{minute:02d}:00Z"}
+    return {
+        phone_field: PHONE,
+        "eventType": event_type,
+        "eventId": event_id,
+        "messageId": message_id,
+        "agentId": AGENT,
+        "sendTime": f"2026-01-01T00:{minute:02d}:00Z",
+    }
 
 
 def push(send, payload):
@@ -60,8 +66,12 @@ def test_poison_lands_in_the_dead_letter_topic_with_its_reason(subscriber):
     send = subscriber("track_delivery")
     create_pull_subscription(PROJECT, send.dead_letter, f"{send.dead_letter}-pull")
     send(None, raw=b"\x00 not json", kind="user_event", event_type="DELIVERED")
-    send(None, raw=b'{"senderPhoneNumber": "+1555", "eventType": "DELIVERED", "eventId": "x"}',
-         kind="user_event", event_type="DELIVERED")
+    send(
+        None,
+        raw=b'{"senderPhoneNumber": "+1555", "eventType": "DELIVERED", "eventId": "x"}',
+        kind="user_event",
+        event_type="DELIVERED",
+    )
     dead = pull_all(PROJECT, f"{send.dead_letter}-pull", wait_seconds=20, expect=2)
     reasons = sorted(attributes["dead_letter_reason"] for _, attributes in dead)
     assert reasons == ["DELIVERED without messageId, phone or eventId", "event data is not JSON"]
@@ -108,13 +118,28 @@ def test_user_messages_typing_and_opt_out_are_recorded_once(subscriber):
     ]
     for payload in texts + texts:
         push(send, payload)
-    push(send, {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventType": "IS_TYPING", "eventId": "t-1",
-                "sendTime": "2026-01-01T00:04:00Z"})
+    push(
+        send,
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": AGENT,
+            "eventType": "IS_TYPING",
+            "eventId": "t-1",
+            "sendTime": "2026-01-01T00:04:00Z",
+        },
+    )
     push(send, receipt("SUBSCRIBE", "s-1", minute=6) | {"messageId": None})
     push(send, receipt("UNSUBSCRIBE", "s-0", minute=5) | {"messageId": None})  # older: must not win
     push(send, receipt("UNSUBSCRIBE", "s-2", minute=7) | {"messageId": None})
-    doc = wait_for(lambda: (s := conversation().get()).exists and s.get("subscription_changed_at")
-                   and s.get("subscription_changed_at").minute == 7 and s.get("last_typing_at") and s)
+    doc = wait_for(
+        lambda: (
+            (s := conversation().get()).exists
+            and s.get("subscription_changed_at")
+            and s.get("subscription_changed_at").minute == 7
+            and s.get("last_typing_at")
+            and s
+        )
+    )
     assert doc.get("opted_out") is True
     assert doc.get("last_activity_at").minute == 3
     stored = {s.id: s.to_dict() for s in conversation().collection("messages").stream()}
@@ -135,8 +160,14 @@ LONE = json.loads('"\\ud83d"')  # half an emoji: json.loads accepts it, Firestor
 
 
 def user_text(message_id, text="hi", phone=PHONE, **fields):
-    return {"senderPhoneNumber": phone, "agentId": AGENT, "messageId": message_id, "sendTime": "2026-01-01T00:09:00Z",
-            "text": text, **fields}
+    return {
+        "senderPhoneNumber": phone,
+        "agentId": AGENT,
+        "messageId": message_id,
+        "sendTime": "2026-01-01T00:09:00Z",
+        "text": text,
+        **fields,
+    }
 
 
 UNSTORABLE = {
@@ -216,8 +247,16 @@ def _stored(target):
 def test_text_that_is_not_valid_unicode_is_stored_with_the_bad_part_replaced(subscriber):
     send = subscriber("record_inbound")
     push(send, user_text("u-half", text="see you " + LONE))
-    push(send, {"senderPhoneNumber": PHONE, "agentId": AGENT, "eventId": "u-chip", "sendTime": "2026-01-01T00:10:00Z",
-                "suggestionResponse": {"postbackData": "pick" + LONE, "text": LONE + "Yes", "type": "REPLY"}})
+    push(
+        send,
+        {
+            "senderPhoneNumber": PHONE,
+            "agentId": AGENT,
+            "eventId": "u-chip",
+            "sendTime": "2026-01-01T00:10:00Z",
+            "suggestionResponse": {"postbackData": "pick" + LONE, "text": LONE + "Yes", "type": "REPLY"},
+        },
+    )
     stored = wait_for(
         lambda: len(docs := {s.id: s.to_dict() for s in conversation().collection("messages").stream()}) == 2 and docs
     )

@@ -26,10 +26,19 @@ def seed(
     past = deadline or store.now() - timedelta(seconds=1)
     ids = []
     for i in range(start, start + count):
-        m = Message(f"msg-{i:05d}", phone(i), AGENT, state=state, fallback=fallback, fallback_text=f"fallback {i}",
-                    time_sensitive=time_sensitive, content={"text": f"rcs {i}"}, revoke_at=past,
-                    next_action_at=past if state in (State.SENT, State.PENDING, State.REVOKE_FAILED) else None,
-                    fallback_at=past if fallback is Fallback.DUE else None)
+        m = Message(
+            f"msg-{i:05d}",
+            phone(i),
+            AGENT,
+            state=state,
+            fallback=fallback,
+            fallback_text=f"fallback {i}",
+            time_sensitive=time_sensitive,
+            content={"text": f"rcs {i}"},
+            revoke_at=past,
+            next_action_at=past if state in (State.SENT, State.PENDING, State.REVOKE_FAILED) else None,
+            fallback_at=past if fallback is Fallback.DUE else None,
+        )
         batch = store.client().batch()
         batch.set(store.messages().document(m.message_id), m.to_doc())
         batch.commit()
@@ -71,8 +80,12 @@ def at_once(*calls):
 
 def queue(rbm, message_id, i):
     """Sends the message to the fake platform, so it is queued there and revocable."""
-    requests.post(f"{rbm.url}/v1/phones/{phone(i)}/agentMessages", params={"messageId": message_id, "agentId": AGENT},
-                  json={"contentMessage": {"text": "x"}}, timeout=5)
+    requests.post(
+        f"{rbm.url}/v1/phones/{phone(i)}/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": {"text": "x"}},
+        timeout=5,
+    )
 
 
 def test_two_sweeps_at_once_revoke_once_and_text_once_over_300_messages(revoker, fallbacks, rbm, twilio):

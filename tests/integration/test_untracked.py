@@ -17,9 +17,14 @@ EVENTS = ("TTL_EXPIRATION_REVOKE_FAILED", "TTL_EXPIRATION_REVOKED", "DELIVERED",
 
 def event(event_type: str, message_id: str, n: int) -> dict:
     server = event_type.startswith("TTL_")
-    return {"phoneNumber" if server else "senderPhoneNumber": "+447700900321", "eventType": event_type,
-            "eventId": f"{message_id}-e{n}", "messageId": message_id, "agentId": AGENT,
-            "sendTime": f"2026-01-01T00:0{n}:00Z"}
+    return {
+        "phoneNumber" if server else "senderPhoneNumber": "+447700900321",
+        "eventType": event_type,
+        "eventId": f"{message_id}-e{n}",
+        "messageId": message_id,
+        "agentId": AGENT,
+        "sendTime": f"2026-01-01T00:0{n}:00Z",
+    }
 
 
 @pytest.fixture
@@ -58,8 +63,17 @@ def test_events_about_another_systems_messages_are_recorded_and_never_acted_on(s
 def test_a_legacy_untracked_message_that_is_due_is_dropped_from_the_sweeps_at_its_first_claim(sweeps, rbm, twilio):
     """Written before untracked messages were kept from becoming due."""
     past = store.now() - timedelta(seconds=1)
-    legacy = Message("legacy-1", "+447700900654", AGENT, state=State.REVOKE_FAILED, fallback=Fallback.DUE,
-                     fallback_text="sms", tracked=False, next_action_at=past, fallback_at=past)
+    legacy = Message(
+        "legacy-1",
+        "+447700900654",
+        AGENT,
+        state=State.REVOKE_FAILED,
+        fallback=Fallback.DUE,
+        fallback_text="sms",
+        tracked=False,
+        next_action_at=past,
+        fallback_at=past,
+    )
     store.update_message(legacy.message_id, lambda _: legacy)
 
     first = sweeps()

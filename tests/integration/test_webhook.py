@@ -25,8 +25,14 @@ def signed(event: dict, token: str = TOKEN) -> tuple[bytes, dict]:
 
 
 def receipt(event_id="e1") -> dict:
-    return {"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": event_id, "messageId": "m1",
-            "sendTime": "2026-01-01T00:00:01Z", "agentId": "agent@rbm.goog"}
+    return {
+        "senderPhoneNumber": PHONE,
+        "eventType": "DELIVERED",
+        "eventId": event_id,
+        "messageId": "m1",
+        "sendTime": "2026-01-01T00:00:01Z",
+        "agentId": "agent@rbm.goog",
+    }
 
 
 @pytest.fixture
@@ -45,8 +51,13 @@ def test_signed_event_arrives_once_verbatim_with_its_attributes(webhook):
     assert response.status_code == 200
     [(data, attributes)] = pull_all(PROJECT, events.subscription, wait_seconds=3)
     assert data == json.dumps(receipt()).encode()
-    assert attributes == {"kind": "user_event", "event_type": "DELIVERED", "event_id": "e1", "message_id": "m1",
-                          "agent_id": "agent@rbm.goog"}
+    assert attributes == {
+        "kind": "user_event",
+        "event_type": "DELIVERED",
+        "event_id": "e1",
+        "message_id": "m1",
+        "agent_id": "agent@rbm.goog",
+    }
 
 
 def test_rejected_requests_publish_nothing(webhook):
@@ -94,8 +105,14 @@ def test_missing_topic_answers_503(functions, pubsub_emulator):
 
 
 def test_unreachable_pubsub_answers_503_within_the_bound(functions):
-    process = functions("receive_webhook", env={
-        "RBM_CLIENT_TOKEN": TOKEN, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}", "PUBLISH_TIMEOUT_SECONDS": "1"})
+    process = functions(
+        "receive_webhook",
+        env={
+            "RBM_CLIENT_TOKEN": TOKEN,
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
+            "PUBLISH_TIMEOUT_SECONDS": "1",
+        },
+    )
     response = requests.post(process.url, data=signed(receipt())[0], headers=signed(receipt())[1], timeout=15)
     assert response.status_code == 503
     assert response.elapsed.total_seconds() < 5

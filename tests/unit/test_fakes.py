@@ -212,7 +212,11 @@ def test_scripted_429_and_503_carry_retry_after(rbm, retry_after):
     rbm.script("revoke", "m1", [503], retry_after=retry_after)
     answers = [create(rbm, message_id="m1") for _ in range(4)]
     assert [(a.status_code, a.headers.get("Retry-After")) for a in answers] == [
-        (429, retry_after), (503, retry_after), (500, None), (200, None)]
+        (429, retry_after),
+        (503, retry_after),
+        (500, None),
+        (200, None),
+    ]
     throttled = revoke(rbm, "m1")
     assert_google_error(throttled, 503, "UNAVAILABLE")
     assert throttled.headers["Retry-After"] == retry_after and rbm.messages["m1"]["state"] == "queued"
@@ -254,8 +258,11 @@ def test_a_dropped_revoke_revokes_and_its_retry_is_404(rbm):
 
 
 def test_controls_name_create_or_revoke(rbm):
-    for control in (lambda: rbm.drop("event", PHONE), lambda: rbm.set_latency("delete", PHONE, 1),
-                    lambda: rbm.script("capabilities", PHONE, [500])):
+    for control in (
+        lambda: rbm.drop("event", PHONE),
+        lambda: rbm.set_latency("delete", PHONE, 1),
+        lambda: rbm.script("capabilities", PHONE, [500]),
+    ):
         with pytest.raises(ValueError):
             control()
 
@@ -529,8 +536,12 @@ def test_twilio_errors_use_twilio_bodies(twilio):
 def test_twilio_invalid_number_names_the_number_in_full_as_twilio_does(twilio):
     twilio.script([400])
     body = twilio_send(twilio).json()
-    assert body == {"code": 21211, "message": f"The 'To' number {PHONE} is not a valid phone number.",
-                    "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}
+    assert body == {
+        "code": 21211,
+        "message": f"The 'To' number {PHONE} is not a valid phone number.",
+        "more_info": "https://www.twilio.com/docs/errors/21211",
+        "status": 400,
+    }
     assert (
         twilio_send(twilio, To="555", From="+15557770000", Body="x").json()["message"]
         == "The 'To' number 555 is not a valid phone number."

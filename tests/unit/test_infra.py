@@ -44,7 +44,12 @@ NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", 
 SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
 # The jsonPayload.event values the log-based metrics count (infra/README.md).
 METRIC_EVENTS = {
-    "signature_rejected", "event_published", "message_revoked", "sms_sent", "fallback_unknown", "event_dead_lettered",
+    "signature_rejected",
+    "event_published",
+    "message_revoked",
+    "sms_sent",
+    "fallback_unknown",
+    "event_dead_lettered",
 }
 SWEEPS = {"revoke_expired", "send_fallbacks"}
 WORKER = "process_due_work"
@@ -75,8 +80,12 @@ def entry_points() -> dict[str, tuple[str, ast.FunctionDef]]:
     for node in _parse(ROOT / "main.py").body:
         if isinstance(node, ast.FunctionDef):
             for d in node.decorator_list:
-                if (isinstance(d, ast.Attribute) and isinstance(d.value, ast.Name)
-                        and d.value.id == "functions_framework" and d.attr in ("http", "cloud_event")):
+                if (
+                    isinstance(d, ast.Attribute)
+                    and isinstance(d.value, ast.Name)
+                    and d.value.id == "functions_framework"
+                    and d.attr in ("http", "cloud_event")
+                ):
                     found[node.name] = (d.attr, node)
     return found
 
@@ -113,18 +122,27 @@ def module_closure(start: set[str]) -> set[str]:
 
 
 def _string_constants(tree: ast.Module) -> dict[str, str]:
-    return {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
-            and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
-            for t in n.targets if isinstance(t, ast.Name)}
+    return {
+        t.id: n.value.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
 
 
 def _is_os_environ(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "environ"
-            and isinstance(node.value, ast.Name) and node.value.id == "os")
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    )
 
 
 def direct_reads(tree: ast.AST, constants: dict[str, str]) -> set[str]:
     """Names read with env() / env_int() / env_float(), os.environ or os.getenv."""
+
     def literal(node):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return node.value
@@ -137,7 +155,8 @@ def direct_reads(tree: ast.AST, constants: dict[str, str]) -> set[str]:
             called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
             environ_get = isinstance(f, ast.Attribute) and (
                 (f.attr == "get" and _is_os_environ(f.value))
-                or (f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os"))
+                or (f.attr == "getenv" and isinstance(f.value, ast.Name) and f.value.id == "os")
+            )
             if called in ENV_READERS or environ_get:
                 names.add(literal(node.args[0]))
         elif isinstance(node, ast.Subscript) and _is_os_environ(node.value):
@@ -152,8 +171,14 @@ def config_settings() -> dict[str, set[str]]:
     constants = _string_constants(tree)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     direct = {name: direct_reads(f, constants) for name, f in functions.items()}
-    calls = {name: {c.func.id for c in ast.walk(f) if isinstance(c, ast.Call)
-                    and isinstance(c.func, ast.Name) and c.func.id in functions} for name, f in functions.items()}
+    calls = {
+        name: {
+            c.func.id
+            for c in ast.walk(f)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in functions
+        }
+        for name, f in functions.items()
+    }
 
     def resolve(name, seen=frozenset()):
         return direct[name].union(*(resolve(c, seen | {name}) for c in calls[name] - seen - {name}))
@@ -215,8 +240,13 @@ def logged_events_match(event: str) -> bool:
 def test_main_exposes_the_design_entry_points():
     kinds = {name: kind for name, (kind, _) in entry_points().items()}
     assert kinds == {
-        "receive_webhook": "http", "track_delivery": "cloud_event", "record_inbound": "cloud_event",
-        "send_message": "http", "revoke_expired": "http", "send_fallbacks": "http", "process_due_work": "cloud_event",
+        "receive_webhook": "http",
+        "track_delivery": "cloud_event",
+        "record_inbound": "cloud_event",
+        "send_message": "http",
+        "revoke_expired": "http",
+        "send_fallbacks": "http",
+        "process_due_work": "cloud_event",
     }
 
 
@@ -229,8 +259,13 @@ def test_settings_analysis_sees_through_config_and_imports():
     assert "SWEEP_BUDGET_SECONDS" not in settings_read("receive_webhook")
     # The due work: the worker reads the acting's settings through functions/due.py,
     # and whoever may hand work over reads the work topic.
-    assert {"RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "REVOKE_GRACE_SECONDS", "SWEEP_PARALLELISM",
-            "LEASE_SECONDS"} <= settings_read(WORKER)
+    assert {
+        "RBM_SERVICE_ACCOUNT_KEY",
+        "TWILIO_AUTH_TOKEN",
+        "REVOKE_GRACE_SECONDS",
+        "SWEEP_PARALLELISM",
+        "LEASE_SECONDS",
+    } <= settings_read(WORKER)
     assert {"SCHEDULE_PERIOD_SECONDS", "WORK_ITEM_SIZE", "RBM_WORK_TOPIC"} <= settings_read("revoke_expired")
     assert {ep for ep in entry_points() if "RBM_WORK_TOPIC" in settings_read(ep)} >= WORK_PUBLISHERS
     assert "RBM_WORK_TOPIC" not in settings_read("receive_webhook") | settings_read("record_inbound")
@@ -433,7 +468,8 @@ def test_terraform_pubsub_comes_from_topology_json():
         "max_delivery_attempts": "${local.topology.max_delivery_attempts}",
     }
     assert _block(push, "retry_policy") == {
-        "minimum_backoff": "${local.topology.minimum_backoff}", "maximum_backoff": "${local.topology.maximum_backoff}",
+        "minimum_backoff": "${local.topology.minimum_backoff}",
+        "maximum_backoff": "${local.topology.maximum_backoff}",
     }
     push_config = _block(push, "push_config")
     target = "google_cloudfunctions2_function.this[each.value.entry_point]"
@@ -605,8 +641,12 @@ def _deploy_helper() -> str:
 
 def gcloud_archive(root: Path) -> bytes:
     """The zip deploy.sh uploads for the tree at `root`."""
-    return subprocess.run([sys.executable, "-c", _deploy_helper(), "source-zip", str(root), str(SOURCE_LIST)],
-                          capture_output=True, timeout=120, check=True).stdout
+    return subprocess.run(
+        [sys.executable, "-c", _deploy_helper(), "source-zip", str(root), str(SOURCE_LIST)],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def terraform_files(root: Path) -> list[str]:
@@ -616,8 +656,15 @@ def terraform_files(root: Path) -> list[str]:
     expression = expression.replace("local.source_patterns", patterns).replace(
         "local.source_dir", json.dumps(str(root))
     )
-    result = subprocess.run(["terraform", "console"], input=f"jsonencode({expression})\n", capture_output=True,
-                            text=True, timeout=120, cwd=root.parent, check=True)
+    result = subprocess.run(
+        ["terraform", "console"],
+        input=f"jsonencode({expression})\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root.parent,
+        check=True,
+    )
     return json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
@@ -634,10 +681,22 @@ def working_tree(tmp_path: Path) -> Path:
     ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(f"# {name}\n")
-    for name in (".venv/lib/python3.11/site-packages/functions/x.py", ".venv-checkov/bin/checkov", ".ruff_cache/a.json",
-                 ".pytest_cache/v/x", "functions/__pycache__/config.cpython-311.pyc", "rbm-key.json",
-                 "requirements-checkov.txt", "requirements-dev.txt", "notes.txt", "tests/unit/test_x.py",
-                 "local/fake_rbm.py", "infra/topology.json", ".git/HEAD", ".terraform/rbm-relay-source.zip"):
+    for name in (
+        ".venv/lib/python3.11/site-packages/functions/x.py",
+        ".venv-checkov/bin/checkov",
+        ".ruff_cache/a.json",
+        ".pytest_cache/v/x",
+        "functions/__pycache__/config.cpython-311.pyc",
+        "rbm-key.json",
+        "requirements-checkov.txt",
+        "requirements-dev.txt",
+        "notes.txt",
+        "tests/unit/test_x.py",
+        "local/fake_rbm.py",
+        "infra/topology.json",
+        ".git/HEAD",
+        ".terraform/rbm-relay-source.zip",
+    ):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("must not ship\n")
     (root / "main.py").chmod(0o755)  # a checkout's modes vary; the archive's must not
@@ -755,7 +814,7 @@ def flag(command: list[str], name: str) -> str:
 
 
 def commands(config: str, *prefix: str) -> list[list[str]]:
-    return [c for c in dry_run(config) if c[:len(prefix)] == list(prefix)]
+    return [c for c in dry_run(config) if c[: len(prefix)] == list(prefix)]
 
 
 def deploys(config: str) -> dict[str, list[str]]:
@@ -814,7 +873,7 @@ def env_vars(value: str) -> dict[str, str]:
     another delimiter (`gcloud topic escaping`)."""
     delimiter = ","
     if escaped := re.match(r"\^(.)\^", value):
-        delimiter, value = escaped.group(1), value[escaped.end():]
+        delimiter, value = escaped.group(1), value[escaped.end() :]
     return dict(pair.split("=", 1) for pair in value.split(delimiter) if pair)
 
 
@@ -898,17 +957,21 @@ def test_dry_run_work_subscription_follows_topology_json():
         TOPOLOGY["dead_letter_topic"],
         WORK["dead_letter_topic"],
     }
-    assert any(c[4] == WORK["subscription"] and flag(c, "--member") == agent
-               for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "add-iam-policy-binding"))
+    assert any(
+        c[4] == WORK["subscription"] and flag(c, "--member") == agent
+        for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "add-iam-policy-binding")
+    )
 
 
 def test_dry_run_grants_publishing_as_terraform_does():
     names = {f["name"]: ep for ep, f in functions_table().items()}
     topics = {"events": TOPOLOGY["events_topic"], "dead_letter": TOPOLOGY["dead_letter_topic"], "work": WORK["topic"]}
     for config in DRY_RUN_CONFIGS:
-        granted = {(names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], c[4])
-                   for c in commands(config, "gcloud", "pubsub", "topics", "add-iam-policy-binding")
-                   if flag(c, "--member").startswith("serviceAccount:rbm-")}
+        granted = {
+            (names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], c[4])
+            for c in commands(config, "gcloud", "pubsub", "topics", "add-iam-policy-binding")
+            if flag(c, "--member").startswith("serviceAccount:rbm-")
+        }
         assert granted == {(ep, topics[t]) for ep, f in functions_table().items() for t in f["publishes"]}
         assert {ep for ep, topic in granted if topic == WORK["topic"]} == WORK_PUBLISHERS
 
@@ -937,7 +1000,6 @@ def test_dry_run_schedules_the_sweeps_and_counts_the_events():
             assert env_vars(flag(deploys("twilio")[ep], "--set-env-vars"))["SCHEDULE_PERIOD_SECONDS"] == str(period)
     metrics = {c[4].removeprefix("rbm_relay/") for c in commands("twilio", "gcloud", "logging", "metrics", "create")}
     assert metrics == set(locals_()["log_events"])
-
 
 
 # --- first apply, access and alerting choices ----------------------------------------------------
@@ -969,7 +1031,8 @@ def test_firestore_access_is_held_to_the_one_database():
     for c in commands("twilio", "gcloud", "projects", "add-iam-policy-binding"):
         if flag(c, "--role") == "roles/datastore.user":
             assert flag(c, "--condition") == (
-                'expression=resource.name == "projects/demo-project/databases/(default)",title=rbm-relay database')
+                'expression=resource.name == "projects/demo-project/databases/(default)",title=rbm-relay database'
+            )
 
 
 def test_builds_may_read_the_staged_source_only():
@@ -1030,14 +1093,15 @@ def _sdk_tree_file() -> Path | None:
 
 
 needs_gcloud = pytest.mark.skipif(
-    _sdk_tree_file() is None, reason="gcloud (with its data/cli/gcloud_completions.py command tree) is not installed")
+    _sdk_tree_file() is None, reason="gcloud (with its data/cli/gcloud_completions.py command tree) is not installed"
+)
 
 
 @cache
 def sdk_tree() -> dict:
     """The installed SDK's command tree: {"commands": {name: node}, "flags": {flag: "bool"|"value"|[choices]}}."""
     text = _sdk_tree_file().read_text()
-    return json.loads(text[text.index("{"):])
+    return json.loads(text[text.index("{") :])
 
 
 def command_problems(words: list[str]) -> list[str]:
@@ -1075,7 +1139,7 @@ def listed_commands(config: str) -> list[list[str]]:
     for line in dry_run_listing(config).splitlines():
         for prefix in LOOKUP_PREFIXES:
             if line.startswith(prefix):
-                line = line[len(prefix):]
+                line = line[len(prefix) :]
         if line.strip() and not line.startswith("#"):
             commands.append(shlex.split(line))
     return commands
@@ -1108,14 +1172,16 @@ def test_the_components_deploy_sh_needs_are_installed():
 @needs_gcloud
 def test_the_check_catches_a_command_outside_its_release_track():
     assert command_problems(["gcloud", "monitoring", "policies", "create", "--policy={}", "--project=p"]) == [
-        "`gcloud monitoring` is a command group, and 'policies' is not one of its commands"]
+        "`gcloud monitoring` is a command group, and 'policies' is not one of its commands"
+    ]
     assert command_problems(["gcloud", "alpha", "monitoring", "policies", "create", "--policy={}", "--project=p"]) == []
 
 
 @needs_gcloud
 def test_the_check_catches_a_wrong_flag_and_a_wrong_choice():
     assert command_problems(["gcloud", "pubsub", "topics", "create", "t", "--label=a=b"]) == [
-        "`gcloud pubsub topics create` has no flag --label"]
+        "`gcloud pubsub topics create` has no flag --label"
+    ]
     assert command_problems(["gcloud", "functions", "deploy", "f", "--ingress-settings=internal"]) == [
         "`gcloud functions deploy` --ingress-settings=internal: "
         "not one of ['all', 'internal-and-gclb', 'internal-only']"
@@ -1128,8 +1194,12 @@ def test_the_check_catches_a_wrong_flag_and_a_wrong_choice():
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 def test_terraform_is_formatted():
-    result = subprocess.run(["terraform", "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["terraform", "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -1142,9 +1212,22 @@ def _checkov() -> str | None:
 @pytest.mark.skipif(_checkov() is None, reason="checkov is not installed (set CHECKOV to its executable)")
 def test_checkov_finds_nothing_unexplained():
     result = subprocess.run(
-        [_checkov(), "-d", str(TERRAFORM), "--framework", "terraform", "--quiet", "--compact", "--skip-download",
-         "-o", "json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            _checkov(),
+            "-d",
+            str(TERRAFORM),
+            "--framework",
+            "terraform",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     reports = json.loads(result.stdout)
     for report in reports if isinstance(reports, list) else [reports]:

@@ -115,10 +115,16 @@ def block_problems(schema: dict, body: dict, where: str, meta: set[str] = frozen
             problems.append(f"{where}: unknown {'block' if is_block(value) else 'argument'} {key!r}")
         elif is_block(value):
             problems.append(f"{where}: {key!r} is an argument, not a block")
-    problems += [f"{where}: required argument {a!r} missing"
-                 for a, need in schema["arguments"].items() if need == "required" and a not in body]
-    problems += [f"{where}: required block {b!r} missing"
-                 for b, spec in schema["blocks"].items() if spec["required"] and b not in given_blocks]
+    problems += [
+        f"{where}: required argument {a!r} missing"
+        for a, need in schema["arguments"].items()
+        if need == "required" and a not in body
+    ]
+    problems += [
+        f"{where}: required block {b!r} missing"
+        for b, spec in schema["blocks"].items()
+        if spec["required"] and b not in given_blocks
+    ]
     return problems
 
 
@@ -199,8 +205,11 @@ def reference_problems(file: str, parsed: dict, declared: dict, local_names: set
             reference = f"{data}{type_}.{local_name}"
             if (kind, type_, local_name) not in declared:
                 problems.append(f"{file}: {reference}: no {kind} {type_!r} {local_name!r} is declared")
-            elif (schema := declared[kind, type_, local_name]) and attribute and \
-                    attribute not in {*schema["arguments"], *schema["attributes"], *schema["blocks"]}:
+            elif (
+                (schema := declared[kind, type_, local_name])
+                and attribute
+                and attribute not in {*schema["arguments"], *schema["attributes"], *schema["blocks"]}
+            ):
                 problems.append(f"{file}: {reference}.{attribute}: {type_} has no attribute {attribute!r}")
     return problems
 
@@ -292,7 +301,8 @@ def test_a_misspelt_argument_is_caught(module_copy):
     inspect = "  topic                      = google_pubsub_topic.dead_letter.id\n"
     _edit(module_copy / "pubsub.tf", inspect, inspect + "  retain_acked_message       = false\n")
     assert schema_problems(module_copy) == [
-        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: unknown argument 'retain_acked_message'"]
+        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: unknown argument 'retain_acked_message'"
+    ]
 
 
 def test_a_misspelt_nested_argument_is_caught(module_copy):
@@ -305,13 +315,15 @@ def test_a_misspelt_nested_argument_is_caught(module_copy):
 def test_a_missing_required_argument_is_caught(module_copy):
     _edit(module_copy / "pubsub.tf", "  topic                      = google_pubsub_topic.dead_letter.id\n", "")
     assert schema_problems(module_copy) == [
-        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: required argument 'topic' missing"]
+        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: required argument 'topic' missing"
+    ]
 
 
 def test_a_missing_required_block_is_caught(module_copy):
     _edit(module_copy / "secrets.tf", "  replication {\n    auto {}\n  }\n", "")
     assert schema_problems(module_copy) == [
-        "secrets.tf: google_secret_manager_secret.this: required block 'replication' missing"]
+        "secrets.tf: google_secret_manager_secret.this: required block 'replication' missing"
+    ]
 
 
 def test_an_unknown_type_and_a_wrong_reference_are_caught(module_copy):
@@ -326,8 +338,10 @@ def test_an_unknown_type_and_a_wrong_reference_are_caught(module_copy):
         "pubsub.tf: google_pubsub_topics.events: no resource type 'google_pubsub_topics' in provider 'google'"
         in problems
     )
-    assert ("scheduler.tf: google_service_account.scheduler.mail: google_service_account has no attribute 'mail'"
-            in problems)
+    assert (
+        "scheduler.tf: google_service_account.scheduler.mail: google_service_account has no attribute 'mail'"
+        in problems
+    )
 
 
 VERSIONING = "  versioning {\n    enabled = true\n  }\n"
@@ -358,8 +372,11 @@ def test_a_block_written_as_an_argument_is_caught(module_copy, block, argument, 
 
 
 def test_an_argument_written_as_a_block_is_caught(module_copy):
-    _edit(module_copy / "source.tf", "  labels                      = local.common_labels\n",
-          '  labels {\n    app = "rbm-relay"\n  }\n')
+    _edit(
+        module_copy / "source.tf",
+        "  labels                      = local.common_labels\n",
+        '  labels {\n    app = "rbm-relay"\n  }\n',
+    )
     assert schema_problems(module_copy) == [
         "source.tf: google_storage_bucket.source: 'labels' is an argument, not a block"
     ]
@@ -368,7 +385,8 @@ def test_an_argument_written_as_a_block_is_caught(module_copy):
 def test_a_dynamic_blocks_content_written_as_an_argument_is_caught(module_copy):
     _edit(module_copy / "firestore.tf", "    content {\n", "    content = {\n")
     assert schema_problems(module_copy) == [
-        "firestore.tf: google_firestore_index.this.fields: 'content' is a block, not an argument (dynamic)"]
+        "firestore.tf: google_firestore_index.this.fields: 'content' is a block, not an argument (dynamic)"
+    ]
 
 
 def test_references_to_undeclared_resources_and_data_sources_are_caught(module_copy):
@@ -379,8 +397,11 @@ def test_references_to_undeclared_resources_and_data_sources_are_caught(module_c
         "= google_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
         "= gogle_service_account.push.email\n      audience              = google_cloudfunctions2_function.this[each",
     )
-    _edit(module_copy / "source.tf", "  depends_on = [google_project_service.this]\n",
-          "  depends_on = [google_project_services.this]\n")
+    _edit(
+        module_copy / "source.tf",
+        "  depends_on = [google_project_service.this]\n",
+        "  depends_on = [google_project_services.this]\n",
+    )
     assert sorted(schema_problems(module_copy)) == [
         "locals.tf: google_pubsub_topic.evnts: no resource 'google_pubsub_topic' 'evnts' is declared",
         "pubsub.tf: gogle_service_account.push: no resource 'gogle_service_account' 'push' is declared",
@@ -390,8 +411,11 @@ def test_references_to_undeclared_resources_and_data_sources_are_caught(module_c
 
 
 def test_a_reference_inside_an_index_or_a_string_template_is_read(module_copy):
-    _edit(module_copy / "iam.tf", "google_cloudfunctions2_function.this[each.value.function].name",
-          "google_cloudfunctions2_function.this[google_service_account.nobody.name].name")
+    _edit(
+        module_copy / "iam.tf",
+        "google_cloudfunctions2_function.this[each.value.function].name",
+        "google_cloudfunctions2_function.this[google_service_account.nobody.name].name",
+    )
     _edit(
         module_copy / "monitoring.tf",
         'resource.labels.subscription_id=\\"${google_pubsub_subscription.dead_letter_inspect.',
@@ -405,12 +429,12 @@ def test_a_reference_inside_an_index_or_a_string_template_is_read(module_copy):
 
 
 def test_named_values_for_variables_and_provider_functions_are_not_taken_for_resources(module_copy):
-    (module_copy / "extra.tf").write_text('''
+    (module_copy / "extra.tf").write_text("""
 resource "google_pubsub_topic" "extra" {
   count   = 2
   project = var.project_id
   name    = "extra-${count.index}-${terraform.workspace}-${provider::google::region_from_zone("${var.region}-a")}"
   labels  = { for key, value in local.common_labels : key => value if value != "a.b" }
 }
-''')
+""")
     assert schema_problems(module_copy) == []

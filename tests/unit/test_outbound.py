@@ -25,21 +25,24 @@ def test_record_is_pending_with_its_deadline_and_fallback():
     assert parse(OK, "a").record(now, 30).fallback is Fallback.NONE
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"phone": "+0123456789"}, "E.164"),
-    ({"phone": "+1 415 555 0123"}, "E.164"),
-    ({"content": "hi"}, "content"),
-    ({"message_id": 5}, "UUID"),
-    ({"revoke_after_seconds": 9}, "revoke_after_seconds"),
-    ({"revoke_after_seconds": 31 * 86400}, "revoke_after_seconds"),
-    ({"revoke_after_seconds": True}, "revoke_after_seconds"),
-    ({"traffic_type": "authentication"}, "traffic_type"),
-    ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
-    ({"traffic_type": {}}, "traffic_type"),
-    ({"fallback": "text"}, "fallback"),
-    ({"fallback": {}}, "fallback.text"),
-    ({"fallback": {"text": "x", "time_sensitive": 1}}, "time_sensitive"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"phone": "+0123456789"}, "E.164"),
+        ({"phone": "+1 415 555 0123"}, "E.164"),
+        ({"content": "hi"}, "content"),
+        ({"message_id": 5}, "UUID"),
+        ({"revoke_after_seconds": 9}, "revoke_after_seconds"),
+        ({"revoke_after_seconds": 31 * 86400}, "revoke_after_seconds"),
+        ({"revoke_after_seconds": True}, "revoke_after_seconds"),
+        ({"traffic_type": "authentication"}, "traffic_type"),
+        ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
+        ({"traffic_type": {}}, "traffic_type"),
+        ({"fallback": "text"}, "fallback"),
+        ({"fallback": {}}, "fallback.text"),
+        ({"fallback": {"text": "x", "time_sensitive": 1}}, "time_sensitive"),
+    ],
+)
 def test_each_rule_names_what_is_wrong(change, reason):
     with pytest.raises(InvalidRequest, match=reason):
         parse(OK | change, "a")
@@ -153,24 +156,36 @@ def test_nesting_deeper_than_firestore_stores_is_refused_before_it_is_walked():
         parse(OK | {"content": {"text": "x", "extra": nested(5000)}}, "a")  # no RecursionError either
 
 
-@pytest.mark.parametrize("content", [
-    {"text": "x" * 3072, "suggestions": [reply("x" * 25)] * 11},
-    {"text": "😀" * 3072},  # characters, not bytes
-    {"uploadedRbmFile": {"fileName": "files/abc"}},
-    {"contentInfo": {"fileUrl": "https://example.com/a.png"}},
-    {"richCard": {"standaloneCard": {"cardContent": card(title="x" * 200, description="x" * 2000,
-                                                         suggestions=[reply()] * 4)}}},
-    {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()] * 10}}},
-    {"text": "hi", "futureField": {"__": [1, {"a": [2]}]}},  # unknown fields go to RBM as they are
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"text": "x" * 3072, "suggestions": [reply("x" * 25)] * 11},
+        {"text": "😀" * 3072},  # characters, not bytes
+        {"uploadedRbmFile": {"fileName": "files/abc"}},
+        {"contentInfo": {"fileUrl": "https://example.com/a.png"}},
+        {
+            "richCard": {
+                "standaloneCard": {
+                    "cardContent": card(title="x" * 200, description="x" * 2000, suggestions=[reply()] * 4)
+                }
+            }
+        },
+        {"richCard": {"carouselCard": {"cardWidth": "MEDIUM", "cardContents": [card()] * 10}}},
+        {"text": "hi", "futureField": {"__": [1, {"a": [2]}]}},  # unknown fields go to RBM as they are
+    ],
+)
 def test_content_at_the_documented_limits_is_accepted(content):
     assert parse(OK | {"content": content}, "a").content == content
 
 
 # A reused message_id: the same request answers the stored message, any other is refused.
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-FULL = OK | {"message_id": "6f1c1c52-5d6e-4c54-9b8a-3e4c1f0d2a11", "revoke_after_seconds": 300,
-             "traffic_type": "AUTHENTICATION", "fallback": {"text": "code 1", "time_sensitive": True}}
+FULL = OK | {
+    "message_id": "6f1c1c52-5d6e-4c54-9b8a-3e4c1f0d2a11",
+    "revoke_after_seconds": 300,
+    "traffic_type": "AUTHENTICATION",
+    "fallback": {"text": "code 1", "time_sensitive": True},
+}
 
 
 def stored(body=FULL) -> Message:
@@ -178,26 +193,37 @@ def stored(body=FULL) -> Message:
 
 
 def test_the_same_request_has_the_same_fingerprint_whatever_its_spelling():
-    same = {"fallback": {"time_sensitive": True, "text": "code 1"}, "content": {"text": "hi"}, "agent_id": "agent",
-            "traffic_type": "AUTHENTICATION", "revoke_after_seconds": 300, "phone": "+14155550123",
-            "message_id": FULL["message_id"].upper()}
+    same = {
+        "fallback": {"time_sensitive": True, "text": "code 1"},
+        "content": {"text": "hi"},
+        "agent_id": "agent",
+        "traffic_type": "AUTHENTICATION",
+        "revoke_after_seconds": 300,
+        "phone": "+14155550123",
+        "message_id": FULL["message_id"].upper(),
+    }
     assert conflict(stored(), parse(same, "other-default")) is None
     assert parse(OK, "a").fingerprint == parse(OK | {"fallback": None, "agent_id": "a"}, "b").fingerprint
-    assert parse(OK | {"fallback": {"text": "t"}}, "a").fingerprint == \
-        parse(OK | {"fallback": {"text": "t", "time_sensitive": False}}, "a").fingerprint
+    assert (
+        parse(OK | {"fallback": {"text": "t"}}, "a").fingerprint
+        == parse(OK | {"fallback": {"text": "t", "time_sensitive": False}}, "a").fingerprint
+    )
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"content": {"text": "something else"}}, "different request"),
-    ({"revoke_after_seconds": 600}, "different request"),
-    ({"revoke_after_seconds": None}, "different request"),
-    ({"traffic_type": "TRANSACTION"}, "different request"),
-    ({"fallback": {"text": "code 2", "time_sensitive": True}}, "different request"),
-    ({"fallback": {"text": "code 1"}}, "different request"),
-    ({"fallback": None}, "different request"),
-    ({"phone": "+14155550000"}, "another recipient"),
-    ({"agent_id": "other-agent"}, "another recipient"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"content": {"text": "something else"}}, "different request"),
+        ({"revoke_after_seconds": 600}, "different request"),
+        ({"revoke_after_seconds": None}, "different request"),
+        ({"traffic_type": "TRANSACTION"}, "different request"),
+        ({"fallback": {"text": "code 2", "time_sensitive": True}}, "different request"),
+        ({"fallback": {"text": "code 1"}}, "different request"),
+        ({"fallback": None}, "different request"),
+        ({"phone": "+14155550000"}, "another recipient"),
+        ({"agent_id": "other-agent"}, "another recipient"),
+    ],
+)
 def test_a_reused_message_id_with_any_other_request_is_a_conflict(change, reason):
     assert reason in conflict(stored(), parse(FULL | change, "agent"))
 

@@ -30,8 +30,16 @@ def test_create_then_revoke_then_revoke_again(rbm):
     assert c.revoke_message(PHONE, "m1", AGENT).outcome is Outcome.NOT_FOUND
 
 
-@pytest.mark.parametrize("status, outcome", [(404, Outcome.NOT_FOUND), (400, Outcome.INVALID), (403, Outcome.FORBIDDEN),
-                                             (409, Outcome.ALREADY_EXISTS), (412, Outcome.INVALID)])
+@pytest.mark.parametrize(
+    "status, outcome",
+    [
+        (404, Outcome.NOT_FOUND),
+        (400, Outcome.INVALID),
+        (403, Outcome.FORBIDDEN),
+        (409, Outcome.ALREADY_EXISTS),
+        (412, Outcome.INVALID),
+    ],
+)
 def test_client_errors_are_typed_outcomes_and_not_retried(rbm, status, outcome):
     rbm.script("create", PHONE, [status])
     result = client(rbm).create_message(PHONE, "m1", AGENT, {"text": "hi"})

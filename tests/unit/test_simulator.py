@@ -440,8 +440,17 @@ def run_cli(receiver, *args, token=TOKEN):
 
 
 def test_command_line_serves_devices_and_sends_user_webhooks(receiver):
-    process = run_cli(receiver, "--register", "--device", f"{PHONE}:online", "--device", "+15550000002:not_rcs",
-                      "--user-writes", PHONE, "hello")
+    process = run_cli(
+        receiver,
+        "--register",
+        "--device",
+        f"{PHONE}:online",
+        "--device",
+        "+15550000002:not_rcs",
+        "--user-writes",
+        PHONE,
+        "hello",
+    )
     try:
         url = process.stdout.readline().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)

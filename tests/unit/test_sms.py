@@ -16,8 +16,13 @@ PHONE = "+15550000001"
 
 
 def _twilio(monkeypatch, url):
-    for name, value in {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": TOKEN, "TWILIO_FROM_NUMBER": "+15005550006",
-                        "TWILIO_MESSAGING_SERVICE_SID": "", "TWILIO_API_BASE": url}.items():
+    for name, value in {
+        "TWILIO_ACCOUNT_SID": SID,
+        "TWILIO_AUTH_TOKEN": TOKEN,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "TWILIO_MESSAGING_SERVICE_SID": "",
+        "TWILIO_API_BASE": url,
+    }.items():
         monkeypatch.setenv(name, value)
     return sms.Twilio()
 
@@ -116,12 +121,15 @@ class _Proxy(FakeServer):
         return self.answer
 
 
-@pytest.mark.parametrize("body, error", [
-    ({"code": PHONE, "error": "x"}, "provider 502"),  # a phone-shaped code is not recorded
-    ({"code": "155500000012"}, "provider 502"),
-    ("<html>Bad Gateway</html>", "provider 502"),
-    ({"code": 20500, "message": f"failed for {PHONE}"}, "provider 502, code 20500"),
-])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ({"code": PHONE, "error": "x"}, "provider 502"),  # a phone-shaped code is not recorded
+        ({"code": "155500000012"}, "provider 502"),
+        ("<html>Bad Gateway</html>", "provider 502"),
+        ({"code": 20500, "message": f"failed for {PHONE}"}, "provider 502, code 20500"),
+    ],
+)
 def test_only_a_code_shaped_code_is_recorded(monkeypatch, body, error):
     with _Proxy(502, body) as proxy:
         result = send(_webhook(monkeypatch, proxy.url))

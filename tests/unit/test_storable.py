@@ -19,20 +19,23 @@ def nested(levels: int) -> dict:
     return value
 
 
-@pytest.mark.parametrize("doc, reason", [
-    ({"text": LONE}, "text is not valid Unicode"),
-    ({"userFile": {"fileName": LONE}}, "userFile.fileName is not valid Unicode"),
-    ({"m": {json.loads('"k\\udc00"'): 1}}, "a field name in m is not valid Unicode"),
-    ({"m": {"__name__": 1}}, "reserves or refuses"),
-    ({"m": {"": 1}}, "reserves or refuses"),
-    ({"m": {"k" * 1501: 1}}, "field name over 1500 bytes"),
-    ({"n": 2 ** 63}, "integer outside 64 bits"),
-    ({"a": [[1]]}, "array directly inside an array"),
-    (nested(22), "deeper than 20 levels"),
-    ({"text": "x" * 1_048_487}, "over Firestore's 1048487"),
-    ({"a": "x" * 600_000, "b": "y" * 600_000}, "over Firestore's 1048576"),
-    ({"m": {f"k{i}": 0 for i in range(80_000)}}, "over Firestore's 10484"),  # under 1 MiB as JSON, over as stored
-])
+@pytest.mark.parametrize(
+    "doc, reason",
+    [
+        ({"text": LONE}, "text is not valid Unicode"),
+        ({"userFile": {"fileName": LONE}}, "userFile.fileName is not valid Unicode"),
+        ({"m": {json.loads('"k\\udc00"'): 1}}, "a field name in m is not valid Unicode"),
+        ({"m": {"__name__": 1}}, "reserves or refuses"),
+        ({"m": {"": 1}}, "reserves or refuses"),
+        ({"m": {"k" * 1501: 1}}, "field name over 1500 bytes"),
+        ({"n": 2**63}, "integer outside 64 bits"),
+        ({"a": [[1]]}, "array directly inside an array"),
+        (nested(22), "deeper than 20 levels"),
+        ({"text": "x" * 1_048_487}, "over Firestore's 1048487"),
+        ({"a": "x" * 600_000, "b": "y" * 600_000}, "over Firestore's 1048576"),
+        ({"m": {f"k{i}": 0 for i in range(80_000)}}, "over Firestore's 10484"),  # under 1 MiB as JSON, over as stored
+    ],
+)
 def test_documents_firestore_refuses_are_unstorable_with_a_reason(doc, reason):
     with pytest.raises(store.UnstorableError, match=reason.replace(".", r"\.")):
         store.check(REF, doc)
@@ -68,12 +71,24 @@ def test_repair_replaces_lone_surrogates_only():
     }
 
 
-@pytest.mark.parametrize("text, signals", [
-    ("STOP", (Signal.OPT_OUT,)), ("  stop ", (Signal.OPT_OUT,)), ("Stop\n", (Signal.OPT_OUT,)),
-    ("unsubscribe", (Signal.OPT_OUT,)), ("QUIT", (Signal.OPT_OUT,)), ("StopAll", (Signal.OPT_OUT,)),
-    ("start", (Signal.OPT_IN,)), (" Yes ", (Signal.OPT_IN,)), ("UNSTOP", (Signal.OPT_IN,)),
-    ("stop please", ()), ("please stop", ()), ("stopp", ()), ("", ()),
-])
+@pytest.mark.parametrize(
+    "text, signals",
+    [
+        ("STOP", (Signal.OPT_OUT,)),
+        ("  stop ", (Signal.OPT_OUT,)),
+        ("Stop\n", (Signal.OPT_OUT,)),
+        ("unsubscribe", (Signal.OPT_OUT,)),
+        ("QUIT", (Signal.OPT_OUT,)),
+        ("StopAll", (Signal.OPT_OUT,)),
+        ("start", (Signal.OPT_IN,)),
+        (" Yes ", (Signal.OPT_IN,)),
+        ("UNSTOP", (Signal.OPT_IN,)),
+        ("stop please", ()),
+        ("please stop", ()),
+        ("stopp", ()),
+        ("", ()),
+    ],
+)
 def test_typed_keywords_match_the_whole_text_ignoring_case_and_whitespace(text, signals):
     assert inbound.keyword_signals({"text": text}) == signals
 

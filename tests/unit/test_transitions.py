@@ -28,8 +28,15 @@ LEASE = timedelta(seconds=60)
 
 
 def sent(time_sensitive=False, fallback=Fallback.WAITING) -> Message:
-    m = Message("m1", "+15550001111", "agent", fallback=fallback, fallback_text="code 1234",
-                time_sensitive=time_sensitive, revoke_at=T0 + timedelta(minutes=5))
+    m = Message(
+        "m1",
+        "+15550001111",
+        "agent",
+        fallback=fallback,
+        fallback_text="code 1234",
+        time_sensitive=time_sensitive,
+        revoke_at=T0 + timedelta(minutes=5),
+    )
     return learn(m, Fact.ACCEPTED, T0)
 
 
@@ -54,8 +61,12 @@ events = st.lists(
 
 
 @settings(max_examples=500)
-@given(events=events, order=st.randoms(use_true_random=False), dupes=st.lists(st.integers(0, 7), max_size=6),
-       time_sensitive=st.booleans())
+@given(
+    events=events,
+    order=st.randoms(use_true_random=False),
+    dupes=st.lists(st.integers(0, 7), max_size=6),
+    time_sensitive=st.booleans(),
+)
 def test_any_order_with_duplicates_converges_to_the_canonical_document(events, order, dupes, time_sensitive):
     canonical = fold(sent(time_sensitive), sorted(events, key=lambda e: (e[2], e[1])))
     delivered = events + [events[i] for i in dupes if i < len(events)]
@@ -184,6 +195,7 @@ def test_an_interrupted_revoke_makes_later_claims_uncertain():
 
 # Only its own messages (DESIGN §3.9): another system's message is recorded, never acted on.
 
+
 def untracked() -> Message:
     """The minimal record track_delivery writes for an event about a message it never sent."""
     return Message("m9", "+15550002222", "agent", tracked=False)
@@ -228,15 +240,27 @@ def test_an_untracked_message_still_records_its_delivery_state():
     assert (m.state, m.delivered_at, m.applied) == (State.DELIVERED, T0 + timedelta(minutes=7), ["e1", "e2"])
 
 
-@pytest.mark.parametrize("claim", [
-    lambda m, now: claim_revoke(m, now, LEASE, "sweep"),
-    lambda m, now: claim_fallback(m, now, LEASE, "sweep", opted_out=False),
-])
+@pytest.mark.parametrize(
+    "claim",
+    [
+        lambda m, now: claim_revoke(m, now, LEASE, "sweep"),
+        lambda m, now: claim_fallback(m, now, LEASE, "sweep", opted_out=False),
+    ],
+)
 def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(claim):
     """Written before untracked messages were kept from becoming due: the first claim
     makes it due for neither sweep and holds it for none; a second finds nothing."""
-    legacy = Message("m9", "+15550002222", "agent", state=State.REVOKE_FAILED, fallback=Fallback.DUE, tracked=False,
-                     next_action_at=T0, fallback_at=T0, revoking=True)
+    legacy = Message(
+        "m9",
+        "+15550002222",
+        "agent",
+        state=State.REVOKE_FAILED,
+        fallback=Fallback.DUE,
+        tracked=False,
+        next_action_at=T0,
+        fallback_at=T0,
+        revoking=True,
+    )
     dropped = claim(legacy, T0 + LEASE)
     assert (dropped.next_action_at, dropped.fallback_at, dropped.lease_owner, dropped.tracked) == (
         None,
@@ -249,6 +273,7 @@ def test_a_legacy_untracked_message_that_is_due_is_dropped_at_its_first_claim(cl
 
 
 # record_inbound: conversations.
+
 
 def fold_conversation(c: Conversation, events) -> Conversation:
     for signal, event_id, minute in events:
@@ -276,8 +301,9 @@ def test_conversation_events_in_any_order_with_duplicates_converge(events, order
 
 
 def test_the_latest_opt_out_or_opt_in_wins_and_an_opt_out_wins_a_tie():
-    c = fold_conversation(Conversation("agent", "+15550001111"),
-                          [(Signal.OPT_IN, "in", 5), (Signal.OPT_OUT, "old-out", 3)])
+    c = fold_conversation(
+        Conversation("agent", "+15550001111"), [(Signal.OPT_IN, "in", 5), (Signal.OPT_OUT, "old-out", 3)]
+    )
     assert not c.opted_out and c.subscription_changed_at == T0 + timedelta(minutes=5)
     for first, second in ((Signal.OPT_IN, Signal.OPT_OUT), (Signal.OPT_OUT, Signal.OPT_IN)):
         tied = fold_conversation(Conversation("agent", "+15550001111"), [(first, "a", 7), (second, "b", 7)])
@@ -340,8 +366,12 @@ def test_holding_leaves_a_fallback_that_is_not_due_alone():
 
 
 def test_a_due_time_already_past_is_written_as_now_and_a_later_one_is_kept():
-    late = learn(Message("m", "+447700900001", state=State.SENT, fallback=Fallback.WAITING, next_action_at=T0),
-                 Fact.REVOKED, T0 - timedelta(minutes=2), "ttl-1")  # an event sent two minutes before it reached us
+    late = learn(
+        Message("m", "+447700900001", state=State.SENT, fallback=Fallback.WAITING, next_action_at=T0),
+        Fact.REVOKED,
+        T0 - timedelta(minutes=2),
+        "ttl-1",
+    )  # an event sent two minutes before it reached us
     assert (late.fallback, late.fallback_at) == (Fallback.DUE, T0 - timedelta(minutes=2))
     now = T0 + timedelta(seconds=1)
     assert (due_from(late, now).fallback_at, due_from(late, now).next_action_at) == (now, None)

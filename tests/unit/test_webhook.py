@@ -135,10 +135,15 @@ json_values = st.recursive(
 def requests(draw):
     """Arbitrary bodies, from raw bytes to near-valid envelopes, with arbitrary headers."""
     data = draw(st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
-    message = draw(st.fixed_dictionaries({}, optional={
-        "data": st.just(base64.b64encode(data).decode()) | st.text(max_size=30) | json_values,
-        "attributes": json_values,
-    }))
+    message = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "data": st.just(base64.b64encode(data).decode()) | st.text(max_size=30) | json_values,
+                "attributes": json_values,
+            },
+        )
+    )
     body = draw(
         st.binary(max_size=300)
         | st.just(json.dumps({"message": message}).encode())

@@ -19,19 +19,24 @@ def test_an_item_survives_encode_and_decode():
     assert work_items.decode(data) == item
 
 
-@pytest.mark.parametrize("body", [
-    b"not json",
-    b"[]",
-    b'{"duty": "revoke", "message_ids": ["m-1"]}',  # no due_at
-    json.dumps({"duty": "delete", "message_ids": ["m-1"], "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": [], "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": "m-1", "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": ["m-1", ""], "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": [7], "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": ["m"] * (work_items.MAX_IDS + 1), "due_at": T0.isoformat()}).encode(),
-    json.dumps({"duty": "revoke", "message_ids": ["m-1"], "due_at": "2026-01-01T12:00:00"}).encode(),  # no zone
-    json.dumps({"duty": "revoke", "message_ids": ["m-1"], "due_at": "tomorrow"}).encode(),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"duty": "revoke", "message_ids": ["m-1"]}',  # no due_at
+        json.dumps({"duty": "delete", "message_ids": ["m-1"], "due_at": T0.isoformat()}).encode(),
+        json.dumps({"duty": "revoke", "message_ids": [], "due_at": T0.isoformat()}).encode(),
+        json.dumps({"duty": "revoke", "message_ids": "m-1", "due_at": T0.isoformat()}).encode(),
+        json.dumps({"duty": "revoke", "message_ids": ["m-1", ""], "due_at": T0.isoformat()}).encode(),
+        json.dumps({"duty": "revoke", "message_ids": [7], "due_at": T0.isoformat()}).encode(),
+        json.dumps(
+            {"duty": "revoke", "message_ids": ["m"] * (work_items.MAX_IDS + 1), "due_at": T0.isoformat()}
+        ).encode(),
+        json.dumps({"duty": "revoke", "message_ids": ["m-1"], "due_at": "2026-01-01T12:00:00"}).encode(),  # no zone
+        json.dumps({"duty": "revoke", "message_ids": ["m-1"], "due_at": "tomorrow"}).encode(),
+    ],
+)
 def test_anything_else_is_not_a_work_item(body):
     with pytest.raises(WorkItemError):
         work_items.decode(body)
@@ -58,7 +63,14 @@ def test_an_item_holds_at_most_work_item_size_ids(monkeypatch):
 
 
 def test_a_fallback_item_follows_the_fallback_time_and_no_messages_give_no_items():
-    late_revoke = Message("m-9", "+447700900001", "agent", state=State.REVOKED, fallback=Fallback.DUE,
-                          next_action_at=T0 + timedelta(hours=1), fallback_at=T0)
+    late_revoke = Message(
+        "m-9",
+        "+447700900001",
+        "agent",
+        state=State.REVOKED,
+        fallback=Fallback.DUE,
+        next_action_at=T0 + timedelta(hours=1),
+        fallback_at=T0,
+    )
     assert due.items(fallbacks.FALLBACK, [late_revoke]) == [WorkItem("fallback", ("m-9",), T0)]
     assert due.items(revoker.REVOKE, []) == []
