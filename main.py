@@ -1,7 +1,8 @@
 """Entry points of rbm-relay; each deployment picks one with --entry-point.
 
-Each entry point imports its own module on first call, so a function pays at
-cold start only for what it uses (the webhook never loads Firestore). Every
+Each entry point imports its own module, functions/<entry point>.py, on first
+call, so a function pays at cold start only for what it uses (the webhook
+never loads Firestore). Every
 HTTP entry point answers JSON, an unexpected error included.
 """
 
@@ -15,51 +16,51 @@ from functions.replies import Reply, json_errors
 @functions_framework.http
 @json_errors
 def receive_webhook(request: flask.Request) -> Reply:
-    from functions import webhook
+    from functions.receive_webhook import handle
 
-    return webhook.handle(request)
+    return handle(request)
 
 
 @functions_framework.cloud_event
 def track_delivery(cloud_event: CloudEvent) -> None:
-    from functions import tracker
+    from functions.track_delivery import handle
 
-    tracker.handle(cloud_event)
+    handle(cloud_event)
 
 
 @functions_framework.cloud_event
 def record_inbound(cloud_event: CloudEvent) -> None:
-    from functions import inbound
+    from functions.record_inbound import handle
 
-    inbound.handle(cloud_event)
+    handle(cloud_event)
 
 
 @functions_framework.http
 @json_errors
 def send_message(request: flask.Request) -> Reply:
-    from functions import sender
+    from functions.send_message import handle
 
-    return sender.handle(request)
+    return handle(request)
 
 
 @functions_framework.http
 @json_errors
 def revoke_expired(request: flask.Request) -> Reply:
-    from functions import due
+    from functions.revoke_expired import handle
 
-    return due.handle_scheduled(request, "revoke")
+    return handle(request)
 
 
 @functions_framework.http
 @json_errors
 def send_fallbacks(request: flask.Request) -> Reply:
-    from functions import due
+    from functions.send_fallbacks import handle
 
-    return due.handle_scheduled(request, "fallback")
+    return handle(request)
 
 
 @functions_framework.cloud_event
 def process_due_work(cloud_event: CloudEvent) -> None:
-    from functions import due
+    from functions.process_due_work import handle
 
-    due.handle_item(cloud_event)
+    handle(cloud_event)

@@ -117,11 +117,11 @@ def sweep(process) -> tuple[float, dict]:
 
 def due_query_seconds() -> float:
     """Time of revoke_expired's due-messages query (first page) from this process."""
-    from functions import revoker, store
+    from functions import revoke_expired, store
     from functions import sweep as sweeps
 
     started = time.monotonic()
-    next(sweeps.due(revoker.REVOKE, store.now()), None)
+    next(sweeps.due(revoke_expired.REVOKE, store.now()), None)
     return time.monotonic() - started
 
 

@@ -1,7 +1,7 @@
 """track_delivery's Firestore work per receipt, next to blind writes.
 
 In-process, against the Firestore emulator: threads call the tracker's
-per-event work (`functions.tracker._record`) on parsed receipts, so only
+per-event work (`functions.track_delivery._record`) on parsed receipts, so only
 Firestore's cost is measured (no Pub/Sub push, no HTTP). The baseline is the
 same threads blindly `set()`ting one document per event, twice: the whole
 message document the tracker would write (same bytes, no read, no
@@ -126,7 +126,7 @@ def main(argv=None) -> None:
 
     with Run("tracker") as run:
         host = run.emulator("firestore")
-        from functions import events, store, tracker
+        from functions import events, store, track_delivery
         from functions.model import State
 
         counter = RpcCounter(store.client())
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                 store.messages().document(event.message_id).set(store.stamped(m.to_doc(), store.now()))
 
             measured = {}
-            for way, work in (("track_delivery", tracker._record), (FULL, blind_full), (SMALL, blind_set)):
+            for way, work in (("track_delivery", track_delivery._record), (FULL, blind_full), (SMALL, blind_set)):
                 reset_firestore(host, PROJECT)
                 seed(documents.values())
                 counter.take()

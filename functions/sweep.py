@@ -22,22 +22,43 @@ from google.cloud.firestore_v1.query import Query
 
 from functions import config, logs, store
 from functions.model import Message
+from functions.work_items import Duty
 
 PAGE = 200
 
+
+class Outcome(StrEnum):
+    """What became of one due message; a run's summary counts them by these names."""
+
+    REVOKED = "revoked"  # revoke_expired: the DELETE was answered 200
+    DELIVERED = "delivered"  # the DELETE was answered 404: it reached the user first
+    RESENT = "resent"  # a PENDING message's create went through
+    SENT = "sent"  # send_fallbacks: the provider took the SMS
+    CANCELLED = "cancelled"  # no SMS is needed any more
+    UNKNOWN = "unknown"  # an SMS that may or may not have gone out; never sent again
+    RETRIED = "retried"  # failed for now, due again later
+    FAILED = "failed"  # given up, the reason recorded
+    SKIPPED = "skipped"  # claimed by someone else, no longer due, or not ours
+    ERRORS = "errors"  # an unexpected error; its lease makes it due again
+    LEFT = "left"  # not looked at: the run's time was spent
+
+
 Claim = Callable[[Message, datetime, timedelta, str], Message | None]
-Act = Callable[[Message], str]
+Act = Callable[[Message], Outcome]
+ALWAYS = (Outcome.SKIPPED, Outcome.ERRORS, Outcome.LEFT)  # what any sweep's message can come to
 
 
 @dataclass(frozen=True)
 class Sweep:
+    """One kind of due work, whole: its entry point, query, claim, act and outcomes."""
+
     name: str  # the scheduled entry point that runs it
-    duty: str  # its name in a work item
-    fields: tuple[str, str]  # (the field filtered with `in`, the due-time field)
+    duty: Duty  # its name in a work item
+    fields: tuple[str, str]  # (the field filtered with `in`, the due-time field): a declared composite index
     values: tuple[StrEnum, ...]  # the values of the first field that can be due
     claim: Claim
     act: Act  # returns one of `outcomes`
-    outcomes: tuple[str, ...]
+    outcomes: tuple[Outcome, ...]
 
 
 def _due_query(sweep: Sweep, until: datetime, after: datetime | None = None) -> Query:
@@ -71,15 +92,17 @@ def count_due(sweep: Sweep, until: datetime) -> int:
     return int(_due_query(sweep, until).count().get()[0][0].value)  # type: ignore[call-arg, index]
 
 
-def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> str:
+def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> Outcome:
     """One message: claimed (or found taken) and acted on; a failure stays with it.
-    "left" untouched, for a later run, once the monotonic `deadline` has passed."""
+    LEFT untouched, for a later run, once the monotonic `deadline` has passed."""
     if deadline is not None and time.monotonic() > deadline:
-        return "left"
+        return Outcome.LEFT
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
     try:
         claimed = store.claim_message(message_id, lambda m: sweep.claim(m, now, lease, owner))
-        return sweep.act(claimed) if claimed and claimed.tracked else "skipped"  # another system's: never acted on
+        return (
+            sweep.act(claimed) if claimed and claimed.tracked else Outcome.SKIPPED
+        )  # another system's: never acted on
     except Exception as exc:  # one message's trouble must not stop the others; its lease expires
         logs.error(
             "could not process a message",
@@ -88,7 +111,7 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
             message_id=message_id,
             reason=repr(exc)[:300],
         )
-        return "errors"
+        return Outcome.ERRORS
 
 
 @functools.cache
@@ -97,8 +120,8 @@ def _executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix="act")
 
 
-def perform(sweep: Sweep, message_ids: list[str], owner: str, deadline: float | None = None) -> dict[str, str]:
+def perform(sweep: Sweep, message_ids: list[str], owner: str, deadline: float | None = None) -> dict[str, Outcome]:
     """Claims and acts on each message, in parallel within the instance's bound;
-    answers each message's outcome (one of `sweep.outcomes`, "skipped", "errors" or "left")."""
+    answers each message's outcome (one of `sweep.outcomes` or `ALWAYS`)."""
     futures = {i: _executor().submit(_claim_and_act, sweep, i, owner, deadline) for i in dict.fromkeys(message_ids)}
     return {i: f.result() for i, f in futures.items()}

@@ -10,10 +10,18 @@ delivered twice, late, or to two workers at once changes nothing more.
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from functions import config, pubsub
 
-DUTIES = ("revoke", "fallback")
+
+class Duty(StrEnum):
+    """What a work item asks for: the kind of due work (one per sweep)."""
+
+    REVOKE = "revoke"
+    FALLBACK = "fallback"
+
+
 MAX_IDS = 1000  # far above WORK_ITEM_SIZE; an item beyond it is not ours
 
 
@@ -23,7 +31,7 @@ class WorkItemError(ValueError):
 
 @dataclass(frozen=True)
 class WorkItem:
-    duty: str
+    duty: Duty
     message_ids: tuple[str, ...]
     due_at: datetime
 
@@ -40,14 +48,14 @@ def decode(data: bytes) -> WorkItem:
     except (ValueError, TypeError, KeyError) as exc:
         raise WorkItemError(f"not a work item: {type(exc).__name__}") from None
     if (
-        duty not in DUTIES
+        duty not in set(Duty)
         or not isinstance(ids, list)
         or not 0 < len(ids) <= MAX_IDS
         or not all(isinstance(i, str) and i for i in ids)
         or due_at.tzinfo is None
     ):
         raise WorkItemError("not a work item: bad duty, message_ids or due_at")
-    return WorkItem(duty, tuple(ids), due_at)
+    return WorkItem(Duty(duty), tuple(ids), due_at)
 
 
 def publish(items: list[WorkItem]) -> None:

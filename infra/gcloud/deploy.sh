@@ -289,19 +289,21 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 # Every function, keyed by its entry point in main.py: the same table as
 # infra/terraform/module/locals.tf, where the sizing is justified. Each gets
 # 512Mi and 1 CPU; concurrency, timeout (s) and min / max instances vary.
-# revoke_expired, send_fallbacks and process_due_work run the same code
-# (functions/due.py), so they read the same settings ($DUE_SETTINGS, $DUE_SECRETS).
-DUE_SETTINGS=common,store,agent,rbm,sweep,revoke,sms,work
-DUE_SECRETS=RBM_SERVICE_ACCOUNT_KEY,TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
+# A scheduled run acts itself when no work topic is set, so it reads every
+# setting of its own kind of work; process_due_work does both kinds.
+REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
+REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
+FALLBACK_SETTINGS=common,store,sweep,sms,work
+FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 #  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $DUE_SETTINGS                           $DUE_SECRETS            work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $DUE_SETTINGS                           $DUE_SECRETS            -"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
+  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
 )
 MEMORY=512Mi
 CPU=1

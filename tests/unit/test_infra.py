@@ -257,7 +257,7 @@ def test_settings_analysis_sees_through_config_and_imports():
     assert {"TWILIO_AUTH_TOKEN", "SMS_PROVIDER"} <= settings_read("send_fallbacks")
     assert "TWILIO_AUTH_TOKEN" not in settings_read("receive_webhook")
     assert "SWEEP_BUDGET_SECONDS" not in settings_read("receive_webhook")
-    # The due work: the worker reads the acting's settings through functions/due.py,
+    # The due work: the worker reads the acting's settings through functions/process_due_work.py,
     # and whoever may hand work over reads the work topic.
     assert {
         "RBM_SERVICE_ACCOUNT_KEY",
@@ -519,13 +519,13 @@ def test_terraform_work_topic_comes_from_topology_json():
 
 def test_the_work_ack_deadline_covers_an_item():
     """An item is claimed and acted on until SWEEP_BUDGET_SECONDS (its wait of up to
-    due.MAX_EARLY_SECONDS and a revoke's grace window included); the last RBM call
+    dispatch.MAX_EARLY_SECONDS and a revoke's grace window included); the last RBM call
     then takes at most RBM_RETRY_SECONDS plus one try (rbm.TIMEOUT, connect + read)."""
-    from functions import due, rbm, sms
+    from functions import dispatch, rbm, sms
 
     tuning = {k: float(v) for k, v in locals_()["tuning_defaults"].items() if re.fullmatch(r"[\d.]+", v)}
     budget, last_call = tuning["SWEEP_BUDGET_SECONDS"], tuning["RBM_RETRY_SECONDS"] + sum(rbm.TIMEOUT)
-    assert due.MAX_EARLY_SECONDS + tuning["REVOKE_GRACE_SECONDS"] < budget
+    assert dispatch.MAX_EARLY_SECONDS + tuning["REVOKE_GRACE_SECONDS"] < budget
     assert sum(sms.TIMEOUT) <= sum(rbm.TIMEOUT) <= 35, "the preconditions' 35 s for one RBM try no longer hold"
     assert budget + last_call <= WORK["ack_deadline_seconds"] <= 600, "Pub/Sub's longest ack deadline is 600 s"
     precondition = _block(_block(resources("google_pubsub_subscription")["work"], "lifecycle"), "precondition")

@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from functions import sender
+from functions import rbm_create
 from functions.rbm import RETRY_AFTER_CAP, Outcome, RbmClient
 from functions.transitions import Fact
 from local.fake_rbm import FakeRbm
@@ -53,7 +53,7 @@ def test_a_create_answered_409_was_accepted_before(rbm):
     assert c.create_message(PHONE, "m1", AGENT, {"text": "hi"}).outcome is Outcome.OK
     again = c.create_message(PHONE, "m1", AGENT, {"text": "hi"})
     assert (again.outcome, again.status) == (Outcome.ALREADY_EXISTS, 409)
-    assert sender.CREATE_FACTS[again.outcome] is Fact.ACCEPTED  # SENT, never FAILED
+    assert rbm_create.CREATE_FACTS[again.outcome] is Fact.ACCEPTED  # SENT, never FAILED
     assert len(rbm.messages) == 1
 
 
@@ -61,7 +61,7 @@ def test_a_create_accepted_then_dropped_is_retried_and_found_accepted(rbm):
     rbm.drop("create", PHONE)
     result = client(rbm, retry_seconds=3).create_message(PHONE, "m1", AGENT, {"text": "hi"})
     assert (result.outcome, result.may_have_acted) == (Outcome.ALREADY_EXISTS, True)
-    assert sender.CREATE_FACTS[result.outcome] is Fact.ACCEPTED
+    assert rbm_create.CREATE_FACTS[result.outcome] is Fact.ACCEPTED
     assert [r["status"] for r in rbm.requests] == [200, 409] and rbm.messages["m1"]["state"] == "queued"
 
 

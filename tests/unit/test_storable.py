@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from functions import inbound, store
+from functions import record_inbound, store
 from functions.transitions import Signal
 
 REF = SimpleNamespace(path="rbm_conversations/0123456789abcdef0123456789abcdef/messages/m-1")
@@ -90,17 +90,17 @@ def test_repair_replaces_lone_surrogates_only():
     ],
 )
 def test_typed_keywords_match_the_whole_text_ignoring_case_and_whitespace(text, signals):
-    assert inbound.keyword_signals({"text": text}) == signals
+    assert record_inbound.keyword_signals({"text": text}) == signals
 
 
 def test_a_suggestion_reply_is_never_a_keyword():
-    assert inbound.keyword_signals({"suggestionResponse": {"text": "Stop", "postbackData": "stop"}}) == ()
+    assert record_inbound.keyword_signals({"suggestionResponse": {"text": "Stop", "postbackData": "stop"}}) == ()
 
 
 def test_keyword_lists_are_configurable_and_an_empty_list_disables(monkeypatch):
     monkeypatch.setenv("OPT_OUT_KEYWORDS", "arret, stop all")
     monkeypatch.setenv("OPT_IN_KEYWORDS", "")
-    assert inbound.keyword_signals({"text": "ARRET"}) == (Signal.OPT_OUT,)
-    assert inbound.keyword_signals({"text": "Stop  All"}) == (Signal.OPT_OUT,)
-    assert inbound.keyword_signals({"text": "STOP"}) == ()
-    assert inbound.keyword_signals({"text": "START"}) == ()
+    assert record_inbound.keyword_signals({"text": "ARRET"}) == (Signal.OPT_OUT,)
+    assert record_inbound.keyword_signals({"text": "Stop  All"}) == (Signal.OPT_OUT,)
+    assert record_inbound.keyword_signals({"text": "STOP"}) == ()
+    assert record_inbound.keyword_signals({"text": "START"}) == ()

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from functions import pubsub, webhook
+from functions import pubsub, receive_webhook
 
 TOKEN = "unit-token"
 app = flask.Flask(__name__)
@@ -48,7 +48,7 @@ def published(monkeypatch):
 
 def call(body: bytes, headers=None, method="POST"):
     with app.test_request_context("/", method=method, data=body, headers=headers or {}):
-        result = webhook.handle(flask.request)
+        result = receive_webhook.handle(flask.request)
     return app.make_response(result)
 
 
@@ -96,7 +96,7 @@ def test_handshake_answers_the_secret_as_plain_text(published):
         (envelope({"text": "x"})[0], {}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(b"other")}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(json.dumps({"text": "x"}).encode(), "wrong")}, 401),
-        (b"x" * (webhook.MAX_BODY + 1), {}, 413),
+        (b"x" * (receive_webhook.MAX_BODY + 1), {}, 413),
         (b"[" * 100_000 + b"]" * 100_000, {}, 400),  # deeper than the JSON parser goes
         (
             json.dumps({"message": {"data": base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()}}).encode(),

@@ -120,8 +120,8 @@ locals {
       timeout       = 120
       min_instances = 0
       max_instances = 2
-      settings      = local.due_settings
-      secrets       = local.due_secrets
+      settings      = local.revoke_settings
+      secrets       = local.revoke_secrets
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -137,8 +137,8 @@ locals {
       timeout       = 120
       min_instances = 0
       max_instances = 2
-      settings      = local.due_settings
-      secrets       = local.due_secrets
+      settings      = local.fallback_settings
+      secrets       = local.fallback_secrets
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -154,19 +154,22 @@ locals {
       timeout       = local.topology.work.ack_deadline_seconds
       min_instances = 0
       max_instances = var.worker_max_instances
-      settings      = local.due_settings
-      secrets       = local.due_secrets
+      settings      = local.worker_settings
+      secrets       = local.worker_secrets
       publishes     = []
       firestore     = true
       schedule      = null
     }
   }
 
-  # revoke_expired, send_fallbacks and process_due_work run the same code
-  # (functions/due.py): the scheduled runs act themselves when no work topic
-  # is set, so each of the three can read every setting of the acting.
-  due_settings = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
-  due_secrets  = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  # A scheduled run acts itself when no work topic is set, so it reads every
+  # setting of its own kind of work; process_due_work does both kinds.
+  revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
+  revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY"]
+  fallback_settings = ["common", "store", "sweep", "sms", "work"]
+  fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
+  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
   # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.

@@ -12,59 +12,13 @@ from typing import Any
 
 import flask
 
-from functions import config, logs, outbound, rbm, store
+from functions import config, logs, outbound, rbm_create, store
 from functions.model import Message, State
 from functions.replies import Reply, reject, reply
-from functions.transitions import Fact, learn
-
-# What each create outcome teaches about the message.
-CREATE_FACTS = {
-    rbm.Outcome.OK: Fact.ACCEPTED,
-    rbm.Outcome.ALREADY_EXISTS: Fact.ACCEPTED,  # accepted before, under the same id
-    rbm.Outcome.NOT_FOUND: Fact.UNREACHABLE,
-    rbm.Outcome.INVALID: Fact.SEND_FAILED,
-    rbm.Outcome.FORBIDDEN: Fact.SEND_FAILED,
-}
 
 
 def summary(message: Message) -> dict[str, Any]:
     return {"message_id": message.message_id, "state": message.state.value, "fallback": message.fallback.value}
-
-
-def send(message: Message) -> tuple[Message | None, rbm.Result]:
-    """Calls create for a PENDING message and records what RBM answered: (the message
-    as stored now, RBM's result), or (None, result) if the call failed transiently
-    (the message stays PENDING for a later retry; the result says when RBM wants it)."""
-    result = rbm.client().create_message(
-        message.phone, message.message_id, message.agent_id, message.content, message.traffic_type
-    )
-    if result.outcome is rbm.Outcome.TRANSIENT:
-        logs.warning(
-            "RBM create failed transiently",
-            event="send_transient",
-            message_id=message.message_id,
-            reason=result.error,
-            retry_after=result.retry_after,
-        )
-        return None, result
-    fact, now = CREATE_FACTS[result.outcome], store.now()
-    error = None if fact is Fact.ACCEPTED else result.error
-    message = store.change_message(message.message_id, lambda m: learn(m, fact, now, error=error))
-    logs.info(
-        f"message {message.state.value.lower()}",
-        event=f"message_{message.state.value.lower()}",
-        message_id=message.message_id,
-        agent_id=message.agent_id,
-        phone=message.phone,
-        reason=error,
-        rbm_outcome=result.outcome.value,
-    )
-    return message, result
-
-
-def deliver(message: Message) -> Message | None:
-    """`send` for a caller that needs only the message: None if it stays PENDING."""
-    return send(message)[0]
 
 
 def handle(request: flask.Request) -> Reply:
@@ -86,7 +40,7 @@ def handle(request: flask.Request) -> Reply:
         return reject(400, str(exc), message_id=wanted.message_id)
     if reason := outbound.conflict(stored, wanted):
         return reject(409, reason, message_id=wanted.message_id)
-    message = deliver(stored) if stored.state is State.PENDING else stored
+    message = rbm_create.send(stored)[0] if stored.state is State.PENDING else stored
     if message is None:
         return reply(503, {"error": "RBM unavailable; the message stays PENDING and is retried"} | summary(stored))
     return reply(422 if message.state is State.FAILED else 200, summary(message))

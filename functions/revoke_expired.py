@@ -11,15 +11,19 @@ A re-send answered 409 ALREADY_EXISTS was accepted before: SENT.
 
 from datetime import timedelta
 
-from functions import config, logs, rbm, sender, store
+import flask
+
+from functions import config, dispatch, logs, rbm, rbm_create, store
 from functions.model import REVOKE_QUERY, SWEPT_STATES, Message, State
-from functions.sweep import Sweep
+from functions.replies import Reply
+from functions.sweep import Outcome, Sweep
 from functions.transitions import Fact, claim_revoke, hold_fallback, learn, retry_revoke
+from functions.work_items import Duty
 
 REVOKE_FACTS = {rbm.Outcome.OK: Fact.REVOKED, rbm.Outcome.NOT_FOUND: Fact.DELIVERED}
 
 
-def _retry(message: Message, result: rbm.Result) -> str:
+def _retry(message: Message, result: rbm.Result) -> Outcome:
     now = store.now()
     after = store.change_message(
         message.message_id,
@@ -44,10 +48,10 @@ def _retry(message: Message, result: rbm.Result) -> str:
         state=after.state.value,
         fallback=after.fallback.value,
     )
-    return "failed" if gave_up else "retried"
+    return Outcome.FAILED if gave_up else Outcome.RETRIED
 
 
-def _uncertain(message: Message) -> str:
+def _uncertain(message: Message) -> Outcome:
     """404 after an attempt that may have been acted on (interrupted, or its answer lost):
     delivered, or revoked by that attempt. Treated as a revoke that could not be
     completed: a time-sensitive SMS goes out, a normal one waits for DELIVERED."""
@@ -60,17 +64,17 @@ def _uncertain(message: Message) -> str:
         state=after.state.value,
         fallback=after.fallback.value,
     )
-    return "failed"
+    return Outcome.FAILED
 
 
-def _act(message: Message) -> str:
+def _act(message: Message) -> Outcome:
     if message.state is State.PENDING and store.opted_out(message.agent_id, message.phone):
         now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
         store.change_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
-        return "failed"
+        return Outcome.FAILED
     if message.state is State.PENDING:
-        sent, result = sender.send(message)
-        return "resent" if sent else _retry(message, result)
+        sent, result = rbm_create.send(message)
+        return Outcome.RESENT if sent else _retry(message, result)
     result = rbm.client().revoke_message(message.phone, message.message_id, message.agent_id)
     fact = REVOKE_FACTS.get(result.outcome)
     if fact is None:
@@ -80,7 +84,7 @@ def _act(message: Message) -> str:
     now = store.now()
     grace = now + timedelta(seconds=config.revoke_grace())
     after = store.change_message(message.message_id, lambda m: hold_fallback(learn(m, fact, now), grace))
-    outcome = "revoked" if fact is Fact.REVOKED else "delivered"
+    outcome = Outcome.REVOKED if fact is Fact.REVOKED else Outcome.DELIVERED
     logs.info(
         f"message {outcome}",
         event=f"message_{outcome}",
@@ -93,11 +97,17 @@ def _act(message: Message) -> str:
 
 
 REVOKE = Sweep(
-    "revoke_expired",
-    "revoke",
-    REVOKE_QUERY,
-    SWEPT_STATES,
-    claim_revoke,
-    _act,
-    ("revoked", "delivered", "resent", "retried", "failed"),
+    name="revoke_expired",
+    duty=Duty.REVOKE,
+    fields=REVOKE_QUERY,
+    values=SWEPT_STATES,
+    claim=claim_revoke,
+    act=_act,
+    outcomes=(Outcome.REVOKED, Outcome.DELIVERED, Outcome.RESENT, Outcome.RETRIED, Outcome.FAILED),
 )
+
+
+def handle(request: flask.Request) -> Reply:
+    """revoke_expired (Cloud Scheduler): one scheduled run of the REVOKE sweep (dispatch.scheduled_run)."""
+    logs.bind_trace(request.headers)
+    return dispatch.scheduled_run(REVOKE)

@@ -8,18 +8,23 @@ it again: a possibly missing SMS is reported, a second SMS never happens.
 
 from datetime import datetime, timedelta
 
-from functions import config, logs, sms, store
-from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
-from functions.sweep import Sweep
-from functions.transitions import claim_fallback, fallback_failed, fallback_sent, fallback_unknown, retry_fallback
+import flask
 
-# How each outcome is logged: severity, and the event name log-based metrics count.
+from functions import config, dispatch, logs, sms, store
+from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
+from functions.replies import Reply, reply
+from functions.sweep import Outcome, Sweep
+from functions.transitions import claim_fallback, fallback_failed, fallback_sent, fallback_unknown, retry_fallback
+from functions.work_items import Duty
+
+# How each fallback a sweep leaves is logged (severity, and the event name
+# log-based metrics count) and counted.
 _REPORT = {
-    Fallback.SENT: ("INFO", "sms_sent"),
-    Fallback.DUE: ("WARNING", "sms_retry"),
-    Fallback.FAILED: ("ERROR", "sms_failed"),
-    Fallback.CANCELLED: ("INFO", "fallback_cancelled"),
-    Fallback.UNKNOWN: ("ERROR", "fallback_unknown"),
+    Fallback.SENT: ("INFO", "sms_sent", Outcome.SENT),
+    Fallback.DUE: ("WARNING", "sms_retry", Outcome.RETRIED),
+    Fallback.FAILED: ("ERROR", "sms_failed", Outcome.FAILED),
+    Fallback.CANCELLED: ("INFO", "fallback_cancelled", Outcome.CANCELLED),
+    Fallback.UNKNOWN: ("ERROR", "fallback_unknown", Outcome.UNKNOWN),
 }
 
 
@@ -54,9 +59,9 @@ def _send(message: Message) -> Message:
     return store.change_message(message.message_id, lambda m: _answered(m, result, now))
 
 
-def _act(claimed: Message) -> str:
+def _act(claimed: Message) -> Outcome:
     after = _send(claimed) if claimed.fallback is Fallback.SENDING else claimed
-    severity, event = _REPORT[after.fallback]
+    severity, event, outcome = _REPORT[after.fallback]
     # The reason goes in its own field and is ours (a status and a provider error code,
     # see sms.py), never a provider's reply text, which can hold the number in full.
     logs.log(
@@ -70,15 +75,32 @@ def _act(claimed: Message) -> str:
         error=after.last_error if severity != "INFO" else None,
         retry_at=after.fallback_at if after.fallback is Fallback.DUE else None,
     )
-    return "retried" if after.fallback is Fallback.DUE else after.fallback.value.lower()
+    return outcome
 
 
 FALLBACK = Sweep(
-    "send_fallbacks",
-    "fallback",
-    FALLBACK_QUERY,
-    SWEPT_FALLBACKS,
-    _claim,
-    _act,
-    ("sent", "retried", "failed", "cancelled", "unknown"),
+    name="send_fallbacks",
+    duty=Duty.FALLBACK,
+    fields=FALLBACK_QUERY,
+    values=SWEPT_FALLBACKS,
+    claim=_claim,
+    act=_act,
+    outcomes=tuple(outcome for _, _, outcome in _REPORT.values()),
 )
+
+
+def unconfigured(what: str) -> bool:
+    """True, after logging it, when there is no SMS provider to send `what` with."""
+    if sms.provider() is not None:
+        return False
+    logs.error(f"{what} but no SMS_PROVIDER is configured", event="sms_unconfigured")
+    return True
+
+
+def handle(request: flask.Request) -> Reply:
+    """send_fallbacks (Cloud Scheduler): one scheduled run of the FALLBACK sweep (dispatch.scheduled_run);
+    503 when it would send the SMS itself (no work topic) and no provider is configured."""
+    logs.bind_trace(request.headers)
+    if not config.work_topic() and unconfigured("send_fallbacks called"):
+        return reply(503, {"error": "no SMS_PROVIDER configured"})
+    return dispatch.scheduled_run(FALLBACK)

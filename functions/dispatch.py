@@ -1,4 +1,4 @@
-"""Deadline-precise dispatch: the scheduled runs, and the worker behind them.
+"""Deadline-precise dispatch: the scheduled runs, and the work they hand out.
 
 revoke_expired and send_fallbacks (Cloud Scheduler, every SCHEDULE_PERIOD_SECONDS)
 each keep looking, until the next run starts, for work due in the coming
@@ -20,8 +20,6 @@ done twice: a duplicated, redelivered or late item finds its messages claimed
 or done (sweep.perform).
 """
 
-import base64
-import binascii
 import time
 import uuid
 from collections import Counter
@@ -29,16 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-import flask
-from cloudevents.http import CloudEvent
-
-from functions import config, fallbacks, logs, pubsub, revoker, sms, store, sweep, work_items
+from functions import config, logs, pubsub, store, sweep, work_items
 from functions.model import Message
 from functions.replies import Reply, reply
-from functions.sweep import Sweep
+from functions.sweep import ALWAYS, Outcome, Sweep
 from functions.work_items import WorkItem
 
-SWEEPS = {s.duty: s for s in (revoker.REVOKE, fallbacks.FALLBACK)}
 POLL_SECONDS = 1.0  # how often a run looks for due work, and how early it dispatches it
 WINDOW_SECONDS = 0.5  # messages due this close together share a work item
 LOOKBACK_SECONDS = 10.0  # after its first poll, a run reads only work due since this long before its last poll
@@ -52,10 +46,10 @@ def _wait_until(at: datetime, cap: float) -> None:
         time.sleep(min(delay, cap))
 
 
-def work(item: WorkItem, owner: str, deadline: float | None = None) -> Counter[str]:
-    """Acts on `item` at its due second; answers the outcomes counted."""
+def work(s: Sweep, item: WorkItem, owner: str, deadline: float | None = None) -> Counter[Outcome]:
+    """Acts on `item` (one of sweep `s`'s) at its due second; answers the outcomes counted."""
     _wait_until(item.due_at, MAX_EARLY_SECONDS)
-    return Counter(sweep.perform(SWEEPS[item.duty], list(item.message_ids), owner, deadline).values())
+    return Counter(sweep.perform(s, list(item.message_ids), owner, deadline).values())
 
 
 def items(s: Sweep, messages: list[Message]) -> list[WorkItem]:
@@ -101,49 +95,23 @@ def run(s: Sweep) -> dict[str, Any]:
             if topic and batch:
                 work_items.publish(batch)
             elif batch:
-                running += [pool.submit(work, item, owner, deadline) for item in batch]
+                running += [pool.submit(work, s, item, owner, deadline) for item in batch]
             if polled + POLL_SECONDS >= started + min(period, budget):
                 break
             time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
         for future in running:
             counts.update(future.result())
-    summary = {
-        "scanned": 0,
-        **dict.fromkeys((*s.outcomes, "skipped", "errors", "left"), 0),
-        **counts,
-        "seconds": round(time.monotonic() - started, 2),
-    }
+    outcomes: dict[str, int] = dict.fromkeys((*s.outcomes, *ALWAYS), 0)
+    summary = {"scanned": 0, **outcomes, **counts, "seconds": round(time.monotonic() - started, 2)}
     logs.info(f"{s.name} finished", event=f"{s.name}_summary", summary=summary)
     return summary
 
 
-def handle_scheduled(request: flask.Request, duty: str) -> Reply:
-    """revoke_expired / send_fallbacks: 200 with the run's summary; 503 when the work
+def scheduled_run(s: Sweep) -> Reply:
+    """A scheduled entry point's answer: 200 with the run's summary; 503 when the work
     could not be queued (Cloud Scheduler retries; the messages stay due)."""
-    logs.bind_trace(request.headers)
-    s = SWEEPS[duty]
-    if s is fallbacks.FALLBACK and not config.work_topic() and sms.provider() is None:
-        logs.error("send_fallbacks called but no SMS_PROVIDER is configured", event="sms_unconfigured")
-        return reply(503, {"error": "no SMS_PROVIDER configured"})
     try:
         return reply(200, run(s))
     except pubsub.PublishError as exc:
         logs.error("work items not queued; answering 503", event="work_publish_failed", reason=str(exc))
         return reply(503, {"error": "work items not queued, retry"})
-
-
-def handle_item(cloud_event: CloudEvent) -> None:
-    """process_due_work: one work item pushed by Pub/Sub. Always acknowledged: a message
-    it could not finish stays due (or leased), and the next scheduled run dispatches it again."""
-    message = (cloud_event.data or {}).get("message") or {}
-    try:
-        item = work_items.decode(base64.b64decode(message.get("data") or "", validate=True))
-    except (work_items.WorkItemError, binascii.Error, ValueError) as exc:
-        logs.error("not a work item; acknowledged", event="work_item_invalid", reason=str(exc))
-        return
-    if item.duty == fallbacks.FALLBACK.duty and sms.provider() is None:
-        logs.error("a fallback work item but no SMS_PROVIDER is configured", event="sms_unconfigured")
-        return
-    started = time.monotonic()
-    counts = work(item, f"process_due_work-{uuid.uuid4().hex[:12]}", started + config.sweep_budget())
-    logs.info("work item done", event="work_item_done", duty=item.duty, due_at=item.due_at, summary=dict(counts))
