@@ -119,6 +119,32 @@ def test_decode_refuses_what_is_not_a_json_object(data):
         decode(data)
 
 
+def test_decode_reads_an_event_and_leaves_an_id_that_is_not_unicode_out_of_the_attributes():
+    # JSON's escape of a lone surrogate is valid JSON, but no UTF-8 encoder takes the string.
+    event = decode(
+        b'{"senderPhoneNumber": "+15550001111", "eventType": "DELIVERED", "eventId": "e\\ud83d", "messageId": "m1"}'
+    )
+    assert event.kind is Kind.USER_EVENT and event.event_id == "e\ud83d"
+    assert event.attributes() == {"kind": "user_event", "event_type": "DELIVERED", "message_id": "m1"}
+
+
 def test_json_nested_deeper_than_the_parser_goes_is_not_an_event():
     with pytest.raises(EventError, match="too deep"):
         decode(b"[" * 5000 + b"]" * 5000)
+
+
+@pytest.mark.parametrize(
+    ("send_time", "expected"),
+    [
+        ("2026-01-01T00:09:00Z", "2026-01-01T00:09:00+00:00"),
+        ("2026-01-01T00:09:00.123456789Z", "2026-01-01T00:09:00.123456+00:00"),  # RBM's nanoseconds, cut to micro
+        ("2026-01-01T02:09:00.5+02:00", "2026-01-01T02:09:00.500000+02:00"),
+        ("2026-01-01 00:09:00Z", None),  # not RFC 3339
+        ("2026-01-01T00:09:00", None),  # no zone: ambiguous
+        ("yesterday", None),
+        (None, None),
+    ],
+)
+def test_send_time_is_rfc_3339_with_up_to_nanoseconds(send_time, expected):
+    event = parse({"senderPhoneNumber": "+15550001111", "text": "hi", "messageId": "u1", "sendTime": send_time})
+    assert (event.time.isoformat() if event.time else None) == expected

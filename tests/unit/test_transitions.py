@@ -17,6 +17,7 @@ from functions.transitions import (
     conversation_learn,
     due_from,
     fallback_sent,
+    fallback_unknown,
     hold_fallback,
     learn,
     retry_fallback,
@@ -377,3 +378,37 @@ def test_a_due_time_already_past_is_written_as_now_and_a_later_one_is_kept():
     assert (due_from(late, now).fallback_at, due_from(late, now).next_action_at) == (now, None)
     ahead = dataclasses.replace(late, fallback_at=T0 + timedelta(seconds=5), next_action_at=T0 + timedelta(hours=1))
     assert due_from(ahead, now) == ahead
+
+
+def test_a_late_acceptance_does_not_move_a_failed_revokes_next_try():
+    """ACCEPTED (a re-send answered 409, say) after a revoke failed: the state and its retry time stay."""
+    m = learn(sent(), Fact.REVOKE_FAILED, T0 + timedelta(minutes=6))
+    assert m.state is State.REVOKE_FAILED and m.next_action_at == T0 + timedelta(minutes=5)
+    later = learn(m, Fact.ACCEPTED, T0 + timedelta(minutes=7))
+    assert (later.state, later.next_action_at) == (State.REVOKE_FAILED, m.next_action_at)
+
+
+def test_a_retry_of_a_message_that_left_the_sweep_meanwhile_changes_only_the_lease_and_error():
+    """DELIVERED arrived while the revoke was failing: no next try, whatever the attempts."""
+    m = learn(claim_revoke(sent(), T0 + timedelta(minutes=5), LEASE, "a"), Fact.DELIVERED, T0 + timedelta(minutes=5))
+    after = retry_revoke(m, T0 + timedelta(minutes=6), "503", max_attempts=1, base=10)
+    assert (after.state, after.next_action_at, after.lease_owner, after.last_error) == (
+        State.DELIVERED,
+        None,
+        None,
+        "503",
+    )
+    assert after.fallback is Fallback.CANCELLED
+
+
+def test_an_sms_whose_answer_was_lost_is_unknown_and_never_due_again():
+    m = claim_fallback(learn(sent(fallback=Fallback.WAITING), Fact.REVOKED, T0), T0, LEASE, "a", opted_out=False)
+    assert m is not None and m.fallback is Fallback.SENDING
+    after = fallback_unknown(m, "read timeout")
+    assert (after.fallback, after.fallback_at, after.lease_owner, after.last_error) == (
+        Fallback.UNKNOWN,
+        None,
+        None,
+        "read timeout",
+    )
+    assert claim_fallback(after, T0 + timedelta(days=1), LEASE, "b", opted_out=False) is None
