@@ -129,7 +129,7 @@ def _dropped(m: Message) -> Message:
 def due_from(m: Message, now: datetime) -> Message:
     """`m` with each due time (`next_action_at`, `fallback_at`) that is already past at
     `now` moved to `now`. After its first look a scheduled run reads only work whose due
-    time is recent (due.LOOKBACK_SECONDS), so a due time written in the past — the
+    time is recent (dispatch.LOOKBACK_SECONDS), so a due time written in the past — the
     sendTime of an event that reached us late, a deadline that passed while the message
     waited to be re-sent — would wait for the next run; written as `now`, it is due at once."""
 
