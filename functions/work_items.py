@@ -48,7 +48,7 @@ def decode(data: bytes) -> WorkItem:
     except (ValueError, TypeError, KeyError) as exc:
         raise WorkItemError(f"not a work item: {type(exc).__name__}") from None
     if (
-        duty not in set(Duty)
+        duty not in tuple(Duty)  # compared, not hashed: a JSON list or object is no duty either
         or not isinstance(ids, list)
         or not 0 < len(ids) <= MAX_IDS
         or not all(isinstance(i, str) and i for i in ids)

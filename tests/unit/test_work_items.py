@@ -26,6 +26,8 @@ def test_an_item_survives_encode_and_decode():
         b"[]",
         b'{"duty": "revoke", "message_ids": ["m-1"]}',  # no due_at
         json.dumps({"duty": "delete", "message_ids": ["m-1"], "due_at": T0.isoformat()}).encode(),
+        json.dumps({"duty": ["revoke"], "message_ids": ["m-1"], "due_at": T0.isoformat()}).encode(),  # unhashable
+        json.dumps({"duty": {"revoke": 1}, "message_ids": ["m-1"], "due_at": T0.isoformat()}).encode(),
         json.dumps({"duty": "revoke", "message_ids": [], "due_at": T0.isoformat()}).encode(),
         json.dumps({"duty": "revoke", "message_ids": "m-1", "due_at": T0.isoformat()}).encode(),
         json.dumps({"duty": "revoke", "message_ids": ["m-1", ""], "due_at": T0.isoformat()}).encode(),
