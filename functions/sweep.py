@@ -87,11 +87,6 @@ def due_at(sweep: Sweep, message: Message) -> datetime:
     return at
 
 
-def count_due(sweep: Sweep, until: datetime) -> int:
-    # google-cloud-firestore annotates Query.count() as returning the AggregationQuery class; it returns an instance.
-    return int(_due_query(sweep, until).count().get()[0][0].value)  # type: ignore[call-arg, index]
-
-
 def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> Outcome:
     """One message: claimed (or found taken) and acted on; a failure stays with it.
     LEFT untouched, for a later run, once the monotonic `deadline` has passed."""
