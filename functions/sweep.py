@@ -95,9 +95,8 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
     try:
         claimed = store.claim_message(message_id, lambda m: sweep.claim(m, now, lease, owner))
-        return (
-            sweep.act(claimed) if claimed and claimed.tracked else Outcome.SKIPPED
-        )  # another system's: never acted on
+        # Taken, no longer due, or another system's message (tracked false): never acted on.
+        return sweep.act(claimed) if claimed and claimed.tracked else Outcome.SKIPPED
     except Exception as exc:  # one message's trouble must not stop the others; its lease expires
         logs.error(
             "could not process a message",
