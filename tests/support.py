@@ -14,6 +14,19 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
     raise AssertionError(f"condition not met within {timeout} s")
 
 
+def wait_until_steady(read, seconds=2.0, timeout=30.0):
+    """Polls `read()` until its value has not changed for `seconds`; returns that value or fails the test."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        if time.monotonic() - since >= seconds:
+            return value
+        time.sleep(0.1)
+        if (latest := read()) != value:
+            value, since = latest, time.monotonic()
+    raise AssertionError(f"still changing after {timeout} s")
+
+
 AGENT = "agent@rbm.goog"
 # Sweeps on local time: leases of seconds, quick retries, one pass per call, and a
 # revoke's SMS due at once (the tests of the grace window set it themselves).

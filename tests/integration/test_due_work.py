@@ -19,7 +19,7 @@ from local.fake_rbm import now_rfc3339
 from local.processes import PROJECT, create_push_subscription, create_topic, publish
 from local.simulator import Simulator
 from tests.integration.test_sweeps import AGENT, SWEEP_ENV, get, phone, queue, seed, sweep
-from tests.support import wait_for
+from tests.support import wait_for, wait_until_steady
 
 # Leases outlast any call here, even on a loaded machine, unless a test needs one to run out.
 ENV = {**SWEEP_ENV, "LEASE_SECONDS": "30", "REVOKE_GRACE_SECONDS": "0.5"}
@@ -183,6 +183,7 @@ def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, sched
         run.kill()
         assert isinstance(killed.exception(timeout=30), requests.ConnectionError)
         wait_for(lambda: store.now() > start + timedelta(seconds=8))  # every deadline passed, no run alive
+        wait_until_steady(lambda: rbm.count("revoke"))  # the worker is done with what the killed run handed out
         undispatched = [i for i in ids if get(i).state is State.SENT]
         run.start()
         later = pool.submit(sweep, run)
@@ -354,3 +355,31 @@ def test_an_sms_made_due_in_the_past_by_a_late_event_goes_out_within_a_second_or
     assert twilio.wait_sent(2, timeout=10), get(ids[0])  # at once, not at the next run
     [sms] = [s for s in twilio.sent if s["to"] == phone(0)]
     assert 0 < sms["time"] - published_at <= 2.0, sms["time"] - published_at
+
+
+def test_work_that_cannot_be_done_is_refused_in_json_or_acknowledged_and_logged(functions, firestore, rbm, work_topic):
+    """No SMS provider, a work topic that does not exist, bytes that are not a work item:
+    a scheduled run answers 503 in JSON (Scheduler retries, the messages stay due); the
+    worker acknowledges (a redelivery could never succeed) and says why in its log."""
+    no_sms = functions("send_fallbacks", env={**ENV})
+    answer = requests.post(no_sms.url, timeout=30)
+    assert (answer.status_code, answer.json()) == (503, {"error": "no SMS_PROVIDER configured"})
+
+    ids = seed(3)
+    no_topic = functions("revoke_expired", env={"RBM_API_ENDPOINT": rbm.url, **ENV, "RBM_WORK_TOPIC": "no-such-topic"})
+    answer = requests.post(no_topic.url, timeout=60)
+    assert (answer.status_code, answer.json()) == (503, {"error": "work items not queued, retry"})
+    assert '"work_publish_failed"' in no_topic.read_log()
+    assert all(get(i).state is State.SENT and get(i).next_action_at for i in ids)  # still due, for the next run
+    assert rbm.count("revoke") == 0
+
+    worker = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **ENV})
+    push_item(worker, work_topic, "fallback", ids)
+    path = f"{worker.url}/projects/{PROJECT}/topics/{work_topic}"
+    for data in ("bm90IGpzb24=", "%%% not base64", base64.b64encode(b'{"duty": "sms"}').decode()):
+        envelope = {"message": {"data": data, "messageId": "1", "publishTime": now_rfc3339()}, "subscription": "s"}
+        assert requests.post(path, json=envelope, timeout=30).status_code == 200
+    log = worker.read_log()
+    assert log.count('"work_item_invalid"') == 3 and log.count('"sms_unconfigured"') == 1
+    assert '"work_item_done"' not in log
+    assert all(get(i).fallback is Fallback.WAITING for i in ids)
