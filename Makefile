@@ -35,7 +35,7 @@ test: venv $(CHECKOV_VENV)/.installed
 	$(VENV)/bin/coverage report $(if $(ARGS),--fail-under=0)
 
 # Lint, format and type checks; their configuration is in pyproject.toml.
-LINT_PATHS := functions local bench tests main.py
+LINT_PATHS := functions local bench tests infra main.py
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

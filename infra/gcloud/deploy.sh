@@ -517,6 +517,14 @@ fi
 
 # --- functions ------------------------------------------------------------------------------
 
+# Who may read each secret now: a function that no longer reads one loses
+# access on the next deploy, as Terraform removes a binding it no longer declares.
+declare -A SECRET_READERS
+for setting in "${!SECRETS[@]}"; do
+  SECRET_READERS[$setting]=$(query "" gcloud secrets get-iam-policy "${SECRETS[$setting]}" --format=json "${P[@]}" |
+    py members roles/secretmanager.secretAccessor)
+done
+
 declare -A URLS
 for row in "${FUNCTIONS[@]}"; do
   read -r ep name invoker ingress concurrency timeout min max settings secrets publishes <<<"$row"
@@ -539,6 +547,12 @@ for row in "${FUNCTIONS[@]}"; do
     secret_refs+=("$setting=${SECRETS[$setting]}:latest")
     run gcloud secrets add-iam-policy-binding "${SECRETS[$setting]}" --member="serviceAccount:$sa" \
       --role=roles/secretmanager.secretAccessor "${P[@]}"
+  done
+  for setting in "${!SECRETS[@]}"; do
+    if [[ ,$secrets, != *,$setting,* ]] && grep -qxF -- "serviceAccount:$sa" <<<"${SECRET_READERS[$setting]}"; then
+      run gcloud secrets remove-iam-policy-binding "${SECRETS[$setting]}" --member="serviceAccount:$sa" \
+        --role=roles/secretmanager.secretAccessor "${P[@]}"
+    fi
   done
   if ((${#secret_refs[@]})); then
     secret_flag=--set-secrets="$(IFS=,; echo "${secret_refs[*]}")"

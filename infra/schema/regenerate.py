@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
 OUT = Path(__file__).with_name("providers.json")
 HCL = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
-DOC_LINK = re.compile(r"\{@link https://registry\.terraform\.io/providers/[^ ]+/docs/(resources|data-sources)/\w+#(\w+) ")
-CLASS_LINK = re.compile(r"Represents a \{@link https://registry\.terraform\.io/providers/[^ ]+/docs/(resources|data-sources)/\w+ (\w+)\}")
+REGISTRY_DOC = r"https://registry\.terraform\.io/providers/[^ ]+/docs/(resources|data-sources)/\w+"
+DOC_LINK = re.compile(r"\{@link " + REGISTRY_DOC + r"#(\w+) ")
+CLASS_LINK = re.compile(r"Represents a \{@link " + REGISTRY_DOC + r" (\w+)\}")
 
 
 def parse(path: Path) -> dict:
@@ -47,8 +48,11 @@ def parse(path: Path) -> dict:
 def required_providers() -> dict[str, dict]:
     """Local name -> {source, constraint}, from the module's versions.tf."""
     (block,) = (b["required_providers"] for b in parse(TERRAFORM / "module" / "versions.tf")["terraform"])
-    return {name: {"source": spec["source"], "constraint": spec["version"]}
-            for entry in block for name, spec in entry.items()}
+    return {
+        name: {"source": spec["source"], "constraint": spec["version"]}
+        for entry in block
+        for name, spec in entry.items()
+    }
 
 
 def used_types() -> dict[str, set[tuple[str, str]]]:
@@ -86,11 +90,17 @@ def pick_binding(name: str, constraint: str) -> tuple[str, str]:
     # makes npm answer bare version strings.
     releases = json.loads(npm("view", f"{package}@>=3.0.0", "version", "cdktf.provider.version", "--json"))
     releases = [r for r in (releases if isinstance(releases, list) else [releases]) if isinstance(r, dict)]
-    candidates = [(r["cdktf.provider.version"], r["version"]) for r in releases
-                  if r.get("cdktf.provider.version") and allows(constraint, r["cdktf.provider.version"])]
+    candidates = [
+        (r["cdktf.provider.version"], r["version"])
+        for r in releases
+        if r.get("cdktf.provider.version") and allows(constraint, r["cdktf.provider.version"])
+    ]
     if not candidates:
         sys.exit(f"no {package} release is built from a provider version matching {constraint}")
-    key = lambda v: tuple(int(p) for p in re.findall(r"\d+", v))
+
+    def key(v):
+        return tuple(int(p) for p in re.findall(r"\d+", v))
+
     provider_version, package_version = max(candidates, key=lambda c: (key(c[0]), key(c[1])))
     return f"{package}@{package_version}", provider_version
 
@@ -110,7 +120,7 @@ def block_fqn(type_: dict) -> str | None:
     """The interface a property's type refers to (directly, in a list, or in a union), if any."""
     if "fqn" in type_:
         return None if type_["fqn"].startswith("cdktf.") else type_["fqn"]
-    for inner in type_.get("union", {}).get("types", []) + [type_.get("collection", {}).get("elementtype", {})]:
+    for inner in [*type_.get("union", {}).get("types", []), type_.get("collection", {}).get("elementtype", {})]:
         if inner and (found := block_fqn(inner)):
             return found
     return None
@@ -124,15 +134,22 @@ def block_schema(types: dict, fqn: str, outputs: str | None) -> dict:
         name = link.group(2) if link else snake(prop["name"])
         nested = block_fqn(prop["type"])
         if nested:
-            blocks[name] = {"required": not prop.get("optional", False),
-                            **block_schema(types, nested, f"{nested}OutputReference")}
+            blocks[name] = {
+                "required": not prop.get("optional", False),
+                **block_schema(types, nested, f"{nested}OutputReference"),
+            }
         else:
             arguments[name] = "optional" if prop.get("optional") else "required"
-    getters = {snake(p["name"]) for p in types.get(outputs, {}).get("properties", [])
-               if not p.get("static") and not p["name"].endswith("Input") and p["name"] != "internalValue"}
-    return {"arguments": dict(sorted(arguments.items())),
-            "attributes": sorted(getters - set(arguments) - set(blocks)),
-            "blocks": dict(sorted(blocks.items()))}
+    getters = {
+        snake(p["name"])
+        for p in types.get(outputs, {}).get("properties", [])
+        if not p.get("static") and not p["name"].endswith("Input") and p["name"] != "internalValue"
+    }
+    return {
+        "arguments": dict(sorted(arguments.items())),
+        "attributes": sorted(getters - set(arguments) - set(blocks)),
+        "blocks": dict(sorted(blocks.items())),
+    }
 
 
 def type_schemas(types: dict, wanted: set[tuple[str, str]]) -> dict:
