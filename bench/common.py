@@ -173,6 +173,24 @@ def parallel(fn, items, threads: int = 8) -> list:
 # Firestore
 
 
+def accepted(message_id: str, phone: str, agent_id: str, due_at, i: int):
+    """A message as send_message leaves it once RBM accepted it (SENT, an SMS fallback
+    waiting), its revoke due at `due_at`; `i` numbers its texts."""
+    from functions.model import Fallback, Message, State
+
+    return Message(
+        message_id,
+        phone,
+        agent_id,
+        state=State.SENT,
+        fallback=Fallback.WAITING,
+        fallback_text=f"fallback {i}",
+        content={"text": f"rcs {i}"},
+        revoke_at=due_at,
+        next_action_at=due_at,
+    )
+
+
 def seed(messages, threads: int = 4, batch_size: int = 500) -> float:
     """Writes message documents as batches of up to 500; answers the seconds it took."""
     from functions import store

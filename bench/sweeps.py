@@ -20,7 +20,19 @@ import os
 import time
 from datetime import timedelta
 
-from bench.common import PROJECT, CpuMeter, Run, check, http_session, load_average, median, parallel, seed, table
+from bench.common import (
+    PROJECT,
+    CpuMeter,
+    Run,
+    accepted,
+    check,
+    http_session,
+    load_average,
+    median,
+    parallel,
+    seed,
+    table,
+)
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
 from local.processes import reset_firestore
@@ -38,23 +50,9 @@ def phone(i: int) -> str:
 def due(prefix: str, count: int, start: int = 0):
     """Sent messages whose revoke deadline has just passed, each with an SMS fallback."""
     from functions import store
-    from functions.model import Fallback, Message, State
 
     past = store.now() - timedelta(seconds=1)
-    return [
-        Message(
-            f"{prefix}-{i:06d}",
-            phone(start + i),
-            AGENT,
-            state=State.SENT,
-            fallback=Fallback.WAITING,
-            fallback_text=f"fallback {i}",
-            content={"text": f"rcs {i}"},
-            revoke_at=past,
-            next_action_at=past,
-        )
-        for i in range(count)
-    ]
+    return [accepted(f"{prefix}-{i:06d}", phone(start + i), AGENT, past, i) for i in range(count)]
 
 
 def others(count: int):

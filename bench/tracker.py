@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from datetime import timedelta
 
-from bench.common import PROJECT, Run, check, load_average, parallel, seed, table
+from bench.common import PROJECT, Run, accepted, check, load_average, parallel, seed, table
 from local.processes import reset_firestore
 
 AGENT = "bench@rbm.goog"
@@ -82,23 +82,9 @@ def phone(i: int) -> str:
 def recorded(count: int):
     """Messages as send_message leaves them once RBM accepted them."""
     from functions import store
-    from functions.model import Fallback, Message, State
 
     later = store.now() + timedelta(hours=1)
-    return [
-        Message(
-            f"msg-{i:05d}",
-            phone(i),
-            AGENT,
-            state=State.SENT,
-            fallback=Fallback.WAITING,
-            fallback_text=f"fallback {i}",
-            content={"text": f"rcs {i}"},
-            revoke_at=later,
-            next_action_at=later,
-        )
-        for i in range(count)
-    ]
+    return [accepted(f"msg-{i:05d}", phone(i), AGENT, later, i) for i in range(count)]
 
 
 def drive(work, items, threads: int) -> tuple[float, int]:
