@@ -171,12 +171,12 @@ def test_a_worker_killed_mid_sms_never_texts_twice(worker, scheduled, work_topic
 
 
 def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, scheduled, rbm, twilio):
-    start = store.now()
+    worker()
+    run = scheduled("revoke_expired", SCHEDULE_PERIOD_SECONDS="10")
+    start = store.now()  # after the processes started (slow under coverage): the deadlines are still ahead
     ids = [i for second in range(1, 7) for i in seed(5, start=5 * second, deadline=start + timedelta(seconds=second))]
     for n, message_id in enumerate(ids, start=5):
         queue(rbm, message_id, n)
-    worker()
-    run = scheduled("revoke_expired", SCHEDULE_PERIOD_SECONDS="10")
     with ThreadPoolExecutor(2) as pool:
         killed = pool.submit(requests.post, run.url, timeout=60)
         wait_for(lambda: rbm.count("revoke") >= 5)
