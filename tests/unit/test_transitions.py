@@ -381,11 +381,14 @@ def test_a_due_time_already_past_is_written_as_now_and_a_later_one_is_kept():
 
 
 def test_a_late_acceptance_does_not_move_a_failed_revokes_next_try():
-    """ACCEPTED (a re-send answered 409, say) after a revoke failed: the state and its retry time stay."""
-    m = learn(sent(), Fact.REVOKE_FAILED, T0 + timedelta(minutes=6))
-    assert m.state is State.REVOKE_FAILED and m.next_action_at == T0 + timedelta(minutes=5)
-    later = learn(m, Fact.ACCEPTED, T0 + timedelta(minutes=7))
-    assert (later.state, later.next_action_at) == (State.REVOKE_FAILED, m.next_action_at)
+    """ACCEPTED (a re-send answered 409, say) after a revoke failed: the state, its retry time
+    and its attempts stay. The retry time is not the deadline, so a reset to it would show."""
+    deadline = T0 + timedelta(minutes=5)
+    retrying = retry_revoke(claim_revoke(sent(), deadline, LEASE, "a"), deadline, "503", max_attempts=8, base=90)
+    m = learn(retrying, Fact.REVOKE_FAILED, T0 + timedelta(minutes=7))
+    assert (m.state, m.next_action_at, m.attempts) == (State.REVOKE_FAILED, deadline + timedelta(seconds=90), 1)
+    later = learn(m, Fact.ACCEPTED, T0 + timedelta(minutes=8))
+    assert (later.state, later.next_action_at, later.attempts) == (m.state, m.next_action_at, m.attempts)
 
 
 def test_a_retry_of_a_message_that_left_the_sweep_meanwhile_changes_only_the_lease_and_error():
