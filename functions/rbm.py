@@ -1,4 +1,4 @@
-"""The RBM REST API: agentMessages create / delete, agentEvents, capabilities.
+"""The RBM REST API: agentMessages create / delete.
 
 Callers get an `Outcome` they can reason about, never a raw HTTP error:
 429, 5xx and connection failures are retried with backoff and jitter inside
@@ -19,7 +19,6 @@ import functools
 import json
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -145,17 +144,6 @@ class RbmClient:
         """OK: revoke taken. NOT_FOUND: too late, the message was delivered — unless
         `may_have_acted`, when an earlier try may have revoked it."""
         return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", {"agentId": agent_id})
-
-    def send_event(self, phone: str, agent_id: str, event_type: str, message_id: str | None = None) -> Result:
-        """READ (of a user's message) or IS_TYPING, as the agent."""
-        body = {"eventType": event_type} | ({"messageId": message_id} if message_id else {})
-        return self._call(
-            "POST", f"phones/{phone}/agentEvents", {"eventId": str(uuid.uuid4()), "agentId": agent_id}, body
-        )
-
-    def capabilities(self, phone: str, agent_id: str) -> Result:
-        """NOT_FOUND: the user can't receive RBM from this agent."""
-        return self._call("GET", f"phones/{phone}/capabilities", {"requestId": str(uuid.uuid4()), "agentId": agent_id})
 
 
 @functools.cache

@@ -139,17 +139,6 @@ def test_failures_past_the_retry_bound_are_transient(rbm):
     assert (result.outcome, result.status) == (Outcome.TRANSIENT, 500)
 
 
-def test_agent_events_and_capabilities(rbm):
-    c = client(rbm)
-    assert c.send_event(PHONE, AGENT, "IS_TYPING").outcome is Outcome.OK
-    assert c.send_event(PHONE, AGENT, "READ", message_id="u1").outcome is Outcome.OK
-    [typing, read] = [r for r in rbm.requests if r["kind"] == "event"]
-    assert typing["body"] == {"eventType": "IS_TYPING"} and read["body"] == {"eventType": "READ", "messageId": "u1"}
-    assert c.capabilities(PHONE, AGENT).outcome is Outcome.OK
-    rbm.set_phone(PHONE, "not_rcs")
-    assert c.capabilities(PHONE, AGENT).outcome is Outcome.NOT_FOUND
-
-
 def test_an_unreachable_platform_is_transient():
     result = RbmClient(requests.Session(), "http://127.0.0.1:9", 0.3).revoke_message(PHONE, "m1", AGENT)
     assert (result.outcome, result.status, result.may_have_acted) == (Outcome.TRANSIENT, None, False)  # never connected
