@@ -106,12 +106,13 @@ def retention_days() -> int:
 
 
 def sweep_parallelism() -> int:
-    """Messages acted on at once by one run or one work item."""
+    """Messages acted on at once by one instance, all its runs and work items together (sweep._executor)."""
     return env_int("SWEEP_PARALLELISM", 16)
 
 
 def sweep_budget() -> float:
-    """Seconds a scheduled run may spend, its period included; well inside the function timeout."""
+    """Seconds a scheduled run may spend, its period included, or a work item may keep claiming;
+    well inside the function timeout."""
     return env_float("SWEEP_BUDGET_SECONDS", 90.0)
 
 
