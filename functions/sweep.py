@@ -83,6 +83,7 @@ def due(sweep: Sweep, until: datetime, after: datetime | None = None) -> Iterato
 
 
 def due_at(sweep: Sweep, message: Message) -> datetime:
+    """When `message`, found by `sweep`'s query, is due: its due-time field."""
     at: datetime = getattr(message, sweep.fields[1])  # set on every message the sweep's query finds
     return at
 

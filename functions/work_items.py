@@ -42,6 +42,8 @@ class WorkItem:
 
 
 def decode(data: bytes) -> WorkItem:
+    """The data of a work item's Pub/Sub message → WorkItem; WorkItemError for anything else
+    (not JSON, an unknown duty, no ids or more than MAX_IDS, a `due_at` without its offset)."""
     try:
         body = json.loads(data)
         duty, ids, due_at = body["duty"], body["message_ids"], datetime.fromisoformat(body["due_at"])
