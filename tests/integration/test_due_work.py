@@ -373,8 +373,9 @@ def test_work_that_cannot_be_done_is_refused_in_json_or_acknowledged_and_logged(
     assert all(get(i).state is State.SENT and get(i).next_action_at for i in ids)  # still due, for the next run
     assert rbm.count("revoke") == 0
 
+    texts = seed(3, state=State.REVOKED, fallback=Fallback.DUE, start=3)  # SMS due: only a provider is missing
     worker = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **ENV})
-    push_item(worker, work_topic, "fallback", ids)
+    push_item(worker, work_topic, "fallback", texts)
     path = f"{worker.url}/projects/{PROJECT}/topics/{work_topic}"
     for data in ("bm90IGpzb24=", "%%% not base64", base64.b64encode(b'{"duty": "sms"}').decode()):
         envelope = {"message": {"data": data, "messageId": "1", "publishTime": now_rfc3339()}, "subscription": "s"}
@@ -382,4 +383,4 @@ def test_work_that_cannot_be_done_is_refused_in_json_or_acknowledged_and_logged(
     log = worker.read_log()
     assert log.count('"work_item_invalid"') == 3 and log.count('"sms_unconfigured"') == 1
     assert '"work_item_done"' not in log
-    assert all(get(i).fallback is Fallback.WAITING for i in ids)
+    assert all(get(i).fallback is Fallback.DUE and get(i).lease_owner is None for i in texts)  # not claimed: still due
