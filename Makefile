@@ -1,5 +1,6 @@
 # Quick start: `make run` starts the local stack, `make lint` checks style and
-# types, `make test` runs every test and reports coverage.
+# types, `make test` runs every test and reports coverage, `make unit` the unit
+# tests alone.
 # Extra arguments go through ARGS, e.g. make test ARGS="-k webhook -x".
 
 PYTHON ?= python3.11
