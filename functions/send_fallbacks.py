@@ -90,7 +90,7 @@ FALLBACK = Sweep(
 
 
 def unconfigured(what: str) -> bool:
-    """True, after logging it, when there is no SMS provider to send `what` with."""
+    """Whether no SMS provider is configured; if so, logs `sms_unconfigured` naming `what` came without one."""
     if sms.provider() is not None:
         return False
     logs.error(f"{what} but no SMS_PROVIDER is configured", event="sms_unconfigured")
