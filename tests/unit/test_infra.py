@@ -448,6 +448,25 @@ def test_terraform_roles_follow_least_privilege():
     assert public_binding["member"] == "allUsers" and 'f.invoker == "public"' in public_binding["for_each"]
 
 
+def assert_push_delivery(subscription: dict, topology: str, dead_letter: str) -> dict:
+    """Asserts a push subscription takes its deadline, retention, dead-letter policy and
+    backoff from `topology` (a local of topology.json) and pushes as the push identity;
+    answers its push_config."""
+    assert subscription["ack_deadline_seconds"] == f"${{{topology}.ack_deadline_seconds}}"
+    assert subscription["message_retention_duration"] == f"${{{topology}.message_retention}}"
+    assert _block(subscription, "dead_letter_policy") == {
+        "dead_letter_topic": f"${{{dead_letter}.id}}",
+        "max_delivery_attempts": f"${{{topology}.max_delivery_attempts}}",
+    }
+    assert _block(subscription, "retry_policy") == {
+        "minimum_backoff": f"${{{topology}.minimum_backoff}}",
+        "maximum_backoff": f"${{{topology}.maximum_backoff}}",
+    }
+    push_config = _block(subscription, "push_config")
+    assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
+    return push_config
+
+
 def test_terraform_pubsub_comes_from_topology_json():
     assert _module_path(locals_()["topology"]) == INFRA / "topology.json"
     assert "local.topology.subscriptions" in locals_()["subscriptions"]
@@ -461,20 +480,8 @@ def test_terraform_pubsub_comes_from_topology_json():
     assert push["for_each"] == "${local.subscriptions}"
     assert push["filter"] == "${each.value.filter}"
     assert push["topic"] == "${google_pubsub_topic.events.id}"
-    assert push["ack_deadline_seconds"] == "${local.topology.ack_deadline_seconds}"
-    assert push["message_retention_duration"] == "${local.topology.message_retention}"
-    assert _block(push, "dead_letter_policy") == {
-        "dead_letter_topic": "${google_pubsub_topic.dead_letter.id}",
-        "max_delivery_attempts": "${local.topology.max_delivery_attempts}",
-    }
-    assert _block(push, "retry_policy") == {
-        "minimum_backoff": "${local.topology.minimum_backoff}",
-        "maximum_backoff": "${local.topology.maximum_backoff}",
-    }
-    push_config = _block(push, "push_config")
-    target = "google_cloudfunctions2_function.this[each.value.entry_point]"
-    assert target in push_config["push_endpoint"]
-    assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
+    push_config = assert_push_delivery(push, "local.topology", "google_pubsub_topic.dead_letter")
+    assert "google_cloudfunctions2_function.this[each.value.entry_point]" in push_config["push_endpoint"]
     # The Pub/Sub service agent may forward dead letters, from every push subscription to its dead-letter topic.
     agent_topics = resources("google_pubsub_topic_iam_member")["agent_dead_letter"]["for_each"]
     assert set(agent_topics.values()) == {
@@ -496,20 +503,9 @@ def test_terraform_work_topic_comes_from_topology_json():
     work = subscriptions["work"]
     assert work["name"] == "${local.topology.work.subscription}"
     assert work["topic"] == "${google_pubsub_topic.work.id}" and "filter" not in work
-    assert work["ack_deadline_seconds"] == "${local.topology.work.ack_deadline_seconds}"
-    assert work["message_retention_duration"] == "${local.topology.work.message_retention}"
-    assert _block(work, "dead_letter_policy") == {
-        "dead_letter_topic": "${google_pubsub_topic.work_dead_letter.id}",
-        "max_delivery_attempts": "${local.topology.work.max_delivery_attempts}",
-    }
-    assert _block(work, "retry_policy") == {
-        "minimum_backoff": "${local.topology.work.minimum_backoff}",
-        "maximum_backoff": "${local.topology.work.maximum_backoff}",
-    }
-    push_config = _block(work, "push_config")
+    push_config = assert_push_delivery(work, "local.topology.work", "google_pubsub_topic.work_dead_letter")
     assert "google_cloudfunctions2_function.this[local.topology.work.entry_point]" in push_config["push_endpoint"]
     assert push_config["push_endpoint"].endswith("/${google_pubsub_topic.work.id}")
-    assert _block(push_config, "oidc_token")["service_account_email"] == "${google_service_account.push.email}"
     assert locals_()["topics"]["work"] == "${google_pubsub_topic.work.name}"
     assert (
         resources("google_pubsub_topic_iam_member")["function_publisher"]["topic"]
