@@ -297,33 +297,59 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-def test_a_misspelt_argument_is_caught(module_copy):
-    inspect = "  topic                      = google_pubsub_topic.dead_letter.id\n"
-    _edit(module_copy / "pubsub.tf", inspect, inspect + "  retain_acked_message       = false\n")
-    assert schema_problems(module_copy) == [
-        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: unknown argument 'retain_acked_message'"
-    ]
+INSPECT_TOPIC = "  topic                      = google_pubsub_topic.dead_letter.id\n"
 
 
-def test_a_misspelt_nested_argument_is_caught(module_copy):
-    _edit(module_copy / "functions.tf", "max_instance_request_concurrency", "max_instance_concurrency")
-    assert schema_problems(module_copy) == [
-        "functions.tf: google_cloudfunctions2_function.this.service_config: unknown argument 'max_instance_concurrency'"
-    ]
-
-
-def test_a_missing_required_argument_is_caught(module_copy):
-    _edit(module_copy / "pubsub.tf", "  topic                      = google_pubsub_topic.dead_letter.id\n", "")
-    assert schema_problems(module_copy) == [
-        "pubsub.tf: google_pubsub_subscription.dead_letter_inspect: required argument 'topic' missing"
-    ]
-
-
-def test_a_missing_required_block_is_caught(module_copy):
-    _edit(module_copy / "secrets.tf", "  replication {\n    auto {}\n  }\n", "")
-    assert schema_problems(module_copy) == [
-        "secrets.tf: google_secret_manager_secret.this: required block 'replication' missing"
-    ]
+@pytest.mark.parametrize(
+    ("file", "old", "new", "problem"),
+    [
+        pytest.param(
+            "pubsub.tf",
+            INSPECT_TOPIC,
+            INSPECT_TOPIC + "  retain_acked_message       = false\n",
+            "google_pubsub_subscription.dead_letter_inspect: unknown argument 'retain_acked_message'",
+            id="misspelt-argument",
+        ),
+        pytest.param(
+            "functions.tf",
+            "max_instance_request_concurrency",
+            "max_instance_concurrency",
+            "google_cloudfunctions2_function.this.service_config: unknown argument 'max_instance_concurrency'",
+            id="misspelt-nested-argument",
+        ),
+        pytest.param(
+            "pubsub.tf",
+            INSPECT_TOPIC,
+            "",
+            "google_pubsub_subscription.dead_letter_inspect: required argument 'topic' missing",
+            id="missing-required-argument",
+        ),
+        pytest.param(
+            "secrets.tf",
+            "  replication {\n    auto {}\n  }\n",
+            "",
+            "google_secret_manager_secret.this: required block 'replication' missing",
+            id="missing-required-block",
+        ),
+        pytest.param(
+            "source.tf",
+            "  labels                      = local.common_labels\n",
+            '  labels {\n    app = "rbm-relay"\n  }\n',
+            "google_storage_bucket.source: 'labels' is an argument, not a block",
+            id="argument-written-as-a-block",
+        ),
+        pytest.param(
+            "firestore.tf",
+            "    content {\n",
+            "    content = {\n",
+            "google_firestore_index.this.fields: 'content' is a block, not an argument (dynamic)",
+            id="dynamic-content-written-as-an-argument",
+        ),
+    ],
+)
+def test_a_mistake_is_caught(module_copy, file, old, new, problem):
+    _edit(module_copy / file, old, new)
+    assert schema_problems(module_copy) == [f"{file}: {problem}"]
 
 
 def test_an_unknown_type_and_a_wrong_reference_are_caught(module_copy):
@@ -369,24 +395,6 @@ def test_a_block_written_as_an_argument_is_caught(module_copy, block, argument, 
     _edit(module_copy / "source.tf", block, argument)
     name = block.split()[0]
     assert schema_problems(module_copy) == [f"source.tf: {where}: {name!r} is a block, not an argument"]
-
-
-def test_an_argument_written_as_a_block_is_caught(module_copy):
-    _edit(
-        module_copy / "source.tf",
-        "  labels                      = local.common_labels\n",
-        '  labels {\n    app = "rbm-relay"\n  }\n',
-    )
-    assert schema_problems(module_copy) == [
-        "source.tf: google_storage_bucket.source: 'labels' is an argument, not a block"
-    ]
-
-
-def test_a_dynamic_blocks_content_written_as_an_argument_is_caught(module_copy):
-    _edit(module_copy / "firestore.tf", "    content {\n", "    content = {\n")
-    assert schema_problems(module_copy) == [
-        "firestore.tf: google_firestore_index.this.fields: 'content' is a block, not an argument (dynamic)"
-    ]
 
 
 def test_references_to_undeclared_resources_and_data_sources_are_caught(module_copy):
