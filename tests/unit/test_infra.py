@@ -908,23 +908,29 @@ def test_dry_run_keeps_all_but_the_webhook_private():
         assert "receive_webhook" not in {c[5] for c in invokers}
 
 
+def assert_push_flags(command: list[str], topology: dict, topic: str, function: str) -> None:
+    """Asserts a `subscriptions create` command pushes `topic` to `function` as the push
+    identity, with the deadline, retention, dead letters and backoff of `topology`."""
+    assert flag(command, "--topic") == topic
+    assert flag(command, "--dead-letter-topic") == topology["dead_letter_topic"]
+    assert flag(command, "--max-delivery-attempts") == str(topology["max_delivery_attempts"])
+    assert flag(command, "--ack-deadline") == str(topology["ack_deadline_seconds"])
+    assert flag(command, "--min-retry-delay") == topology["minimum_backoff"]
+    assert flag(command, "--max-retry-delay") == topology["maximum_backoff"]
+    assert flag(command, "--message-retention-duration") == topology["message_retention"]
+    endpoint = flag(command, "--push-endpoint")
+    assert endpoint.startswith(f"https://{function}-")
+    assert endpoint.endswith(f"/projects/demo-project/topics/{topic}")
+    assert flag(command, "--push-auth-service-account").startswith("rbm-pubsub-push@")
+
+
 def test_dry_run_subscriptions_follow_topology_json():
     creates = {c[4]: c for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
     names = {ep: f["name"] for ep, f in functions_table().items()}
     for s in TOPOLOGY["subscriptions"]:
         command = creates[s["name"]]
         assert flag(command, "--message-filter") == s["filter"]
-        assert flag(command, "--topic") == TOPOLOGY["events_topic"]
-        assert flag(command, "--dead-letter-topic") == TOPOLOGY["dead_letter_topic"]
-        assert flag(command, "--max-delivery-attempts") == str(TOPOLOGY["max_delivery_attempts"])
-        assert flag(command, "--ack-deadline") == str(TOPOLOGY["ack_deadline_seconds"])
-        assert flag(command, "--min-retry-delay") == TOPOLOGY["minimum_backoff"]
-        assert flag(command, "--max-retry-delay") == TOPOLOGY["maximum_backoff"]
-        assert flag(command, "--message-retention-duration") == TOPOLOGY["message_retention"]
-        endpoint = flag(command, "--push-endpoint")
-        assert endpoint.startswith(f"https://{names[s['entry_point']]}-")
-        assert endpoint.endswith(f"/projects/demo-project/topics/{TOPOLOGY['events_topic']}")
-        assert flag(command, "--push-auth-service-account").startswith("rbm-pubsub-push@")
+        assert_push_flags(command, TOPOLOGY, TOPOLOGY["events_topic"], names[s["entry_point"]])
     inspect = creates[TOPOLOGY["dead_letter_subscription"]]
     assert flag(inspect, "--topic") == TOPOLOGY["dead_letter_topic"]
 
@@ -932,17 +938,8 @@ def test_dry_run_subscriptions_follow_topology_json():
 def test_dry_run_work_subscription_follows_topology_json():
     creates = {c[4]: c for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
     work = creates[WORK["subscription"]]
-    assert flag(work, "--topic") == WORK["topic"] and "--message-filter" not in flags(work)
-    assert flag(work, "--dead-letter-topic") == WORK["dead_letter_topic"]
-    assert flag(work, "--max-delivery-attempts") == str(WORK["max_delivery_attempts"])
-    assert flag(work, "--ack-deadline") == str(WORK["ack_deadline_seconds"])
-    assert flag(work, "--min-retry-delay") == WORK["minimum_backoff"]
-    assert flag(work, "--max-retry-delay") == WORK["maximum_backoff"]
-    assert flag(work, "--message-retention-duration") == WORK["message_retention"]
-    endpoint = flag(work, "--push-endpoint")
-    assert endpoint.startswith(f"https://{functions_table()[WORKER]['name']}-")
-    assert endpoint.endswith(f"/projects/demo-project/topics/{WORK['topic']}")
-    assert flag(work, "--push-auth-service-account").startswith("rbm-pubsub-push@")
+    assert "--message-filter" not in flags(work)
+    assert_push_flags(work, WORK, WORK["topic"], functions_table()[WORKER]["name"])
     assert flag(creates[WORK["dead_letter_subscription"]], "--topic") == WORK["dead_letter_topic"]
     created = {c[4] for c in commands("twilio", "gcloud", "pubsub", "topics", "create")}
     assert {WORK["topic"], WORK["dead_letter_topic"]} <= created
