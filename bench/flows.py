@@ -25,7 +25,6 @@ concurrency), acking on success and nacking otherwise.
 
 import contextlib
 import functools
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,13 +32,16 @@ from google.cloud import pubsub_v1
 
 from bench.common import PROJECT, Run, http_session
 from local import processes
+from local.processes import RUNTIME
 from local.pusher import Pusher
+from local.scheduler import Scheduler
 
 AGENT = "bench@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "bench-twilio-token"
 CLIENT_TOKEN = "bench-client-token"
 ACK_DEADLINE = 600  # the longest Pub/Sub allows: a slow item is not redelivered mid-way
 KINDS = ("dispatch", "ticks")
+WORKER_CONCURRENCY = RUNTIME["process_due_work"]["concurrency"]  # items at once per deployed worker instance
 
 
 def rbm_env(rbm_url: str) -> dict:
@@ -54,41 +56,6 @@ def sms_env(twilio_url: str) -> dict:
         "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_API_BASE": twilio_url,
     }
-
-
-class Scheduler:
-    """Cloud Scheduler's part: POSTs each URL every `period` seconds on one grid,
-    each call in its own thread, without waiting for the previous one (jobs fire
-    on time whatever the last run is doing). `answers` holds each call's status."""
-
-    def __init__(self, urls: list[str], period: float):
-        self.urls, self.period = urls, period
-        self.answers: list[tuple[str, int | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-
-    def start(self) -> "Scheduler":
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def _call(self, url: str) -> None:
-        try:
-            status = http_session.post(url, json={}, timeout=self.period + 180).status_code
-        except OSError:
-            status = None  # the run was cut off by the end of the benchmark
-        self.answers.append((url, status))
-
-    def _loop(self) -> None:
-        tick = 0
-        while not self._stop.wait(max(0.0, self.started + tick * self.period - time.monotonic())):
-            for url in self.urls:
-                threading.Thread(target=self._call, args=(url,), daemon=True).start()
-            tick += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @dataclass
@@ -114,7 +81,7 @@ def start_flow(
     period: float,
     *,
     workers: int = 1,
-    concurrency: int = 16,
+    concurrency: int = WORKER_CONCURRENCY,
     settings: dict | None = None,
     source: str = "main.py",
     functions: tuple = ("send_message", "revoke_expired", "send_fallbacks"),
@@ -186,7 +153,7 @@ def start_flow(
 def schedule(stack: contextlib.ExitStack, flows: list[Flow], period: float) -> Scheduler:
     """One scheduler for every flow's revoke_expired and send_fallbacks, on one grid,
     started now and stopped when `stack` (a Run, or part of one) closes."""
-    scheduler = Scheduler([url for flow in flows for url in flow.scheduled_urls], period)
+    scheduler = Scheduler([url for flow in flows for url in flow.scheduled_urls], period, timeout=period + 180)
     stack.enter_context(_Started(scheduler))
     return scheduler
 

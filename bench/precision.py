@@ -28,7 +28,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import Run, load_average, percentiles, table
-from bench.flows import KINDS, TWILIO_SID, TWILIO_TOKEN, schedule, send, start_flow
+from bench.flows import KINDS, TWILIO_SID, TWILIO_TOKEN, WORKER_CONCURRENCY, schedule, send, start_flow
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
 
@@ -127,7 +127,12 @@ def main(argv=None) -> None:
     parser.add_argument("--latency", type=float, default=0.1, help="seconds each fake RBM / Twilio call takes (0.1)")
     parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
     parser.add_argument("--workers", type=int, default=1, help="process_due_work processes (1)")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests at once per worker (32)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=WORKER_CONCURRENCY,
+        help=f"requests at once per worker (deployed: {WORKER_CONCURRENCY})",
+    )
     args = parser.parse_args(argv)
     spread = args.spread if args.spread is not None else args.period
     load_before = load_average()
@@ -217,7 +222,7 @@ def main(argv=None) -> None:
                 "results": results,
                 "load_average": loads,
                 "verdicts": verdicts,
-                "scheduler_answers": scheduler.answers,
+                "scheduler_answers": [(e.url, e.status) for e in scheduler.executions],
             }
         )
 

@@ -27,7 +27,7 @@ import time
 from email.message import Message as Headers
 
 from bench.common import PROJECT, CpuMeter, Run, check, http_session, load_average, seed, table
-from bench.flows import AGENT, TWILIO_SID, TWILIO_TOKEN, schedule, start_flow
+from bench.flows import AGENT, TWILIO_SID, TWILIO_TOKEN, WORKER_CONCURRENCY, schedule, start_flow
 from bench.sweeps import due
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
@@ -148,7 +148,12 @@ def main(argv=None) -> None:
     parser.add_argument("--messages", type=int, default=20_000, help="messages sharing one deadline (20,000)")
     parser.add_argument("--workers", default="1,2,4", help="numbers of worker processes, comma-separated (1,2,4)")
     parser.add_argument("--parallelism", type=int, default=16, help="SWEEP_PARALLELISM of each worker (16)")
-    parser.add_argument("--concurrency", type=int, default=32, help="pushed items at once per worker (32)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=WORKER_CONCURRENCY,
+        help=f"pushed items at once per worker (deployed: {WORKER_CONCURRENCY})",
+    )
     parser.add_argument("--latency", type=float, default=0.1, help="seconds each fake RBM / Twilio call takes (0.1)")
     parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
     parser.add_argument("--period", type=float, default=60.0, help="scheduler period, seconds (60)")

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections import Counter
+from unittest import mock
 
 import requests
 
@@ -33,12 +34,15 @@ from bench.common import (
     table,
 )
 from functions.signature import sign
-from local.processes import create_pull_subscription, create_topic
+from local.processes import create_pull_subscription, create_topic, runtime_env
 
 TOKEN = "bench-client-token"
 TOPIC = "bench-events"
 BASELINES = "bench/baselines.py"
 MEMORY_AFTER = 10_000
+# The baselines are served as the deployed webhook is (THREADS = its concurrency), so
+# every function here gets the same server.
+SERVER = runtime_env("receive_webhook")
 
 
 def signed_bodies(count: int) -> list[tuple[bytes, dict]]:
@@ -70,11 +74,12 @@ def signed_bodies(count: int) -> list[tuple[bytes, dict]]:
 
 
 def gunicorn_settings() -> dict:
-    """Workers and threads functions-framework gives gunicorn here (its WORKERS / THREADS
-    environment, default 1 worker and 4 threads per CPU)."""
+    """Workers and threads functions-framework gives gunicorn in every function here
+    (SERVER's WORKERS / THREADS; without them 1 worker and 4 threads per CPU)."""
     from functions_framework._http.gunicorn import GunicornApplication
 
-    cfg = GunicornApplication(None, "127.0.0.1", 0, False).cfg
+    with mock.patch.dict(os.environ, SERVER):
+        cfg = GunicornApplication(None, "127.0.0.1", 0, False).cfg
     return {
         "workers": cfg.workers,
         "threads": cfg.threads,
@@ -126,8 +131,8 @@ def main(argv=None) -> None:
         create_pull_subscription(PROJECT, TOPIC, f"{TOPIC}-kept")  # so the emulator stores what it gets
         webhook_env = {"RBM_CLIENT_TOKEN": TOKEN, "RBM_EVENTS_TOPIC": TOPIC}
         processes = {
-            "floor": run.function("floor", source=BASELINES),
-            "naive": run.function("naive", {"BASELINE_TOPIC": TOPIC}, source=BASELINES),
+            "floor": run.function("floor", SERVER, source=BASELINES),
+            "naive": run.function("naive", {**SERVER, "BASELINE_TOPIC": TOPIC}, source=BASELINES),
             "receive_webhook": run.function("receive_webhook", webhook_env),
         }
         served = {t: post_load(p.url, bodies, args.threads, seconds=args.warmup).requests for t, p in processes.items()}
@@ -155,7 +160,7 @@ def main(argv=None) -> None:
         starts: dict[str, list[dict]] = {"receive_webhook": [], "imports_only": []}
         for _ in range(args.starts):  # alternated, so drift hits both alike
             starts["receive_webhook"].append(cold_start(run, "receive_webhook", webhook_env, "main.py", bodies[0]))
-            starts["imports_only"].append(cold_start(run, "imports_only", {}, BASELINES, bodies[0]))
+            starts["imports_only"].append(cold_start(run, "imports_only", SERVER, BASELINES, bodies[0]))
         results["load_average_after"] = load_average()
 
         g = results["gunicorn"]

@@ -118,7 +118,8 @@ def sweep_budget() -> float:
 
 def schedule_period() -> float:
     """Seconds between two scheduled runs (Cloud Scheduler's period): each run keeps
-    dispatching work at its due second until the next run starts. 0: one pass."""
+    dispatching work at its due second until just before the schedule's next tick
+    (dispatch.seconds_to_run). 0: one pass."""
     return env_float("SCHEDULE_PERIOD_SECONDS", 0.0)
 
 

@@ -1,7 +1,7 @@
 """Deadline-precise dispatch: the scheduled runs, and the work they hand out.
 
 revoke_expired and send_fallbacks (Cloud Scheduler, every SCHEDULE_PERIOD_SECONDS)
-each keep looking, until the next run starts, for work due in the coming
+each keep looking, until just before the schedule's next tick, for work due in the coming
 second (after a first look at all that is due, only at what became due in the
 last LOOKBACK_SECONDS: a backlog is read once per run, not every second), and
 dispatch it at its due second: as work items on RBM_WORK_TOPIC for
@@ -20,6 +20,7 @@ done twice: a duplicated, redelivered or late item finds its messages claimed
 or done (sweep.perform).
 """
 
+import math
 import time
 import uuid
 from collections import Counter
@@ -38,6 +39,9 @@ WINDOW_SECONDS = 0.5  # messages due this close together share a work item
 LOOKBACK_SECONDS = 10.0  # after its first poll, a run reads only work due since this long before its last poll
 MAX_EARLY_SECONDS = 5.0  # the longest an item waits for its due second (it is dispatched POLL_SECONDS early)
 RUN_ITEMS = 32  # work items a run without a work topic acts on at once
+END_MARGIN_SECONDS = 1.0  # a run ends this long before the schedule's next tick
+EARLY_SECONDS = 1.0  # a run started this close before a tick belongs to that tick (clock skew)
+ZERO = timedelta(0)
 
 
 def _wait_until(at: datetime, cap: float) -> None:
@@ -72,13 +76,32 @@ def items(s: Sweep, messages: list[Message]) -> list[WorkItem]:
     return result
 
 
+def seconds_to_run(started: float, period: float) -> float:
+    """How long a run that started at `started` (seconds since the epoch) keeps dispatching:
+    until END_MARGIN_SECONDS before the schedule's next tick, whatever its start time.
+
+    Cloud Scheduler fires a job on its cron grid (every `period` seconds, on multiples of
+    the period since the epoch for a period that divides an hour) and never starts
+    execution n + 1 before execution n has ended: "A scheduled start time will be
+    delayed if the previous execution has not ended" (Cloud Scheduler reference,
+    `Job.schedule`). A run that started late, or hung for a while, therefore ends at
+    its own tick's end, not a period after its start, so the next tick starts on time.
+    0 or less: one pass."""
+    if period <= 0:
+        return 0.0
+    next_tick = (math.floor((started + EARLY_SECONDS) / period) + 1) * period
+    return max(0.0, next_tick - END_MARGIN_SECONDS - started)
+
+
 def run(s: Sweep) -> dict[str, Any]:
-    """One scheduled run: dispatches due work at its due second until the next run
-    starts (one pass when SCHEDULE_PERIOD_SECONDS is 0) or the budget is spent.
-    Answers the summary it also logs; raises pubsub.PublishError if items could not be queued."""
+    """One scheduled run: dispatches due work at its due second until just before the
+    schedule's next tick (`seconds_to_run`; one pass when SCHEDULE_PERIOD_SECONDS is 0)
+    or the budget is spent. Answers the summary it also logs; raises
+    pubsub.PublishError if items could not be queued."""
     owner, started = f"{s.name}-{uuid.uuid4().hex[:12]}", time.monotonic()
     period, budget, topic = config.schedule_period(), config.sweep_budget(), config.work_topic()
     deadline, lookahead = started + budget, timedelta(seconds=POLL_SECONDS if period else 0)
+    length = min(seconds_to_run(time.time(), period), budget)
     dispatched: dict[str, datetime] = {}  # message id → the due time it was dispatched for
     counts: Counter[str] = Counter()
     since = None  # the first poll reads all that is due; later ones only what became due lately
@@ -86,7 +109,11 @@ def run(s: Sweep) -> dict[str, Any]:
         running = []
         while True:
             polled, now = time.monotonic(), store.now()
-            found = sweep.due(s, now + lookahead, since)
+            last = polled + POLL_SECONDS >= started + length
+            # The last poll also hands out what falls due before the next run's first poll.
+            rest = max(0.0, started + length - polled) + END_MARGIN_SECONDS
+            ahead = timedelta(seconds=rest) if last and period else ZERO
+            found = sweep.due(s, now + lookahead + ahead, since)
             since = now - timedelta(seconds=LOOKBACK_SECONDS)
             fresh = [m for m in found if dispatched.get(m.message_id) != sweep.due_at(s, m)]
             dispatched.update((m.message_id, sweep.due_at(s, m)) for m in fresh)
@@ -96,7 +123,7 @@ def run(s: Sweep) -> dict[str, Any]:
                 work_items.publish(batch)
             elif batch:
                 running += [pool.submit(work, s, item, owner, deadline) for item in batch]
-            if polled + POLL_SECONDS >= started + min(period, budget):
+            if last:
                 break
             time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
         for future in running:

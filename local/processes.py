@@ -10,6 +10,7 @@ Plain helpers, no pytest: the tests, the local stack and the benchmarks use them
 """
 
 import functools
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ from google.cloud import pubsub_v1
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-rbm-relay"  # the project id every local process uses with the emulators
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST")
+# How each function runs when deployed, by entry point: the one definition both deploy routes read.
+RUNTIME = json.loads((REPO_ROOT / "infra" / "functions.json").read_text())["functions"]
 
 # Loopback only: never route these calls through a proxy from the environment.
 _http = requests.Session()
@@ -173,13 +176,24 @@ def reset_firestore(host: str, project: str) -> None:
     _http.delete(url, timeout=10).raise_for_status()
 
 
+def runtime_env(target: str) -> dict[str, str]:
+    """The server settings a deployed entry point runs with (infra/functions.json):
+    functions-framework's gunicorn with one worker process and a thread per request
+    Cloud Run may send it at once (THREADS = its concurrency; Cloud Run functions,
+    "Concurrency"). Empty for a target that is not deployed."""
+    size = RUNTIME.get(target)
+    return {"THREADS": str(size["concurrency"]), "WORKERS": "1"} if size else {}
+
+
 class FunctionProcess:
     """One entry point served by functions-framework's production server
-    (gunicorn), as Cloud Run serves it.
+    (gunicorn), as Cloud Run serves it, with the threads it gets when deployed
+    (`runtime_env`).
 
-    `env` is merged over os.environ, except that emulator hosts are inherited
-    only when `env` names them, so a function never talks to an emulator by
-    accident. `restart()` keeps the port, so push endpoints stay valid.
+    `env` is merged over os.environ and the deployed server settings, except that
+    emulator hosts are inherited only when `env` names them, so a function never
+    talks to an emulator by accident. `restart()` keeps the port, so push
+    endpoints stay valid.
     """
 
     def __init__(
@@ -189,6 +203,7 @@ class FunctionProcess:
         self.port = port or free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}
         self.env["PYTHONUNBUFFERED"] = "1"  # so read_log() sees prints as they happen
+        self.env.update(runtime_env(target))
         self.env.update(env or {})
         self.log_path = Path(log_path or Path(tempfile.mkdtemp(prefix="function-")) / f"{target}.log")
         self._proc = None

@@ -3,9 +3,10 @@
 Google's Pub/Sub and Firestore emulators; the topics and push subscriptions
 of infra/topology.json (the definition production uses: the events fanned out
 to the subscribers, the work items to process_due_work); every entry point as
-its own functions-framework process, as Cloud Run runs them; a scheduler
-calling revoke_expired and send_fallbacks every period as Cloud Scheduler
-does, each run dispatching due work until the next one starts; the RBM
+its own functions-framework process, as Cloud Run runs them (with their
+deployed threads); a scheduler calling revoke_expired and send_fallbacks on
+the grid of the period as Cloud Scheduler does (never two runs of one job at
+once), each run dispatching due work until just before the next tick; the RBM
 platform simulator and a fake Twilio, or an RBM REST root and a signed SMS
 webhook gateway of your own. Then a demo scenario (local/demo.py), or, with
 --no-demo, the URL of every function as one JSON line on stdout and the stack
@@ -14,14 +15,12 @@ process started here, and only those.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import requests
@@ -30,6 +29,7 @@ from local.fake_sms import FakeTwilio
 from local.processes import (
     PROJECT,
     REPO_ROOT,
+    RUNTIME,
     Emulator,
     FunctionProcess,
     create_pull_subscription,
@@ -39,6 +39,7 @@ from local.processes import (
     delete_topic,
 )
 from local.pusher import Pusher
+from local.scheduler import Scheduler
 from local.simulator import Simulator
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
@@ -48,10 +49,12 @@ AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
-# One worker process stands for the autoscaled fleet: as many items at once as
-# production's default of 5 instances × concurrency 8 (infra). An item may wait
-# up to a second for its due second, so fewer would queue items behind it.
-WORKER_THREADS = 40
+# Every function runs with its deployed threads (THREADS = its concurrency,
+# local/processes.py), but one worker process stands for the autoscaled fleet:
+# as many items at once as production's default max instances × per-instance
+# concurrency (infra/functions.json: 5 × 8). An item may wait up to a second for
+# its due second, so fewer would queue items behind it.
+WORKER_FLEET = RUNTIME[WORK["entry_point"]]["max_instances"] * RUNTIME[WORK["entry_point"]]["concurrency"]
 BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
 # With the simulator, local time runs in seconds, not minutes; against an RBM
 # root of your own the relay keeps production's defaults.
@@ -143,7 +146,6 @@ class Stack:
         self.sms: FakeTwilio | None = None
         self.functions: dict[str, FunctionProcess] = {}
         self.started: list = []
-        self._stop = threading.Event()
 
     def _env(self) -> dict:
         env = {
@@ -200,7 +202,10 @@ class Stack:
             self.rbm.webhook_url = self.functions["receive_webhook"].url
             if not self.rbm.register_webhook():
                 raise RuntimeError("the webhook handshake failed")
-        threading.Thread(target=self._scheduler, name="scheduler", daemon=True).start()
+        # Each scheduled function called on the grid of the period, the first call at once,
+        # one run of each at a time, as Cloud Scheduler does (local/scheduler.py).
+        urls = [self.functions[name].url for name in SCHEDULED]
+        self._start(Scheduler(urls, self.period, timeout=self.period + BUDGET_SLACK * 2))
         return self
 
     def _function(self, name: str, **env: str) -> FunctionProcess:
@@ -224,7 +229,7 @@ class Stack:
         topology.topic(WORK["topic"])
         topology.topic(WORK["dead_letter_topic"])
         topology.pull(WORK["dead_letter_topic"], WORK["dead_letter_subscription"])
-        worker = self._function(WORK["entry_point"], THREADS=str(WORKER_THREADS))  # functions-framework's thread count
+        worker = self._function(WORK["entry_point"], THREADS=str(WORKER_FLEET))  # the fleet in one process
         worker = self.functions[WORK["entry_point"]] = self._start(worker)
         # Pushed by a Pusher, not by the emulator, which has only about two pushes outstanding (local/pusher.py).
         topology.push(
@@ -240,7 +245,7 @@ class Stack:
                 PROJECT,
                 WORK["subscription"],
                 f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
-                WORKER_THREADS,
+                WORKER_FLEET,
                 timeout=WORK["ack_deadline_seconds"],
                 backoff=float(WORK["minimum_backoff"].rstrip("s")),
             )
@@ -251,32 +256,15 @@ class Stack:
         return {name: process.url for name, process in self.functions.items()}
 
     def sweep(self, name: str) -> dict:
-        """One call of a scheduled function, as Cloud Scheduler makes it; it lasts
-        about one period (the run dispatches due work until the next one starts)."""
+        """One call of a scheduled function, as Cloud Scheduler makes it; it lasts until
+        just before the schedule's next tick (the run dispatches due work until then)."""
         response = requests.post(self.functions[name].url, json={}, timeout=self.period + BUDGET_SLACK * 2)
         return response.json() if response.ok else {"error": response.status_code}
-
-    def _call(self, name: str) -> None:
-        # A process being restarted by a fault test, or the stack stopping: the next tick calls again.
-        with contextlib.suppress(requests.RequestException):
-            self.sweep(name)
-
-    def _scheduler(self) -> None:
-        """Calls each scheduled function at every tick, the first at once, without
-        waiting for the last run to end: Cloud Scheduler fires on its schedule."""
-        tick = time.monotonic()
-        while True:
-            for name in SCHEDULED:
-                threading.Thread(target=self._call, args=(name,), name=name, daemon=True).start()
-            tick += self.period
-            if self._stop.wait(max(0.0, tick - time.monotonic())):
-                return
 
     def send(self, **body) -> requests.Response:
         return requests.post(self.functions["send_message"].url, json=body, timeout=30)
 
     def stop(self) -> None:
-        self._stop.set()
         for thing in reversed(self.started):
             try:
                 thing.stop()

@@ -2,6 +2,9 @@
 
 import time
 
+from functions import dispatch
+from local.scheduler import next_tick
+
 
 def wait_for(predicate, timeout=20.0, interval=0.1):
     """Polls until `predicate()` is truthy; returns its value or fails the test."""
@@ -25,6 +28,14 @@ def wait_until_steady(read, seconds=2.0, timeout=30.0):
         if (latest := read()) != value:
             value, since = latest, time.monotonic()
     raise AssertionError(f"still changing after {timeout} s")
+
+
+def room_to_run(period: float, seconds: float) -> None:
+    """Waits, if need be, for the next tick of a schedule of `period` seconds, so that a
+    scheduled run called now dispatches for at least `seconds`: a run ends just before
+    the schedule's next tick (dispatch.seconds_to_run), as Cloud Scheduler calls on its grid."""
+    if dispatch.seconds_to_run(time.time(), period) < seconds:
+        time.sleep(max(0.0, next_tick(time.time(), period) - time.time()))
 
 
 AGENT = "agent@rbm.goog"

@@ -40,8 +40,8 @@
 #   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS
 #                                                   tuning; the code's defaults otherwise
 #   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
-#   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
-#   WORKER_MAX_INSTANCES (5)    process_due_work instances; × SWEEP_PARALLELISM it bounds the
+#   WEBHOOK_MIN_INSTANCES, WEBHOOK_MAX_INSTANCES   default infra/functions.json's (0, 20)
+#   WORKER_MAX_INSTANCES        default infra/functions.json's (5): process_due_work instances; × SWEEP_PARALLELISM it bounds the
 #                               calls into RBM and the SMS provider (infra/README.md, "Sizing the worker")
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
@@ -105,9 +105,9 @@ WORK_ITEM_SIZE=${WORK_ITEM_SIZE:-50}
 REVOKE_GRACE_SECONDS=${REVOKE_GRACE_SECONDS:-5}
 OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
 OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
-WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
-WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
-WORKER_MAX_INSTANCES=${WORKER_MAX_INSTANCES:-5}
+WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-}
+WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-}
+WORKER_MAX_INSTANCES=${WORKER_MAX_INSTANCES:-}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
 SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
 SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
@@ -125,10 +125,11 @@ esac
 # schedule of the scheduled functions and their SCHEDULE_PERIOD_SECONDS.
 SCHEDULE_PERIOD_SECONDS=60
 SCHEDULE="*/$((SCHEDULE_PERIOD_SECONDS / 60)) * * * *"
-((SWEEP_BUDGET_SECONDS + 15 <= 120)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of the scheduled functions' 120 s timeout"
 ((SCHEDULE_PERIOD_SECONDS <= SWEEP_BUDGET_SECONDS)) ||
   die "SWEEP_BUDGET_SECONDS bounds a whole run, its period included: it must be at least the scheduler period ($SCHEDULE_PERIOD_SECONDS s)"
-((WORKER_MAX_INSTANCES >= 1)) || die "WORKER_MAX_INSTANCES must be at least 1"
+# A job's attempt deadline is one period; Cloud Scheduler takes 15 s to 30 minutes for an HTTP target.
+((SCHEDULE_PERIOD_SECONDS >= 15 && SCHEDULE_PERIOD_SECONDS <= 1800)) || die "the scheduler period must be 15 s to 30 minutes"
+[[ -z $WORKER_MAX_INSTANCES ]] || ((WORKER_MAX_INSTANCES >= 1)) || die "WORKER_MAX_INSTANCES must be at least 1"
 
 # --- printing and running -----------------------------------------------------
 
@@ -195,8 +196,8 @@ def source_files(root, listing):
     patterns = json.load(open(listing))["patterns"]
     return sorted({p.relative_to(base).as_posix() for pattern in patterns for p in base.glob(pattern) if p.is_file()})
 
-if cmd == "config":  # topology.json and firestore_indexes.json as shell variables
-    topology, indexes = (json.load(open(p)) for p in args)
+if cmd == "config":  # topology.json, firestore_indexes.json and functions.json as shell variables
+    topology, indexes, runtime = (json.load(open(p)) for p in args)
     for key in ("events_topic", "dead_letter_topic", "dead_letter_subscription", "max_delivery_attempts",
                 "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention"):
         sh(key.upper(), topology[key])
@@ -206,6 +207,15 @@ if cmd == "config":  # topology.json and firestore_indexes.json as shell variabl
         sh(f"WORK_{key.upper()}", value)
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
     sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
+    # Each function's "memory cpu concurrency timeout min max"; an "ack_deadline" timeout is
+    # that of the push subscription feeding it.
+    ack = {s["entry_point"]: topology["ack_deadline_seconds"] for s in topology["subscriptions"]}
+    ack[topology["work"]["entry_point"]] = topology["work"]["ack_deadline_seconds"]
+    sizes = {ep: " ".join(str(v) for v in (
+        r["memory"], r["cpu"], r["concurrency"],
+        ack[ep] if r["timeout_seconds"] == "ack_deadline" else r["timeout_seconds"],
+        r["min_instances"], r["max_instances"])) for ep, r in runtime["functions"].items()}
+    print("declare -A SIZING=(" + " ".join(f"[{ep}]={shlex.quote(v)}" for ep, v in sizes.items()) + ")")
 elif cmd in ("source-hash", "source-zip"):  # root, infra/source_files.json: the deployed source
     root, listing = args
     files = source_files(root, listing)
@@ -280,33 +290,39 @@ else:
 PY
 )
 
-eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.json")"
+eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.json" "$ROOT/infra/functions.json")"
 ((SWEEP_BUDGET_SECONDS + RBM_RETRY_SECONDS + 35 <= WORK_ACK_DEADLINE_SECONDS)) ||
   die "the work subscription's ack deadline (the worker's timeout) must cover SWEEP_BUDGET_SECONDS plus one RBM call at its longest (RBM_RETRY_SECONDS + 35 s)"
+for ep in revoke_expired send_fallbacks; do
+  read -r _ _ _ timeout _ <<<"${SIZING[$ep]}"
+  ((SWEEP_BUDGET_SECONDS + 15 <= timeout)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of $ep's ${timeout} s timeout"
+done
 
 # --- what gets deployed ---------------------------------------------------------
 
 # Every function, keyed by its entry point in main.py: the same table as
-# infra/terraform/module/locals.tf, where the sizing is justified. Each gets
-# 512Mi and 1 CPU; concurrency, timeout (s) and min / max instances vary.
+# infra/terraform/module/locals.tf. How each runs (memory, CPU, concurrency,
+# timeout, instances) is in infra/functions.json, read into SIZING above; the
+# instance variables below override its numbers.
 # A scheduled run acts itself when no work topic is set, so it reads every
 # setting of its own kind of work; process_due_work does both kinds.
 REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
 FALLBACK_SETTINGS=common,store,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
-#  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
+#  entry point      name                 invoker   ingress               settings                                secrets                 publishes
 FUNCTIONS=(
-  "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
-  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
+  "receive_webhook  rbm-receive-webhook  public    all                   common,publish                          RBM_CLIENT_TOKEN        events"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store                -                       dead_letter"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  -                       dead_letter"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
+  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
 )
-MEMORY=512Mi
-CPU=1
+# The instance overrides, as Terraform's variables: empty keeps functions.json's number.
+declare -A MIN_OVERRIDE=([receive_webhook]=$WEBHOOK_MIN_INSTANCES)
+declare -A MAX_OVERRIDE=([receive_webhook]=$WEBHOOK_MAX_INSTANCES [process_due_work]=$WORKER_MAX_INSTANCES)
 
 # The functions' Cloud Run services, in a Logging filter (log-based metrics)
 # and in a Monitoring filter (charts), which has no ("a" OR "b") value lists.
@@ -527,7 +543,9 @@ done
 
 declare -A URLS
 for row in "${FUNCTIONS[@]}"; do
-  read -r ep name invoker ingress concurrency timeout min max settings secrets publishes <<<"$row"
+  read -r ep name invoker ingress settings secrets publishes <<<"$row"
+  read -r memory cpu concurrency timeout min max <<<"${SIZING[$ep]}"
+  min=${MIN_OVERRIDE[$ep]:-$min} max=${MAX_OVERRIDE[$ep]:-$max}
   sa=$(sa_email "$name")
 
   IFS=, read -ra groups <<<"$settings"
@@ -539,6 +557,9 @@ for row in "${FUNCTIONS[@]}"; do
     if [[ $value == *\;* ]]; then die "$var contains a semicolon, which --set-env-vars cannot carry here"; fi
     env_vars+=("$var=$value")
   done
+  # functions-framework's gunicorn: one process with a thread per request Cloud Run may
+  # send at once (Cloud Run functions, "Concurrency": THREADS equal to the concurrency).
+  env_vars+=("THREADS=$concurrency" "WORKERS=1")
   # Its secrets, among those this configuration uses; each readable by it alone.
   secret_refs=()
   IFS=, read -ra wanted <<<"$secrets"
@@ -576,7 +597,7 @@ for row in "${FUNCTIONS[@]}"; do
   run gcloud functions deploy "$name" --gen2 --region="$REGION" --runtime="$PYTHON_RUNTIME" \
     --entry-point="$ep" --source="$SOURCE" --trigger-http "$public" \
     --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
-    --memory="$MEMORY" --cpu="$CPU" --concurrency="$concurrency" --timeout="${timeout}s" \
+    --memory="$memory" --cpu="$cpu" --concurrency="$concurrency" --timeout="${timeout}s" \
     --min-instances="$min" --max-instances="$max" --ingress-settings="$ingress" \
     --set-env-vars="^;^$(IFS=';'; echo "${env_vars[*]}")" "$secret_flag" \
     --update-labels="$LABELS" "${P[@]}" --quiet
@@ -609,7 +630,7 @@ for row in "${FUNCTIONS[@]}"; do
   if [[ $invoker == scheduler ]]; then
     job=(--location="$REGION" --schedule="$SCHEDULE" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=post
       --oidc-service-account-email="$SCHEDULER_SA" --oidc-token-audience="${URLS[$ep]}"
-      --attempt-deadline="$((timeout + 30))s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
+      --attempt-deadline="${SCHEDULE_PERIOD_SECONDS}s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
       --max-retry-duration=50s --description="Runs $ep every $SCHEDULE_PERIOD_SECONDS s." "${P[@]}")
     if exists gcloud scheduler jobs describe "$name" --location="$REGION" "${P[@]}"; then
       run gcloud scheduler jobs update http "$name" "${job[@]}"

@@ -17,9 +17,10 @@ from functions.model import SWEPT_FALLBACKS, Fallback, Message, State
 from functions.work_items import WorkItem
 from local.fake_rbm import now_rfc3339
 from local.processes import PROJECT, create_push_subscription, create_topic, publish
+from local.scheduler import Scheduler
 from local.simulator import Simulator
 from tests.integration.test_sweeps import AGENT, SWEEP_ENV, get, phone, queue, seed, sweep
-from tests.support import wait_for, wait_until_steady
+from tests.support import room_to_run, wait_for, wait_until_steady
 
 # Leases outlast any call here, even on a loaded machine, unless a test needs one to run out.
 ENV = {**SWEEP_ENV, "LEASE_SECONDS": "30", "REVOKE_GRACE_SECONDS": "0.5"}
@@ -173,6 +174,7 @@ def test_a_worker_killed_mid_sms_never_texts_twice(worker, scheduled, work_topic
 def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, scheduled, rbm, twilio):
     worker()
     run = scheduled("revoke_expired", SCHEDULE_PERIOD_SECONDS="10")
+    room_to_run(10, 9)  # the run covers every deadline below
     start = store.now()  # after the processes started (slow under coverage): the deadlines are still ahead
     ids = [i for second in range(1, 7) for i in seed(5, start=5 * second, deadline=start + timedelta(seconds=second))]
     for n, message_id in enumerate(ids, start=5):
@@ -199,6 +201,7 @@ def test_a_deadline_between_two_ticks_is_revoked_and_texted_at_its_second(worker
     grace = 1.0
     worker(REVOKE_GRACE_SECONDS=str(grace))
     runs = [scheduled(target, SCHEDULE_PERIOD_SECONDS="15") for target in ("revoke_expired", "send_fallbacks")]
+    room_to_run(15, 13)  # both runs cover the deadline and the SMS after it
     deadline = store.now() + timedelta(seconds=8)
     [message_id] = expiring(rbm, 1, deadline=deadline)
     with ThreadPoolExecutor(2) as pool:
@@ -244,11 +247,14 @@ def test_a_delivered_inside_the_grace_window_cancels_the_sms(delivering, functio
     raced, plain = expiring(delivering, 2)
     delivering.delivery_race(phone(0))  # the revoke answers 200, and DELIVERED follows just after
     env = {"RBM_API_ENDPOINT": delivering.url, **sms_env, **SWEEP_ENV, "REVOKE_GRACE_SECONDS": "3"}
-    revoked = sweep(functions("revoke_expired", env=env))
+    revoker = functions("revoke_expired", env=env)
+    texter = functions("send_fallbacks", env={**env, "SCHEDULE_PERIOD_SECONDS": "8"})
+    room_to_run(8, 7)  # the SMS run, called next, lasts past the grace window
+    revoked = sweep(revoker)
     revoked_at = time.time()
     assert revoked["revoked"] == 2
-    # The SMS run keeps looking for 8 s, so it sends each SMS at its own second: after the grace.
-    texted = sweep(functions("send_fallbacks", env={**env, "SCHEDULE_PERIOD_SECONDS": "8"}))
+    # The SMS run keeps looking until just before its next tick: it sends each SMS at its second, after the grace.
+    texted = sweep(texter)
     assert delivering.wait_delivered(eventType="DELIVERED", messageId=raced)
     assert texted["sent"] == 1
     assert (get(raced).state, get(raced).fallback) == (State.DELIVERED, Fallback.CANCELLED)
@@ -261,12 +267,13 @@ def test_a_delivered_inside_the_grace_window_cancels_the_sms(delivering, functio
 
 @pytest.fixture
 def texting(scheduled):
-    """send_fallbacks running in the background, looking every second for 60 s, as deployed."""
-    run = scheduled("send_fallbacks", SCHEDULE_PERIOD_SECONDS="60")
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(requests.post, run.url, json={}, timeout=120)
-        yield run
-        run.kill()
+    """send_fallbacks called on a schedule (every 10 s, one run at a time, as Cloud Scheduler
+    does), each run looking every second until just before the next tick, as deployed."""
+    run = scheduled("send_fallbacks", SCHEDULE_PERIOD_SECONDS="10")
+    scheduler = Scheduler([run.url], 10, timeout=60).start()
+    yield run
+    scheduler.stop()
+    run.kill()
 
 
 def test_a_send_answered_404_gets_its_sms_within_a_second_or_two(worker, texting, functions, rbm, work_topic, twilio):

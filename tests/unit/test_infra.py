@@ -26,6 +26,8 @@ import hcl2
 import pytest
 from hcl2 import SerializationOptions
 
+from local.processes import FunctionProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 TERRAFORM = INFRA / "terraform"
@@ -33,6 +35,7 @@ MODULE = TERRAFORM / "module"
 DEPLOY_SH = INFRA / "gcloud" / "deploy.sh"
 TOPOLOGY = json.loads((INFRA / "topology.json").read_text())
 INDEXES = json.loads((INFRA / "firestore_indexes.json").read_text())
+RUNTIME = json.loads((INFRA / "functions.json").read_text())["functions"]
 
 PACKAGE = "functions"
 CONFIG_MODULE = f"{PACKAGE}.config"
@@ -355,6 +358,16 @@ def terraform_settings(entry_point: str) -> tuple[set[str], set[str]]:
     return env, set(_resolve(function["secrets"]))
 
 
+def sizing(entry_point: str) -> dict:
+    """How infra/functions.json says a function runs, its "ack_deadline" timeout resolved."""
+    size = dict(RUNTIME[entry_point])
+    if size["timeout_seconds"] == "ack_deadline":
+        pushed = {s["entry_point"]: TOPOLOGY["ack_deadline_seconds"] for s in TOPOLOGY["subscriptions"]}
+        pushed[WORK["entry_point"]] = WORK["ack_deadline_seconds"]
+        size["timeout_seconds"] = pushed[entry_point]
+    return size
+
+
 def test_no_terraform_in_the_example_deploys_functions_directly():
     example = terraform(TERRAFORM / "example")
     assert not example["resource"], "the example only calls the module"
@@ -417,16 +430,16 @@ def test_terraform_roles_follow_least_privilege():
     assert public == ["receive_webhook"]
     webhook = table["receive_webhook"]
     assert webhook["publishes"] == ["events"] and webhook["firestore"] is False
-    assert int(webhook["concurrency"]) > 1
+    assert sizing("receive_webhook")["concurrency"] > 1
     for ep, f in table.items():
         if ep == WORKER:
             assert f["invoker"] == "pubsub" and f["publishes"] == [] and f["firestore"] is True
-            assert f["timeout"] == "${local.topology.work.ack_deadline_seconds}", (
+            assert sizing(ep)["timeout_seconds"] == WORK["ack_deadline_seconds"], (
                 "a worker outliving its ack deadline is redelivered"
             )
         elif kinds[ep] == "cloud_event":
             assert f["invoker"] == "pubsub" and f["publishes"][0] == "dead_letter" and f["firestore"] is True
-            assert f["timeout"] == "${local.topology.ack_deadline_seconds}", (
+            assert sizing(ep)["timeout_seconds"] == TOPOLOGY["ack_deadline_seconds"], (
                 "a subscriber outliving its ack deadline is redelivered"
             )
         elif ep != "receive_webhook":
@@ -436,11 +449,10 @@ def test_terraform_roles_follow_least_privilege():
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
     budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
     for ep in SWEEPS:
-        # A run lasts about one period: a second instance lets the next run start on time.
-        assert table[ep]["max_instances"] == 2 and table[ep]["concurrency"] == 1
-        assert table[ep]["timeout"] >= budget + 15
-    assert table[WORKER]["max_instances"] == "${var.worker_max_instances}"
-    assert int(terraform()["variable"]["worker_max_instances"]["default"]) >= 1
+        # A hung run keeps its instance until the timeout: a second one serves the next run.
+        assert sizing(ep)["max_instances"] == 2 and sizing(ep)["concurrency"] == 1
+        assert sizing(ep)["timeout_seconds"] >= budget + 15
+    assert sizing(WORKER)["max_instances"] >= 1
     # allUsers only on the webhook's service, nowhere else.
     text = "\n".join(p.read_text() for p in MODULE.glob("*.tf"))
     assert text.count('"allUsers"') == 1 and "allAuthenticatedUsers" not in text
@@ -595,7 +607,91 @@ def test_terraform_schedules_the_sweeps():
     assert "f.schedule != null" in job["for_each"]
     http = _block(job, "http_target")
     assert _block(http, "oidc_token")["service_account_email"] == "${google_service_account.scheduler.email}"
-    assert "retry_config" in job and "attempt_deadline" in job
+    assert "retry_config" in job
+
+
+def test_a_hung_run_holds_its_job_back_one_period_at_most():
+    """Cloud Scheduler starts a job's next execution only once the last has ended
+    (reference, Job.schedule); the attempt deadline is when it stops waiting for a run
+    that does not answer. One period: a run that answers ends before the next tick
+    (functions/dispatch.py), a hung one is given up then. HTTP targets take 15 s to
+    30 minutes (reference, Job.attempt_deadline)."""
+    period = int(locals_()["schedule_period_seconds"])
+    job = resources("google_cloud_scheduler_job")["sweep"]
+    assert job["attempt_deadline"] == "${local.schedule_period_seconds}s"
+    assert 15 <= period <= 1800
+    retry = _block(job, "retry_config")
+    assert int(retry["max_retry_duration"].rstrip("s")) < period, "a run past its attempt deadline is not retried"
+    for c in commands("twilio", "gcloud", "scheduler", "jobs", "create", "http"):
+        assert flag(c, "--attempt-deadline") == f"{period}s"
+        assert int(flag(c, "--max-retry-duration").rstrip("s")) < period
+
+
+def terraform_sizing(directory: Path, **variables: int) -> dict:
+    """The module's `sizing` and `runtime_env` locals, run by terraform console in a scratch
+    module that holds them, what they read and the instance variables (null unless given)."""
+    names = ("topology", "runtime", "ack_deadlines", "sizing", "runtime_env")
+    code = {name: locals_()[name].replace("${path.module}", str(MODULE)) for name in names}
+
+    def inner(value: str | None) -> str:  # "${expression}" -> "expression"; None -> null
+        return value[2:-1] if value else "null"
+
+    table = ", ".join(
+        f"{ep} = {{min_instances = {inner(f['min_instances'])}, max_instances = {inner(f['max_instances'])}}}"
+        for ep, f in functions_table().items()
+    )
+    lines = [f'variable "{v}" {{\n  type    = number\n  default = null\n}}' for v in terraform()["variable"]]
+    lines += ["locals {", f"  functions = {{{table}}}"]
+    lines += [f"  {name} = {inner(value)}" for name, value in code.items()]
+    (directory / "main.tf").write_text("\n".join([*lines, "}", ""]))
+    args = [f"-var={name}={value}" for name, value in variables.items()]
+    result = subprocess.run(
+        ["terraform", "console", *args],
+        input="jsonencode({sizing = local.sizing, env = local.runtime_env})\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=directory,
+        env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(not shutil.which("terraform"), reason="terraform is not installed")
+def test_terraform_sizes_every_function_from_functions_json(tmp_path):
+    evaluated = terraform_sizing(tmp_path)
+    for ep in entry_points():
+        assert evaluated["sizing"][ep] == sizing(ep), ep
+        assert evaluated["env"][ep] == {"THREADS": str(sizing(ep)["concurrency"]), "WORKERS": "1"}, ep
+    overridden = terraform_sizing(tmp_path, worker_max_instances=9, webhook_min_instances=1)["sizing"]
+    assert overridden[WORKER]["max_instances"] == 9 and overridden["receive_webhook"]["min_instances"] == 1
+
+
+def test_every_deployed_function_has_a_thread_per_concurrent_request():
+    """functions-framework serves with gunicorn: WORKERS processes of THREADS threads, by
+    default os.cpu_count() x 4 threads. Cloud Run sends an instance up to its concurrency
+    at once, so each deployed function gets THREADS = its concurrency, in one process
+    (Cloud Run functions, "Concurrency"); test_terraform_sizes_every_function_from_functions_json
+    runs Terraform's side."""
+    assert _module_path(locals_()["runtime"].removesuffix(".functions}") + "}") == INFRA / "functions.json"
+    assert set(RUNTIME) == set(entry_points())
+    assert "local.runtime_env[ep]" in locals_()["function_env"]
+    service = _block(resources("google_cloudfunctions2_function")["this"], "service_config")
+    assert service["max_instance_request_concurrency"] == "${local.sizing[each.key].concurrency}"
+    for config in DRY_RUN_CONFIGS:
+        for ep, command in deploys(config).items():
+            env = env_vars(flag(command, "--set-env-vars"))
+            assert env["THREADS"] == flag(command, "--concurrency") == str(sizing(ep)["concurrency"]), ep
+            assert env["WORKERS"] == "1", ep
+
+
+def test_local_function_processes_run_with_the_deployed_threads():
+    """The tests, the local stack and the benchmarks start functions as deployed."""
+    for ep in entry_points():
+        env = FunctionProcess(ep, log_path=Path(os.devnull)).env
+        assert (env["THREADS"], env["WORKERS"]) == (str(sizing(ep)["concurrency"]), "1"), ep
+    assert FunctionProcess(WORKER, {"THREADS": "40"}, log_path=Path(os.devnull)).env["THREADS"] == "40"
 
 
 def test_metrics_count_events_the_code_logs():
@@ -835,12 +931,22 @@ def test_dry_run_sizes_functions_as_terraform_does():
     }
     for ep, command in deploys("twilio").items():
         f = {k: _terraform_value(v) for k, v in functions_table()[ep].items()}
-        assert flag(command, "--memory") == f["memory"] and flag(command, "--cpu") == f["cpu"]
-        assert flag(command, "--concurrency") == str(f["concurrency"])
-        assert flag(command, "--timeout") == f"{f['timeout']}s"
-        assert flag(command, "--min-instances") == str(f["min_instances"])
-        assert flag(command, "--max-instances") == str(f["max_instances"])
+        size = sizing(ep)
+        assert flag(command, "--memory") == size["memory"] and flag(command, "--cpu") == size["cpu"]
+        assert flag(command, "--concurrency") == str(size["concurrency"])
+        assert flag(command, "--timeout") == f"{size['timeout_seconds']}s"
+        assert flag(command, "--min-instances") == str(size["min_instances"])
+        assert flag(command, "--max-instances") == str(size["max_instances"])
         assert flag(command, "--ingress-settings") == ingress[f["ingress"]]
+    service = _block(resources("google_cloudfunctions2_function")["this"], "service_config")
+    for argument, key in [
+        ("available_memory", "memory"),
+        ("available_cpu", "cpu"),
+        ("timeout_seconds", "timeout_seconds"),
+        ("min_instance_count", "min_instances"),
+        ("max_instance_count", "max_instances"),
+    ]:
+        assert service[argument] == f"${{local.sizing[each.key].{key}}}"
 
 
 def test_dry_run_is_deterministic():

@@ -62,15 +62,15 @@ variable "firestore_location" {
 }
 
 variable "webhook_min_instances" {
-  description = "Warm webhook instances (1 removes cold starts from RBM's shared queue)."
+  description = "Warm webhook instances (1 removes cold starts from RBM's shared queue); null: infra/functions.json's."
   type        = number
-  default     = 0
+  default     = null
 }
 
 variable "worker_max_instances" {
-  description = "Upper bound of process_due_work instances; × SWEEP_PARALLELISM it bounds the calls into RBM and the SMS provider (infra/README.md, \"Sizing the worker\")."
+  description = "Upper bound of process_due_work instances; × SWEEP_PARALLELISM it bounds the calls into RBM and the SMS provider (infra/README.md, \"Sizing the worker\"); null: infra/functions.json's."
   type        = number
-  default     = 5
+  default     = null
 }
 
 variable "send_message_invokers" {

@@ -25,12 +25,12 @@ resource "google_cloudfunctions2_function" "this" {
   # Pub/Sub pushes (pubsub.tf), which functions-framework turns into CloudEvents.
   service_config {
     service_account_email            = google_service_account.function[each.key].email
-    available_memory                 = each.value.memory
-    available_cpu                    = each.value.cpu
-    max_instance_request_concurrency = each.value.concurrency
-    timeout_seconds                  = each.value.timeout
-    min_instance_count               = each.value.min_instances
-    max_instance_count               = each.value.max_instances
+    available_memory                 = local.sizing[each.key].memory
+    available_cpu                    = local.sizing[each.key].cpu
+    max_instance_request_concurrency = local.sizing[each.key].concurrency
+    timeout_seconds                  = local.sizing[each.key].timeout_seconds
+    min_instance_count               = local.sizing[each.key].min_instances
+    max_instance_count               = local.sizing[each.key].max_instances
     ingress_settings                 = each.value.ingress
     all_traffic_on_latest_revision   = true
 

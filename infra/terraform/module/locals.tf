@@ -3,6 +3,9 @@ locals {
   # files beside the code; the gcloud script reads the same files.
   topology        = jsondecode(file("${path.module}/../../topology.json"))
   firestore_index = jsondecode(file("${path.module}/../../firestore_indexes.json"))
+  # How each function runs (memory, CPU, concurrency, timeout, instances): one
+  # definition, also read by the gcloud script, the local stack and the benchmarks.
+  runtime = jsondecode(file("${path.module}/../../functions.json")).functions
 
   source_dir = coalesce(var.source_dir, abspath("${path.module}/../../.."))
 
@@ -11,10 +14,13 @@ locals {
   #   secrets:  settings it reads from Secret Manager (secrets below);
   #   invoker:  who may call it: public (RBM), pubsub (push subscriptions),
   #             scheduler (Cloud Scheduler), clients (send_message_invokers);
-  #   publishes: topics it publishes to; firestore: reads/writes the database.
+  #   publishes: topics it publishes to; firestore: reads/writes the database;
+  #   min_instances, max_instances: a variable that overrides functions.json's
+  #             number, or null.
   #
-  # Sizing. Python with the Google clients sits near 150-200 MiB, so 512Mi
-  # leaves room for concurrent requests. Concurrency above 1 needs a whole CPU.
+  # Sizing, whose numbers are in functions.json. Python with the Google clients
+  # sits near 150-200 MiB, so 512Mi leaves room for concurrent requests.
+  # Concurrency above 1 needs a whole CPU.
   #   receive_webhook: 80 concurrent requests on 1 CPU. It only verifies an
   #     HMAC and waits on a Pub/Sub publish (PUBLISH_TIMEOUT_SECONDS = 5), so it
   #     is I/O bound; high concurrency keeps instances, and cold starts, few.
@@ -26,12 +32,13 @@ locals {
   #   send_message: 20 concurrent calls; 60 s covers RBM_RETRY_SECONDS (10)
   #     plus the Firestore writes around the call.
   #   revoke_expired, send_fallbacks (scheduled): one request per instance.
-  #     A run dispatches due work at its due second until the next run starts
-  #     (SCHEDULE_PERIOD_SECONDS), so it lasts about one period; two instances
-  #     let the next run start while the last one finishes its final second
-  #     (overlapping runs dispatch some work twice, which the claims absorb).
-  #     120 s timeout > SWEEP_BUDGET_SECONDS (90, the whole run, its period
-  #     included) + the last in-flight calls.
+  #     Cloud Scheduler never runs two executions of a job at once, so a run
+  #     dispatches due work at its due second until just before the next tick
+  #     (SCHEDULE_PERIOD_SECONDS), whatever its start time; a hung one is given
+  #     up by the job's attempt deadline (one period, scheduler.tf) while it
+  #     keeps its instance until the timeout, so a second instance serves the
+  #     next run. 120 s timeout > SWEEP_BUDGET_SECONDS (90, the whole run, its
+  #     period included) + the last in-flight calls.
   #   process_due_work (the worker, pushed from the work subscription): its
   #     calls in flight are SWEEP_PARALLELISM per instance, all items of the
   #     instance together, so worker_max_instances x SWEEP_PARALLELISM bounds
@@ -46,10 +53,6 @@ locals {
       description   = "RBM webhook: verifies, publishes to Pub/Sub, answers fast."
       invoker       = "public"
       ingress       = "ALLOW_ALL"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 80
-      timeout       = 30
       min_instances = var.webhook_min_instances
       max_instances = var.webhook_max_instances
       settings      = ["common", "publish"]
@@ -63,12 +66,8 @@ locals {
       description   = "Applies delivery receipts and server events to message state."
       invoker       = "pubsub"
       ingress       = "ALLOW_INTERNAL_ONLY"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 8
-      timeout       = local.topology.ack_deadline_seconds
-      min_instances = 0
-      max_instances = 10
+      min_instances = null
+      max_instances = null
       settings      = ["common", "dead_letter", "store"]
       secrets       = []
       publishes     = ["dead_letter"]
@@ -80,12 +79,8 @@ locals {
       description   = "Records user messages, typing and (un)subscribe events."
       invoker       = "pubsub"
       ingress       = "ALLOW_INTERNAL_ONLY"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 8
-      timeout       = local.topology.ack_deadline_seconds
-      min_instances = 0
-      max_instances = 10
+      min_instances = null
+      max_instances = null
       settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
       secrets       = []
       publishes     = ["dead_letter"]
@@ -97,12 +92,8 @@ locals {
       description   = "Records an outbound message, then sends it through the RBM API."
       invoker       = "clients"
       ingress       = var.send_message_ingress
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 20
-      timeout       = 60
-      min_instances = 0
-      max_instances = 20
+      min_instances = null
+      max_instances = null
       settings      = ["common", "store", "agent", "rbm"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
       publishes     = []
@@ -114,12 +105,8 @@ locals {
       description   = "Scheduled: dispatches each revoke at its deadline to the worker."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 1
-      timeout       = 120
-      min_instances = 0
-      max_instances = 2
+      min_instances = null
+      max_instances = null
       settings      = local.revoke_settings
       secrets       = local.revoke_secrets
       publishes     = ["work"]
@@ -131,12 +118,8 @@ locals {
       description   = "Scheduled: dispatches each SMS fallback at its time to the worker."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 1
-      timeout       = 120
-      min_instances = 0
-      max_instances = 2
+      min_instances = null
+      max_instances = null
       settings      = local.fallback_settings
       secrets       = local.fallback_secrets
       publishes     = ["work"]
@@ -148,11 +131,7 @@ locals {
       description   = "Worker: revokes, re-sends and sends the SMS of the messages of one work item."
       invoker       = "pubsub"
       ingress       = "ALLOW_INTERNAL_ONLY"
-      memory        = "512Mi"
-      cpu           = "1"
-      concurrency   = 8
-      timeout       = local.topology.work.ack_deadline_seconds
-      min_instances = 0
+      min_instances = null
       max_instances = var.worker_max_instances
       settings      = local.worker_settings
       secrets       = local.worker_secrets
@@ -161,6 +140,29 @@ locals {
       schedule      = null
     }
   }
+
+  # Each function's size from functions.json, with the instances the table above
+  # overrides (null: functions.json's); a timeout of "ack_deadline" is the ack
+  # deadline of the push subscription feeding it.
+  ack_deadlines = merge(
+    { for s in local.topology.subscriptions : s.entry_point => local.topology.ack_deadline_seconds },
+    { (local.topology.work.entry_point) = local.topology.work.ack_deadline_seconds },
+  )
+  sizing = {
+    for ep, r in local.runtime : ep => {
+      memory          = r.memory
+      cpu             = r.cpu
+      concurrency     = r.concurrency
+      timeout_seconds = try(tonumber(r.timeout_seconds), local.ack_deadlines[ep])
+      min_instances   = coalesce(local.functions[ep].min_instances, r.min_instances)
+      max_instances   = coalesce(local.functions[ep].max_instances, r.max_instances)
+    }
+  }
+  # functions-framework serves with gunicorn: WORKERS processes of THREADS threads
+  # (default os.cpu_count() x 4). Cloud Run sends an instance up to its concurrency at
+  # once, so each gets as many threads, in one process ("Concurrency", Cloud Run
+  # functions: set THREADS equal to the concurrency value for Python).
+  runtime_env = { for ep, r in local.sizing : ep => { THREADS = tostring(r.concurrency), WORKERS = "1" } }
 
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
@@ -241,10 +243,10 @@ locals {
   # Each function's environment; an empty value is left out (the code then
   # uses its default, exactly as for an unset variable).
   function_env = {
-    for ep, f in local.functions : ep => {
+    for ep, f in local.functions : ep => merge({
       for name in distinct(flatten([for g in f.settings : local.setting_groups[g]])) :
       name => local.env_values[name] if local.env_values[name] != ""
-    }
+    }, local.runtime_env[ep])
   }
 
   # Settings that come from Secret Manager: environment name -> secret id.

@@ -135,15 +135,15 @@ variable "firestore_location" {
 # --- Scaling and access ---------------------------------------------------------
 
 variable "webhook_min_instances" {
-  description = "Warm instances of receive_webhook. RBM shares one delivery queue across a partner's agents, so a cold start slows every agent: 1 removes it for a small cost."
+  description = "Warm instances of receive_webhook. RBM shares one delivery queue across a partner's agents, so a cold start slows every agent: 1 removes it for a small cost. Null: infra/functions.json's (0)."
   type        = number
-  default     = 0
+  default     = null
 }
 
 variable "webhook_max_instances" {
-  description = "Upper bound of receive_webhook instances (each serves 80 requests at once)."
+  description = "Upper bound of receive_webhook instances (each serves its concurrency, 80, at once). Null: infra/functions.json's (20)."
   type        = number
-  default     = 20
+  default     = null
 }
 
 variable "worker_max_instances" {
@@ -152,12 +152,13 @@ variable "worker_max_instances" {
     calls in flight at most, so this times SWEEP_PARALLELISM bounds the calls
     into RBM and the SMS provider: calls/s ≈ instances × parallelism ÷ seconds
     per call. Size it from your agent's RBM quota (infra/README.md, "Sizing the worker").
+    Null: infra/functions.json's (5).
   EOT
   type        = number
-  default     = 5
+  default     = null
 
   validation {
-    condition     = var.worker_max_instances >= 1
+    condition     = coalesce(var.worker_max_instances, 1) >= 1
     error_message = "worker_max_instances must be at least 1."
   }
 }
