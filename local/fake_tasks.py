@@ -47,6 +47,7 @@ import argparse
 import base64
 import email.utils
 import heapq
+import http.cookiejar
 import itertools
 import json
 import math
@@ -80,6 +81,9 @@ DISPATCH_DEADLINE = (15.0, 1800.0, 600.0)  # HTTP tasks: minimum, maximum, defau
 NAME_REUSE_SECONDS = 3600.0  # a task name is refused for 1 hour after its task was deleted or executed
 MAX_TASK_BYTES = 1024 * 1024  # maximum task size (quotas)
 MAX_URL = 2083
+MAX_HEADER_BYTES = 80 * 1024
+# HttpRequest.headers: computed or replaced by Cloud Tasks ("Host", "Content-Length", "User-Agent"), or Google's.
+IGNORED_HEADERS = ("host", "content-length", "user-agent", "x-google-", "x-appengine-", "x-cloudtasks-")
 MAX_POOL = 200  # connections kept to targets
 # The fake's congestion model (see the module docstring).
 THROTTLE_FLOOR = 1 / 64
@@ -223,17 +227,19 @@ def queue_settings(body: Any) -> tuple[dict[str, float], dict[str, float]]:
     if not isinstance(body, dict):
         raise Invalid("Invalid JSON payload received.")
     given_rates, given_retry = body.get("rateLimits") or {}, body.get("retryConfig") or {}
-    rates = {**DEFAULT_RATE_LIMITS, **{k: float(v) for k, v in given_rates.items() if k in DEFAULT_RATE_LIMITS}}
+    try:
+        rates = {**DEFAULT_RATE_LIMITS, **{k: float(v) for k, v in given_rates.items() if k in DEFAULT_RATE_LIMITS}}
+        counts = {k: int(v) for k, v in given_retry.items() if k in ("maxAttempts", "maxDoublings")}
+    except (TypeError, ValueError):
+        raise Invalid("Invalid JSON payload received: queue.rate_limits or queue.retry_config.") from None
     if not 0 < rates["maxDispatchesPerSecond"] <= MAX_DISPATCHES_PER_SECOND:
         raise Invalid("queue.rate_limits.max_dispatches_per_second must be in (0, 500]")
     if not 0 < rates["maxConcurrentDispatches"] <= MAX_CONCURRENT_DISPATCHES:
         raise Invalid("queue.rate_limits.max_concurrent_dispatches must be in [1, 5000]")
-    retry = dict(DEFAULT_RETRY)
+    retry = {**DEFAULT_RETRY, **counts}
     for key, value in given_retry.items():
         if key in ("minBackoff", "maxBackoff", "maxRetryDuration"):  # "truncated to the nearest second"
             retry[key] = float(int(parse_duration(value, f"queue.retry_config.{key}")))
-        elif key in ("maxAttempts", "maxDoublings"):
-            retry[key] = int(value)
     if retry["maxAttempts"] < -1:
         raise Invalid("queue.retry_config.max_attempts must be >= -1")
     if retry["maxDoublings"] < 0 or retry["minBackoff"] > retry["maxBackoff"]:
@@ -279,28 +285,14 @@ def validated_task(queue: str, body: Any, now: float) -> dict:
     if not isinstance(body, dict) or not isinstance(body.get("task"), dict):
         raise Invalid("Invalid JSON payload received. task is required.")
     task = body["task"]
-    unknown = sorted(set(task) - _TASK_FIELDS) + sorted(set(task.get("httpRequest") or {}) - _HTTP_FIELDS)
+    request = task.get("httpRequest")
+    unknown = sorted(set(task) - _TASK_FIELDS) + sorted(
+        set(request if isinstance(request, dict) else ()) - _HTTP_FIELDS
+    )
     if unknown:
         raise Invalid(f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.')
-    http = task.get("httpRequest")
-    if not isinstance(http, dict):
-        raise Invalid("Task.http_request is required: the fake speaks HTTP targets only.")
-    url = str(http.get("url", ""))
-    if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
-        raise Invalid("HttpRequest.url must begin with http:// or https:// and be at most 2083 characters.")
-    method = http.get("httpMethod", 0)
-    method = HTTP_METHODS[method] if isinstance(method, int) and 0 <= method < len(HTTP_METHODS) else str(method)
-    method = "POST" if method == "HTTP_METHOD_UNSPECIFIED" else method
-    if method not in HTTP_METHODS:
-        raise Invalid(f"Invalid value at 'task.http_request.http_method' ({method!r})")
-    body_bytes = base64.b64decode(http.get("body", ""))
-    if body_bytes and method not in BODY_METHODS:
-        raise Invalid("HttpRequest.body is allowed only if the HTTP method is POST, PUT or PATCH.")
     if len(json.dumps(task)) > MAX_TASK_BYTES:
         raise Invalid("Task size exceeds the maximum of 1 MB.")
-    oidc = http.get("oidcToken")
-    if oidc is not None and not (isinstance(oidc, dict) and oidc.get("serviceAccountEmail")):
-        raise Invalid("OidcToken.service_account_email is required.")
     name = task.get("name") or f"{queue}/tasks/{random.randrange(10**18, 10**19)}"
     if not name.startswith(f"{queue}/tasks/") or not _TASK_ID.match(name.rsplit("/", 1)[1]):
         raise Invalid(f"Task name {name!r} must be {queue}/tasks/TASK_ID (letters, digits, - and _, up to 500).")
@@ -313,20 +305,43 @@ def validated_task(queue: str, body: Any, now: float) -> dict:
     )
     if not low <= deadline <= high:
         raise Invalid("Task.dispatch_deadline must be between 15 seconds and 30 minutes.")
-    headers = {str(k): str(v) for k, v in (http.get("headers") or {}).items()}
+    # "If schedule_time is not set or is in the past then Cloud Tasks will set it to the current time."
     return {
+        **http_target(task.get("httpRequest")),
         "name": name,
-        "url": url,
-        "method": method,
-        "headers": headers,
-        "body": body_bytes,
-        "oidc": oidc,
-        "eta": max(
-            eta, now
-        ),  # "If schedule_time is not set or is in the past then Cloud Tasks will set it to the current time."
+        "eta": max(eta, now),
         "created": now,
         "deadline": deadline,
     }
+
+
+def http_target(request: Any) -> dict:
+    """url, method, headers (less those Cloud Tasks ignores or replaces), body
+    and oidc of a task's HttpRequest; raises Invalid as HttpRequest forbids."""
+    if not isinstance(request, dict):
+        raise Invalid("Task.http_request is required: the fake speaks HTTP targets only.")
+    url = str(request.get("url", ""))
+    if not url.startswith(("http://", "https://")) or len(url) > MAX_URL:
+        raise Invalid("HttpRequest.url must begin with http:// or https:// and be at most 2083 characters.")
+    method = request.get("httpMethod", 0)
+    method = HTTP_METHODS[method] if isinstance(method, int) and 0 <= method < len(HTTP_METHODS) else str(method)
+    method = "POST" if method == "HTTP_METHOD_UNSPECIFIED" else method
+    if method not in HTTP_METHODS:
+        raise Invalid(f"Invalid value at 'task.http_request.http_method' ({method!r})")
+    try:
+        body = base64.b64decode(request.get("body", ""), validate=True)
+    except ValueError:
+        raise Invalid("Invalid value at 'task.http_request.body': not base64") from None
+    if body and method not in BODY_METHODS:
+        raise Invalid("HttpRequest.body is allowed only if the HTTP method is POST, PUT or PATCH.")
+    given = {str(k): str(v) for k, v in (request.get("headers") or {}).items()}
+    if sum(len(k) + len(v) for k, v in given.items()) >= MAX_HEADER_BYTES:
+        raise Invalid("HttpRequest.headers must be less than 80KB.")
+    headers = {k: v for k, v in given.items() if not k.lower().startswith(IGNORED_HEADERS)}
+    oidc = request.get("oidcToken")
+    if oidc is not None and not (isinstance(oidc, dict) and oidc.get("serviceAccountEmail")):
+        raise Invalid("OidcToken.service_account_email is required.")
+    return {"url": url, "method": method, "headers": headers, "body": body, "oidc": oidc}
 
 
 # The service
@@ -384,6 +399,7 @@ class FakeTasks(FakeServer):
         self._stopping = False
         self._dispatcher: threading.Thread | None = None
         self._http = requests.Session()  # one pool for every attempt, as wide as a burst of them
+        self._http.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))  # deliveries carry none
         self._http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=MAX_POOL))
         self._http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=MAX_POOL))
         self.reset()
@@ -620,16 +636,14 @@ class FakeTasks(FakeServer):
         }
         self._dispatches.setdefault(short, []).append(record)
         headers = {
-            "User-Agent": "Google-Cloud-Tasks",
             **task["headers"],
+            "User-Agent": "Google-Cloud-Tasks",
             "X-CloudTasks-QueueName": short,
             "X-CloudTasks-TaskName": record["task"],
             "X-CloudTasks-TaskRetryCount": str(task["dispatch_count"]),
             "X-CloudTasks-TaskExecutionCount": str(task["response_count"]),
             "X-CloudTasks-TaskETA": f"{task['eta']:.6f}",
         }
-        if task["body"] and not any(k.lower() == "content-type" for k in task["headers"]):
-            headers["Content-Type"] = "application/octet-stream"  # HttpRequest.headers: the default for a body
         if task["last_status"] is not None:
             headers["X-CloudTasks-TaskPreviousResponse"] = str(task["last_status"])
         if task["oidc"]:

@@ -145,6 +145,12 @@ def test_a_task_defaults_to_post_now_and_a_ten_minute_deadline_with_a_generated_
     assert re.fullmatch(rf"{QUEUE}/tasks/\d+", task["name"])
 
 
+def test_headers_cloud_tasks_computes_or_reserves_are_dropped():
+    headers = {"Content-Type": "application/json", "Host": "x", "user-agent": "me", "X-CloudTasks-TaskName": "forged"}
+    task = validated_task(QUEUE, http_task(httpRequest={"url": "https://x", "headers": headers}), NOW)
+    assert task["headers"] == {"Content-Type": "application/json"}
+
+
 def test_a_past_schedule_time_becomes_now():
     assert validated_task(QUEUE, http_task(scheduleTime="2020-01-01T00:00:00Z"), NOW)["eta"] == NOW
 
@@ -162,6 +168,8 @@ def test_a_past_schedule_time_becomes_now():
         ({"httpRequest": {"url": "https://x", "httpMethod": "GET", "body": "aGk="}}, "only if the HTTP method"),
         ({"httpRequest": {"url": "https://x", "oidcToken": {"audience": "a"}}}, "service_account_email"),
         ({"httpRequest": {"url": "https://x", "colour": "red"}}, "Unknown name"),
+        ({"httpRequest": {"url": "https://x", "body": "not base64!"}}, "not base64"),
+        ({"httpRequest": {"url": "https://x", "headers": {"X-Big": "x" * 81920}}}, "less than 80KB"),
     ],
 )
 def test_a_task_is_refused_as_the_reference_says(fields, problem):
