@@ -47,21 +47,22 @@ import argparse
 import base64
 import email.utils
 import heapq
-import http.cookiejar
+import http.client
 import itertools
 import json
 import math
+import queue as jobs_queue
 import random
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import requests
-import requests.adapters
+from urllib.parse import urlsplit
 
 from local.fakehttp import FakeServer, Request, google_error, serve_until_interrupted
 
@@ -84,7 +85,6 @@ MAX_URL = 2083
 MAX_HEADER_BYTES = 80 * 1024
 # HttpRequest.headers: computed or replaced by Cloud Tasks ("Host", "Content-Length", "User-Agent"), or Google's.
 IGNORED_HEADERS = ("host", "content-length", "user-agent", "x-google-", "x-appengine-", "x-cloudtasks-")
-MAX_POOL = 200  # connections kept to targets
 # The fake's congestion model (see the module docstring).
 THROTTLE_FLOOR = 1 / 64
 THROTTLE_RECOVERY_PER_SECOND = 0.1
@@ -398,10 +398,8 @@ class FakeTasks(FakeServer):
         self._seq = itertools.count()
         self._stopping = False
         self._dispatcher: threading.Thread | None = None
-        self._http = requests.Session()  # one pool for every attempt, as wide as a burst of them
-        self._http.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))  # deliveries carry none
-        self._http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=MAX_POOL))
-        self._http.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=MAX_POOL))
+        self._jobs: jobs_queue.SimpleQueue[tuple | None] = jobs_queue.SimpleQueue()
+        self._workers = self._idle = 0  # delivery threads, and those waiting for a job
         self.reset()
 
     def reset(self) -> None:
@@ -455,6 +453,10 @@ class FakeTasks(FakeServer):
         if self._dispatcher is not None:
             self._dispatcher.join()
             self._dispatcher = None
+        with self._lock:
+            for _ in range(self._workers):
+                self._jobs.put(None)
+            self._workers = self._idle = 0
         super().stop()
 
     # API
@@ -649,19 +651,22 @@ class FakeTasks(FakeServer):
         if task["oidc"]:
             audience = task["oidc"].get("audience") or task["url"]  # OidcToken.audience: "If not specified, the URI"
             headers["Authorization"] = "Bearer " + oidc_token(task["oidc"]["serviceAccountEmail"], audience, now)
-        args = (queue, task, record, headers)
-        threading.Thread(target=self._attempt, args=args, daemon=True, name="FakeTasks-attempt").start()
+        if self._idle == 0:  # a thread per attempt in flight, reused: no thread start per delivery
+            self._workers += 1
+            threading.Thread(target=self._deliver_jobs, daemon=True, name="FakeTasks-delivery").start()
+        else:
+            self._idle -= 1
+        self._jobs.put((queue, task, record, headers))
+
+    def _deliver_jobs(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._attempt(*job)
+            with self._lock:
+                self._idle += 1
 
     def _attempt(self, queue: _Queue, task: dict, record: dict, headers: dict) -> None:
         """One delivery, outside the lock, then its outcome under it."""
-        status, retry_after = None, None
-        try:
-            response = self._http.request(
-                task["method"], task["url"], headers=headers, data=task["body"], timeout=task["deadline"]
-            )
-            status, retry_after = response.status_code, response.headers.get("Retry-After")
-        except requests.RequestException:
-            pass  # no answer by the dispatch deadline, or none at all: a failed attempt
+        status, retry_after = deliver(task["method"], task["url"], headers, task["body"], task["deadline"])
         with self._lock:
             now = time.time()
             record["status"] = status
@@ -686,6 +691,39 @@ class FakeTasks(FakeServer):
                 task["eta"] = now + delay
                 heapq.heappush(queue.due, (task["eta"], next(self._seq), task["name"]))
             self._lock.notify_all()
+
+
+_connections = threading.local()  # each delivery thread's keep-alive connections, by (scheme, host:port)
+
+
+def deliver(
+    method: str, url: str, headers: dict[str, str], body: bytes, deadline: float
+) -> tuple[int | None, str | None]:
+    """Sends one task's request; returns (status, Retry-After), or (None, None)
+    when no answer came within the deadline or the connection failed."""
+    parts = urlsplit(url)
+    pool: dict[tuple[str, str], http.client.HTTPConnection] = _connections.__dict__.setdefault("pool", {})
+    key = (parts.scheme, parts.netloc)
+    connection = pool.get(key)
+    if connection is None or connection.sock is None or _closed_by_peer(connection.sock):
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        connection = pool[key] = kind(parts.netloc, timeout=deadline)
+    connection.timeout = deadline
+    if connection.sock is not None:
+        connection.sock.settimeout(deadline)
+    try:
+        connection.request(method, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("Retry-After")
+    except (OSError, http.client.HTTPException):
+        connection.close()
+        return None, None
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive connection was closed by the target (it reads as ready)."""
+    return bool(select.select([sock], [], [], 0)[0])
 
 
 class _NotFound(LookupError):

@@ -16,7 +16,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from local.fake_tasks import FakeTasks, max_in_window
+from local.fake_tasks import FakeTasks, deliver, max_in_window
 from local.fakehttp import FakeServer, Request
 from tests.support import wait_for
 
@@ -259,3 +259,20 @@ def test_a_task_deleted_before_its_time_never_runs(client, queue, target):
         client.get_task(name=created.name)
     time.sleep(0.5)  # past the schedule time
     assert not target.got
+
+
+def test_an_answer_later_than_the_dispatch_deadline_is_no_answer(target):
+    # The service's deadlines are 15 s to 30 min; the delivery itself takes any.
+    target.hold = 0.5
+    assert deliver("POST", f"{target.url}/run", {}, b"", deadline=0.1) == (None, None)
+    target.hold = 0.0
+    assert deliver("POST", f"{target.url}/run", {}, b"", deadline=1.0) == (200, None)
+
+
+def test_a_kept_alive_connection_the_target_closed_is_reopened_without_a_failed_attempt(target):
+    url = f"{target.url}/run"
+    assert deliver("GET", url, {}, b"", 1.0) == (200, None)
+    target.stop()
+    target.start()  # same port, the old connection closed
+    assert deliver("GET", url, {}, b"", 1.0) == (200, None)
+    assert len(target.got) == 2
