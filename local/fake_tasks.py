@@ -64,7 +64,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from local.fakehttp import FakeServer, Request, google_error, serve_until_interrupted
+from local.fakehttp import FakeServer, Faults, Request, google_error, serve_until_interrupted
 
 # Limits and defaults of the reference (RateLimits, RetryConfig, Task, CreateTaskRequest).
 MAX_DISPATCHES_PER_SECOND = 500.0
@@ -410,6 +410,14 @@ class FakeTasks(FakeServer):
             self._dispatches: dict[str, list[dict]] = {}
             self._max_running: dict[str, int] = {}
             self._operations = 0
+            self._faults = Faults()
+
+    def script(self, call: str, statuses: list[int]) -> None:
+        """The next API calls of a kind (e.g. "create_task", "get_queue") answer
+        these statuses in turn, as Google's JSON errors; a 2xx entry means
+        "behave normally". For callers' handling of 429, 500, 503 and the like."""
+        with self._lock:
+            self._faults.script(call, statuses)
 
     # Records
 
@@ -475,6 +483,8 @@ class FakeTasks(FakeServer):
             return google_error(400, "Invalid JSON payload received.")
         with self._lock:
             self._operations += 1
+            if (status := self._faults.next_error(action, action)) is not None:
+                return google_error(status)
             try:
                 answer: tuple = getattr(self, "_" + action)(*match.groups(), body, request.query)
             except Invalid as exc:

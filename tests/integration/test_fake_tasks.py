@@ -253,6 +253,18 @@ def test_the_fake_answers_the_reference_errors(client, queue, target):
     assert google_status(lambda: client.get_queue(name=name)) == "NOT_FOUND"
 
 
+def test_scripted_api_errors_are_answered_in_turn_then_calls_behave(client, queue, target, fake):
+    name = queue()
+    fake.script("create_task", [503, 429])
+    assert google_status(lambda: client.create_task(parent=name, task=http_task(target), retry=None)) == "UNAVAILABLE"
+    assert (
+        google_status(lambda: client.create_task(parent=name, task=http_task(target), retry=None))
+        == "RESOURCE_EXHAUSTED"
+    )
+    client.create_task(parent=name, task=http_task(target), retry=None)
+    wait_for(lambda: target.got, timeout=5)
+
+
 def test_a_task_deleted_before_its_time_never_runs(client, queue, target):
     name = queue()
     created = client.create_task(parent=name, task=http_task(target, eta=time.time() + 0.3))
