@@ -18,62 +18,17 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from local.fake_tasks import FakeTasks, deliver, max_in_window
-from local.fakehttp import FakeServer, Request
+from local.fake_tasks import deliver, max_in_window
 from tests.support import wait_for
 
 LOCATION = "projects/test-project/locations/us-central1"
 SERVICE_ACCOUNT = "worker@test-project.iam.gserviceaccount.com"
 
 
-class Target(FakeServer):
-    """An HTTP target: records each request it gets (time, headers, body) and
-    answers 200, or the statuses scripted for a task name in turn; holds each
-    answer `hold` seconds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.got: list[dict] = []
-        self.scripts: dict[str, list[tuple[int, dict]]] = {}
-        self.hold = 0.0
-        self.running = self.max_running = 0
-
-    def handle(self, request: Request) -> tuple:
-        with self._lock:
-            task = request.headers.get("X-CloudTasks-TaskName", "")
-            self.got.append({"time": time.time(), "headers": dict(request.headers), "body": request.body, "task": task})
-            self.running += 1
-            self.max_running = max(self.max_running, self.running)
-            script = self.scripts.get(task)
-            status, headers = script.pop(0) if script else (200, {})
-        time.sleep(self.hold)
-        with self._lock:
-            self.running -= 1
-        return status, {}, headers
-
-    def of(self, task: str, count: int = 1) -> list[dict] | None:
-        """The requests for a task, once there are at least `count` of them."""
-        with self._lock:
-            got = [g for g in self.got if g["task"] == task]
-        return got if len(got) >= count else None
-
-
 @pytest.fixture
-def fake():
-    with FakeTasks() as tasks:
-        yield tasks
-
-
-@pytest.fixture
-def target():
-    with Target() as server:
-        yield server
-
-
-@pytest.fixture
-def client(fake):
+def client(cloud_tasks):
     return tasks_v2.CloudTasksClient(
-        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": fake.url}
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": cloud_tasks.url}
     )
 
 
@@ -105,12 +60,12 @@ def timestamp(epoch: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def http_task(target, name=None, eta=None, audience="", body=b'{"id": "m1"}'):
+def http_task(task_target, name=None, eta=None, audience="", body=b'{"id": "m1"}'):
     return tasks_v2.Task(
         name=name or "",
         schedule_time=timestamp(eta) if eta else None,
         http_request=tasks_v2.HttpRequest(
-            url=f"{target.url}/run",
+            url=f"{task_target.url}/run",
             headers={"Content-Type": "application/json"},
             body=body,
             oidc_token=tasks_v2.OidcToken(service_account_email=SERVICE_ACCOUNT, audience=audience),
@@ -123,13 +78,15 @@ def claims(headers: dict) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
-def test_a_task_arrives_at_its_schedule_time_with_the_documented_headers_and_an_oidc_token(client, queue, target):
+def test_a_task_arrives_at_its_schedule_time_with_the_documented_headers_and_an_oidc_token(client, queue, task_target):
     name = queue()
     eta = time.time() + 1.0
-    created = client.create_task(parent=name, task=http_task(target, f"{name}/tasks/t1", eta, "https://worker.example"))
+    created = client.create_task(
+        parent=name, task=http_task(task_target, f"{name}/tasks/t1", eta, "https://worker.example")
+    )
     assert created.name == f"{name}/tasks/t1"
 
-    [got] = wait_for(lambda: target.of("t1"), timeout=5)
+    [got] = wait_for(lambda: task_target.of("t1"), timeout=5)
     assert eta <= got["time"] <= eta + 0.2
     headers = got["headers"]
     assert headers["X-CloudTasks-QueueName"] == name.rsplit("/", 1)[1]
@@ -139,53 +96,53 @@ def test_a_task_arrives_at_its_schedule_time_with_the_documented_headers_and_an_
     assert (claims(headers)["aud"], claims(headers)["email"]) == ("https://worker.example", SERVICE_ACCOUNT)
 
 
-def test_without_an_audience_the_token_is_for_the_url(client, queue, target):
-    client.create_task(parent=queue(), task=http_task(target, audience=""))
-    [got] = wait_for(lambda: target.got, timeout=5)
-    assert claims(got["headers"])["aud"] == f"{target.url}/run"
+def test_without_an_audience_the_token_is_for_the_url(client, queue, task_target):
+    client.create_task(parent=queue(), task=http_task(task_target, audience=""))
+    [got] = wait_for(lambda: task_target.got, timeout=5)
+    assert claims(got["headers"])["aud"] == f"{task_target.url}/run"
 
 
-def test_a_name_is_refused_while_its_task_exists_and_for_an_hour_after_it_ran(client, queue, target, fake):
+def test_a_name_is_refused_while_its_task_exists_and_for_an_hour_after_it_ran(client, queue, task_target, cloud_tasks):
     name = queue()
-    task = http_task(target, f"{name}/tasks/once", time.time() + 0.3)
+    task = http_task(task_target, f"{name}/tasks/once", time.time() + 0.3)
     client.create_task(parent=name, task=task)
     with pytest.raises(exceptions.Conflict, match="already exists"):
         client.create_task(parent=name, task=task)
-    wait_for(lambda: target.of("once"), timeout=5)
+    wait_for(lambda: task_target.of("once"), timeout=5)
     wait_for(lambda: not client.list_tasks(parent=name).tasks, timeout=5)
     with pytest.raises(exceptions.Conflict, match="existed too recently"):
         client.create_task(parent=name, task=task)
-    assert len(target.of("once")) == 1
-    assert len(fake.dispatches(name)) == 1
+    assert len(task_target.of("once")) == 1
+    assert len(cloud_tasks.dispatches(name)) == 1
 
 
-def test_a_backlog_drains_at_the_queue_rate_and_never_faster(client, queue, target, fake):
+def test_a_backlog_drains_at_the_queue_rate_and_never_faster(client, queue, task_target, cloud_tasks):
     rate = 20.0
     name = queue(rate=rate)
     for _ in range(60):
-        client.create_task(parent=name, task=http_task(target))
-    wait_for(lambda: len(target.got) == 60, timeout=10)
-    times = sorted(g["time"] for g in target.got)
+        client.create_task(parent=name, task=http_task(task_target))
+    wait_for(lambda: len(task_target.got) == 60, timeout=10)
+    times = sorted(g["time"] for g in task_target.got)
     assert max_in_window(times, 1.0) <= rate * 1.1
     assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * rate
-    assert fake.operations() >= 60 + 60  # each create and each delivery is an operation
+    assert cloud_tasks.operations() >= 60 + 60  # each create and each delivery is an operation
 
 
-def test_no_more_dispatches_run_at_once_than_the_queue_allows(client, queue, target, fake):
+def test_no_more_dispatches_run_at_once_than_the_queue_allows(client, queue, task_target, cloud_tasks):
     name = queue(concurrency=3)
-    target.hold = 0.3
+    task_target.hold = 0.3
     for _ in range(9):
-        client.create_task(parent=name, task=http_task(target))
-    wait_for(lambda: len(target.got) == 9, timeout=10)
-    assert target.max_running == fake.max_running(name) == 3
+        client.create_task(parent=name, task=http_task(task_target))
+    wait_for(lambda: len(task_target.got) == 9, timeout=10)
+    assert task_target.max_running == cloud_tasks.max_running(name) == 3
 
 
-def test_a_failed_task_is_retried_with_the_queue_backoff_until_its_attempts_run_out(client, queue, target):
+def test_a_failed_task_is_retried_with_the_queue_backoff_until_its_attempts_run_out(client, queue, task_target):
     # min 1 s, one doubling: retries 1 s then 2 s after the failures; the third attempt is the last.
     name = queue(min_backoff=1, max_backoff=10, max_doublings=1, max_attempts=3)
-    target.scripts["flaky"] = [(500, {}), (404, {}), (500, {})]
-    client.create_task(parent=name, task=http_task(target, f"{name}/tasks/flaky"))
-    attempts = wait_for(lambda: target.of("flaky", 3), timeout=8)
+    task_target.scripts["flaky"] = [(500, {}), (404, {}), (500, {})]
+    client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/flaky"))
+    attempts = wait_for(lambda: task_target.of("flaky", 3), timeout=8)
     gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(attempts)]
     assert gaps == [pytest.approx(1.0, abs=0.2), pytest.approx(2.0, abs=0.2)]
     headers = [a["headers"] for a in attempts]
@@ -195,33 +152,33 @@ def test_a_failed_task_is_retried_with_the_queue_backoff_until_its_attempts_run_
     wait_for(lambda: not client.list_tasks(parent=name).tasks, timeout=5)  # given up: deleted
 
 
-def test_a_429_waits_for_retry_after_rather_than_the_backoff(client, queue, target):
+def test_a_429_waits_for_retry_after_rather_than_the_backoff(client, queue, task_target):
     name = queue()  # the default min backoff is 0.1 s
-    target.scripts["busy"] = [(429, {"Retry-After": "1"})]
-    client.create_task(parent=name, task=http_task(target, f"{name}/tasks/busy"))
-    first, second = wait_for(lambda: target.of("busy", 2), timeout=5)
+    task_target.scripts["busy"] = [(429, {"Retry-After": "1"})]
+    client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/busy"))
+    first, second = wait_for(lambda: task_target.of("busy", 2), timeout=5)
     assert second["time"] - first["time"] >= 1.0
 
 
-def test_a_purge_deletes_every_task_and_their_names_stay_taken(client, queue, target, fake):
+def test_a_purge_deletes_every_task_and_their_names_stay_taken(client, queue, task_target, cloud_tasks):
     name = queue()
     for i in range(5):
-        client.create_task(parent=name, task=http_task(target, f"{name}/tasks/p{i}", time.time() + 2))
+        client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/p{i}", time.time() + 2))
     purged = client.purge_queue(name=name)
     assert purged.purge_time
-    assert not client.list_tasks(parent=name).tasks and fake.pending(name) == 0
+    assert not client.list_tasks(parent=name).tasks and cloud_tasks.pending(name) == 0
     with pytest.raises(exceptions.Conflict):
-        client.create_task(parent=name, task=http_task(target, f"{name}/tasks/p0"))
+        client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/p0"))
 
 
-def test_a_paused_queue_holds_its_tasks_until_resumed(client, queue, target):
+def test_a_paused_queue_holds_its_tasks_until_resumed(client, queue, task_target):
     name = queue()
     client.pause_queue(name=name)
-    client.create_task(parent=name, task=http_task(target))
+    client.create_task(parent=name, task=http_task(task_target))
     time.sleep(0.3)  # long enough for a running queue to dispatch
-    assert not target.got
+    assert not task_target.got
     assert client.resume_queue(name=name).state == tasks_v2.Queue.State.RUNNING
-    wait_for(lambda: target.got, timeout=5)
+    wait_for(lambda: task_target.got, timeout=5)
 
 
 def google_status(call) -> str:
@@ -231,15 +188,15 @@ def google_status(call) -> str:
     return raised.value.response.json()["error"]["status"]
 
 
-def test_the_fake_answers_the_reference_errors(client, queue, target):
+def test_the_fake_answers_the_reference_errors(client, queue, task_target):
     name = queue()
-    too_far = http_task(target, eta=time.time() + 30 * 86400 + 60)
+    too_far = http_task(task_target, eta=time.time() + 30 * 86400 + 60)
     assert google_status(lambda: client.create_task(parent=name, task=too_far)) == "INVALID_ARGUMENT"
-    short = http_task(target)
+    short = http_task(task_target)
     short.dispatch_deadline = duration_pb2.Duration(seconds=5)
     assert google_status(lambda: client.create_task(parent=name, task=short)) == "INVALID_ARGUMENT"
     missing = f"{LOCATION}/queues/missing"
-    assert google_status(lambda: client.create_task(parent=missing, task=http_task(target))) == "NOT_FOUND"
+    assert google_status(lambda: client.create_task(parent=missing, task=http_task(task_target))) == "NOT_FOUND"
     again = tasks_v2.Queue(name=name)
     assert google_status(lambda: client.create_queue(parent=LOCATION, queue=again)) == "ALREADY_EXISTS"
     fast = tasks_v2.Queue(
@@ -253,34 +210,36 @@ def test_the_fake_answers_the_reference_errors(client, queue, target):
     assert google_status(lambda: client.get_queue(name=name)) == "NOT_FOUND"
 
 
-def test_scripted_api_errors_are_answered_in_turn_then_calls_behave(client, queue, target, fake):
+def test_scripted_api_errors_are_answered_in_turn_then_calls_behave(client, queue, task_target, cloud_tasks):
     name = queue()
-    fake.script("create_task", [503, 429])
-    assert google_status(lambda: client.create_task(parent=name, task=http_task(target), retry=None)) == "UNAVAILABLE"
+    cloud_tasks.script("create_task", [503, 429])
     assert (
-        google_status(lambda: client.create_task(parent=name, task=http_task(target), retry=None))
+        google_status(lambda: client.create_task(parent=name, task=http_task(task_target), retry=None)) == "UNAVAILABLE"
+    )
+    assert (
+        google_status(lambda: client.create_task(parent=name, task=http_task(task_target), retry=None))
         == "RESOURCE_EXHAUSTED"
     )
-    client.create_task(parent=name, task=http_task(target), retry=None)
-    wait_for(lambda: target.got, timeout=5)
+    client.create_task(parent=name, task=http_task(task_target), retry=None)
+    wait_for(lambda: task_target.got, timeout=5)
 
 
-def test_a_task_deleted_before_its_time_never_runs(client, queue, target):
+def test_a_task_deleted_before_its_time_never_runs(client, queue, task_target):
     name = queue()
-    created = client.create_task(parent=name, task=http_task(target, eta=time.time() + 0.3))
+    created = client.create_task(parent=name, task=http_task(task_target, eta=time.time() + 0.3))
     client.delete_task(name=created.name)
     with pytest.raises(exceptions.NotFound):
         client.get_task(name=created.name)
     time.sleep(0.5)  # past the schedule time
-    assert not target.got
+    assert not task_target.got
 
 
-def test_an_answer_later_than_the_dispatch_deadline_is_no_answer(target):
+def test_an_answer_later_than_the_dispatch_deadline_is_no_answer(task_target):
     # The service's deadlines are 15 s to 30 min; the delivery itself takes any.
-    target.hold = 0.5
-    assert deliver("POST", f"{target.url}/run", {}, b"", deadline=0.1) == (None, None)
-    target.hold = 0.0
-    assert deliver("POST", f"{target.url}/run", {}, b"", deadline=1.0) == (200, None)
+    task_target.hold = 0.5
+    assert deliver("POST", f"{task_target.url}/run", {}, b"", deadline=0.1) == (None, None)
+    task_target.hold = 0.0
+    assert deliver("POST", f"{task_target.url}/run", {}, b"", deadline=1.0) == (200, None)
 
 
 def test_a_kept_alive_connection_the_target_closed_is_reopened_without_a_failed_attempt():
