@@ -9,8 +9,11 @@ request at its `scheduleTime`, within the queue's rate and concurrency, with
 the documented `X-CloudTasks-*` headers, retrying failures with the queue's
 backoff. Facts come from the Cloud Tasks v2 reference (the field docs of
 Queue, RateLimits, RetryConfig, Task, HttpRequest, OidcToken and
-CreateTaskRequest, cloud.google.com/tasks/docs/reference/rest/v2) and
-"Creating HTTP Target handlers" (cloud.google.com/tasks/docs/creating-http-target-tasks).
+CreateTaskRequest, cloud.google.com/tasks/docs/reference/rest/v2), "Create
+HTTP Target tasks" (cloud.google.com/tasks/docs/creating-http-target-tasks) and
+the quotas page (cloud.google.com/tasks/docs/quotas); what each X-CloudTasks-*
+header counts, from Firebase's TaskContext reference, which reads them
+(firebase.google.com/docs/reference/functions/firebase-functions.tasks.taskcontext).
 
 Where the reference gives behaviour without figures, the fake chooses, and
 says so here:
