@@ -110,6 +110,7 @@ _ROUTES = [
     ("GET", re.compile(r"^/v2/(projects/[^/]+/locations/[^/]+/queues/[^/:]+)/tasks$"), "list_tasks"),
     ("GET", re.compile(r"^/v2/(projects/[^/]+/locations/[^/]+/queues/[^/:]+/tasks/[^/:]+)$"), "get_task"),
     ("DELETE", re.compile(r"^/v2/(projects/[^/]+/locations/[^/]+/queues/[^/:]+/tasks/[^/:]+)$"), "delete_task"),
+    ("GET", re.compile(r"^/fake/stats$"), "stats"),  # the fake's own: its records, for a benchmark of a fake process
 ]
 
 
@@ -392,7 +393,8 @@ class FakeTasks(FakeServer):
     Records: `dispatches(queue)` (one dict per attempt: task, time, status or
     None when no answer came, retry count), `dispatch_times(queue)`,
     `operations()` (API calls plus delivery attempts, as Cloud Tasks bills
-    them) and `max_running(queue)` (the most dispatches ever in flight at once).
+    them) and `max_running(queue)` (the most dispatches ever in flight at once);
+    `GET /fake/stats` answers them all (stats()) from a fake run as a process.
     The Authorization header of API calls is ignored.
     """
 
@@ -440,6 +442,23 @@ class FakeTasks(FakeServer):
         with self._lock:
             return self._operations
 
+    def stats(self) -> dict:
+        """Every record, as GET /fake/stats answers it: operations, and per
+        queue (short id) its deliveries, most in flight and tasks pending."""
+        with self._lock:
+            queues = {name.rsplit("/", 1)[1]: len(q.tasks) for name, q in self._queues.items()}
+            return {
+                "operations": self._operations,
+                "queues": {
+                    short: {
+                        "dispatches": [dict(d) for d in self._dispatches.get(short, [])],
+                        "max_running": self._max_running.get(short, 0),
+                        "pending": queues.get(short, 0),
+                    }
+                    for short in sorted(set(queues) | set(self._dispatches))
+                },
+            }
+
     def pending(self, queue: str) -> int:
         """Tasks the queue still holds (waiting, being dispatched or awaiting a retry)."""
         with self._lock:
@@ -480,6 +499,8 @@ class FakeTasks(FakeServer):
         if route is None:
             return google_error(404, f"The requested URL {request.path} was not found on this server.")
         action, match = route
+        if action == "stats":
+            return 200, self.stats()
         try:
             body = request.json() if request.body else {}
         except ValueError:

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import requests
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
@@ -126,6 +127,9 @@ def test_a_backlog_drains_at_the_queue_rate_and_never_faster(client, queue, task
     assert max_in_window(times, 1.0) <= rate * 1.1
     assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * rate
     assert cloud_tasks.operations() >= 60 + 60  # each create and each delivery is an operation
+    stats = requests.get(f"{cloud_tasks.url}/fake/stats", timeout=5).json()  # the same records, for a fake process
+    assert len(stats["queues"][name.rsplit("/", 1)[1]]["dispatches"]) == 60
+    assert stats["operations"] == cloud_tasks.operations()
 
 
 def test_no_more_dispatches_run_at_once_than_the_queue_allows(client, queue, task_target, cloud_tasks):
