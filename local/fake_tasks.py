@@ -559,6 +559,7 @@ class FakeTasks(FakeServer):
                 self._bury(queue, list(queue.tasks))
             else:
                 queue.state = "PAUSED" if verb == "pause" else "RUNNING"
+                queue.bucket.idle(time.time())  # dispatches ramp up again when "the queue being unpaused"
             return 200, queue.resource()
 
         return self._guard(change)

@@ -132,6 +132,21 @@ def test_a_backlog_drains_at_the_queue_rate_and_never_faster(client, queue, task
     assert stats["operations"] == cloud_tasks.operations()
 
 
+def test_a_resumed_queue_ramps_up_again_rather_than_bursting(client, queue, task_target):
+    rate = 10.0
+    name = queue(rate=rate)
+    for _ in range(40):
+        client.create_task(parent=name, task=http_task(task_target))
+    wait_for(lambda: len(task_target.got) >= 3, timeout=5)
+    client.pause_queue(name=name)
+    time.sleep(1.5)  # paused with tasks waiting: long enough to fill a bucket of `rate` tokens
+    resumed = time.time()
+    client.resume_queue(name=name)
+    wait_for(lambda: len(task_target.got) == 40, timeout=10)
+    after = [g["time"] for g in task_target.got if g["time"] >= resumed]
+    assert max_in_window(after, 1.0) <= rate * 1.1
+
+
 def test_no_more_dispatches_run_at_once_than_the_queue_allows(client, queue, task_target, cloud_tasks):
     name = queue(concurrency=3)
     task_target.hold = 0.3
