@@ -179,6 +179,20 @@ def test_a_429_waits_for_retry_after_rather_than_the_backoff(client, queue, task
     assert second["time"] - first["time"] >= 1.0
 
 
+def test_503_answers_slow_the_whole_queue_down(client, queue, task_target):
+    name = queue(rate=20.0)
+    for i in range(3):
+        task_target.scripts[f"e{i}"] = [(503, {})]
+        client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/e{i}"))
+    wait_for(lambda: len(task_target.got) >= 3, timeout=5)
+    started = time.time()
+    for i in range(4):
+        client.create_task(parent=name, task=http_task(task_target, f"{name}/tasks/f{i}"))
+    wait_for(lambda: all(task_target.of(f"f{i}") for i in range(4)), timeout=10)
+    # Four tasks take 0.2 s at 20/s; after three 503s the queue runs at an eighth of that, recovering.
+    assert max(task_target.of(f"f{i}")[0]["time"] for i in range(4)) - started > 0.8
+
+
 def test_a_purge_deletes_every_task_and_their_names_stay_taken(client, queue, task_target, cloud_tasks):
     name = queue()
     for i in range(5):
