@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
-from local.fakehttp import DROP, E164, FakeServer, Faults, Request, serve_until_interrupted
+from local.fakehttp import DROP, E164, FakeServer, Faults, Request, google_error, serve_until_interrupted
 
 FEATURES = [
     "RICHCARD_STANDALONE",
@@ -36,18 +36,6 @@ FEATURES = [
 MODES = ("accept", "not_rcs", "error", "slow")
 CONTROLLED = ("create", "revoke")  # kinds of call the controls act on: creates keyed by phone, revokes by message id
 
-# Google's canonical status names and default messages.
-_STATUS = {
-    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
-    401: ("UNAUTHENTICATED", "Request had invalid authentication credentials."),
-    403: ("PERMISSION_DENIED", "The caller does not have permission"),
-    404: ("NOT_FOUND", "Requested entity was not found."),
-    409: ("ALREADY_EXISTS", "Requested entity already exists."),
-    429: ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
-    500: ("INTERNAL", "Internal error encountered."),
-    503: ("UNAVAILABLE", "The service is currently unavailable."),
-    504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
-}
 _ROUTES = [
     ("POST", re.compile(r"^/v1/phones/([^/]+)/agentMessages$"), "create"),
     ("DELETE", re.compile(r"^/v1/phones/([^/]+)/agentMessages/([^/]+)$"), "revoke"),
@@ -57,12 +45,6 @@ _ROUTES = [
 _MESSAGE_FIELDS = {"name", "sendTime", "contentMessage", "messageTrafficType", "ttl", "expireTime"}
 _DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$")
-
-
-def google_error(status: int, message: str = "") -> tuple[int, dict]:
-    """Google's JSON error answer for an HTTP status."""
-    name, default = _STATUS.get(status, ("UNKNOWN", "Unknown error."))
-    return status, {"error": {"code": status, "message": message or default, "status": name}}
 
 
 def now_rfc3339() -> str:

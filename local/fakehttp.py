@@ -28,6 +28,20 @@ DROP = object()  # a payload: close the connection without answering
 RESET = object()  # a payload: reset the connection (RST) without answering
 
 
+# Google's canonical status names and default messages.
+_STATUS = {
+    400: ("INVALID_ARGUMENT", "Request contains an invalid argument."),
+    401: ("UNAUTHENTICATED", "Request had invalid authentication credentials."),
+    403: ("PERMISSION_DENIED", "The caller does not have permission"),
+    404: ("NOT_FOUND", "Requested entity was not found."),
+    409: ("ALREADY_EXISTS", "Requested entity already exists."),
+    429: ("RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
+    500: ("INTERNAL", "Internal error encountered."),
+    503: ("UNAVAILABLE", "The service is currently unavailable."),
+    504: ("DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
+}
+
+
 @dataclass
 class Request:
     method: str
@@ -39,6 +53,12 @@ class Request:
     def json(self) -> Any:
         """The body as JSON; raises ValueError when it is not JSON."""
         return json.loads(self.body or b"null")
+
+
+def google_error(status: int, message: str = "") -> tuple[int, dict]:
+    """Google's JSON error answer for an HTTP status."""
+    name, default = _STATUS.get(status, ("UNKNOWN", "Unknown error."))
+    return status, {"error": {"code": status, "message": message or default, "status": name}}
 
 
 class FakeServer:

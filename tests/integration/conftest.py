@@ -1,12 +1,15 @@
 """Fixtures that wire functions to the emulators and the local fakes."""
 
 import json
+import time
 import uuid
 
 import pytest
 
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
+from local.fake_tasks import FakeTasks
+from local.fakehttp import FakeServer, Request
 from local.processes import PROJECT, create_push_subscription, create_topic, publish
 
 
@@ -60,3 +63,49 @@ def subscriber(functions, firestore, pubsub_emulator):
         return send
 
     return start
+
+
+class Target(FakeServer):
+    """An HTTP target: records each request it gets (time, headers, body) and
+    answers 200, or the statuses scripted for a task name in turn; holds each
+    answer `hold` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got: list[dict] = []
+        self.scripts: dict[str, list[tuple[int, dict]]] = {}
+        self.hold = 0.0
+        self.running = self.max_running = 0
+
+    def handle(self, request: Request) -> tuple:
+        with self._lock:
+            task = request.headers.get("X-CloudTasks-TaskName", "")
+            self.got.append({"time": time.time(), "headers": dict(request.headers), "body": request.body, "task": task})
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            script = self.scripts.get(task)
+            status, headers = script.pop(0) if script else (200, {})
+        time.sleep(self.hold)
+        with self._lock:
+            self.running -= 1
+        return status, {}, headers
+
+    def of(self, task: str, count: int = 1) -> list[dict] | None:
+        """The requests for a task, once there are at least `count` of them."""
+        with self._lock:
+            got = [g for g in self.got if g["task"] == task]
+        return got if len(got) >= count else None
+
+
+@pytest.fixture
+def cloud_tasks():
+    """The Cloud Tasks fake (local/fake_tasks.py)."""
+    with FakeTasks() as fake:
+        yield fake
+
+
+@pytest.fixture
+def task_target():
+    """A Target for Cloud Tasks deliveries."""
+    with Target() as server:
+        yield server
