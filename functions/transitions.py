@@ -242,7 +242,9 @@ def fallback_failed(m: Message, error: str | None) -> Message:
 
 def fallback_unknown(m: Message, error: str | None) -> Message:
     """The provider may have got the request but its answer was lost, and it is not tried again: the SMS may be out."""
-    return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
+    return dataclasses.replace(
+        m, fallback=Fallback.UNKNOWN, fallback_uncertain=True, last_error=error, fallback_at=None, lease_owner=None
+    )
 
 
 def retry_fallback(
