@@ -156,7 +156,6 @@ class Twilio:
 
 
 SIGNATURE_VERSION = "v1"
-SIGNATURE_TOLERANCE = 300  # seconds a gateway accepts between a signature's timestamp and its own clock
 
 
 def sign(secret: bytes, timestamp: int, key: str, body: bytes) -> str:
