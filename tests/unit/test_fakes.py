@@ -15,10 +15,12 @@ import time
 import uuid
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
+from local import fake_sms
 from local.fake_rbm import FEATURES, FakeRbm
 from local.fake_sms import FakeSmsWebhook, FakeTwilio
 
@@ -555,6 +557,16 @@ def test_webhook_answers_the_first_result_to_the_same_key_and_sends_nothing_more
     assert [r.json() for r in again] == [first.json()] * 3 and all(r.status_code == 200 for r in again)
     assert gateway.count() == 1 and gateway.received == 4 and gateway.replayed == 3
     assert gateway_send(gateway, key="m2").json()["id"] != first.json()["id"] and gateway.count() == 2
+
+
+def test_webhook_keeps_a_keys_first_result_for_24_hours(gateway, monkeypatch):
+    clock = [time.time()]
+    monkeypatch.setattr(fake_sms, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
+    first = gateway_send(gateway, key="m1").json()
+    clock[0] += 24 * 3600 - 1
+    assert gateway_send(gateway, key="m1").json() == first and gateway.count() == 1
+    clock[0] += 2
+    assert gateway_send(gateway, key="m1").json()["id"] != first["id"] and gateway.count() == 2
 
 
 def test_webhook_remembers_a_key_whose_send_failed_after_sending_but_not_one_that_sent_nothing(gateway):
