@@ -3,8 +3,8 @@
 `twilio`: Twilio's Messages REST API. `webhook`: a JSON POST signed with
 HMAC-SHA256 over a timestamp, the idempotency key and the body, for teams with
 their own gateway (the contract is in the README, `SMS_WEBHOOK_URL`). A send
-either went out (SENT), was refused for good (REJECTED), surely did not go out,
-or went out only once whatever happened (TRANSIENT: retry later), or may have
+either went out (SENT), was refused for good (REJECTED), surely did not go out
+or may have but can safely be repeated (TRANSIENT: retry later), or may have
 gone out (UNKNOWN: never retried, so never twice).
 
 Both providers' answers are read by the same rules (the README's "SMS
