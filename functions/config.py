@@ -159,3 +159,19 @@ def pending_resend_seconds() -> float:
 def sms_provider() -> str:
     """`twilio`, `webhook`, or empty for no SMS provider."""
     return env("SMS_PROVIDER")
+
+
+def sms_webhook_idempotent() -> bool:
+    """Whether the signed gateway honours `Idempotency-Key` (the README's contract): `true`, or
+    `false` (the default); then an ambiguous send is retried under the same key. ValueError otherwise."""
+    value = env("SMS_WEBHOOK_IDEMPOTENT", "false").lower()
+    if value not in ("true", "false"):
+        raise ValueError("SMS_WEBHOOK_IDEMPOTENT must be true or false")
+    return value == "true"
+
+
+def sms_max_segments() -> int | None:
+    """The most SMS segments a fallback text may take (your gateway's own limit); unset: no
+    limit but Twilio's 1,600 units (sms_text.MAX_UNITS)."""
+    value = env("SMS_MAX_SEGMENTS")
+    return int(value) if value else None

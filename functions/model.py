@@ -34,7 +34,7 @@ class Fallback(StrEnum):
     SENT = "SENT"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"  # delivered after all, or opted out
-    UNKNOWN = "UNKNOWN"  # a send was interrupted; never retried blindly, always reported
+    UNKNOWN = "UNKNOWN"  # the SMS may have gone out and will not be tried again; always reported
 
 
 # Delivery states ordered so that a later state never gives way to an earlier
@@ -89,6 +89,8 @@ class Message:
     revoke_uncertain: bool = False  # a DELETE was interrupted: a later 404 may mean "revoked", not "delivered"
     attempts: int = 0  # send / revoke attempts by the sweep
     fallback_attempts: int = 0
+    fallback_uncertain: bool = False  # an SMS attempt may have reached the provider: a give-up is UNKNOWN, not FAILED
+    fallback_segments: int | None = None  # SMS segments the fallback text takes (sms_text.count): its cost
     last_error: str | None = None
     sms_id: str | None = None
     created_at: datetime | None = None

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from functions import sms_text
 from functions.model import Fallback, Message
 
 E164 = re.compile(r"\+[1-9]\d{6,14}")
 TRAFFIC_TYPES = {"AUTHENTICATION", "SERVICEREQUEST", "ACKNOWLEDGEMENT", "PROMOTION", "TRANSACTION"}
 MIN_REVOKE_SECONDS = 10  # the platform advises at least 10 s
 MAX_REVOKE_SECONDS = 30 * 86400  # the platform keeps an undelivered message 30 days
-MAX_SMS_TEXT = 1600  # Twilio's limit on a message body (ten concatenated segments)
 
 # RBM's documented limits on a contentMessage. Sources: the "Send messages" guide
 # (guides/build/messages/send: "The maximum size of the entire stringified
@@ -45,7 +45,7 @@ ITEMS = {"suggestions": (0, 11), "richCard.carouselCard.cardContents": (2, 10)} 
 # deep, the document's own field counting as 1 (the emulator takes one level more),
 # a field path of at most 1,500 bytes, no empty or `__.*__` field name, no array
 # directly in an array. The 1 MiB document limit needs no rule of its own: content
-# within RBM's 250 KB and an SMS of 1,600 characters keep a message document far below it.
+# within RBM's 250 KB and an SMS of 1,600 units keep a message document far below it.
 MAX_NESTING = 20
 MAX_FIELD_PATH_BYTES = 1500
 RESERVED_FIELD_NAME = re.compile(r"__.*__", re.DOTALL)
@@ -88,6 +88,7 @@ class Outbound:
             traffic_type=self.traffic_type,
             fallback=Fallback.WAITING if self.fallback_text else Fallback.NONE,
             fallback_text=self.fallback_text,
+            fallback_segments=sms_text.count(self.fallback_text).segments if self.fallback_text else None,
             time_sensitive=self.time_sensitive,
             revoke_at=now + timedelta(seconds=self.revoke_after_seconds) if self.revoke_after_seconds else None,
             next_action_at=now + timedelta(seconds=resend_after),
@@ -217,9 +218,11 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     )
 
 
-def parse(body: Any, default_agent: str) -> Outbound:
+def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) -> Outbound:
     """The request a send_message body asks for, defaults applied; InvalidRequest
-    (naming the field) for anything that can't be stored or that RBM documents it refuses."""
+    (naming the field) for anything that can't be stored, that RBM documents it refuses,
+    or whose fallback text the SMS provider would refuse (sms_text.refusal; `sms_max_segments`:
+    the gateway's own limit, None for none)."""
     _require(isinstance(body, dict), "body must be a JSON object")
     _check_unicode(body)
     phone, content = body.get("phone"), body.get("content")
@@ -252,9 +255,8 @@ def parse(body: Any, default_agent: str) -> Outbound:
     text = (fallback or {}).get("text")
     time_sensitive = (fallback or {}).get("time_sensitive", False)
     if fallback is not None:
-        _require(
-            isinstance(text, str) and len(text.strip()) > 0 and len(text) <= MAX_SMS_TEXT,
-            f"fallback.text must be non-empty text of at most {MAX_SMS_TEXT} characters",
-        )
+        _require(isinstance(text, str) and len(text.strip()) > 0, "fallback.text must be non-empty text")
+        too_long = sms_text.refusal(str(text), sms_max_segments)
+        _require(too_long is None, too_long or "")
         _require(isinstance(time_sensitive, bool), "fallback.time_sensitive must be true or false")
     return Outbound(phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive)

@@ -4,6 +4,9 @@ The message is marked SENDING under a lease before the provider is called
 and SENT after. A send interrupted in between leaves SENDING; when its lease
 runs out the next sweep marks it UNKNOWN and reports it, and nothing sends
 it again: a possibly missing SMS is reported, a second SMS never happens.
+With a provider that honours our idempotency key (sms.Provider.idempotent),
+an interrupted or ambiguous send is instead tried again under the same key
+until FALLBACK_MAX_ATTEMPTS, and UNKNOWN only when attempts run out.
 """
 
 from datetime import datetime, timedelta
@@ -29,8 +32,11 @@ _REPORT = {
 
 
 def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
-    opted_out = m.fallback is Fallback.DUE and store.opted_out(m.agent_id, m.phone)
-    return claim_fallback(m, now, lease, owner, opted_out)
+    provider = sms.provider()
+    resend = config.fallback_max_attempts() if provider is not None and provider.idempotent else 0
+    sends = m.fallback is Fallback.DUE or (m.fallback is Fallback.SENDING and resend > 0)
+    opted_out = sends and store.opted_out(m.agent_id, m.phone)
+    return claim_fallback(m, now, lease, owner, opted_out, resend)
 
 
 def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
@@ -40,7 +46,13 @@ def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
             return fallback_sent(m, now, result.provider_id)
         case sms.SmsOutcome.TRANSIENT:
             return retry_fallback(
-                m, now, result.error, config.fallback_max_attempts(), config.retry_backoff_seconds(), result.retry_after
+                m,
+                now,
+                result.error,
+                config.fallback_max_attempts(),
+                config.retry_backoff_seconds(),
+                result.retry_after,
+                result.may_have_sent,
             )
         case sms.SmsOutcome.REJECTED:
             return fallback_failed(m, result.error)
@@ -89,18 +101,24 @@ FALLBACK = Sweep(
 )
 
 
-def unconfigured(what: str) -> bool:
-    """Whether no SMS provider is configured; if so, logs `sms_unconfigured` naming `what` came without one."""
-    if sms.provider() is not None:
-        return False
-    logs.error(f"{what} but no SMS_PROVIDER is configured", event="sms_unconfigured")
-    return True
+def unconfigured(what: str) -> str | None:
+    """Why no SMS can be sent — no SMS_PROVIDER, or settings it cannot use (sms.Misconfigured:
+    a plain-http gateway outside loopback, an empty secret) — logged as `sms_unconfigured`
+    naming `what` came without one; None when a provider is ready."""
+    try:
+        if sms.provider() is not None:
+            return None
+        reason = "no SMS_PROVIDER configured"
+    except sms.Misconfigured as exc:
+        reason = f"SMS provider misconfigured: {exc}"
+    logs.error(f"{what} but {reason}", event="sms_unconfigured")
+    return reason
 
 
 def handle(request: flask.Request) -> Reply:
     """send_fallbacks (Cloud Scheduler): one scheduled run of the FALLBACK sweep (dispatch.scheduled_run);
-    503 when it would send the SMS itself (no work topic) and no provider is configured."""
+    503 `{"error": reason}` when it would send the SMS itself (no work topic) and no provider is ready."""
     logs.bind_trace(request.headers)
-    if not config.work_topic() and unconfigured("send_fallbacks called"):
-        return reply(503, {"error": "no SMS_PROVIDER configured"})
+    if not config.work_topic() and (reason := unconfigured("send_fallbacks called")):
+        return reply(503, {"error": reason})
     return dispatch.scheduled_run(FALLBACK)

@@ -26,7 +26,7 @@ def handle(request: flask.Request) -> Reply:
     if request.method != "POST":
         return reject(405, "method not allowed")
     try:
-        wanted = outbound.parse(request.get_json(silent=True), config.agent_id())
+        wanted = outbound.parse(request.get_json(silent=True), config.agent_id(), config.sms_max_segments())
     except RecursionError:  # JSON nested deeper than the parser goes: far past Firestore's 20 levels
         return reject(400, "body nests maps and arrays too deep")
     except outbound.InvalidRequest as exc:

@@ -1,16 +1,20 @@
 """SMS providers behind one small interface, chosen by SMS_PROVIDER.
 
 `twilio`: Twilio's Messages REST API. `webhook`: a JSON POST signed with
-HMAC-SHA256, for teams with their own gateway. A send either went out
-(SENT), was refused for good (REJECTED), surely did not go out (TRANSIENT:
-retry later), or may have gone out (UNKNOWN: never retried, so never twice).
+HMAC-SHA256 over a timestamp, the idempotency key and the body, for teams with
+their own gateway (the contract is in the README, `SMS_WEBHOOK_URL`). A send
+either went out (SENT), was refused for good (REJECTED), surely did not go out
+or may have but can safely be repeated (TRANSIENT: retry later), or may have
+gone out (UNKNOWN: never retried, so never twice).
 
 Both providers' answers are read by the same rules (the README's "SMS
 providers' answers" table gives the sources). Twilio takes no idempotency
-key, and a gateway written by someone else may ignore ours, so nothing that
-may have reached the provider is sent again:
+key, and a gateway may ignore ours, so nothing that may have reached the
+provider is sent again — unless the gateway declares it honours the key
+(`SMS_WEBHOOK_IDEMPOTENT=true`: the same key within 24 h answers the first
+result and sends nothing more), when a repeat cannot text twice:
 - no answer: TRANSIENT only if the request surely never left
-  (`transport.may_have_been_read`), else UNKNOWN;
+  (`transport.may_have_been_read`), else UNKNOWN (TRANSIENT if idempotent);
 - 2xx: SENT;
 - 429, 503: not processed (Twilio: "An API Request that receives an error 429
   response is never processed and is always safe to retry",
@@ -19,10 +23,12 @@ may have reached the provider is sent again:
   TRANSIENT, after the provider's `Retry-After` (held to MAX_RETRY_AFTER);
 - other 4xx: REJECTED (the request is wrong, or the number refused: 21211
   invalid, 21610 unsubscribed);
-- 500 and every other status: UNKNOWN (Twilio: retrying a 500 on an SMS send
-  "it is possible for a customer to receive multiple messages",
-  https://www.twilio.com/docs/api/errors/20500; a 502 / 504 comes from a
-  proxy that may have passed the request on).
+- 500 and every other status: UNKNOWN, TRANSIENT if idempotent (Twilio:
+  retrying a 500 on an SMS send "it is possible for a customer to receive
+  multiple messages", https://www.twilio.com/docs/api/errors/20500; a 502 /
+  504 comes from a proxy that may have passed the request on).
+A result that may follow a delivered request says so (`may_have_sent`), so a
+retry that runs out of attempts ends UNKNOWN, not FAILED.
 
 An error names the status and the provider's error code, never the reply's
 text: Twilio's 21211 message holds the phone number in full.
@@ -31,17 +37,20 @@ text: Twilio's 21211 message holds the phone number in full.
 import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import requests
 
 from functions import transport
-from functions.config import env, sms_provider
+from functions.config import env, sms_provider, sms_webhook_idempotent
 
 TIMEOUT = (3.05, 15)  # connect, read
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is held to this
@@ -62,27 +71,39 @@ class SmsResult:
     provider_id: str | None = None
     error: str | None = None  # e.g. "provider 400, code 21211": status and code, never the reply's text
     retry_after: float | None = None  # seconds the provider asked to wait before the next try
+    may_have_sent: bool = False  # the request may have been acted on although the answer says nothing clear
+
+
+class Misconfigured(ValueError):
+    """A provider's settings that cannot be used; the reason names the setting, never a secret."""
 
 
 class Provider(Protocol):
+    # Whether the provider honours our idempotency key (the message id): an ambiguous send may be repeated.
+    idempotent: bool
+
     def send(self, to: str, text: str, message_id: str) -> SmsResult: ...
 
 
-def _post(session: requests.Session, url: str, id_field: str, **kwargs: Any) -> SmsResult:
+def _ambiguous(error: str, idempotent: bool) -> SmsResult:
+    """A request the provider may have acted on: repeated later if the provider honours our key, else UNKNOWN."""
+    return SmsResult(SmsOutcome.TRANSIENT if idempotent else SmsOutcome.UNKNOWN, error=error, may_have_sent=True)
+
+
+def _post(session: requests.Session, url: str, id_field: str, idempotent: bool, **kwargs: Any) -> SmsResult:
     """POSTs once and sorts the outcome (see the module docstring)."""
     try:
         response = session.post(url, timeout=TIMEOUT, **kwargs)
     except requests.RequestException as exc:
         if transport.may_have_been_read(exc):
-            return SmsResult(
-                SmsOutcome.UNKNOWN,
-                error=f"no answer after the request may have reached the provider: {type(exc).__name__}",
+            return _ambiguous(
+                f"no answer after the request may have reached the provider: {type(exc).__name__}", idempotent
             )
         return SmsResult(SmsOutcome.TRANSIENT, error=f"provider unreachable: {type(exc).__name__}")
-    return _answer(response, id_field)
+    return _answer(response, id_field, idempotent)
 
 
-def _answer(response: requests.Response, id_field: str) -> SmsResult:
+def _answer(response: requests.Response, id_field: str, idempotent: bool) -> SmsResult:
     """The outcome an answer means; `id_field` names the provider's message id in a 2xx JSON body."""
     status = response.status_code
     if 200 <= status < 300:
@@ -98,7 +119,7 @@ def _answer(response: requests.Response, id_field: str) -> SmsResult:
         )
     if 400 <= status < 500:
         return SmsResult(SmsOutcome.REJECTED, error=error)
-    return SmsResult(SmsOutcome.UNKNOWN, error=error)
+    return _ambiguous(error, idempotent)
 
 
 def _error_code(response: requests.Response) -> str | None:
@@ -114,7 +135,10 @@ def _error_code(response: requests.Response) -> str | None:
 
 
 class Twilio:
-    """POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded, HTTP Basic auth."""
+    """POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded, HTTP Basic auth.
+    Twilio's Messages API takes no idempotency key."""
+
+    idempotent = False
 
     def __init__(self) -> None:
         self.sid = env("TWILIO_ACCOUNT_SID")
@@ -128,23 +152,61 @@ class Twilio:
         self.session.auth = (self.sid, env("TWILIO_AUTH_TOKEN"))
 
     def send(self, to: str, text: str, message_id: str) -> SmsResult:
-        return _post(self.session, self.url, "sid", data={"To": to, "Body": text, **self.sender})
+        return _post(self.session, self.url, "sid", self.idempotent, data={"To": to, "Body": text, **self.sender})
+
+
+SIGNATURE_VERSION = "v1"
+
+
+def sign(secret: bytes, timestamp: int, key: str, body: bytes) -> str:
+    """The `X-Signature` value of a request to the signed gateway (the README's contract):
+    `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "v1:<timestamp>:<key>:" + body)>`, where
+    `key` is the request's `Idempotency-Key` and `body` its raw bytes."""
+    signed = f"{SIGNATURE_VERSION}:{timestamp}:{key}:".encode() + body
+    return f"t={timestamp},{SIGNATURE_VERSION}=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+
+
+def _gateway_url(url: str) -> str:
+    """`url` if a signed request may go there: https, or http to a loopback address; else Misconfigured."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname:
+        try:
+            loopback = parts.hostname == "localhost" or ipaddress.ip_address(parts.hostname).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+    raise Misconfigured("SMS_WEBHOOK_URL must be an https:// URL (http:// only to a loopback address)")
 
 
 class SignedWebhook:
-    """POST {"to", "text", "message_id"} with `X-Signature: sha256=<hex HMAC of the body>`
-    and `Idempotency-Key: <message_id>`; answers are read as Twilio's are, since a
-    gateway may ignore the key (the contract is in the README)."""
+    """POST {"to", "text", "message_id"} with `Idempotency-Key: <message_id>` and
+    `X-Signature` (`sign`), signed anew at each try; answers are read as Twilio's are,
+    and an ambiguous one is retried only when the gateway declares it honours the key
+    (`SMS_WEBHOOK_IDEMPOTENT`). Misconfigured for a plain-http URL outside loopback, an
+    empty secret or an unreadable SMS_WEBHOOK_IDEMPOTENT (the contract is in the README)."""
 
     def __init__(self) -> None:
-        self.url, self.secret = env("SMS_WEBHOOK_URL"), env("SMS_WEBHOOK_SECRET").encode()
+        self.url = _gateway_url(env("SMS_WEBHOOK_URL"))
+        self.secret = env("SMS_WEBHOOK_SECRET").encode()
+        if not self.secret:
+            raise Misconfigured("SMS_WEBHOOK_SECRET is empty")
+        try:
+            self.idempotent = sms_webhook_idempotent()
+        except ValueError as exc:
+            raise Misconfigured(str(exc)) from None
         self.session = requests.Session()
 
     def send(self, to: str, text: str, message_id: str) -> SmsResult:
         body = json.dumps({"to": to, "text": text, "message_id": message_id}).encode()
-        signature = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", "X-Signature": signature, "Idempotency-Key": message_id}
-        return _post(self.session, self.url, "id", data=body, headers=headers)
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": message_id,
+            "X-Signature": sign(self.secret, int(time.time()), message_id, body),
+        }
+        return _post(self.session, self.url, "id", self.idempotent, data=body, headers=headers)
 
 
 PROVIDERS: dict[str, Callable[[], Provider]] = {"twilio": Twilio, "webhook": SignedWebhook}
@@ -152,6 +214,7 @@ PROVIDERS: dict[str, Callable[[], Provider]] = {"twilio": Twilio, "webhook": Sig
 
 @functools.cache
 def provider() -> Provider | None:
-    """The configured provider, built once per instance; None if SMS_PROVIDER is unset."""
+    """The configured provider, built once per instance; None if SMS_PROVIDER is unset.
+    Raises Misconfigured (each call, until fixed) when its settings cannot be used."""
     name = sms_provider()
     return PROVIDERS[name]() if name else None

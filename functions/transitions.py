@@ -202,19 +202,28 @@ def hold_fallback(m: Message, until: datetime) -> Message:
 # send_fallbacks: one SMS per message, at most.
 
 
-def claim_fallback(m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool) -> Message | None:
+def claim_fallback(
+    m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool, resend_attempts: int = 0
+) -> Message | None:
     """DUE → SENDING under a lease, DUE → CANCELLED for an opted-out user, and a
-    SENDING whose lease ran out → UNKNOWN: its SMS may have gone, so it is never re-sent.
-    None if there is nothing to do."""
+    SENDING whose lease ran out (its SMS may have gone) → UNKNOWN, never re-sent —
+    unless the provider honours our idempotency key: then `resend_attempts` is
+    FALLBACK_MAX_ATTEMPTS and, while attempts remain, it is sent again under the same
+    key (SENDING again, `fallback_uncertain` set). An opted-out user whose SMS may
+    already be out ends UNKNOWN, not CANCELLED. None if there is nothing to do."""
     if m.fallback not in (Fallback.DUE, Fallback.SENDING) or m.fallback_at is None or m.fallback_at > now:
         return None
     if not m.tracked:
         return _dropped(m)
     m = dataclasses.replace(m, fallback_at=None, lease_owner=None)
     if m.fallback is Fallback.SENDING:
-        m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"
-    elif opted_out:
-        m.fallback, m.last_error = Fallback.CANCELLED, "user opted out"
+        m.fallback_uncertain = True
+        if m.fallback_attempts >= resend_attempts:
+            m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"
+            return m
+    if opted_out:
+        m.fallback = Fallback.UNKNOWN if m.fallback_uncertain else Fallback.CANCELLED
+        m.last_error = "user opted out"
     else:
         m.fallback, m.fallback_at, m.lease_owner = Fallback.SENDING, now + lease, owner
         m.fallback_attempts += 1
@@ -232,17 +241,29 @@ def fallback_failed(m: Message, error: str | None) -> Message:
 
 
 def fallback_unknown(m: Message, error: str | None) -> Message:
-    """The provider got the request but its answer was lost: the SMS may be out."""
-    return dataclasses.replace(m, fallback=Fallback.UNKNOWN, last_error=error, fallback_at=None, lease_owner=None)
+    """The provider may have got the request but its answer was lost, and it is not tried again: the SMS may be out."""
+    return dataclasses.replace(
+        m, fallback=Fallback.UNKNOWN, fallback_uncertain=True, last_error=error, fallback_at=None, lease_owner=None
+    )
 
 
 def retry_fallback(
-    m: Message, now: datetime, error: str | None, max_attempts: int, base: float, wait: float | None = None
+    m: Message,
+    now: datetime,
+    error: str | None,
+    max_attempts: int,
+    base: float,
+    wait: float | None = None,
+    may_have_sent: bool = False,
 ) -> Message:
-    """The provider surely sent nothing: due again after the backoff, or after `wait`
-    seconds (the provider's Retry-After) when that is longer; or failed for good."""
+    """The provider sent nothing, or (`may_have_sent`) may have, under a key it honours, so a
+    repeat sends at most one SMS: due again after the backoff, or after `wait` seconds
+    (the provider's Retry-After) when that is longer. Out of attempts: FAILED, or UNKNOWN
+    when this or an earlier attempt may have sent it (`fallback_uncertain`)."""
+    m = dataclasses.replace(m, fallback_uncertain=m.fallback_uncertain or may_have_sent)
     if m.fallback_attempts >= max_attempts:
-        return fallback_failed(m, f"gave up after {m.fallback_attempts} attempts: {error}")
+        gave_up = f"gave up after {m.fallback_attempts} attempts: {error}"
+        return fallback_unknown(m, gave_up) if m.fallback_uncertain else fallback_failed(m, gave_up)
     delay = max(backoff(m.fallback_attempts, base), timedelta(seconds=wait or 0))
     return dataclasses.replace(m, fallback=Fallback.DUE, fallback_at=now + delay, last_error=error, lease_owner=None)
 

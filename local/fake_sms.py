@@ -1,11 +1,14 @@
 """Fakes of the SMS providers a fallback can go through, for tests and demos.
 
 FakeTwilio speaks Twilio's Messages API; FakeSmsWebhook a generic gateway
-that takes an HMAC-signed JSON POST (the contract in the README). Both record
-what they sent and can be told to fail (429 / 503 with `Retry-After`), be
-slow, hold their answer after sending — how a test kills a caller between the
-provider call and its own state write — or send and then drop the connection
-without answering, the worst a caller can meet.
+that takes an HMAC-signed JSON POST and honours its idempotency key (the
+contract in the README). Both record what they sent and can be told to fail
+(429 / 503 with `Retry-After`), be slow, hold their answer after sending — how
+a test kills a caller between the provider call and its own state write — or
+send and then drop the connection without answering, the worst a caller can
+meet; `script_failure` makes the sends to one number fail in any ambiguous way
+(500 / 502 / 504, a reset or close after the request was read, an answer held
+past the caller's read timeout), after sending the SMS or before.
 
 Errors are worded as the providers word them, phone number included:
 Twilio's 21211 says "The 'To' number +1555... is not a valid phone number."
@@ -18,6 +21,7 @@ bodies leaks the number.
 
 import argparse
 import base64
+import collections
 import hashlib
 import hmac
 import re
@@ -33,6 +37,9 @@ from local.fakehttp import DROP, E164, RESET, FakeServer, Faults, Request, serve
 
 # Statuses that come with a Retry-After header once set_retry_after() is called.
 RETRY_AFTER_STATUSES = (429, 503)
+# Ambiguous failures a script may name besides a status: the connection reset or closed
+# after the request was read, and no answer before the caller's read timeout.
+RESET_AFTER_READ, CLOSE_AFTER_READ, READ_TIMEOUT = "reset", "close", "timeout"
 
 
 def _sends(status: int) -> bool:
@@ -84,6 +91,8 @@ class SmsFake(FakeServer):
             self._delay = 0.0
             self._retry_after: str | None = None
             self._drop: object | None = None  # DROP or RESET
+            self._failures: dict[str, collections.deque[tuple[int | str, bool]]] = {}
+            self.stall = 16.0  # seconds a READ_TIMEOUT holds the request: past the relay's 15 s read timeout
         self.release()
 
     def script(self, statuses: list[int]) -> None:
@@ -91,6 +100,14 @@ class SmsFake(FakeServer):
         A 500 / 502 / 504 sends the SMS and then answers the error; others send nothing."""
         with self._lock:
             self._faults.script("send", statuses)
+
+    def script_failure(self, to: str, failure: int | str, sends: bool) -> None:
+        """The next send to `to` fails this way — a status, RESET_AFTER_READ,
+        CLOSE_AFTER_READ or READ_TIMEOUT (hold the request `stall` seconds, then
+        close) — having sent the SMS first (`sends`) or not; queued per number, and
+        taking precedence over script()."""
+        with self._lock:
+            self._failures.setdefault(to, collections.deque()).append((failure, sends))
 
     def fail_share(self, share: float, seed: int = 0) -> None:
         """Answer 503 (and send nothing) to a random `share` of sends, repeatably."""
@@ -163,21 +180,46 @@ class SmsFake(FakeServer):
         except Rejected as rejected:
             return rejected.status, rejected.body
         with self._lock:
-            error = self._faults.next_error("send", "send")
-            if error and not _sends(error):
-                wait = self._retry_after if error in RETRY_AFTER_STATUSES else None
-                return error, self._failure(error, message), {"Retry-After": wait} if wait else {}
-            sent = {**message, "provider_id": self._new_id(), "time": time.time()}
-            self._sent.append(sent)
-            self._lock.notify_all()
-            delay, drop = self._delay, self._drop
-        if error:
-            return error, self._failure(error, message)
+            replay = self._replay(message)
+            if replay is not None:
+                return replay
+            failure, sends = self._next_failure(message["to"])
+            if not sends and isinstance(failure, int):
+                wait = self._retry_after if failure in RETRY_AFTER_STATUSES else None
+                return failure, self._failure(failure, message), {"Retry-After": wait} if wait else {}
+            sent = {**message, "provider_id": self._new_id(), "time": time.time()} if sends else None
+            if sent is not None:
+                self._sent.append(sent)
+                self._remember(message, sent)
+                self._lock.notify_all()
+            delay, drop, stall = self._delay, self._drop, self.stall
+        if isinstance(failure, int):
+            return failure, self._failure(failure, message)
+        if failure == READ_TIMEOUT:
+            time.sleep(stall)
+        if failure is not None:
+            return 0, RESET if failure == RESET_AFTER_READ else DROP
         if drop:
             return 0, drop
         time.sleep(delay)
         self._released.wait()
         return self._success(sent)
+
+    def _next_failure(self, to: str) -> tuple[int | str | None, bool]:
+        """How the next send to `to` fails (None: it does not) and whether it sends the SMS;
+        the caller holds the lock."""
+        scripted = self._failures.get(to)
+        if scripted:
+            return scripted.popleft()
+        error = self._faults.next_error("send", "send")
+        return error, error is None or _sends(error)
+
+    def _replay(self, message: dict) -> tuple[int, Any] | None:
+        """The answer to a request already acted on, or None to act on it; the caller holds the lock."""
+        return None
+
+    def _remember(self, message: dict, sent: dict) -> None:
+        """Keep what a later request with the same key must answer; the caller holds the lock."""
 
     def _new_id(self) -> str:
         return uuid.uuid4().hex
@@ -278,27 +320,68 @@ def _bad_number(to: str) -> Rejected:
     return Rejected(400, gateway_error("invalid_to", f"{to} is not a phone number we can send to"))
 
 
+SIGNATURE_TOLERANCE = 300  # seconds between a signature's timestamp and the gateway's clock, either way
+IDEMPOTENCY_WINDOW = 24 * 3600  # seconds a key's first result is kept
+_SIGNATURE = re.compile(r"t=(\d{1,12}),v1=([0-9a-f]{64})")
+
+
 class FakeSmsWebhook(SmsFake):
-    """A gateway written to our contract: POST JSON {to, text, message_id} to any
-    path, signed with X-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>;
-    errors are JSON {"code", "error"}, and the error text may name the number.
-    Like an independently written gateway, it ignores Idempotency-Key."""
+    """A gateway written to our contract (the README, `SMS_WEBHOOK_URL`): POST JSON
+    {to, text, message_id} to any path with `Idempotency-Key` and
+    `X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "v1:<t>:<key>:" + raw body)>`.
+    A missing, malformed or wrong signature is 401 `bad_signature`; a timestamp more than
+    300 s from the gateway's clock is 401 `stale_signature`. The same key within 24 h
+    answers the first SMS it sent (2xx, the same id) and sends nothing more; a request that
+    sent nothing leaves no record. Errors are JSON {"code", "error"}, and the error text
+    may name the number."""
 
     def __init__(self, secret: str = "secret", port: int = 0):
         self.secret = secret.encode()
         super().__init__(port)
 
-    def signature(self, body: bytes) -> str:
-        """The X-Signature value a caller must send with this body."""
-        return "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+    def reset(self) -> None:
+        with self._lock:
+            self._results: dict[str, dict] = {}  # idempotency key -> the SMS its first send sent
+            self._replayed = 0
+        super().reset()
+
+    @property
+    def replayed(self) -> int:
+        """Requests answered from an earlier send's record, sending nothing."""
+        with self._lock:
+            return self._replayed
+
+    def signature(self, body: bytes, key: str, timestamp: int | None = None) -> str:
+        """The X-Signature value a caller must send with this body and Idempotency-Key (now, by default)."""
+        t = int(time.time()) if timestamp is None else timestamp
+        mac = hmac.new(self.secret, f"v1:{t}:{key}:".encode() + body, hashlib.sha256).hexdigest()
+        return f"t={t},v1={mac}"
+
+    def _verify(self, request: Request) -> None:
+        match = _SIGNATURE.fullmatch(request.headers.get("X-Signature", "").strip())
+        key = request.headers.get("Idempotency-Key", "")
+        if not match or not key:
+            raise Rejected(401, gateway_error("bad_signature", "bad signature"))
+        expected = self.signature(request.body, key, int(match[1])).encode()
+        if not hmac.compare_digest(request.headers["X-Signature"].strip().encode(), expected):
+            raise Rejected(401, gateway_error("bad_signature", "bad signature"))
+        if abs(time.time() - int(match[1])) > SIGNATURE_TOLERANCE:
+            raise Rejected(401, gateway_error("stale_signature", "signature timestamp outside the tolerance"))
+
+    def _replay(self, message: dict) -> tuple[int, Any] | None:
+        first = self._results.get(message["key"])
+        if first is None or time.time() - first["time"] > IDEMPOTENCY_WINDOW:
+            return None
+        self._replayed += 1
+        return self._success(first)
+
+    def _remember(self, message: dict, sent: dict) -> None:
+        self._results[message["key"]] = sent
 
     def _read(self, request: Request) -> dict:
         if request.method != "POST":
             raise Rejected(405, gateway_error("method_not_allowed", "method not allowed"))
-        if not hmac.compare_digest(
-            request.headers.get("X-Signature", "").encode(), self.signature(request.body).encode()
-        ):
-            raise Rejected(401, gateway_error("bad_signature", "bad signature"))
+        self._verify(request)
         try:
             payload = request.json()
         except ValueError:
@@ -309,7 +392,13 @@ class FakeSmsWebhook(SmsFake):
             raise Rejected(400, gateway_error("bad_request", "to, text and message_id are required strings"))
         if not E164.match(payload["to"]):
             raise _bad_number(payload["to"])
-        return {"to": payload["to"], "text": payload["text"], "message_id": payload["message_id"], "fields": payload}
+        return {
+            "to": payload["to"],
+            "text": payload["text"],
+            "message_id": payload["message_id"],
+            "key": request.headers["Idempotency-Key"],
+            "fields": payload,
+        }
 
     def _failure(self, status: int, message: dict) -> Any:
         if status == 400:

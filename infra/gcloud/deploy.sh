@@ -31,7 +31,8 @@
 #                               (default false: the functions' own identity)
 #   SMS_PROVIDER                twilio | webhook | empty (no SMS fallback)
 #   TWILIO_ACCOUNT_SID, TWILIO_FROM_NUMBER, TWILIO_MESSAGING_SERVICE_SID, TWILIO_API_BASE
-#   SMS_WEBHOOK_URL
+#   SMS_WEBHOOK_URL, SMS_WEBHOOK_IDEMPOTENT (true: the gateway honours Idempotency-Key)
+#   SMS_MAX_SEGMENTS            the gateway's limit on segments per SMS (send_message); empty: none
 #   FIRESTORE_DATABASE          default (default); CREATE_FIRESTORE_DATABASE default true
 #   FIRESTORE_LOCATION          default REGION
 #   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
@@ -85,6 +86,8 @@ REGION=${REGION:-europe-west1}
 RBM_API_ENDPOINT=${RBM_API_ENDPOINT:-https://rcsbusinessmessaging.googleapis.com}
 RBM_KEY_FROM_SECRET=${RBM_KEY_FROM_SECRET:-false}
 SMS_PROVIDER=${SMS_PROVIDER:-}
+SMS_WEBHOOK_IDEMPOTENT=${SMS_WEBHOOK_IDEMPOTENT:-}
+SMS_MAX_SEGMENTS=${SMS_MAX_SEGMENTS:-}
 FIRESTORE_DATABASE=${FIRESTORE_DATABASE:-(default)}
 FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
 CREATE_FIRESTORE_DATABASE=${CREATE_FIRESTORE_DATABASE:-true}
@@ -115,9 +118,9 @@ PYTHON_RUNTIME=${PYTHON_RUNTIME:-python312}
 
 # The settings of a provider not in use are dropped, as in Terraform.
 case $SMS_PROVIDER in
-  twilio) SMS_WEBHOOK_URL='' TWILIO_API_BASE=${TWILIO_API_BASE:-https://api.twilio.com} ;;
+  twilio) SMS_WEBHOOK_URL='' SMS_WEBHOOK_IDEMPOTENT='' TWILIO_API_BASE=${TWILIO_API_BASE:-https://api.twilio.com} ;;
   webhook) TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
-  "") SMS_WEBHOOK_URL='' TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
+  "") SMS_WEBHOOK_URL='' SMS_WEBHOOK_IDEMPOTENT='' TWILIO_ACCOUNT_SID='' TWILIO_FROM_NUMBER='' TWILIO_MESSAGING_SERVICE_SID='' TWILIO_API_BASE='' ;;
   *) die "SMS_PROVIDER must be twilio, webhook or empty" ;;
 esac
 
@@ -315,7 +318,7 @@ FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         RBM_SERVICE_ACCOUNT_KEY -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
   "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
@@ -344,7 +347,8 @@ declare -A SETTING_GROUPS=(
   [work]="RBM_WORK_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [revoke]="REVOKE_MAX_ATTEMPTS"
   [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
-  [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE"
+  [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE SMS_WEBHOOK_IDEMPOTENT"
+  [sms_text]="SMS_MAX_SEGMENTS"
 )
 GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC

@@ -94,6 +94,7 @@ def test_opted_out_user_is_refused_and_nothing_is_sent(send, rbm):
         {"traffic_type": "SPAM"},
         {"fallback": {"text": "   "}},
         {"fallback": {"text": "x" * 1601}},
+        {"fallback": {"text": "😀" * 801}},  # 801 characters, 1,602 UTF-16 units: Twilio would refuse it (21617)
         {"fallback": {"text": "ok", "time_sensitive": "yes"}},
         {"agent_id": 7},
     ],
@@ -169,3 +170,24 @@ def test_a_message_id_another_sender_used_is_409_and_nothing_is_sent(send, rbm):
     assert response.status_code == 409 and "another sender" in response.json()["error"]
     assert rbm.count("create") == 0
     assert store.get_message(message_id).tracked is False
+
+
+def test_a_fallback_text_the_sms_provider_would_refuse_is_400_with_its_count_and_its_cost_is_stored(
+    functions, firestore, rbm
+):
+    process = functions(
+        "send_message", env={"RBM_API_ENDPOINT": rbm.url, "RBM_AGENT_ID": AGENT, "SMS_MAX_SEGMENTS": "2"}
+    )
+
+    def send(text):
+        body = {"phone": PHONE, "content": CONTENT, "message_id": str(uuid.uuid4()), "fallback": {"text": text}}
+        return body["message_id"], requests.post(process.url, json=body, timeout=30)
+
+    message_id, refused = send("Votre code: 1234 ✅ " * 4)  # 76 UCS-2 units: 2 segments
+    assert refused.status_code == 200 and store.get_message(message_id).fallback_segments == 2
+    message_id, refused = send("Votre code: 1234 ✅ " * 8)
+    assert (refused.status_code, refused.json()["error"]) == (
+        400,
+        "fallback.text is 152 UCS-2 units in 3 segments; the SMS provider takes at most 1,600 units in 2 segments",
+    )
+    assert store.get_message(message_id) is None and rbm.count("create") == 1

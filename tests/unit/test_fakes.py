@@ -15,10 +15,12 @@ import time
 import uuid
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
+from local import fake_sms
 from local.fake_rbm import FEATURES, FakeRbm
 from local.fake_sms import FakeSmsWebhook, FakeTwilio
 
@@ -407,9 +409,16 @@ def twilio_send(fake, auth=(SID, TOKEN), timeout=5, **form):
     return requests.post(f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json", data=form, auth=auth, timeout=timeout)
 
 
-def gateway_send(fake, payload=None, signature=None, timeout=5):
-    body = json.dumps(payload or {"to": PHONE, "text": "code 1234", "message_id": "m1"}).encode()
-    headers = {"Content-Type": "application/json", "X-Signature": signature or fake.signature(body)}
+def gateway_send(fake, payload=None, signature=None, timeout=5, key=None):
+    """One signed request; a fresh message id (the idempotency key) unless `key` or `payload` names one."""
+    payload = payload or {"to": PHONE, "text": "code 1234", "message_id": key or uuid.uuid4().hex}
+    body = json.dumps(payload).encode()
+    key = key or payload["message_id"]
+    headers = {
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+        "X-Signature": signature or fake.signature(body, key),
+    }
     return requests.post(fake.url + "/send", data=body, headers=headers, timeout=timeout)
 
 
@@ -481,24 +490,93 @@ def test_twilio_rejects_incomplete_messages(twilio, form, code):
 
 
 def test_webhook_send_answers_accepted(gateway):
-    response = gateway_send(gateway)
+    response = gateway_send(gateway, key="m1")
     assert response.status_code == 200
     assert response.json() == {"id": gateway.sent[0]["provider_id"], "status": "accepted"}
     [sent] = gateway.sent
     assert (sent["to"], sent["text"], sent["message_id"]) == (PHONE, "code 1234", "m1")
 
 
-def test_webhook_signature_is_hmac_sha256_of_the_raw_body(gateway):
+def test_webhook_signature_is_hmac_sha256_of_version_timestamp_key_and_raw_body(gateway):
     body = b'{"to": "+15550000001", "text": "x", "message_id": "m2"}'
-    assert gateway.signature(body) == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    mac = hmac.new(SECRET.encode(), b"v1:1700000000:m2:" + body, hashlib.sha256).hexdigest()
+    assert gateway.signature(body, "m2", 1700000000) == f"t=1700000000,v1={mac}"
 
 
-@pytest.mark.parametrize("signature", ["", "sha256=" + "0" * 64, "deadbeef"])
-def test_webhook_rejects_bad_signatures(gateway, signature):
-    body = b'{"to": "+15550000001", "text": "x", "message_id": "m1"}'
-    response = requests.post(gateway.url, data=body, headers={"X-Signature": signature}, timeout=5)
+def _signed_post(gateway, body, headers):
+    return requests.post(gateway.url, data=body, headers=headers, timeout=5)
+
+
+BODY = b'{"to": "+15550000001", "text": "x", "message_id": "m1"}'
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},  # no signature
+        {"Idempotency-Key": "m1", "X-Signature": ""},
+        {"Idempotency-Key": "m1", "X-Signature": "t=1700000000,v1=" + "0" * 64},
+        {"Idempotency-Key": "m1", "X-Signature": "deadbeef"},
+        # the scheme before timestamps: the body alone, replayable forever
+        {
+            "Idempotency-Key": "m1",
+            "X-Signature": "sha256=" + hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest(),
+        },
+    ],
+    ids=["missing", "empty", "wrong", "malformed", "unversioned"],
+)
+def test_webhook_rejects_bad_signatures(gateway, headers):
+    response = _signed_post(gateway, BODY, headers)
     assert (response.status_code, response.json()) == (401, {"code": "bad_signature", "error": "bad signature"})
     assert gateway.count() == 0
+
+
+def test_webhook_signature_covers_the_idempotency_key(gateway):
+    signature = gateway.signature(BODY, "m1")
+    response = _signed_post(gateway, BODY, {"Idempotency-Key": "m9", "X-Signature": signature})
+    assert response.status_code == 401 and gateway.count() == 0
+    assert _signed_post(gateway, BODY, {"Idempotency-Key": "", "X-Signature": signature}).status_code == 401
+
+
+@pytest.mark.parametrize("age", [301, -301, 3600])
+def test_webhook_rejects_a_signature_older_or_newer_than_the_tolerance(gateway, age):
+    signature = gateway.signature(BODY, "m1", int(time.time()) - age)
+    response = _signed_post(gateway, BODY, {"Idempotency-Key": "m1", "X-Signature": signature})
+    assert (response.status_code, response.json()["code"]) == (401, "stale_signature")
+    assert gateway.count() == 0
+
+
+def test_webhook_accepts_a_signature_within_the_tolerance(gateway):
+    signature = gateway.signature(BODY, "m1", int(time.time()) - 290)
+    assert _signed_post(gateway, BODY, {"Idempotency-Key": "m1", "X-Signature": signature}).status_code == 200
+
+
+def test_webhook_answers_the_first_result_to_the_same_key_and_sends_nothing_more(gateway):
+    first = gateway_send(gateway, key="m1")
+    again = [gateway_send(gateway, key="m1") for _ in range(3)]
+    assert [r.json() for r in again] == [first.json()] * 3 and all(r.status_code == 200 for r in again)
+    assert gateway.count() == 1 and gateway.received == 4 and gateway.replayed == 3
+    assert gateway_send(gateway, key="m2").json()["id"] != first.json()["id"] and gateway.count() == 2
+
+
+def test_webhook_keeps_a_keys_first_result_for_24_hours(gateway, monkeypatch):
+    clock = [time.time()]
+    monkeypatch.setattr(fake_sms, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
+    first = gateway_send(gateway, key="m1").json()
+    clock[0] += 24 * 3600 - 1
+    assert gateway_send(gateway, key="m1").json() == first and gateway.count() == 1
+    clock[0] += 2
+    assert gateway_send(gateway, key="m1").json()["id"] != first["id"] and gateway.count() == 2
+
+
+def test_webhook_remembers_a_key_whose_send_failed_after_sending_but_not_one_that_sent_nothing(gateway):
+    gateway.script_failure(PHONE, 502, sends=True)
+    gateway.script_failure(PHONE, 502, sends=False)
+    assert gateway_send(gateway, key="sent").status_code == 502
+    assert gateway_send(gateway, key="sent").json() == {"id": gateway.sent[0]["provider_id"], "status": "accepted"}
+    assert gateway_send(gateway, key="not-sent").status_code == 502
+    assert gateway_send(gateway, key="not-sent").status_code == 200
+    assert gateway.count() == 2 and gateway.replayed == 1
 
 
 @pytest.mark.parametrize(
@@ -506,7 +584,8 @@ def test_webhook_rejects_bad_signatures(gateway, signature):
     [b"not json", b"[]", b'{"to": "+15550000001", "text": "x"}', b'{"to": "0155", "text": "x", "message_id": "m1"}'],
 )
 def test_webhook_rejects_malformed_bodies(gateway, body):
-    response = requests.post(gateway.url, data=body, headers={"X-Signature": gateway.signature(body)}, timeout=5)
+    headers = {"Idempotency-Key": "m1", "X-Signature": gateway.signature(body, "m1")}
+    response = requests.post(gateway.url, data=body, headers=headers, timeout=5)
     assert response.status_code == 400 and response.json()["error"]
     assert gateway.count() == 0
 
@@ -583,6 +662,31 @@ def test_drop_reads_the_whole_request_sends_and_answers_nothing(provider, reset,
     assert sent["text"] == "code 1234"  # the body was read in full
     fake.reset()
     assert send(fake).status_code < 300 and fake.count() == 1
+
+
+@pytest.mark.parametrize("sends", [True, False], ids=["sent", "not-sent"])
+@pytest.mark.parametrize(
+    "failure, error",
+    [
+        (500, None),
+        (502, None),
+        (504, None),
+        ("reset", requests.ConnectionError),
+        ("close", requests.ConnectionError),
+        ("timeout", requests.ReadTimeout),
+    ],
+)
+def test_a_scripted_failure_for_one_number_sends_or_not_as_told(provider, failure, error, sends):
+    fake, send = provider
+    fake.stall = 0.5
+    fake.script_failure(PHONE, failure, sends=sends)
+    if error is None:
+        assert send(fake).status_code == failure
+    else:
+        with pytest.raises(error):
+            send(fake, timeout=0.2)
+    assert fake.received == 1 and fake.count(to=PHONE) == int(sends)
+    assert send(fake).status_code < 300  # the script is used up: the next send is normal
 
 
 def test_sms_fail_share_is_repeatable(provider):

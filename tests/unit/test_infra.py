@@ -858,6 +858,8 @@ DRY_RUN_CONFIGS = {
     "webhook": {
         "SMS_PROVIDER": "webhook",
         "SMS_WEBHOOK_URL": "https://sms.example.com/send",
+        "SMS_WEBHOOK_IDEMPOTENT": "true",
+        "SMS_MAX_SEGMENTS": "4",
         "RBM_KEY_FROM_SECRET": "true",
         "SEND_MESSAGE_INVOKERS": "serviceAccount:backend@demo-project.iam.gserviceaccount.com",
     },

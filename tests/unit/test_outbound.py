@@ -48,6 +48,32 @@ def test_each_rule_names_what_is_wrong(change, reason):
         parse(OK | change, "a")
 
 
+@pytest.mark.parametrize(
+    "text, max_segments, reason",
+    [
+        ("😀" * 801, None, "fallback.text is 1,602 UCS-2 units in 25 segments"),  # 801 code points: under the old limit
+        ("[]" * 801, None, "fallback.text is 3,204 GSM-7 units in 22 segments"),
+        ("a" * 1601, None, "fallback.text is 1,601 GSM-7 units"),
+        (
+            "code ✅ " * 11,
+            1,
+            "fallback.text is 77 UCS-2 units in 2 segments; the SMS provider takes at most 1,600 units in 1 segment",
+        ),
+    ],
+)
+def test_a_fallback_text_the_sms_provider_would_refuse_is_refused_with_its_count(text, max_segments, reason):
+    with pytest.raises(InvalidRequest) as refused:
+        parse(OK | {"fallback": {"text": text}}, "a", max_segments)
+    assert str(refused.value).startswith(reason)
+
+
+def test_the_record_keeps_the_segments_the_fallback_costs():
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse(OK | {"fallback": {"text": "😀" * 800}}, "a").record(now, 30).fallback_segments == 25
+    assert parse(OK | {"fallback": {"text": "a" * 161}}, "a", 2).record(now, 30).fallback_segments == 2
+    assert parse(OK, "a").record(now, 30).fallback_segments is None
+
+
 def test_no_agent_anywhere_is_refused():
     with pytest.raises(InvalidRequest, match="agent_id"):
         parse(OK, "")

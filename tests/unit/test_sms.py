@@ -2,7 +2,12 @@
 each answer and each failure of the exchange means (README, "SMS providers'
 answers"), and that an error never carries the reply's text."""
 
+import hashlib
+import hmac
+import re
 import socket
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,9 +32,10 @@ def _twilio(monkeypatch, url):
     return sms.Twilio()
 
 
-def _webhook(monkeypatch, url):
+def _webhook(monkeypatch, url, idempotent=""):
     monkeypatch.setenv("SMS_WEBHOOK_URL", url + "/send")
     monkeypatch.setenv("SMS_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("SMS_WEBHOOK_IDEMPOTENT", idempotent)
     return sms.SignedWebhook()
 
 
@@ -134,3 +140,107 @@ def test_only_a_code_shaped_code_is_recorded(monkeypatch, body, error):
     with _Proxy(502, body) as proxy:
         result = send(_webhook(monkeypatch, proxy.url))
     assert (result.outcome, result.error) == (SmsOutcome.UNKNOWN, error)
+
+
+# The signed gateway: replay-resistant signatures, idempotent retries, settings refused at start-up.
+
+
+class _Recorder(FakeServer):
+    """Answers 200 and keeps each request's headers and body."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def handle(self, request):
+        self.requests.append(request)
+        return 200, {"id": "g-1"}
+
+
+def test_each_try_is_signed_anew_over_its_timestamp_key_and_body(monkeypatch):
+    clock = iter([1_800_000_000.4, 1_800_000_042.9])
+    monkeypatch.setattr(sms, "time", SimpleNamespace(time=lambda: next(clock)))
+    with _Recorder() as gateway:
+        client = _webhook(monkeypatch, gateway.url)
+        send(client)
+        send(client)
+    for request, t in zip(gateway.requests, (1_800_000_000, 1_800_000_042), strict=True):
+        mac = hmac.new(SECRET.encode(), f"v1:{t}:msg-1:".encode() + request.body, hashlib.sha256).hexdigest()
+        assert request.headers["X-Signature"] == f"t={t},v1={mac}"
+        assert request.headers["Idempotency-Key"] == "msg-1"
+
+
+@pytest.mark.parametrize("failure", [500, 502, 504, "reset", "close", "timeout"])
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "undeclared"])
+def test_an_ambiguous_answer_is_retried_only_from_a_gateway_that_honours_the_key(monkeypatch, failure, idempotent):
+    monkeypatch.setattr(sms, "TIMEOUT", (3.05, 0.3))
+    with FakeSmsWebhook(SECRET) as fake:
+        fake.stall = 1.0
+        fake.script_failure(PHONE, failure, sends=True)
+        client = _webhook(monkeypatch, fake.url, "true" if idempotent else "false")
+        result = send(client)
+        assert result.may_have_sent and result.outcome is (SmsOutcome.TRANSIENT if idempotent else SmsOutcome.UNKNOWN)
+        again = send(client)  # what the sweep's retry meets: the first result, nothing more sent
+        assert (again.outcome, again.provider_id, fake.count()) == (SmsOutcome.SENT, fake.sent[0]["provider_id"], 1)
+
+
+def test_a_clear_answer_never_says_it_may_have_sent(monkeypatch):
+    with FakeSmsWebhook(SECRET) as fake:
+        fake.script([503, 400])
+        client = _webhook(monkeypatch, fake.url, "true")
+        assert not send(client).may_have_sent and not send(client).may_have_sent
+
+
+@pytest.mark.parametrize(
+    "url, secret, idempotent, reason",
+    [
+        ("http://sms.example.com/send", SECRET, "", "SMS_WEBHOOK_URL must be an https:// URL"),
+        ("http://10.0.0.7/send", SECRET, "", "SMS_WEBHOOK_URL must be an https:// URL"),
+        ("ftp://sms.example.com/send", SECRET, "", "SMS_WEBHOOK_URL must be an https:// URL"),
+        ("", SECRET, "", "SMS_WEBHOOK_URL must be an https:// URL"),
+        ("https://sms.example.com/send", "", "", "SMS_WEBHOOK_SECRET is empty"),
+        ("https://sms.example.com/send", SECRET, "yes", "SMS_WEBHOOK_IDEMPOTENT must be true or false"),
+    ],
+)
+def test_settings_a_signed_gateway_cannot_use_are_refused_at_construction(monkeypatch, url, secret, idempotent, reason):
+    for name, value in {
+        "SMS_WEBHOOK_URL": url,
+        "SMS_WEBHOOK_SECRET": secret,
+        "SMS_WEBHOOK_IDEMPOTENT": idempotent,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(sms.Misconfigured, match=reason) as refused:
+        sms.SignedWebhook()
+    assert SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://sms.example.com/send", "http://127.0.0.1:8093/send", "http://localhost/send", "http://[::1]:80/"]
+)
+def test_https_and_loopback_http_gateways_are_accepted(monkeypatch, url):
+    monkeypatch.setenv("SMS_WEBHOOK_URL", url)
+    monkeypatch.setenv("SMS_WEBHOOK_SECRET", SECRET)
+    monkeypatch.delenv("SMS_WEBHOOK_IDEMPOTENT", raising=False)
+    assert sms.SignedWebhook().idempotent is False
+
+
+def _readme_verify():
+    """The `verify` of the README's verification example for gateways, as printed there."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    namespace: dict = {}
+    exec(re.search(r"<!-- signed-gateway-verification -->\n```python\n(.*?)```", text, re.DOTALL)[1], namespace)
+    return namespace["verify"]
+
+
+def test_the_readme_example_verifies_what_the_client_sends(monkeypatch):
+    verify = _readme_verify()
+    with _Recorder() as gateway:
+        send(_webhook(monkeypatch, gateway.url))
+    [request] = gateway.requests
+    headers = dict(request.headers.items())
+    assert verify(SECRET.encode(), headers, request.body)
+    assert not verify(b"another secret", headers, request.body)
+    assert not verify(SECRET.encode(), headers | {"Idempotency-Key": "another key"}, request.body)
+    assert not verify(SECRET.encode(), headers, request.body + b" ")
+    monkeypatch.setattr("time.time", lambda: 2**40)  # long after: a replay
+    assert not verify(SECRET.encode(), headers, request.body)

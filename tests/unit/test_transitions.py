@@ -175,6 +175,72 @@ def test_provider_failures_retry_with_backoff_then_fail():
     assert m.fallback is Fallback.FAILED and "gave up after 2" in m.last_error
 
 
+def due() -> tuple[Message, datetime]:
+    return fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)]), T0 + timedelta(minutes=2)
+
+
+@given(
+    st.lists(st.sampled_from(["transient", "ambiguous", "interrupted", "sent"]), min_size=1, max_size=12),
+    st.integers(1, 6),
+)
+def test_with_an_idempotent_provider_every_ambiguous_attempt_is_retried_and_unknown_only_when_attempts_run_out(
+    fates, max_attempts
+):
+    """Each fate is what became of the attempt in flight: answered "not sent" (transient),
+    ambiguous (a 5xx, a dropped connection, a read timeout), lost with its sweep
+    (interrupted: the lease runs out in SENDING), or sent."""
+    m, now = due()
+    m = claim_fallback(m, now, LEASE, "a", False, resend_attempts=max_attempts)
+    maybe_sent = False
+    for fate in fates:
+        assert m.fallback is Fallback.SENDING and m.message_id == "m1"  # the idempotency key never changes
+        if fate == "sent":
+            m = fallback_sent(m, now, "id-1")
+            break
+        maybe_sent = maybe_sent or fate != "transient"
+        if fate == "interrupted":
+            now = m.fallback_at  # the lease end
+        else:
+            m = retry_fallback(m, now, fate, max_attempts, base=1, may_have_sent=fate == "ambiguous")
+            if m.fallback is not Fallback.DUE:
+                break
+            now = m.fallback_at
+        m = claim_fallback(m, now, LEASE, "b", False, resend_attempts=max_attempts)
+        if m.fallback is not Fallback.SENDING:
+            break
+    assert m.fallback_attempts <= max_attempts
+    assert m.fallback_uncertain is maybe_sent
+    if m.fallback in (Fallback.UNKNOWN, Fallback.FAILED):
+        assert m.fallback_attempts == max_attempts
+        assert m.fallback is (Fallback.UNKNOWN if maybe_sent else Fallback.FAILED)
+    else:
+        assert m.fallback in (Fallback.SENT, Fallback.SENDING)
+
+
+def test_an_interrupted_send_is_sent_again_under_its_key_only_with_an_idempotent_provider():
+    m, now = due()
+    claimed = claim_fallback(m, now, LEASE, "a", False, resend_attempts=3)
+    again = claim_fallback(claimed, now + LEASE, LEASE, "b", False, resend_attempts=3)
+    assert (again.fallback, again.fallback_attempts, again.fallback_uncertain, again.lease_owner) == (
+        Fallback.SENDING,
+        2,
+        True,
+        "b",
+    )
+    lost = claim_fallback(claimed, now + LEASE, LEASE, "b", False)  # a provider that may ignore the key
+    assert (lost.fallback, lost.fallback_uncertain) == (Fallback.UNKNOWN, True)
+
+
+def test_an_opted_out_user_whose_sms_may_be_out_is_unknown_not_cancelled():
+    m, now = due()
+    claimed = claim_fallback(m, now, LEASE, "a", False, resend_attempts=3)
+    maybe = retry_fallback(claimed, now, "provider 502", 3, base=1, may_have_sent=True)
+    assert claim_fallback(maybe, maybe.fallback_at, LEASE, "b", True, 3).fallback is Fallback.UNKNOWN
+    assert claim_fallback(claimed, now + LEASE, LEASE, "b", True, 3).fallback is Fallback.UNKNOWN
+    surely_not = retry_fallback(claimed, now, "provider 503", 3, base=1)
+    assert claim_fallback(surely_not, surely_not.fallback_at, LEASE, "b", True, 3).fallback is Fallback.CANCELLED
+
+
 def test_a_retry_after_longer_than_the_backoff_sets_the_next_try():
     m = fold(sent(), [("TTL_EXPIRATION_REVOKED", "e1", 1)])
     now = T0 + timedelta(minutes=2)

@@ -12,6 +12,9 @@ module "rbm_relay" {
   twilio          = var.twilio
   sms_webhook_url = var.sms_webhook_url
 
+  sms_webhook_idempotent = var.sms_webhook_idempotent
+  sms_max_segments       = var.sms_max_segments
+
   create_firestore_database = var.create_firestore_database
   firestore_location        = var.firestore_location
 

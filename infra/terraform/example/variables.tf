@@ -49,6 +49,18 @@ variable "sms_webhook_url" {
   default     = ""
 }
 
+variable "sms_webhook_idempotent" {
+  description = "true when your gateway honours Idempotency-Key (README, the signed gateway's contract)."
+  type        = bool
+  default     = false
+}
+
+variable "sms_max_segments" {
+  description = "Your gateway's limit on segments per SMS; null: only Twilio's 1,600 units."
+  type        = number
+  default     = null
+}
+
 variable "create_firestore_database" {
   description = "false when the project already has its Firestore database."
   type        = bool

@@ -94,7 +94,7 @@ locals {
       ingress       = var.send_message_ingress
       min_instances = null
       max_instances = null
-      settings      = ["common", "store", "agent", "rbm"]
+      settings      = ["common", "store", "agent", "rbm", "sms_text"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
       publishes     = []
       firestore     = true
@@ -196,8 +196,9 @@ locals {
     opt_out = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
     sms = [
       "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
-      "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE",
+      "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE", "SMS_WEBHOOK_IDEMPOTENT",
     ]
+    sms_text = ["SMS_MAX_SEGMENTS"]
   }
 
   # The code's defaults, repeated so that a deployment states what it runs with.
@@ -234,6 +235,8 @@ locals {
     RBM_API_ENDPOINT             = var.rbm_api_endpoint
     SMS_PROVIDER                 = var.sms_provider
     SMS_WEBHOOK_URL              = var.sms_provider == "webhook" ? var.sms_webhook_url : ""
+    SMS_WEBHOOK_IDEMPOTENT       = var.sms_provider == "webhook" && var.sms_webhook_idempotent ? "true" : ""
+    SMS_MAX_SEGMENTS             = var.sms_max_segments == null ? "" : tostring(var.sms_max_segments)
     TWILIO_ACCOUNT_SID           = var.sms_provider == "twilio" ? var.twilio.account_sid : ""
     TWILIO_FROM_NUMBER           = var.sms_provider == "twilio" ? var.twilio.from_number : ""
     TWILIO_MESSAGING_SERVICE_SID = var.sms_provider == "twilio" ? var.twilio.messaging_service_sid : ""

@@ -81,6 +81,18 @@ variable "sms_webhook_url" {
   default     = ""
 }
 
+variable "sms_webhook_idempotent" {
+  description = "true when your gateway honours Idempotency-Key as the README's contract says (SMS_WEBHOOK_IDEMPOTENT): ambiguous sends are then retried under the same key."
+  type        = bool
+  default     = false
+}
+
+variable "sms_max_segments" {
+  description = "The most SMS segments a fallback text may take, your gateway's own limit (SMS_MAX_SEGMENTS); null: only Twilio's 1,600 units."
+  type        = number
+  default     = null
+}
+
 # --- Behaviour ----------------------------------------------------------------
 
 variable "log_level" {
