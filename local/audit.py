@@ -32,6 +32,10 @@ class Verdict:
     lines: list[str]
 
 
+def _fixed(vulnerability: dict[str, Any]) -> str:
+    return f"fixed in {', '.join(vulnerability.get('fix_versions', [])) or 'no release'}"
+
+
 def verdict(report: dict[str, Any]) -> Verdict:
     """pip-audit's JSON report ({"dependencies": [{"name", "version", "vulns" | "skip_reason"}]})
     -> whether lint passes, and what to print."""
@@ -41,9 +45,7 @@ def verdict(report: dict[str, Any]) -> Verdict:
     vulnerable = [d for d in audited if d.get("vulns")]
     if vulnerable:
         lines = [
-            f"pip-audit: {d['name']} {d['version']}: {v['id']} (fixed in {', '.join(v.get('fix_versions', [])) or 'no release'})"
-            for d in vulnerable
-            for v in d["vulns"]
+            f"pip-audit: {d['name']} {d['version']}: {v['id']} ({_fixed(v)})" for d in vulnerable for v in d["vulns"]
         ]
         return Verdict(False, lines)
     if not audited:
