@@ -12,6 +12,8 @@ resource "google_cloudfunctions2_function" "this" {
     runtime         = var.python_runtime
     entry_point     = each.key
     service_account = google_service_account.build.id
+    # The build's own repository, the only one it may push to.
+    docker_repository = google_artifact_registry_repository.functions.id
 
     source {
       storage_source {
@@ -49,6 +51,7 @@ resource "google_cloudfunctions2_function" "this" {
 
   depends_on = [
     google_project_iam_member.build,
+    google_artifact_registry_repository_iam_member.build,
     google_storage_bucket_iam_member.build_source,
     google_project_iam_member.build_staged_source,
     google_secret_manager_secret_iam_member.access,

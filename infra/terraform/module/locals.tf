@@ -11,7 +11,8 @@ locals {
   #   secrets:  settings it reads from Secret Manager (secrets below);
   #   invoker:  who may call it: public (RBM), pubsub (push subscriptions),
   #             scheduler (Cloud Scheduler), clients (send_message_invokers);
-  #   publishes: topics it publishes to; firestore: reads/writes the database.
+  #   publishes: topics it publishes to; firestore: uses the database (how:
+  #             firestore_read_only below).
   #
   # Sizing. Python with the Google clients sits near 150-200 MiB, so 512Mi
   # leaves room for concurrent requests. Concurrency above 1 needs a whole CPU.
@@ -121,7 +122,7 @@ locals {
       min_instances = 0
       max_instances = 2
       settings      = local.revoke_settings
-      secrets       = local.revoke_secrets
+      secrets       = []
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -138,7 +139,7 @@ locals {
       min_instances = 0
       max_instances = 2
       settings      = local.fallback_settings
-      secrets       = local.fallback_secrets
+      secrets       = []
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -164,12 +165,18 @@ locals {
 
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
+  # Deployed, RBM_WORK_TOPIC is always set: a scheduled run only queries
+  # Firestore and publishes work items, so it gets no secret and reads the
+  # database only (firestore_read_only); the worker calls RBM and the SMS
+  # provider and writes the messages.
   revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
-  revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY"]
   fallback_settings = ["common", "store", "sweep", "sms", "work"]
-  fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
   worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
   worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+
+  # Functions that only read the database (roles/datastore.viewer); the other
+  # users of it read and write (roles/datastore.user).
+  firestore_read_only = ["revoke_expired", "send_fallbacks"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
   # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
