@@ -300,7 +300,7 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 # publishes work items, so it gets no secret and reads the database only
 # (FIRESTORE_READ_ONLY); the worker holds the secrets of both kinds of work.
 REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
-REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
+REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
 FALLBACK_SETTINGS=common,store,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 FIRESTORE_READ_ONLY=(revoke_expired send_fallbacks)
@@ -309,7 +309,7 @@ FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  $REVOKE_SECRETS         -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        -                       work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      -                       work"
   "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
@@ -349,7 +349,11 @@ declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
 declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token)
-if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY]=rbm-service-account-key; fi
+if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY_FILE]=rbm-service-account-key; fi
+# Secrets mounted as a file rather than read into a variable (as locals.tf's
+# secret_files): setting -> the file's path, which is the setting's value. A
+# mounted secret follows "latest" when read; a variable keeps its instance's version.
+declare -A SECRET_FILES=([RBM_SERVICE_ACCOUNT_KEY_FILE]=/etc/secrets/rbm/key.json)
 if [[ $SMS_PROVIDER == twilio ]]; then SECRETS[TWILIO_AUTH_TOKEN]=rbm-twilio-auth-token; fi
 if [[ $SMS_PROVIDER == webhook ]]; then SECRETS[SMS_WEBHOOK_SECRET]=rbm-sms-webhook-secret; fi
 
@@ -601,7 +605,12 @@ for row in "${FUNCTIONS[@]}"; do
   IFS=, read -ra wanted <<<"$secrets"
   for setting in "${wanted[@]}"; do
     if [[ -z ${SECRETS[$setting]:-} ]]; then continue; fi
-    secret_refs+=("$setting=${SECRETS[$setting]}:latest")
+    if [[ -n ${SECRET_FILES[$setting]:-} ]]; then
+      secret_refs+=("${SECRET_FILES[$setting]}=${SECRETS[$setting]}:latest")
+      env_vars+=("$setting=${SECRET_FILES[$setting]}")
+    else
+      secret_refs+=("$setting=${SECRETS[$setting]}:latest")
+    fi
     run gcloud secrets add-iam-policy-binding "${SECRETS[$setting]}" --member="serviceAccount:$sa" \
       --role=roles/secretmanager.secretAccessor "${P[@]}"
   done

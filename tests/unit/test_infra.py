@@ -41,7 +41,7 @@ ENV_READERS = {"env", "env_int", "env_float"}
 # and test runs only) and what Cloud Run sets itself.
 NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
 # Values that must only ever come from Secret Manager.
-SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
+SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
 # The jsonPayload.event values the log-based metrics count (infra/README.md).
 METRIC_EVENTS = {
     "signature_rejected",
@@ -65,10 +65,10 @@ ACCESS = {
     "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
     "track_delivery": ("write", {"dead_letter"}, set()),
     "record_inbound": ("write", {"dead_letter"}, set()),
-    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY"}),
+    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE"}),
     "revoke_expired": ("read", {"work"}, set()),
     "send_fallbacks": ("read", {"work"}, set()),
-    "process_due_work": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
+    "process_due_work": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
 }
 FIRESTORE_ROLES = {"write": "roles/datastore.user", "read": "roles/datastore.viewer"}
 
@@ -281,7 +281,7 @@ def test_settings_analysis_sees_through_config_and_imports():
     # The due work: the worker reads the acting's settings through functions/process_due_work.py,
     # and whoever may hand work over reads the work topic.
     assert {
-        "RBM_SERVICE_ACCOUNT_KEY",
+        "RBM_SERVICE_ACCOUNT_KEY_FILE",
         "TWILIO_AUTH_TOKEN",
         "REVOKE_GRACE_SECONDS",
         "SWEEP_PARALLELISM",
@@ -392,10 +392,12 @@ def test_terraform_function_resource_wires_the_table():
     service = _block(function, "service_config")
     assert function["for_each"] == "${local.functions}"
     assert _block(function, "build_config")["entry_point"] == "${each.key}"
-    assert service["environment_variables"] == "${local.function_env[each.key]}"
+    assert service["environment_variables"] == "${merge(local.function_env[each.key], local.secret_file_env[each.key])}"
     assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
-    (secrets,) = (d["secret_environment_variables"] for d in service["dynamic"])
-    assert "each.value.secrets" in secrets["for_each"]
+    dynamic = {name: block for d in service["dynamic"] for name, block in d.items()}
+    assert "each.value.secrets" in dynamic["secret_environment_variables"]["for_each"]
+    assert "!contains(keys(local.secret_files), name)" in dynamic["secret_environment_variables"]["for_each"]
+    assert dynamic["secret_volumes"]["for_each"] == "${local.secret_file_env[each.key]}"
     assert "f.settings" in locals_()["function_env"] and "local.setting_groups" in locals_()["function_env"]
 
 
@@ -529,8 +531,7 @@ def test_dry_run_grants_exactly_what_each_function_needs():
         }
         assert roles == {ep: FIRESTORE_ROLES[a] for ep, (a, _, _) in ACCESS.items() if a}
         for ep, command in deploys(config).items():
-            refs = flags(command).get("--set-secrets", [""])[0]
-            granted = {ref.split("=", 1)[0] for ref in refs.split(",") if ref}
+            granted = set(secret_settings(command))
             assert granted <= ACCESS[ep][2], f"{ep}: secrets it does not need: {granted - ACCESS[ep][2]}"
 
 
@@ -570,6 +571,25 @@ def test_both_routes_close_firestore_to_clients():
         assert all("Bearer" not in word for c in calls for word in c), "the token goes on stdin"
         enable = commands(config, "gcloud", "services", "enable")[0]
         assert "firebaserules.googleapis.com" in enable
+
+
+def test_the_rbm_key_is_a_mounted_file_that_follows_latest():
+    # Secret Manager's advice: a variable keeps the version its instance started
+    # with, a mounted file is read from Secret Manager, "latest" included.
+    path = "/etc/secrets/rbm/key.json"
+    assert locals_()["secret_files"] == {"RBM_SERVICE_ACCOUNT_KEY_FILE": path}
+    (function,) = resources("google_cloudfunctions2_function").values()
+    dynamic = {name: block for d in _block(function, "service_config")["dynamic"] for name, block in d.items()}
+    volume = dynamic["secret_volumes"]["content"][0]
+    assert volume["mount_path"] == "${dirname(secret_volumes.value)}"
+    assert _block(volume, "versions") == {"version": "latest", "path": "${basename(secret_volumes.value)}"}
+    commands_ = deploys("webhook")  # RBM_KEY_FROM_SECRET=true
+    for ep in ("send_message", WORKER):
+        assert f"{path}=rbm-service-account-key:latest" in flag(commands_[ep], "--set-secrets").split(",")
+        assert env_vars(flag(commands_[ep], "--set-env-vars"))["RBM_SERVICE_ACCOUNT_KEY_FILE"] == path
+    for ep in SWEEPS | {"receive_webhook"}:
+        assert "RBM_SERVICE_ACCOUNT_KEY_FILE" not in env_vars(flag(commands_[ep], "--set-env-vars"))
+    assert "RBM_SERVICE_ACCOUNT_KEY_FILE" not in env_vars(flag(deploys("twilio")["send_message"], "--set-env-vars"))
 
 
 def assert_push_delivery(subscription: dict, topology: str, dead_letter: str) -> dict:
@@ -1010,15 +1030,25 @@ def test_a_list_setting_keeps_its_commas_through_the_gcloud_route():
     assert env_vars(flag(command, "--set-env-vars"))["OPT_IN_KEYWORDS"] == "START,UNSTOP,YES"
 
 
+def secret_settings(command: list[str]) -> dict[str, str]:
+    """--set-secrets as setting -> secret ref: a SETTING=secret:version variable, or a
+    PATH=secret:version mount whose path is the value of a secret file's setting."""
+    env = env_vars(flag(command, "--set-env-vars"))
+    refs = dict(ref.split("=", 1) for ref in flags(command).get("--set-secrets", [""])[0].split(",") if ref)
+    paths = {value: name for name, value in env.items() if name in locals_()["secret_files"]}
+    assert set(paths) <= set(refs), "a secret file's setting names a path nothing is mounted at"
+    return {paths.get(key, key): ref for key, ref in refs.items()}
+
+
 @pytest.mark.parametrize("entry_point", sorted(entry_points()))
 def test_dry_run_sets_every_setting_the_code_reads(entry_point):
     provided = set()
     for config in DRY_RUN_CONFIGS:
         command = deploys(config)[entry_point]
         env = env_vars(flag(command, "--set-env-vars"))
-        secrets = flags(command).get("--set-secrets", [""])[0]
-        secret_refs = dict(ref.split("=", 1) for ref in secrets.split(",") if ref)
-        assert not set(env) & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"
+        secret_refs = secret_settings(command)
+        plain = {name for name in env if env[name] != locals_()["secret_files"].get(name)}
+        assert not plain & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"
         for setting, ref in secret_refs.items():
             assert ref == f"{locals_()['secrets'][setting]['secret_id']}:latest", (
                 "gcloud and Terraform name a secret differently"

@@ -30,7 +30,7 @@ def deployed(monkeypatch):
     due messages that must not be written, and providers that must not be called."""
     monkeypatch.setenv("RBM_WORK_TOPIC", "rbm-work")
     monkeypatch.setenv("SCHEDULE_PERIOD_SECONDS", "0")
-    for name in ("SMS_PROVIDER", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"):
+    for name in ("SMS_PROVIDER", "RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"):
         monkeypatch.delenv(name, raising=False)
     due = [
         Message("m-1", "+447700900001", "agent", state=State.SENT, next_action_at=T0 - timedelta(seconds=1)),

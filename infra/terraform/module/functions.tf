@@ -36,15 +36,32 @@ resource "google_cloudfunctions2_function" "this" {
     ingress_settings                 = each.value.ingress
     all_traffic_on_latest_revision   = true
 
-    environment_variables = local.function_env[each.key]
+    environment_variables = merge(local.function_env[each.key], local.secret_file_env[each.key])
 
     dynamic "secret_environment_variables" {
-      for_each = [for name in each.value.secrets : name if contains(keys(local.enabled_secrets), name)]
+      for_each = [
+        for name in each.value.secrets : name
+        if contains(keys(local.enabled_secrets), name) && !contains(keys(local.secret_files), name)
+      ]
       content {
         key        = secret_environment_variables.value
         project_id = var.project_id
         secret     = google_secret_manager_secret.this[secret_environment_variables.value].secret_id
         version    = "latest"
+      }
+    }
+
+    # Secrets as files (locals.tf, secret_files); the setting holds the path.
+    dynamic "secret_volumes" {
+      for_each = local.secret_file_env[each.key]
+      content {
+        mount_path = dirname(secret_volumes.value)
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.this[secret_volumes.key].secret_id
+        versions {
+          version = "latest"
+          path    = basename(secret_volumes.value)
+        }
       }
     }
   }

@@ -105,7 +105,7 @@ locals {
       min_instances = 0
       max_instances = 20
       settings      = ["common", "store", "agent", "rbm"]
-      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE"]
       publishes     = []
       firestore     = true
       schedule      = null
@@ -172,7 +172,7 @@ locals {
   revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
   fallback_settings = ["common", "store", "sweep", "sms", "work"]
   worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
-  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
 
   # Functions that only read the database (roles/datastore.viewer); the other
   # users of it read and write (roles/datastore.user).
@@ -257,12 +257,28 @@ locals {
   # Settings that come from Secret Manager: environment name -> secret id.
   # A secret is created (and mounted) only when the configuration uses it.
   secrets = {
-    RBM_CLIENT_TOKEN        = { secret_id = "rbm-client-token", enabled = true }
-    RBM_SERVICE_ACCOUNT_KEY = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
-    TWILIO_AUTH_TOKEN       = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
-    SMS_WEBHOOK_SECRET      = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
+    RBM_CLIENT_TOKEN             = { secret_id = "rbm-client-token", enabled = true }
+    RBM_SERVICE_ACCOUNT_KEY_FILE = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
+    TWILIO_AUTH_TOKEN            = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
+    SMS_WEBHOOK_SECRET           = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
   }
   enabled_secrets = { for name, s in local.secrets : name => s.secret_id if s.enabled }
+
+  # Secrets mounted as a file rather than read into a variable: setting -> the
+  # file's path, which is the setting's value. A mounted secret is read from
+  # Secret Manager when the file is read, so it follows "latest" (a key rotated
+  # or disabled there reaches every new client), where a variable keeps the
+  # version its instance started with (Secret Manager's best practices).
+  secret_files = {
+    RBM_SERVICE_ACCOUNT_KEY_FILE = "/etc/secrets/rbm/key.json"
+  }
+  # Each function's mounted secrets, by setting: what it adds to its environment.
+  secret_file_env = {
+    for ep, f in local.functions : ep => {
+      for name in f.secrets : name => local.secret_files[name]
+      if contains(keys(local.enabled_secrets), name) && contains(keys(local.secret_files), name)
+    }
+  }
 
   # (function, secret) pairs for the accessor bindings.
   secret_access = merge([
