@@ -830,6 +830,7 @@ def working_tree(tmp_path: Path) -> Path:
         "rbm-key.json",
         "requirements-checkov.txt",
         "requirements-dev.txt",
+        "requirements.in",  # the lock's source: the build installs requirements.txt alone
         "notes.txt",
         "tests/unit/test_x.py",
         "local/fake_rbm.py",
