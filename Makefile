@@ -26,9 +26,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	--strip-extras --no-emit-index-url --no-emit-find-links $(ARGS)
 
+# The lock is resolved here; the functions run on python312 (PYTHON_RUNTIME
+# in both routes) on Linux x86_64, so it is then installed for that platform
+# in a dry run, hashes checked, from wheels alone: a package that needs
+# another Python's markers or a build from source shows here, not at deploy.
+DEPLOYED_PYTHON := 3.12
+DEPLOYED_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
 lock: venv
 	$(PIP_COMPILE) -o requirements.txt requirements.in
 	$(PIP_COMPILE) -o requirements-dev.txt requirements-dev.in
+	$(VENV)/bin/python -m pip install -q --dry-run --ignore-installed --require-hashes --only-binary=:all: \
+		--python-version $(DEPLOYED_PYTHON) --implementation cp $(DEPLOYED_PLATFORMS) --target .run/lock-check -r requirements.txt
 
 # checkov (the infra policy check) in an environment of its own.
 $(CHECKOV_VENV)/.installed: requirements-checkov.txt
