@@ -17,8 +17,14 @@ from functions.model import Fallback, Message, State
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
+VIOLATIONS: list[str] = []
+
+
 def forbidden(what: str):
+    """A stand-in that records the call (a sweep logs and swallows its errors) and fails it."""
+
     def call(*args, **kwargs):
+        VIOLATIONS.append(what)
         raise AssertionError(f"a scheduled run with a work topic {what}")
 
     return call
@@ -46,6 +52,8 @@ def deployed(monkeypatch):
     ]
     monkeypatch.setattr(store, "now", lambda: T0)
     monkeypatch.setattr(sweep, "due", lambda s, until, after=None: iter(due if after is None else []))
+    VIOLATIONS.clear()
+    monkeypatch.setattr(store, "client", forbidden("used Firestore beyond its due-messages query"))
     monkeypatch.setattr(store, "update_all", forbidden("wrote to Firestore"))
     monkeypatch.setattr(store, "opted_out", forbidden("read a conversation to act"))
     monkeypatch.setattr(rbm, "client", forbidden("called RBM"))
@@ -62,5 +70,6 @@ def request() -> flask.Request:
 @pytest.mark.parametrize("entry", [revoke_expired, send_fallbacks], ids=lambda m: m.__name__.split(".")[-1])
 def test_a_scheduled_run_only_queries_and_publishes(deployed, entry):
     assert entry.handle(request())[1] == 200
+    assert not VIOLATIONS
     assert deployed, "the due messages were handed out as work items"
     assert all(item.duty == {revoke_expired: "revoke", send_fallbacks: "fallback"}[entry] for item in deployed)
