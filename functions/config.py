@@ -73,9 +73,11 @@ def rbm_endpoint() -> str:
     return env("RBM_API_ENDPOINT", "https://rcsbusinessmessaging.googleapis.com").rstrip("/")
 
 
-def rbm_service_account_key() -> str:
-    """JSON key of the RBM service account; empty means Application Default Credentials."""
-    return env("RBM_SERVICE_ACCOUNT_KEY")
+def rbm_service_account_key_file() -> str:
+    """Path of the RBM service account's JSON key file (deployed: the secret
+    rbm-service-account-key mounted as a volume); empty means the function's own
+    identity (Application Default Credentials)."""
+    return env("RBM_SERVICE_ACCOUNT_KEY_FILE")
 
 
 def rbm_retry_seconds() -> float:

@@ -16,7 +16,6 @@ answered 404 may have been revoked by the lost try rather than delivered.
 """
 
 import functools
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -74,17 +73,19 @@ class Result:
 
 
 def _session() -> requests.Session:
-    """Google credentials for the real API; a plain-HTTP root can only be a local
-    fake, and no token is ever sent in clear."""
+    """Google credentials for the real API: the key file's service account when
+    RBM_SERVICE_ACCOUNT_KEY_FILE is set (read here, once per instance), else the
+    function's own identity. A plain-HTTP root can only be a local fake, and no
+    token is ever sent in clear."""
     if config.rbm_endpoint().startswith("http://"):
         return requests.Session()
     import google.auth
     from google.auth.transport.requests import AuthorizedSession
     from google.oauth2 import service_account
 
-    key = config.rbm_service_account_key()
-    if key:
-        credentials = service_account.Credentials.from_service_account_info(json.loads(key), scopes=[SCOPE])
+    key_file = config.rbm_service_account_key_file()
+    if key_file:
+        credentials = service_account.Credentials.from_service_account_file(key_file, scopes=[SCOPE])
     else:
         credentials, _ = google.auth.default(scopes=[SCOPE])
     return AuthorizedSession(credentials)

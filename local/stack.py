@@ -349,11 +349,10 @@ def _settings(args: argparse.Namespace) -> dict:
     """The RBM identity the relay uses, when it is not the simulator's."""
     if not args.rbm_root:
         return {}
-    key = args.rbm_key_file.read_text() if args.rbm_key_file else ""
     return {
         "RBM_AGENT_ID": args.rbm_agent_id,
         "RBM_CLIENT_TOKEN": args.rbm_client_token,
-        "RBM_SERVICE_ACCOUNT_KEY": key,
+        "RBM_SERVICE_ACCOUNT_KEY_FILE": str(args.rbm_key_file.resolve()) if args.rbm_key_file else "",
     }
 
 

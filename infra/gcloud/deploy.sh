@@ -236,6 +236,11 @@ elif cmd in ("source-hash", "source-zip"):  # root, infra/source_files.json: the
                 info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, (pathlib.Path(root) / f).read_bytes())
         sys.stdout.buffer.write(buffer.getvalue())
+elif cmd == "rules-source":  # infra/firestore.rules -> a Firebase Rules Source (REST JSON)
+    print(json.dumps({"files": [{"name": "firestore.rules", "content": open(args[0]).read()}]}, sort_keys=True))
+elif cmd == "same-rules":  # rules source JSON; the release's ruleset (JSON on stdin): answers "yes" or "no"
+    text = sys.stdin.read().strip()
+    print("yes" if text and json.loads(text).get("source") == json.loads(args[0]) else "no")
 elif cmd == "members":  # role: members of a role in an IAM policy (JSON on stdin)
     text = sys.stdin.read().strip()
     for binding in json.loads(text).get("bindings", []) if text else []:
@@ -308,19 +313,23 @@ done
 # timeout, instances) is in infra/functions.json, read into SIZING above; the
 # instance variables below override its numbers.
 # A scheduled run acts itself when no work topic is set, so it reads every
-# setting of its own kind of work; process_due_work does both kinds.
+# setting of its own kind of work; process_due_work does both kinds. Deployed,
+# RBM_WORK_TOPIC is always set: a scheduled run only queries Firestore and
+# publishes work items, so it gets no secret and reads the database only
+# (FIRESTORE_READ_ONLY); the worker holds the secrets of both kinds of work.
 REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
-REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
+REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
 FALLBACK_SETTINGS=common,store,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
+FIRESTORE_READ_ONLY=(revoke_expired send_fallbacks)
 #  entry point      name                 invoker   ingress               settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         RBM_SERVICE_ACCOUNT_KEY -"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         $REVOKE_SECRETS         -"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        -                       work"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      -                       work"
   "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
 )
 # The instance overrides, as Terraform's variables: empty keeps functions.json's number.
@@ -360,7 +369,11 @@ declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
 declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token)
-if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY]=rbm-service-account-key; fi
+if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY_FILE]=rbm-service-account-key; fi
+# Secrets mounted as a file rather than read into a variable (as locals.tf's
+# secret_files): setting -> the file's path, which is the setting's value. A
+# mounted secret follows "latest" when read; a variable keeps its instance's version.
+declare -A SECRET_FILES=([RBM_SERVICE_ACCOUNT_KEY_FILE]=/etc/secrets/rbm/key.json)
 if [[ $SMS_PROVIDER == twilio ]]; then SECRETS[TWILIO_AUTH_TOKEN]=rbm-twilio-auth-token; fi
 if [[ $SMS_PROVIDER == webhook ]]; then SECRETS[SMS_WEBHOOK_SECRET]=rbm-sms-webhook-secret; fi
 
@@ -372,6 +385,7 @@ APIS=(
   cloudscheduler.googleapis.com firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com
   logging.googleapis.com monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com
   secretmanager.googleapis.com storage.googleapis.com
+  firebaserules.googleapis.com # Firestore Security Rules
 )
 
 LABELS=app=rbm-relay
@@ -431,9 +445,8 @@ BUILD_SA=$(sa_email rbm-build)
 run gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
 PUBSUB_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
 
-for role in roles/logging.logWriter roles/artifactregistry.writer; do
-  run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role="$role" --condition=None --quiet
-done
+run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role=roles/logging.logWriter \
+  --condition=None --quiet
 # Builds read the source from the copy Cloud Functions stages in its own bucket.
 STAGED="projects/_/buckets/gcf-v2-sources-$PROJECT_NUMBER-$REGION"
 run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role=roles/storage.objectViewer \
@@ -514,6 +527,44 @@ for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages
   run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --quiet
 done
 
+# Security Rules: every web and mobile client denied (infra/firestore.rules, as
+# in Terraform's firestore_rules.tf); the functions use IAM, which rules do not
+# govern. The gcloud SDK this script is held to has no rules command (the
+# `gcloud alpha firebase security-rules` group is newer) and the Firebase CLI
+# is another tool to install, so the documented Firebase Rules REST API is
+# called with curl and gcloud's own token: projects.rulesets.create, then
+# projects.releases.patch, or .create the first time. The token goes in on
+# stdin, never on a command line. An unchanged rules file creates nothing.
+RULES_API=https://firebaserules.googleapis.com/v1/projects/$PROJECT
+RELEASE=cloud.firestore
+if [[ $FIRESTORE_DATABASE != "(default)" ]]; then RELEASE=cloud.firestore/$FIRESTORE_DATABASE; fi
+RULES_SOURCE=$(py rules-source infra/firestore.rules)
+# A dry run lists the token's look-up once, here, and pipes nothing into curl, which does not run.
+if ((DRY_RUN)); then query "" gcloud auth print-access-token >/dev/null; fi
+rules_headers() {
+  if ((DRY_RUN)); then return; fi
+  printf 'Authorization: Bearer %s\nx-goog-user-project: %s\nContent-Type: application/json\n' \
+    "$(gcloud auth print-access-token)" "$PROJECT"
+}
+CURL=(curl --silent --show-error --fail-with-body --max-time 60 -H @-)
+CURRENT_RULESET=$(rules_headers | query "" "${CURL[@]}" "$RULES_API/releases/$RELEASE" | python3 -c \
+  'import json, sys; text = sys.stdin.read().strip(); print(json.loads(text)["rulesetName"] if text else "")')
+SAME=no
+if [[ -n $CURRENT_RULESET ]]; then
+  SAME=$(rules_headers | query "" "${CURL[@]}" "https://firebaserules.googleapis.com/v1/$CURRENT_RULESET" | py same-rules "$RULES_SOURCE")
+fi
+if [[ $SAME != yes ]]; then
+  RULESET=$(rules_headers | run "${CURL[@]}" -X POST --data-binary "{\"source\": $RULES_SOURCE}" "$RULES_API/rulesets" |
+    python3 -c 'import json, sys; text = sys.stdin.read().strip(); print(json.loads(text)["name"] if text else "")')
+  RULESET=${RULESET:-projects/$PROJECT/rulesets/NEW_RULESET}
+  release="{\"name\": \"projects/$PROJECT/releases/$RELEASE\", \"rulesetName\": \"$RULESET\"}"
+  if [[ -n $CURRENT_RULESET ]]; then
+    rules_headers | run "${CURL[@]}" -X PATCH --data-binary "{\"release\": $release}" "$RULES_API/releases/$RELEASE" >/dev/null
+  else
+    rules_headers | run "${CURL[@]}" -X POST --data-binary "$release" "$RULES_API/releases" >/dev/null
+  fi
+fi
+
 # --- source ------------------------------------------------------------------------------
 
 BUCKET=gs://$PROJECT-rbm-relay-source
@@ -534,6 +585,16 @@ if ! exists gcloud storage objects describe "$SOURCE" "${P[@]}"; then
     py source-zip . "$SOURCE_FILES" | run gcloud storage cp - "$SOURCE" "${P[@]}"
   fi
 fi
+
+# --- images: the build's own repository, the only one it may push to -----------------------
+
+IMAGES_REPOSITORY=rbm-relay-functions
+IMAGES=projects/$PROJECT/locations/$REGION/repositories/$IMAGES_REPOSITORY
+exists gcloud artifacts repositories describe "$IMAGES_REPOSITORY" --location="$REGION" "${P[@]}" ||
+  run gcloud artifacts repositories create "$IMAGES_REPOSITORY" --repository-format=docker --location="$REGION" \
+    --description="rbm-relay function images, written by the rbm-build account only." --labels="$LABELS" "${P[@]}"
+run gcloud artifacts repositories add-iam-policy-binding "$IMAGES_REPOSITORY" --location="$REGION" \
+  --member="serviceAccount:$BUILD_SA" --role=roles/artifactregistry.writer "${P[@]}"
 
 # --- functions ------------------------------------------------------------------------------
 
@@ -569,7 +630,12 @@ for row in "${FUNCTIONS[@]}"; do
   IFS=, read -ra wanted <<<"$secrets"
   for setting in "${wanted[@]}"; do
     if [[ -z ${SECRETS[$setting]:-} ]]; then continue; fi
-    secret_refs+=("$setting=${SECRETS[$setting]}:latest")
+    if [[ -n ${SECRET_FILES[$setting]:-} ]]; then
+      secret_refs+=("${SECRET_FILES[$setting]}=${SECRETS[$setting]}:latest")
+      env_vars+=("$setting=${SECRET_FILES[$setting]}")
+    else
+      secret_refs+=("$setting=${SECRETS[$setting]}:latest")
+    fi
     run gcloud secrets add-iam-policy-binding "${SECRETS[$setting]}" --member="serviceAccount:$sa" \
       --role=roles/secretmanager.secretAccessor "${P[@]}"
   done
@@ -585,9 +651,12 @@ for row in "${FUNCTIONS[@]}"; do
     secret_flag=--clear-secrets
   fi
 
-  # Least privilege: Firestore for all but the webhook; publisher on exactly its topics.
+  # Least privilege: Firestore for all but the webhook (read-only for the
+  # scheduled runs, which only query it); publisher on exactly its topics.
   if [[ $ep != receive_webhook ]]; then
-    run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role=roles/datastore.user \
+    firestore_role=roles/datastore.user
+    if [[ " ${FIRESTORE_READ_ONLY[*]} " == *" $ep "* ]]; then firestore_role=roles/datastore.viewer; fi
+    run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$sa" --role="$firestore_role" \
       --condition="expression=resource.name == \"projects/$PROJECT/databases/$FIRESTORE_DATABASE\",title=rbm-relay database" --quiet
   fi
   IFS=, read -ra topics <<<"$publishes"
@@ -601,6 +670,7 @@ for row in "${FUNCTIONS[@]}"; do
   run gcloud functions deploy "$name" --gen2 --region="$REGION" --runtime="$PYTHON_RUNTIME" \
     --entry-point="$ep" --source="$SOURCE" --trigger-http "$public" \
     --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+    --docker-repository="$IMAGES" \
     --memory="$memory" --cpu="$cpu" --concurrency="$concurrency" --timeout="${timeout}s" \
     --min-instances="$min" --max-instances="$max" --ingress-settings="$ingress" \
     --set-env-vars="^;^$(IFS=';'; echo "${env_vars[*]}")" "$secret_flag" \

@@ -44,7 +44,7 @@ ENV_READERS = {"env", "env_int", "env_float"}
 # and test runs only) and what Cloud Run sets itself.
 NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
 # Values that must only ever come from Secret Manager.
-SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
+SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
 # The jsonPayload.event values the log-based metrics count (infra/README.md).
 METRIC_EVENTS = {
     "signature_rejected",
@@ -59,6 +59,21 @@ WORKER = "process_due_work"
 # Who publishes work items: the scheduled runs, and no one else.
 WORK_PUBLISHERS = SWEEPS
 WORK = TOPOLOGY["work"]
+# What each entry point's deployed code path needs: Firestore (write, read or
+# nothing), the topics it publishes to, the secrets it reads. Deployed, the
+# work topic is always set, so a scheduled run only queries Firestore and
+# publishes work items (tests/unit/test_scheduled_access.py): it reads the
+# database and holds no secret, though its code could act itself without a topic.
+ACCESS = {
+    "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
+    "track_delivery": ("write", {"dead_letter"}, set()),
+    "record_inbound": ("write", {"dead_letter"}, set()),
+    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE"}),
+    "revoke_expired": ("read", {"work"}, set()),
+    "send_fallbacks": ("read", {"work"}, set()),
+    "process_due_work": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
+}
+FIRESTORE_ROLES = {"write": "roles/datastore.user", "read": "roles/datastore.viewer"}
 
 
 # --- what the code needs ---------------------------------------------------------------
@@ -226,6 +241,12 @@ def settings_read(entry_point: str) -> frozenset[str]:
     return frozenset(names - NOT_DEPLOYED)
 
 
+def settings_needed(entry_point: str) -> frozenset[str]:
+    """The settings a deployment must give an entry point: what its code reads,
+    less the secrets its deployed code path never reaches (ACCESS)."""
+    return settings_read(entry_point) - (SENSITIVE - ACCESS[entry_point][2])
+
+
 def logged_events_match(event: str) -> bool:
     """Whether the code can log `event`: a string constant of functions/, or an f-string event=... with its head."""
     constants, prefixes = set(), set()
@@ -263,7 +284,7 @@ def test_settings_analysis_sees_through_config_and_imports():
     # The due work: the worker reads the acting's settings through functions/process_due_work.py,
     # and whoever may hand work over reads the work topic.
     assert {
-        "RBM_SERVICE_ACCOUNT_KEY",
+        "RBM_SERVICE_ACCOUNT_KEY_FILE",
         "TWILIO_AUTH_TOKEN",
         "REVOKE_GRACE_SECONDS",
         "SWEEP_PARALLELISM",
@@ -384,17 +405,19 @@ def test_terraform_function_resource_wires_the_table():
     service = _block(function, "service_config")
     assert function["for_each"] == "${local.functions}"
     assert _block(function, "build_config")["entry_point"] == "${each.key}"
-    assert service["environment_variables"] == "${local.function_env[each.key]}"
+    assert service["environment_variables"] == "${merge(local.function_env[each.key], local.secret_file_env[each.key])}"
     assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
-    (secrets,) = (d["secret_environment_variables"] for d in service["dynamic"])
-    assert "each.value.secrets" in secrets["for_each"]
+    dynamic = {name: block for d in service["dynamic"] for name, block in d.items()}
+    assert "each.value.secrets" in dynamic["secret_environment_variables"]["for_each"]
+    assert "!contains(keys(local.secret_files), name)" in dynamic["secret_environment_variables"]["for_each"]
+    assert dynamic["secret_volumes"]["for_each"] == "${local.secret_file_env[each.key]}"
     assert "f.settings" in locals_()["function_env"] and "local.setting_groups" in locals_()["function_env"]
 
 
 @pytest.mark.parametrize("entry_point", sorted(entry_points()))
 def test_terraform_sets_every_setting_the_code_reads(entry_point):
     env, secrets = terraform_settings(entry_point)
-    missing = settings_read(entry_point) - env - secrets
+    missing = settings_needed(entry_point) - env - secrets
     assert not missing, f"{entry_point} reads settings Terraform does not set: {sorted(missing)}"
     assert "GOOGLE_CLOUD_PROJECT" in env
 
@@ -458,6 +481,127 @@ def test_terraform_roles_follow_least_privilege():
     assert text.count('"allUsers"') == 1 and "allAuthenticatedUsers" not in text
     public_binding = resources("google_cloud_run_v2_service_iam_member")["public"]
     assert public_binding["member"] == "allUsers" and 'f.invoker == "public"' in public_binding["for_each"]
+
+
+def test_access_follows_the_code():
+    # The table against the code: every secret it grants is read behind the entry
+    # point, and every secret read is granted except where the deployed path never reaches it.
+    assert set(ACCESS) == set(entry_points())
+    for ep, (_, _, secrets) in ACCESS.items():
+        assert secrets <= settings_read(ep), f"{ep}: ACCESS grants secrets its code does not read"
+        if ep not in SWEEPS:
+            assert secrets == settings_read(ep) & SENSITIVE, f"{ep}: ACCESS misses a secret its code reads"
+        assert {t for t in ACCESS[ep][1]} >= ({"work"} if ep in WORK_PUBLISHERS else set())
+
+
+def test_terraform_grants_exactly_what_each_function_needs():
+    table = functions_table()
+    firestore = resources("google_project_iam_member")["firestore"]
+    assert firestore["role"] == (
+        '${contains(local.firestore_read_only, each.key) ? "roles/datastore.viewer" : "roles/datastore.user"}'
+    )
+    read_only = set(locals_()["firestore_read_only"])
+    for ep, (access, topics, secrets) in ACCESS.items():
+        f = table[ep]
+        granted = None if not f["firestore"] else "read" if ep in read_only else "write"
+        assert granted == access, f"{ep}: Firestore {granted}, its code needs {access}"
+        assert set(f["publishes"]) == topics, f"{ep}: publishes to {f['publishes']}, needs {sorted(topics)}"
+        assert terraform_settings(ep)[1] == secrets, f"{ep}: secrets {terraform_settings(ep)[1]}, needs {secrets}"
+
+
+def test_builds_push_to_their_own_repository_only():
+    (function,) = resources("google_cloudfunctions2_function").values()
+    repository = resources("google_artifact_registry_repository")["functions"]
+    assert repository["format"] == "DOCKER" and repository["location"] == "${var.region}"
+    assert _block(function, "build_config")["docker_repository"] == (
+        "${google_artifact_registry_repository.functions.id}"
+    )
+    writer = resources("google_artifact_registry_repository_iam_member")["build"]
+    assert writer["role"] == "roles/artifactregistry.writer"
+    assert writer["member"] == "${google_service_account.build.member}"
+    assert writer["repository"] == "${google_artifact_registry_repository.functions.name}"
+    project_roles = resources("google_project_iam_member")["build"]["for_each"]
+    assert "artifactregistry" not in project_roles, "the build may push to every repository of the project"
+    for config in DRY_RUN_CONFIGS:
+        images = "projects/demo-project/locations/europe-west1/repositories/rbm-relay-functions"
+        assert {flag(c, "--docker-repository") for c in deploys(config).values()} == {images}
+        bindings = commands(config, "gcloud", "artifacts", "repositories", "add-iam-policy-binding")
+        assert [(c[4], flag(c, "--role")) for c in bindings] == [
+            ("rbm-relay-functions", "roles/artifactregistry.writer")
+        ]
+        project = commands(config, "gcloud", "projects", "add-iam-policy-binding")
+        assert not [c for c in project if "artifactregistry" in flag(c, "--role")]
+
+
+def test_dry_run_grants_exactly_what_each_function_needs():
+    names = {f["name"]: ep for ep, f in functions_table().items()}
+    for config in DRY_RUN_CONFIGS:
+        roles = {
+            names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]]: flag(c, "--role")
+            for c in commands(config, "gcloud", "projects", "add-iam-policy-binding")
+            if flag(c, "--role").startswith("roles/datastore.")
+        }
+        assert roles == {ep: FIRESTORE_ROLES[a] for ep, (a, _, _) in ACCESS.items() if a}
+        for ep, command in deploys(config).items():
+            granted = set(secret_settings(command))
+            assert granted <= ACCESS[ep][2], f"{ep}: secrets it does not need: {granted - ACCESS[ep][2]}"
+
+
+DENY_ALL = re.compile(
+    r"rules_version = '2';.*service cloud\.firestore \{\s*match /databases/\{database\}/documents \{\s*"
+    r"match /\{document=\*\*\} \{\s*allow read, write: if false;\s*\}\s*\}\s*\}\s*$",
+    re.S,
+)
+
+
+def test_both_routes_close_firestore_to_clients():
+    rules = (INFRA / "firestore.rules").read_text()
+    assert DENY_ALL.search(rules), "infra/firestore.rules is not the deny-all ruleset"
+    assert "allow" not in rules.replace("allow read, write: if false;", "")
+    # Terraform: the file as the ruleset, released to the configured database.
+    ruleset = resources("google_firebaserules_ruleset")["firestore"]
+    files = _block(_block(ruleset, "source"), "files")
+    assert files["name"] == "firestore.rules" and files["content"] == '${file("${path.module}/../../firestore.rules")}'
+    release = resources("google_firebaserules_release")["firestore"]
+    assert release["name"] == (
+        '${var.firestore_database == "(default)" ? "cloud.firestore" : "cloud.firestore/${var.firestore_database}"}'
+    )
+    assert (
+        release["ruleset_name"] == "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.firestore.name}"
+    )
+    assert "firebaserules.googleapis.com" in locals_()["apis"]
+    # gcloud: the same file as a new ruleset, then the release created (first run) pointing at it.
+    for config in DRY_RUN_CONFIGS:
+        calls = [c for c in dry_run(config) if is_rules_call(c)]
+        (create, release_call) = calls
+        assert create[create.index("-X") + 1] == "POST" and create[-1] == f"{RULES_API}projects/demo-project/rulesets"
+        body = json.loads(create[create.index("--data-binary") + 1])
+        assert body == {"source": {"files": [{"name": "firestore.rules", "content": rules}]}}
+        assert release_call[-1] == f"{RULES_API}projects/demo-project/releases"
+        released = json.loads(release_call[release_call.index("--data-binary") + 1])
+        assert released["name"] == "projects/demo-project/releases/cloud.firestore"
+        assert all("Bearer" not in word for c in calls for word in c), "the token goes on stdin"
+        enable = commands(config, "gcloud", "services", "enable")[0]
+        assert "firebaserules.googleapis.com" in enable
+
+
+def test_the_rbm_key_is_a_mounted_file_that_follows_latest():
+    # Secret Manager's advice: a variable keeps the version its instance started
+    # with, a mounted file is read from Secret Manager, "latest" included.
+    path = "/etc/secrets/rbm/key.json"
+    assert locals_()["secret_files"] == {"RBM_SERVICE_ACCOUNT_KEY_FILE": path}
+    (function,) = resources("google_cloudfunctions2_function").values()
+    dynamic = {name: block for d in _block(function, "service_config")["dynamic"] for name, block in d.items()}
+    volume = dynamic["secret_volumes"]["content"][0]
+    assert volume["mount_path"] == "${dirname(secret_volumes.value)}"
+    assert _block(volume, "versions") == {"version": "latest", "path": "${basename(secret_volumes.value)}"}
+    commands_ = deploys("webhook")  # RBM_KEY_FROM_SECRET=true
+    for ep in ("send_message", WORKER):
+        assert f"{path}=rbm-service-account-key:latest" in flag(commands_[ep], "--set-secrets").split(",")
+        assert env_vars(flag(commands_[ep], "--set-env-vars"))["RBM_SERVICE_ACCOUNT_KEY_FILE"] == path
+    for ep in SWEEPS | {"receive_webhook"}:
+        assert "RBM_SERVICE_ACCOUNT_KEY_FILE" not in env_vars(flag(commands_[ep], "--set-env-vars"))
+    assert "RBM_SERVICE_ACCOUNT_KEY_FILE" not in env_vars(flag(deploys("twilio")["send_message"], "--set-env-vars"))
 
 
 def assert_push_delivery(subscription: dict, topology: str, dead_letter: str) -> dict:
@@ -782,6 +926,7 @@ def working_tree(tmp_path: Path) -> Path:
         "rbm-key.json",
         "requirements-checkov.txt",
         "requirements-dev.txt",
+        "requirements.in",  # the lock's source: the build installs requirements.txt alone
         "notes.txt",
         "tests/unit/test_x.py",
         "local/fake_rbm.py",
@@ -955,9 +1100,17 @@ def test_dry_run_is_deterministic():
     assert dry_run_output("twilio") == dry_run_output("twilio")
 
 
+RULES_API = "https://firebaserules.googleapis.com/v1/"
+
+
+def is_rules_call(command: list[str]) -> bool:
+    """A curl call of the Firebase Rules REST API, the one API deploy.sh calls without gcloud."""
+    return command[0] == "curl" and command[-1].startswith(RULES_API)
+
+
 def test_dry_run_prints_only_gcloud_commands():
     for config in DRY_RUN_CONFIGS:
-        assert dry_run(config) and all(c[0] == "gcloud" for c in dry_run(config))
+        assert dry_run(config) and all(c[0] == "gcloud" or is_rules_call(c) for c in dry_run(config))
 
 
 @pytest.mark.parametrize("config", sorted(DRY_RUN_CONFIGS))
@@ -986,22 +1139,32 @@ def test_a_list_setting_keeps_its_commas_through_the_gcloud_route():
     assert env_vars(flag(command, "--set-env-vars"))["OPT_IN_KEYWORDS"] == "START,UNSTOP,YES"
 
 
+def secret_settings(command: list[str]) -> dict[str, str]:
+    """--set-secrets as setting -> secret ref: a SETTING=secret:version variable, or a
+    PATH=secret:version mount whose path is the value of a secret file's setting."""
+    env = env_vars(flag(command, "--set-env-vars"))
+    refs = dict(ref.split("=", 1) for ref in flags(command).get("--set-secrets", [""])[0].split(",") if ref)
+    paths = {value: name for name, value in env.items() if name in locals_()["secret_files"]}
+    assert set(paths) <= set(refs), "a secret file's setting names a path nothing is mounted at"
+    return {paths.get(key, key): ref for key, ref in refs.items()}
+
+
 @pytest.mark.parametrize("entry_point", sorted(entry_points()))
 def test_dry_run_sets_every_setting_the_code_reads(entry_point):
     provided = set()
     for config in DRY_RUN_CONFIGS:
         command = deploys(config)[entry_point]
         env = env_vars(flag(command, "--set-env-vars"))
-        secrets = flags(command).get("--set-secrets", [""])[0]
-        secret_refs = dict(ref.split("=", 1) for ref in secrets.split(",") if ref)
-        assert not set(env) & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"
+        secret_refs = secret_settings(command)
+        plain = {name for name in env if env[name] != locals_()["secret_files"].get(name)}
+        assert not plain & SENSITIVE, f"{entry_point}: a secret passed as a plain variable"
         for setting, ref in secret_refs.items():
             assert ref == f"{locals_()['secrets'][setting]['secret_id']}:latest", (
                 "gcloud and Terraform name a secret differently"
             )
         provided |= set(env) | set(secret_refs)
         assert env["GOOGLE_CLOUD_PROJECT"] == "demo-project"
-    missing = settings_read(entry_point) - provided
+    missing = settings_needed(entry_point) - provided
     assert not missing, f"{entry_point} reads settings the gcloud route does not set: {sorted(missing)}"
 
 
@@ -1241,7 +1404,7 @@ def listed_commands(config: str) -> list[list[str]]:
         for prefix in LOOKUP_PREFIXES:
             if line.startswith(prefix):
                 line = line[len(prefix) :]
-        if line.strip() and not line.startswith("#"):
+        if line.strip() and not line.startswith("#") and not is_rules_call(shlex.split(line)):
             commands.append(shlex.split(line))
     return commands
 

@@ -1,5 +1,6 @@
 """The RBM client's typed outcomes and bounded retries, against the local fake platform."""
 
+import json
 import time
 
 import pytest
@@ -142,3 +143,31 @@ def test_failures_past_the_retry_bound_are_transient(rbm):
 def test_an_unreachable_platform_is_transient():
     result = RbmClient(requests.Session(), "http://127.0.0.1:9", 0.3).revoke_message(PHONE, "m1", AGENT)
     assert (result.outcome, result.status, result.may_have_acted) == (Outcome.TRANSIENT, None, False)  # never connected
+
+
+def test_a_key_file_makes_the_credentials(monkeypatch, tmp_path):
+    # The key is read from the file the secret is mounted as, never from the environment.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from functions import rbm
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key = {
+        "type": "service_account",
+        "project_id": "demo",
+        "private_key_id": "k1",
+        "private_key": pem.decode(),
+        "client_email": "rbm@demo.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(key))
+    monkeypatch.setenv("RBM_API_ENDPOINT", "https://rcsbusinessmessaging.googleapis.com")
+    monkeypatch.setenv("RBM_SERVICE_ACCOUNT_KEY_FILE", str(path))
+    session = rbm._session()
+    assert session.credentials.service_account_email == "rbm@demo.iam.gserviceaccount.com"
+    assert session.credentials.scopes == [rbm.SCOPE]

@@ -4,6 +4,7 @@ locals {
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "firebaserules.googleapis.com", # Firestore Security Rules (firestore_rules.tf)
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com", # OIDC tokens of the push and scheduler identities

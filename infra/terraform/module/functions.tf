@@ -12,6 +12,8 @@ resource "google_cloudfunctions2_function" "this" {
     runtime         = var.python_runtime
     entry_point     = each.key
     service_account = google_service_account.build.id
+    # The build's own repository, the only one it may push to.
+    docker_repository = google_artifact_registry_repository.functions.id
 
     source {
       storage_source {
@@ -34,10 +36,13 @@ resource "google_cloudfunctions2_function" "this" {
     ingress_settings                 = each.value.ingress
     all_traffic_on_latest_revision   = true
 
-    environment_variables = local.function_env[each.key]
+    environment_variables = merge(local.function_env[each.key], local.secret_file_env[each.key])
 
     dynamic "secret_environment_variables" {
-      for_each = [for name in each.value.secrets : name if contains(keys(local.enabled_secrets), name)]
+      for_each = [
+        for name in each.value.secrets : name
+        if contains(keys(local.enabled_secrets), name) && !contains(keys(local.secret_files), name)
+      ]
       content {
         key        = secret_environment_variables.value
         project_id = var.project_id
@@ -45,10 +50,25 @@ resource "google_cloudfunctions2_function" "this" {
         version    = "latest"
       }
     }
+
+    # Secrets as files (locals.tf, secret_files); the setting holds the path.
+    dynamic "secret_volumes" {
+      for_each = local.secret_file_env[each.key]
+      content {
+        mount_path = dirname(secret_volumes.value)
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.this[secret_volumes.key].secret_id
+        versions {
+          version = "latest"
+          path    = basename(secret_volumes.value)
+        }
+      }
+    }
   }
 
   depends_on = [
     google_project_iam_member.build,
+    google_artifact_registry_repository_iam_member.build,
     google_storage_bucket_iam_member.build_source,
     google_project_iam_member.build_staged_source,
     google_secret_manager_secret_iam_member.access,

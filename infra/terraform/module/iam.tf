@@ -39,9 +39,9 @@ resource "google_service_account" "build" {
   depends_on = [google_project_service.this]
 }
 
-# Project-wide: Cloud Functions creates the image repository (gcf-artifacts) itself.
+# Build logs, project-wide; images go to the build's own repository (artifacts.tf).
 resource "google_project_iam_member" "build" {
-  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer"])
+  for_each = toset(["roles/logging.logWriter"])
 
   project = var.project_id
   role    = each.value
@@ -77,13 +77,14 @@ resource "google_project_iam_member" "build_staged_source" {
   }
 }
 
-# Firestore: readWrite on documents, held by an IAM condition to the one
-# database (Firestore evaluates conditions on the database's resource name).
+# Firestore: read-only for the scheduled runs, which only query it
+# (firestore_read_only), readWrite for the others; held by an IAM condition to
+# the one database (Firestore evaluates conditions on the database's resource name).
 resource "google_project_iam_member" "firestore" {
   for_each = { for ep, f in local.functions : ep => f if f.firestore }
 
   project = var.project_id
-  role    = "roles/datastore.user"
+  role    = contains(local.firestore_read_only, each.key) ? "roles/datastore.viewer" : "roles/datastore.user"
   member  = google_service_account.function[each.key].member
 
   condition {

@@ -14,7 +14,8 @@ locals {
   #   secrets:  settings it reads from Secret Manager (secrets below);
   #   invoker:  who may call it: public (RBM), pubsub (push subscriptions),
   #             scheduler (Cloud Scheduler), clients (send_message_invokers);
-  #   publishes: topics it publishes to; firestore: reads/writes the database;
+  #   publishes: topics it publishes to; firestore: uses the database (how:
+  #             firestore_read_only below);
   #   min_instances, max_instances: a variable that overrides functions.json's
   #             number, or null.
   #
@@ -95,7 +96,7 @@ locals {
       min_instances = null
       max_instances = null
       settings      = ["common", "store", "agent", "rbm", "sms_text"]
-      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE"]
       publishes     = []
       firestore     = true
       schedule      = null
@@ -108,7 +109,7 @@ locals {
       min_instances = null
       max_instances = null
       settings      = local.revoke_settings
-      secrets       = local.revoke_secrets
+      secrets       = []
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -121,7 +122,7 @@ locals {
       min_instances = null
       max_instances = null
       settings      = local.fallback_settings
-      secrets       = local.fallback_secrets
+      secrets       = []
       publishes     = ["work"]
       firestore     = true
       schedule      = local.schedule
@@ -166,12 +167,18 @@ locals {
 
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
+  # Deployed, RBM_WORK_TOPIC is always set: a scheduled run only queries
+  # Firestore and publishes work items, so it gets no secret and reads the
+  # database only (firestore_read_only); the worker calls RBM and the SMS
+  # provider and writes the messages.
   revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
-  revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY"]
   fallback_settings = ["common", "store", "sweep", "sms", "work"]
-  fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
   worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
-  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+
+  # Functions that only read the database (roles/datastore.viewer); the other
+  # users of it read and write (roles/datastore.user).
+  firestore_read_only = ["revoke_expired", "send_fallbacks"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
   # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
@@ -255,12 +262,28 @@ locals {
   # Settings that come from Secret Manager: environment name -> secret id.
   # A secret is created (and mounted) only when the configuration uses it.
   secrets = {
-    RBM_CLIENT_TOKEN        = { secret_id = "rbm-client-token", enabled = true }
-    RBM_SERVICE_ACCOUNT_KEY = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
-    TWILIO_AUTH_TOKEN       = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
-    SMS_WEBHOOK_SECRET      = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
+    RBM_CLIENT_TOKEN             = { secret_id = "rbm-client-token", enabled = true }
+    RBM_SERVICE_ACCOUNT_KEY_FILE = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
+    TWILIO_AUTH_TOKEN            = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
+    SMS_WEBHOOK_SECRET           = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
   }
   enabled_secrets = { for name, s in local.secrets : name => s.secret_id if s.enabled }
+
+  # Secrets mounted as a file rather than read into a variable: setting -> the
+  # file's path, which is the setting's value. A mounted secret is read from
+  # Secret Manager when the file is read, so it follows "latest" (a key rotated
+  # or disabled there reaches every new client), where a variable keeps the
+  # version its instance started with (Secret Manager's best practices).
+  secret_files = {
+    RBM_SERVICE_ACCOUNT_KEY_FILE = "/etc/secrets/rbm/key.json"
+  }
+  # Each function's mounted secrets, by setting: what it adds to its environment.
+  secret_file_env = {
+    for ep, f in local.functions : ep => {
+      for name in f.secrets : name => local.secret_files[name]
+      if contains(keys(local.enabled_secrets), name) && contains(keys(local.secret_files), name)
+    }
+  }
 
   # (function, secret) pairs for the accessor bindings.
   secret_access = merge([

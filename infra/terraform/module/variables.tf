@@ -43,7 +43,7 @@ variable "rbm_key_from_secret" {
   description = <<-EOT
     true: send_message and process_due_work (and revoke_expired / send_fallbacks
     when they act without a work topic) authenticate to the RBM API with the
-    JSON key stored in the secret rbm-service-account-key (RBM_SERVICE_ACCOUNT_KEY).
+    JSON key stored in the secret rbm-service-account-key, mounted as a file (RBM_SERVICE_ACCOUNT_KEY_FILE).
     false (preferred): they use their own identity (no key anywhere); that
     service account must then be the one your RBM partner account authorizes.
   EOT

@@ -1,0 +1,75 @@
+"""What a scheduled run touches when deployed, with a work topic: it queries
+Firestore and publishes work items, and nothing else — no Firestore write, no
+RBM call, no SMS provider. The deployment relies on it: revoke_expired and
+send_fallbacks get read-only Firestore access (roles/datastore.viewer) and no
+secret (tests/unit/test_infra.py, ACCESS).
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import flask
+import pytest
+from werkzeug.test import EnvironBuilder
+
+from functions import rbm, revoke_expired, send_fallbacks, sms, store, sweep, work_items
+from functions.model import Fallback, Message, State
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+VIOLATIONS: list[str] = []
+
+
+def forbidden(what: str):
+    """A stand-in that records the call (a sweep logs and swallows its errors) and fails it."""
+
+    def call(*args, **kwargs):
+        VIOLATIONS.append(what)
+        raise AssertionError(f"a scheduled run with a work topic {what}")
+
+    return call
+
+
+@pytest.fixture
+def deployed(monkeypatch):
+    """A scheduled run as deployed (a work topic, one pass), against a database of
+    due messages that must not be written, and providers that must not be called."""
+    monkeypatch.setenv("RBM_WORK_TOPIC", "rbm-work")
+    monkeypatch.setenv("SCHEDULE_PERIOD_SECONDS", "0")
+    for name in ("SMS_PROVIDER", "RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    due = [
+        Message("m-1", "+447700900001", "agent", state=State.SENT, next_action_at=T0 - timedelta(seconds=1)),
+        Message(
+            "m-2",
+            "+447700900002",
+            "agent",
+            state=State.REVOKED,
+            fallback=Fallback.DUE,
+            fallback_text="hi",
+            fallback_at=T0 - timedelta(seconds=1),
+        ),
+    ]
+    monkeypatch.setattr(store, "now", lambda: T0)
+    monkeypatch.setattr(sweep, "due", lambda s, until, after=None: iter(due if after is None else []))
+    VIOLATIONS.clear()
+    monkeypatch.setattr(store, "client", forbidden("used Firestore beyond its due-messages query"))
+    monkeypatch.setattr(store, "update_all", forbidden("wrote to Firestore"))
+    monkeypatch.setattr(store, "opted_out", forbidden("read a conversation to act"))
+    monkeypatch.setattr(rbm, "client", forbidden("called RBM"))
+    monkeypatch.setattr(sms, "provider", forbidden("looked up the SMS provider"))
+    published = []
+    monkeypatch.setattr(work_items, "publish", published.extend)
+    return published
+
+
+def request() -> flask.Request:
+    return flask.Request(EnvironBuilder(method="POST").get_environ())
+
+
+@pytest.mark.parametrize("entry", [revoke_expired, send_fallbacks], ids=lambda m: m.__name__.split(".")[-1])
+def test_a_scheduled_run_only_queries_and_publishes(deployed, entry):
+    assert entry.handle(request())[1] == 200
+    assert not VIOLATIONS
+    assert deployed, "the due messages were handed out as work items"
+    assert all(item.duty == {revoke_expired: "revoke", send_fallbacks: "fallback"}[entry] for item in deployed)
