@@ -20,7 +20,7 @@ from local.fake_rbm import now_rfc3339
 from local.processes import PROJECT, create_push_subscription, create_topic, publish
 from local.simulator import Simulator
 from tests.integration.test_sweeps import AGENT, SWEEP_ENV, get, phone, queue, seed, sweep
-from tests.support import wait_for, wait_until_steady
+from tests.support import push_direct, wait_for, wait_until_steady
 
 # Leases outlast any call here, even on a loaded machine, unless a test needs one to run out.
 ENV = {**SWEEP_ENV, "LEASE_SECONDS": "30", "REVOKE_GRACE_SECONDS": "0.5"}
@@ -39,16 +39,7 @@ def send_item(topic: str, duty: str, ids, due_at=None) -> None:
 def push_item(process, topic: str, duty: str, ids) -> None:
     """POSTs a work item to one worker in Pub/Sub's push envelope, as its subscription would."""
     data, attributes = WorkItem(duty, tuple(ids), store.now()).encode()
-    envelope = {
-        "message": {
-            "data": base64.b64encode(data).decode(),
-            "attributes": attributes,
-            "messageId": uuid.uuid4().hex,
-            "publishTime": now_rfc3339(),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/direct",
-    }
-    response = requests.post(f"{process.url}/projects/{PROJECT}/topics/{topic}", json=envelope, timeout=30)
+    response = push_direct(f"{process.url}/projects/{PROJECT}/topics/{topic}", data, attributes)
     assert response.status_code == 200, response.text
 
 
