@@ -34,7 +34,7 @@ def publisher(pubsub_faults, monkeypatch):
 def test_one_transient_answer_is_retried_and_the_publish_goes_through(publisher, pubsub_faults, topic, code):
     events = topic("events")
     pubsub_faults.fail(PUBLISH, grpc.StatusCode[code], "Stream removed")
-    [message_id] = publisher.publish(events.topic, b"event", {"kind": "user_event"})
+    message_id = publisher.publish(events.topic, b"event", {"kind": "user_event"})
     assert message_id and pubsub_faults.calls[PUBLISH] == 2
     assert pull_all(PROJECT, events.subscription, wait_seconds=3, expect=1) == [(b"event", {"kind": "user_event"})]
 
