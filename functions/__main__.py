@@ -41,7 +41,7 @@ def list_messages(args: argparse.Namespace) -> int:
     from functions.model import Message
 
     field, value = ("state", args.state) if args.state else ("fallback", args.fallback)
-    for snapshot in store.messages().where(filter=FieldFilter(field, "==", value)).limit(args.limit).stream():
+    for snapshot in store.query(store.messages().where(filter=FieldFilter(field, "==", value)).limit(args.limit)):
         m = Message.from_doc(store.found(snapshot))
         print(
             json.dumps(

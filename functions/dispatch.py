@@ -93,11 +93,29 @@ def seconds_to_run(started: float, period: float) -> float:
     return max(0.0, next_tick - END_MARGIN_SECONDS - started)
 
 
+def _queued(s: Sweep, batch: list[WorkItem]) -> bool:
+    """Publishes `batch` to the work topic; False, logged, when Pub/Sub did not take it
+    (pubsub.PublishError): its messages stay due, for a later poll or run."""
+    try:
+        work_items.publish(batch)
+        return True
+    except pubsub.PublishError as exc:
+        logs.error(
+            "work items not queued; their messages stay due",
+            event="work_publish_failed",
+            sweep=s.name,
+            items=len(batch),
+            reason=str(exc),
+        )
+        return False
+
+
 def run(s: Sweep) -> dict[str, Any]:
     """One scheduled run: dispatches due work at its due second until just before the
     schedule's next tick (`seconds_to_run`; one pass when SCHEDULE_PERIOD_SECONDS is 0)
-    or the budget is spent. Answers the summary it also logs; raises
-    pubsub.PublishError if items could not be queued."""
+    or the budget is spent. Answers the summary it also logs. Items Pub/Sub did not take
+    are counted (`unqueued`) and their messages looked at again by the next poll, which
+    reads from where the failed one read, or by the next run; the run goes on meanwhile."""
     owner, started = f"{s.name}-{uuid.uuid4().hex[:12]}", time.monotonic()
     period, budget, topic = config.schedule_period(), config.sweep_budget(), config.work_topic()
     deadline, lookahead = started + budget, timedelta(seconds=POLL_SECONDS if period else 0)
@@ -114,31 +132,27 @@ def run(s: Sweep) -> dict[str, Any]:
             rest = max(0.0, started + length - polled) + END_MARGIN_SECONDS
             ahead = timedelta(seconds=rest) if last and period else ZERO
             found = sweep.due(s, now + lookahead + ahead, since)
-            since = now - timedelta(seconds=LOOKBACK_SECONDS)
             fresh = [m for m in found if dispatched.get(m.message_id) != sweep.due_at(s, m)]
-            dispatched.update((m.message_id, sweep.due_at(s, m)) for m in fresh)
             batch = items(s, fresh)
-            counts.update(scanned=len(fresh), items=len(batch))
-            if topic and batch:
-                work_items.publish(batch)
-            elif batch:
-                running += [pool.submit(work, s, item, owner, deadline) for item in batch]
+            if topic and batch and not _queued(s, batch):
+                counts.update(unqueued=len(batch))
+            else:
+                if batch and not topic:
+                    running += [pool.submit(work, s, item, owner, deadline) for item in batch]
+                dispatched.update((m.message_id, sweep.due_at(s, m)) for m in fresh)
+                counts.update(scanned=len(fresh), items=len(batch))
+                since = now - timedelta(seconds=LOOKBACK_SECONDS)
             if last:
                 break
             time.sleep(max(0.0, polled + POLL_SECONDS - time.monotonic()))
         for future in running:
             counts.update(future.result())
-    outcomes: dict[str, int] = dict.fromkeys((*s.outcomes, *ALWAYS), 0)
-    summary = {"scanned": 0, **outcomes, **counts, "seconds": round(time.monotonic() - started, 2)}
+    zero: dict[str, int] = dict.fromkeys(("scanned", "items", "unqueued", *s.outcomes, *ALWAYS), 0)
+    summary = {**zero, **counts, "seconds": round(time.monotonic() - started, 2)}
     logs.info(f"{s.name} finished", event=f"{s.name}_summary", summary=summary)
     return summary
 
 
 def scheduled_run(s: Sweep) -> Reply:
-    """A scheduled entry point's answer: 200 with the run's summary; 503 when the work
-    could not be queued (Cloud Scheduler retries; the messages stay due)."""
-    try:
-        return reply(200, run(s))
-    except pubsub.PublishError as exc:
-        logs.error("work items not queued; answering 503", event="work_publish_failed", reason=str(exc))
-        return reply(503, {"error": "work items not queued, retry"})
+    """A scheduled entry point's answer: 200 with the run's summary (`run`)."""
+    return reply(200, run(s))

@@ -9,11 +9,24 @@ trip and no thread, with retries bounded by the time the caller waits.
 import functools
 
 import google.cloud.pubsub_v1 as pubsub_v1
+from google.api_core import exceptions
 from google.api_core import retry as retries
 
 from functions import config
 
 MAX_PER_CALL = 1000  # messages in one Publish request (cloud.google.com/pubsub/quotas)
+# The answers google-cloud-pubsub's own Publish policy retries (the `publish` entry of
+# _prep_wrapped_messages in google/pubsub_v1/services/publisher/transports/base.py):
+# ABORTED, CANCELLED, DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED, UNAVAILABLE, UNKNOWN.
+RETRIED = (
+    exceptions.Aborted,
+    exceptions.Cancelled,
+    exceptions.DeadlineExceeded,
+    exceptions.InternalServerError,
+    exceptions.ResourceExhausted,
+    exceptions.ServiceUnavailable,
+    exceptions.Unknown,
+)
 
 
 class PublishError(RuntimeError):
@@ -38,7 +51,9 @@ def publish(topic: str, data: bytes, attributes: dict[str, str]) -> str:
 
 def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
     """Publishes (data, attributes) pairs, up to 1,000 per Publish call (Pub/Sub's
-    limit per request); returns their ids in order, or raises PublishError."""
+    limit per request); returns their ids in order, or raises PublishError. Each call
+    retries the answers in RETRIED until PUBLISH_TIMEOUT_SECONDS have passed (every
+    attempt gets only what is left of them)."""
     timeout, ids = config.publish_timeout(), []
     for start in range(0, len(messages), MAX_PER_CALL):
         chunk = [pubsub_v1.types.PubsubMessage(data=d, attributes=a) for d, a in messages[start : start + MAX_PER_CALL]]
@@ -47,7 +62,9 @@ def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> l
                 topic=topic_path(topic),
                 messages=chunk,
                 timeout=timeout,
-                retry=retries.Retry(initial=0.05, maximum=1.0, timeout=timeout),
+                retry=retries.Retry(
+                    initial=0.05, maximum=1.0, predicate=retries.if_exception_type(*RETRIED), timeout=timeout
+                ),
             )
         except Exception as exc:  # the library raises many types; all mean "not confirmed"
             raise PublishError(f"{type(exc).__name__}: {exc}"[:300]) from exc

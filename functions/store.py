@@ -20,6 +20,7 @@ from google.api_core import retry as retries
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.document import DocumentReference
+from google.cloud.firestore_v1.query import Query
 
 from functions import config
 from functions.model import Conversation, Message, UserMessage, conversation_id, retention
@@ -27,9 +28,10 @@ from functions.transitions import due_from
 
 T = TypeVar("T", Message, Conversation, UserMessage)
 ATTEMPTS = 20
-# Each Firestore call gives up after this long, its retries of UNAVAILABLE included, so
-# a request in an outage gets an answer (503, or a Pub/Sub redelivery) instead of
-# hanging until the platform ends it.
+# Each Firestore call (reads, queries, commits) gives up after this long, its retries
+# of UNAVAILABLE included, so a request in an outage gets an answer (503, or a Pub/Sub
+# redelivery) instead of hanging until the platform ends it; the library's own
+# defaults retry a query for 300 s. Every call passes RETRY and CALL_SECONDS.
 CALL_SECONDS = 15.0
 RETRY = retries.Retry(initial=0.1, maximum=2.0, timeout=CALL_SECONDS)
 
@@ -261,6 +263,12 @@ def found(snapshot: DocumentSnapshot[DocumentReference]) -> dict[str, Any]:
     if data is None:
         raise LookupError(f"{snapshot.reference.path} does not exist")
     return data
+
+
+def query(q: Query) -> list[DocumentSnapshot[DocumentReference]]:
+    """The documents query `q` finds, read within CALL_SECONDS (DeadlineExceeded or
+    RetryError after them)."""
+    return list(q.get(retry=RETRY, timeout=CALL_SECONDS))
 
 
 def get_message(message_id: str) -> Message | None:

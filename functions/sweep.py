@@ -75,7 +75,7 @@ def due(sweep: Sweep, until: datetime, after: datetime | None = None) -> Iterato
     """Every message due by `until` (and, if given, after `after`), earliest first, a page at a time."""
     query, cursor = _due_query(sweep, until, after).order_by(sweep.fields[1]), None
     while True:
-        page = (query.start_after(cursor) if cursor else query).limit(PAGE).get()
+        page = store.query((query.start_after(cursor) if cursor else query).limit(PAGE))
         yield from (Message.from_doc(store.found(s)) for s in page)
         if len(page) < PAGE:
             return

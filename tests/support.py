@@ -1,6 +1,11 @@
 """Helpers every test tier shares."""
 
+import base64
 import time
+import uuid
+from datetime import UTC, datetime
+
+import requests
 
 from functions import dispatch
 from local.scheduler import next_tick
@@ -15,6 +20,21 @@ def wait_for(predicate, timeout=20.0, interval=0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def push_direct(url: str, data: bytes, attributes: dict[str, str], timeout: float = 30) -> requests.Response:
+    """POSTs `data` to the CloudEvent function at `url` in Pub/Sub's push envelope, as
+    its push subscription would; answers the function's response."""
+    envelope = {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "attributes": attributes,
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": "projects/test/subscriptions/direct",
+    }
+    return requests.post(url, json=envelope, timeout=timeout)
 
 
 def wait_until_steady(read, seconds=2.0, timeout=30.0):

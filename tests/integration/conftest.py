@@ -10,6 +10,7 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
 from local.fake_tasks import FakeTasks
 from local.fakehttp import FakeServer, Request
+from local.grpc_faults import FaultProxy
 from local.processes import PROJECT, create_push_subscription, create_topic, publish
 
 
@@ -34,6 +35,15 @@ def sms_env(twilio):
         "TWILIO_FROM_NUMBER": "+15005550006",
         "TWILIO_API_BASE": twilio.url,
     }
+
+
+@pytest.fixture
+def pubsub_faults(pubsub_emulator):
+    """A gRPC proxy in front of the Pub/Sub emulator that fails the calls it is told to
+    (local/grpc_faults.py); point a publisher at `pubsub_faults.host`."""
+    proxy = FaultProxy(pubsub_emulator)
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -3,17 +3,20 @@
 the subscribers receive and while a sweep holds leases. Each test counts
 lost = 0 and applied-twice / duplicate SMS = 0."""
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from functions import store
+from functions import events, store
 from functions.model import Fallback, Message, State, conversation_id
+from functions.work_items import WorkItem
+from tests.integration.test_cli import cli
 from tests.integration.test_subscribers import AGENT, PHONE, push, receipt
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
-from tests.support import wait_for
+from tests.support import push_direct, wait_for
 
 OUTAGE_SECONDS = 12  # longer than a push's acknowledgement deadline (10 s): Pub/Sub pushes again meanwhile
 
@@ -104,3 +107,68 @@ def test_send_message_in_an_outage_answers_503_and_calls_nothing(functions, rbm,
     assert took < 40  # bounded by store.CALL_SECONDS, not by the platform's request timeout
     assert rbm.count("create") == 0  # no RBM call without a stored record
     assert '"backend_unavailable"' in process.read_log()
+
+
+def test_every_entry_point_and_command_answers_within_the_bound_while_firestore_is_frozen(
+    functions, rbm, sms_env, firestore_outage
+):
+    """Each is started (and warmed up) first, then all are called at once under one
+    freeze: HTTP entry points answer 503 in JSON, the subscribers fail (so Pub/Sub
+    redelivers), the worker acknowledges its item (its messages stay due), the
+    operator commands exit 2 with a message; each within store.CALL_SECONDS and a
+    margin for a loaded machine. The freeze lasts until the last answer: a call the
+    library's defaults bound (300 s) answers only when its caller's timeout (60 s) ends."""
+    env = {"RBM_API_ENDPOINT": rbm.url, **sms_env, **SWEEP_ENV}
+    http = {name: functions(name, env=env) for name in ("revoke_expired", "send_fallbacks")}
+    running = functions("revoke_expired", env={**env, "SCHEDULE_PERIOD_SECONDS": "60"})  # polls every second
+    cloud = {name: functions(name, env=env) for name in ("track_delivery", "record_inbound", "process_due_work")}
+    for process in http.values():
+        sweep(process)
+    inbound = {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": "u-1", "text": "hi"}
+    pushes = {
+        "track_delivery": receipt("DELIVERED", "d-1"),
+        "record_inbound": inbound,
+    }
+    for name, other in zip(pushes, reversed(pushes.values()), strict=True):  # warm-up: a kind it ignores
+        push_direct(cloud[name].url, json.dumps(other).encode(), events.parse(other).attributes())
+    item = WorkItem("revoke", ("m-1",), store.now())
+
+    calls = {
+        **{name: lambda p=p: requests.post(p.url, json={}, timeout=60) for name, p in http.items()},
+        **{
+            name: lambda name=name, payload=payload: push_direct(
+                cloud[name].url, json.dumps(payload).encode(), events.parse(payload).attributes(), timeout=60
+            )
+            for name, payload in pushes.items()
+        },
+        "process_due_work": lambda: push_direct(cloud["process_due_work"].url, *item.encode(), timeout=60),
+        "status": lambda: cli("status", "m-1"),
+        "list": lambda: cli("list", "--fallback", "UNKNOWN"),
+    }
+
+    def timed(call):
+        started = time.monotonic()
+        try:
+            answer = call()
+        except Exception as exc:  # no answer in time (a timeout of the caller's): shown with the others
+            answer = exc
+        return answer, time.monotonic() - started
+
+    bound = store.CALL_SECONDS + 20  # and a Python process's start on a loaded machine (the commands)
+    with ThreadPoolExecutor(len(calls) + 1) as pool:
+        mid_run = pool.submit(timed, lambda: requests.post(running.url, json={}, timeout=60))
+        time.sleep(2)  # the run has polled, and keeps polling every second
+        with firestore_outage():
+            futures = {name: pool.submit(timed, call) for name, call in calls.items()}
+            answers = {name: f.result() for name, f in futures.items()}
+            answers["mid-run"] = mid_run.result()
+    took = {name: round(seconds, 1) for name, (_, seconds) in answers.items()}
+    assert all(seconds < bound for seconds in took.values()), f"{took} {answers}"
+    for name in (*http, "mid-run"):
+        response = answers[name][0]
+        assert (response.status_code, response.json()) == (503, {"error": "storage unavailable, retry"}), name
+    assert [answers[name][0].status_code for name in pushes] == [500] * len(pushes)  # Pub/Sub redelivers
+    assert answers["process_due_work"][0].status_code == 200  # acknowledged; its message stays due
+    for name in ("status", "list"):
+        result = answers[name][0]
+        assert result.returncode == 2 and "cannot reach Google Cloud" in result.stderr, (name, result.stderr)
