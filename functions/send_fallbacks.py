@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import flask
 
-from functions import config, dispatch, logs, sms, store
+from functions import config, conversations, dispatch, logs, sms, store
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
 from functions.replies import Reply, reply
 from functions.sweep import Outcome, Sweep
@@ -29,7 +29,7 @@ _REPORT = {
 
 
 def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
-    opted_out = m.fallback is Fallback.DUE and store.opted_out(m.agent_id, m.phone)
+    opted_out = m.fallback is Fallback.DUE and conversations.opted_out(m.agent_id, m.phone)
     return claim_fallback(m, now, lease, owner, opted_out)
 
 

@@ -22,7 +22,7 @@ from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.document import DocumentReference
 
 from functions import config
-from functions.model import Conversation, Message, UserMessage, conversation_id, retention
+from functions.model import Conversation, Message, UserMessage, expiry
 from functions.transitions import due_from
 
 T = TypeVar("T", Message, Conversation, UserMessage)
@@ -70,8 +70,8 @@ def now() -> datetime:
 
 
 def stamped(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """A document ready to write: its change time and its TTL field set."""
-    return doc | {"updated_at": at, "expire_at": retention(at)}
+    """A document ready to write: its change time and its TTL field set (model.expiry)."""
+    return doc | {"updated_at": at, "expire_at": expiry(doc, at)}
 
 
 def stage(
@@ -267,13 +267,3 @@ def get_message(message_id: str) -> Message | None:
     snapshot = message_ref(message_id).get(retry=RETRY, timeout=CALL_SECONDS)
     data = snapshot.to_dict()
     return None if data is None else Message.from_doc(data)
-
-
-def conversation_ref(agent_id: str | None, phone: str) -> DocumentReference:
-    """The conversation of (agent, user); UnstorableError if either is missing or not valid Unicode."""
-    return conversations().document(conversation_id(_text(agent_id, "agentId"), _text(phone, "phone")))
-
-
-def opted_out(agent_id: str | None, phone: str) -> bool:
-    snapshot = conversation_ref(agent_id, phone).get(["opted_out"], retry=RETRY, timeout=CALL_SECONDS)
-    return bool(snapshot.exists and snapshot.get("opted_out"))

@@ -292,18 +292,19 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 # A scheduled run acts itself when no work topic is set, so it reads every
 # setting of its own kind of work; process_due_work does both kinds.
 REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
-REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
+REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY,CONVERSATION_ID_KEY
 FALLBACK_SETTINGS=common,store,sweep,sms,work
-FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
+FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET,CONVERSATION_ID_KEY
+WORKER_SECRETS=RBM_SERVICE_ACCOUNT_KEY,TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET,CONVERSATION_ID_KEY
 #  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY,CONVERSATION_ID_KEY -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
+  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $WORKER_SECRETS         -"
 )
 MEMORY=512Mi
 CPU=1
@@ -339,7 +340,7 @@ declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC 
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
-declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token)
+declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token [CONVERSATION_ID_KEY]=rbm-conversation-id-key)
 if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY]=rbm-service-account-key; fi
 if [[ $SMS_PROVIDER == twilio ]]; then SECRETS[TWILIO_AUTH_TOKEN]=rbm-twilio-auth-token; fi
 if [[ $SMS_PROVIDER == webhook ]]; then SECRETS[SMS_WEBHOOK_SECRET]=rbm-sms-webhook-secret; fi

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from functions import store
-from functions.model import Fallback, Message, State, conversation_id
+from functions import conversations, store
+from functions.model import Fallback, Message, State
 from tests.integration.test_subscribers import AGENT, PHONE, push, receipt
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
 from tests.support import wait_for
@@ -40,7 +40,7 @@ def test_subscribers_lose_nothing_and_apply_nothing_twice_across_an_outage(subsc
                 },
             )
         time.sleep(OUTAGE_SECONDS)
-    conversation = store.conversations().document(conversation_id(AGENT, PHONE))
+    conversation = conversations.refs(AGENT, PHONE)[0]
     done = wait_for(
         lambda: (
             all((m := store.get_message(i)) and m.state is State.READ for i in ids)

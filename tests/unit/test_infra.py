@@ -41,7 +41,13 @@ ENV_READERS = {"env", "env_int", "env_float"}
 # and test runs only) and what Cloud Run sets itself.
 NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
 # Values that must only ever come from Secret Manager.
-SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
+SENSITIVE = {
+    "RBM_CLIENT_TOKEN",
+    "RBM_SERVICE_ACCOUNT_KEY",
+    "TWILIO_AUTH_TOKEN",
+    "SMS_WEBHOOK_SECRET",
+    "CONVERSATION_ID_KEY",
+}
 # The jsonPayload.event values the log-based metrics count (infra/README.md).
 METRIC_EVENTS = {
     "signature_rejected",

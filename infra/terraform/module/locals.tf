@@ -87,7 +87,7 @@ locals {
       min_instances = 0
       max_instances = 10
       settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
-      secrets       = []
+      secrets       = ["CONVERSATION_ID_KEY"]
       publishes     = ["dead_letter"]
       firestore     = true
       schedule      = null
@@ -104,7 +104,7 @@ locals {
       min_instances = 0
       max_instances = 20
       settings      = ["common", "store", "agent", "rbm"]
-      secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY", "CONVERSATION_ID_KEY"]
       publishes     = []
       firestore     = true
       schedule      = null
@@ -165,11 +165,11 @@ locals {
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
   revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
-  revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY"]
+  revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "CONVERSATION_ID_KEY"]
   fallback_settings = ["common", "store", "sweep", "sms", "work"]
-  fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
   worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
-  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
   # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
@@ -249,8 +249,11 @@ locals {
 
   # Settings that come from Secret Manager: environment name -> secret id.
   # A secret is created (and mounted) only when the configuration uses it.
+  # CONVERSATION_ID_KEY keys conversation ids (HMAC), read by the functions that
+  # compute them; never rotated in place (README, "Conversation ids").
   secrets = {
     RBM_CLIENT_TOKEN        = { secret_id = "rbm-client-token", enabled = true }
+    CONVERSATION_ID_KEY     = { secret_id = "rbm-conversation-id-key", enabled = true }
     RBM_SERVICE_ACCOUNT_KEY = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
     TWILIO_AUTH_TOKEN       = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
     SMS_WEBHOOK_SECRET      = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
