@@ -15,7 +15,7 @@ from functions import config, conversations, events, store
 from functions.model import Conversation, Fallback, Message, State, UserMessage, conversation_id
 from local.processes import PROJECT
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
-from tests.support import expire, wait_for
+from tests.support import AGENT, expire, wait_for
 
 PHONE = "+447700900000"  # seed() gives message 0 this phone
 SHORT, FULL = "x_agent", "x_agent@rbm.goog"
@@ -73,22 +73,26 @@ def test_rbm_calls_take_the_short_form_whichever_form_is_configured(sender, rbm,
     assert store.get_message(answer["message_id"]).agent_id == FULL  # stored, published and logged canonical
 
 
-def test_an_opt_out_outlives_retention_and_everything_else_expires(subscriber, sender, rbm):
+def test_an_opt_out_outlives_retention_and_everything_else_expires(subscriber, sender, rbm, functions, sms_env, twilio):
     inbound = subscriber("record_inbound")
-    push(inbound, unsubscribe(FULL))
-    push(inbound, {"senderPhoneNumber": PHONE, "agentId": FULL, "messageId": "u-1", "text": "why?"})
-    push(inbound, {"senderPhoneNumber": "+447700900001", "agentId": FULL, "messageId": "u-2", "text": "hello"})
-    wait_for(lambda: conversations.opted_out(FULL, PHONE))
-    wait_for(lambda: conversations.refs(FULL, "+447700900001")[0].get().exists)
-    wait_for(lambda: len(list(conversations.refs(FULL, PHONE)[0].collection("messages").stream())) == 1)
+    push(inbound, unsubscribe(AGENT))
+    push(inbound, {"senderPhoneNumber": PHONE, "agentId": AGENT, "messageId": "u-1", "text": "why?"})
+    push(inbound, {"senderPhoneNumber": "+447700900001", "agentId": AGENT, "messageId": "u-2", "text": "hello"})
+    wait_for(lambda: conversations.opted_out(AGENT, PHONE))
+    wait_for(lambda: conversations.refs(AGENT, "+447700900001")[0].get().exists)
+    wait_for(lambda: len(list(conversations.refs(AGENT, PHONE)[0].collection("messages").stream())) == 1)
 
     later = store.now() + timedelta(days=config.retention_days() + 1)
     deleted = expire(store.client(), later)
     # The opted-in user's conversation and every user message went; the opt-out stays.
-    assert len(deleted) == 3 and conversations.refs(FULL, PHONE)[0].path not in deleted
-    assert conversations.opted_out(FULL, PHONE)
-    refused = sender(FULL)()
+    assert len(deleted) == 3 and conversations.refs(AGENT, PHONE)[0].path not in deleted
+    assert conversations.opted_out(AGENT, PHONE)
+    refused = sender(AGENT)()
     assert refused.status_code == 409 and rbm.count("create") == 0
+    [due] = seed(1, state=State.REVOKED, fallback=Fallback.DUE)  # an SMS due after the deletion: still cancelled
+    fallbacks = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+    assert sweep(fallbacks)["cancelled"] == 1 and store.get_message(due).fallback is Fallback.CANCELLED
+    assert twilio.sent == []
 
 
 def cli(*args):
