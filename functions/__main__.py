@@ -3,6 +3,8 @@
   python -m functions status MESSAGE_ID          one message's document as JSON (exit 1: no such message)
   python -m functions list --fallback UNKNOWN    messages in a delivery or fallback state, one JSON per line
   python -m functions replay [--dry-run]         dead letters back onto the events topic
+  python -m functions erase +E164 [--agent ID]   a number's data removed; an opt-out stays, as a keyed marker
+  python -m functions migrate-conversations      conversations under unkeyed ids moved to keyed ids
 
 They use the environment the functions use: GOOGLE_CLOUD_PROJECT, and the
 emulator hosts locally.
@@ -98,6 +100,24 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def erase(args: argparse.Namespace) -> int:
+    """Honours an erasure request: see conversations.erase. Prints the counts as JSON."""
+    from functions import conversations
+
+    print(json.dumps(conversations.erase(args.phone, args.agent)))
+    return 0
+
+
+def migrate_conversations(args: argparse.Namespace) -> int:
+    from functions import conversations
+
+    if not config.conversation_id_key():
+        print("CONVERSATION_ID_KEY is not set: conversation ids are not keyed, nothing to move", file=sys.stderr)
+        return 1
+    print(json.dumps({"moved": conversations.migrate()}))
+    return 0
+
+
 def _check_emulators() -> None:
     """Fails at once on an emulator that is not listening; the clients would retry for minutes."""
     for var in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
@@ -128,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--max", type=int, default=1000, help="replay at most this many")
     again.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
     again.set_defaults(run=replay)
+    forget = commands.add_parser(
+        "erase", help="remove a number's messages and conversations; keep only a keyed opt-out marker"
+    )
+    forget.add_argument("phone", help="the number, E.164")
+    forget.add_argument("--agent", help="only this agent's data (either form of its id); default: every agent")
+    forget.set_defaults(run=erase)
+    move = commands.add_parser(
+        "migrate-conversations", help="move conversations stored under unkeyed ids to their keyed ids"
+    )
+    move.set_defaults(run=migrate_conversations)
     args = parser.parse_args(argv)
     try:
         _check_emulators()

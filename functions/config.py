@@ -7,6 +7,8 @@ Each function reads only the settings of its own concern.
 
 import os
 
+from functions import agents
+
 
 def env(name: str, default: str = "") -> str:
     """One environment setting; an empty value counts as unset."""
@@ -44,7 +46,14 @@ def publish_timeout() -> float:
 
 
 def agent_id() -> str:
-    return env("RBM_AGENT_ID")
+    """The default agent, in canonical form (functions/agents.py) whichever form is configured."""
+    return agents.canonical(env("RBM_AGENT_ID"))
+
+
+def conversation_id_key() -> bytes:
+    """The secret conversation ids are keyed with (model.conversation_id); empty: unkeyed
+    sha256 ids, for local use only (every deployment sets it from Secret Manager)."""
+    return env("CONVERSATION_ID_KEY").encode()
 
 
 # The universal opt-out keywords of CTIA's Short Code Monitoring Handbook (STOP, END,

@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from functions import agents
+
 
 class Kind(StrEnum):
     USER_MESSAGE = "user_message"
@@ -114,7 +116,7 @@ def parse(payload: dict[str, Any], envelope_type: str | None = None) -> Event:
         kind=kind,
         raw=payload,
         event_type=_text(payload, "eventType"),
-        agent_id=_text(payload, "agentId"),
+        agent_id=agents.canonical(_text(payload, "agentId") or "") or None,
         message_id=_text(payload, "messageId"),
         event_id=_text(payload, "eventId"),
         phone=_text(payload, "senderPhoneNumber") or _text(payload, "phoneNumber"),

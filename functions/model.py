@@ -7,12 +7,13 @@ how far the SMS fallback got. The README documents every field.
 
 import dataclasses
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from functions import config
+from functions import agents, config
 
 
 class State(StrEnum):
@@ -108,6 +109,7 @@ class Message:
         known = {f.name for f in dataclasses.fields(cls)}
         message = cls(**{k: v for k, v in data.items() if k in known})
         message.state, message.fallback = State(message.state), Fallback(message.fallback)
+        message.agent_id = message.agent_id and agents.canonical(message.agent_id)  # stored as given before
         return message
 
     def to_doc(self) -> dict[str, Any]:
@@ -119,9 +121,21 @@ def retention(now: datetime) -> datetime:
     return now + timedelta(days=config.retention_days())
 
 
-def conversation_id(agent_id: str, phone: str) -> str:
-    """A conversation's document id: stable per (agent, user), with no phone number in it."""
-    return hashlib.sha256(f"{agent_id}|{phone}".encode()).hexdigest()[:32]
+def expiry(doc: dict[str, Any], now: datetime) -> datetime | None:
+    """The TTL field's value for `doc` written at `now`: `retention(now)`, except None
+    (never deleted by the TTL policy) for a conversation that holds an opt-out. An
+    opt-out lasts until the user opts back in (CTIA Messaging Principles and Best
+    Practices, 5.1.2; Twilio and AWS End User Messaging keep opt-out lists indefinitely)."""
+    return None if doc.get("opted_out") else retention(now)
+
+
+def conversation_id(agent_id: str, phone: str, key: bytes = b"") -> str:
+    """A conversation's document id: stable per (agent, user), with no phone number in
+    it; HMAC-SHA256 under `key`, so the id does not lead back to the number without the
+    key. With no key: sha256, the unkeyed id of documents written before ids were keyed."""
+    text = f"{agents.canonical(agent_id)}|{phone}".encode()
+    digest = hmac.new(key, text, hashlib.sha256).hexdigest() if key else hashlib.sha256(text).hexdigest()
+    return digest[:32]
 
 
 CONVERSATION_APPLIED_KEEP = 200  # event ids remembered per conversation: typing events come often
@@ -148,6 +162,14 @@ class Conversation:
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def conversation_of(found: list[Conversation | None], agent_id: str, phone: str) -> Conversation:
+    """The conversation of (agent, user) from its stored documents, keyed first then
+    unkeyed (conversations.refs): the first that exists, else a new one; with its phone
+    filled in (an erasure's opt-out marker keeps none)."""
+    current = next((c for c in found if c), None) or Conversation(agent_id, phone)
+    return current if current.phone else dataclasses.replace(current, phone=phone)
 
 
 @dataclass

@@ -4,6 +4,7 @@ A request that passes `parse` can be stored in Firestore and is not one RBM
 documents it will refuse; anything else is an `InvalidRequest` naming the field.
 """
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from functions import sms_text
+from functions import agents, sms_text
 from functions.model import Fallback, Message
 
 E164 = re.compile(r"\+[1-9]\d{6,14}")
@@ -134,9 +135,12 @@ def conflict(stored: Message, wanted: Outbound) -> str | None:
     """Why `wanted` may not reuse the message_id of `stored`, or None if it is the same request."""
     if not stored.tracked:
         return "message_id belongs to a message another sender sent"
-    if (stored.phone, stored.agent_id) != (wanted.phone, wanted.agent_id):
+    if (stored.phone, stored.agent_id) != (wanted.phone, wanted.agent_id):  # both canonical (Message.from_doc)
         return "message_id already used for another recipient"
-    if stored_fingerprint(stored) != wanted.fingerprint:
+    # A document stored before agent ids were canonical holds the fingerprint of the
+    # agent id as its request gave it: the same request matches it in either form.
+    same = {dataclasses.replace(wanted, agent_id=agent).fingerprint for agent in agents.spellings(wanted.agent_id)}
+    if stored_fingerprint(stored) not in same:
         return "message_id already used for a different request (content, deadline, traffic type or fallback)"
     return None
 
@@ -232,6 +236,7 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     _require(isinstance(content, dict) and bool(content), "content must be a non-empty RBM contentMessage object")
     agent_id = body.get("agent_id") or default_agent
     _require(isinstance(agent_id, str) and bool(agent_id), "agent_id missing and no RBM_AGENT_ID configured")
+    agent_id = agents.canonical(agent_id)
     message_id = body.get("message_id") or str(uuid.uuid4())
     try:
         message_id = str(uuid.UUID(message_id))

@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 
-from functions import config, transport
+from functions import agents, config, transport
 
 SCOPE = "https://www.googleapis.com/auth/rcsbusinessmessaging"
 # connect, read (s): a create RBM answers only after 10 s still gets its answer, and one
@@ -139,12 +139,14 @@ class RbmClient:
         """Sends a message. OK: accepted; ALREADY_EXISTS: accepted by an earlier call
         (the platform ignores a messageId this agent used before), so retries are safe."""
         body = {"contentMessage": content} | ({"messageTrafficType": traffic_type} if traffic_type else {})
-        return self._call("POST", f"phones/{phone}/agentMessages", {"messageId": message_id, "agentId": agent_id}, body)
+        params = {"messageId": message_id, "agentId": agent_id and agents.api_form(agent_id)}
+        return self._call("POST", f"phones/{phone}/agentMessages", params, body)
 
     def revoke_message(self, phone: str, message_id: str, agent_id: str | None) -> Result:
         """OK: revoke taken. NOT_FOUND: too late, the message was delivered — unless
         `may_have_acted`, when an earlier try may have revoked it."""
-        return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", {"agentId": agent_id})
+        params = {"agentId": agent_id and agents.api_form(agent_id)}
+        return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", params)
 
 
 @functools.cache

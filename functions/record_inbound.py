@@ -17,9 +17,9 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from functions import config, logs, store, subscriber
+from functions import config, conversations, logs, store, subscriber
 from functions.events import CONTENT_FIELDS, Event, Kind
-from functions.model import Conversation, UserMessage
+from functions.model import Conversation, UserMessage, conversation_of
 from functions.transitions import Signal, conversation_learn
 
 _USER_EVENTS = {"IS_TYPING": (Signal.TYPING,), "SUBSCRIBE": (Signal.OPT_IN,), "UNSUBSCRIBE": (Signal.OPT_OUT,)}
@@ -51,8 +51,8 @@ def keyword_signals(content: dict[str, Any]) -> tuple[Signal, ...]:
 def _store_message(event: Event, agent_id: str, phone: str, dedupe_id: str) -> tuple[bool, Conversation]:
     """The user message below its conversation, both in one commit. Returns whether it
     was new (False: a duplicate, nothing changed) and the conversation."""
-    conversation = store.conversation_ref(agent_id, phone)
-    ref = conversation.collection("messages").document(store.document_id(dedupe_id, "messageId"))
+    conversation = conversations.docs(agent_id, phone)
+    ref = conversation[0][0].collection("messages").document(store.document_id(dedupe_id, "messageId"))
     original = {field: event.raw[field] for field in CONTENT_FIELDS if field in event.raw}
     content = store.repaired(original)  # text that is not valid Unicode: stored with U+FFFD in place
     if content != original:
@@ -66,12 +66,12 @@ def _store_message(event: Event, agent_id: str, phone: str, dedupe_id: str) -> t
     signals = (Signal.ACTIVITY, *keyword_signals(content))
 
     def change(current: list[Any]) -> list[Any]:
-        known, stored = current
+        *found, stored = current
         if stored is not None:
             return current
-        return [conversation_learn(known or Conversation(agent_id, phone), signals, at), fresh]
+        return [conversation_learn(conversation_of(found, agent_id, phone), signals, at), *found[1:], fresh]
 
-    after, stored = store.update_all([(conversation, Conversation), (ref, UserMessage)], change)
+    after, *_, stored = store.update_all([*conversation, (ref, UserMessage)], change)
     return stored is fresh, after
 
 
@@ -91,10 +91,10 @@ def _record(event: Event) -> None:
         return
     event_type = event.event_type or ""  # a user event `_handles` took: one of _USER_EVENTS
     at, signals = event.time or store.now(), _USER_EVENTS[event_type]
-    ref = store.conversation_ref(agent_id, phone)
-    conversation = store.update(
-        ref, Conversation, lambda c: conversation_learn(c or Conversation(agent_id, phone), signals, at, dedupe_id)
-    )
+    conversation = store.update_all(
+        conversations.docs(agent_id, phone),
+        lambda found: [conversation_learn(conversation_of(found, agent_id, phone), signals, at, dedupe_id), *found[1:]],
+    )[0]
     logs.info(
         f"{event_type} recorded",
         event=f"user_{event_type.lower()}",

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import flask
 
-from functions import config, dispatch, logs, rbm, rbm_create, store
+from functions import config, conversations, dispatch, logs, rbm, rbm_create, store
 from functions.model import REVOKE_QUERY, SWEPT_STATES, Message, State
 from functions.replies import Reply
 from functions.sweep import Outcome, Sweep
@@ -68,7 +68,7 @@ def _uncertain(message: Message) -> Outcome:
 
 
 def _act(message: Message) -> Outcome:
-    if message.state is State.PENDING and store.opted_out(message.agent_id, message.phone):
+    if message.state is State.PENDING and conversations.opted_out(message.agent_id, message.phone):
         now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
         store.change_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
         return Outcome.FAILED

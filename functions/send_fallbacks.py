@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 import flask
 
-from functions import config, dispatch, logs, sms, store
+from functions import config, conversations, dispatch, logs, sms, store
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
 from functions.replies import Reply, reply
 from functions.sweep import Outcome, Sweep
@@ -35,7 +35,7 @@ def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message |
     provider = sms.provider()
     resend = config.fallback_max_attempts() if provider is not None and provider.idempotent else 0
     sends = m.fallback is Fallback.DUE or (m.fallback is Fallback.SENDING and resend > 0)
-    opted_out = sends and store.opted_out(m.agent_id, m.phone)
+    opted_out = sends and conversations.opted_out(m.agent_id, m.phone)
     return claim_fallback(m, now, lease, owner, opted_out, resend)
 
 

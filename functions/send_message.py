@@ -12,7 +12,7 @@ from typing import Any
 
 import flask
 
-from functions import config, logs, outbound, rbm_create, store
+from functions import config, conversations, logs, outbound, rbm_create, store
 from functions.model import Message, State
 from functions.replies import Reply, reject, reply
 
@@ -31,7 +31,7 @@ def handle(request: flask.Request) -> Reply:
         return reject(400, "body nests maps and arrays too deep")
     except outbound.InvalidRequest as exc:
         return reject(400, str(exc))
-    if store.opted_out(wanted.agent_id, wanted.phone):
+    if conversations.opted_out(wanted.agent_id, wanted.phone):
         return reject(409, "the user unsubscribed from this agent", message_id=wanted.message_id)
     fresh = wanted.record(store.now(), config.pending_resend_seconds())
     try:

@@ -23,7 +23,7 @@ from google.cloud.firestore_v1.document import DocumentReference
 from google.cloud.firestore_v1.query import Query
 
 from functions import config
-from functions.model import Conversation, Message, UserMessage, conversation_id, retention
+from functions.model import Conversation, Message, UserMessage, expiry
 from functions.transitions import due_from
 
 T = TypeVar("T", Message, Conversation, UserMessage)
@@ -72,8 +72,8 @@ def now() -> datetime:
 
 
 def stamped(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """A document ready to write: its change time and its TTL field set."""
-    return doc | {"updated_at": at, "expire_at": retention(at)}
+    """A document ready to write: its change time and its TTL field set (model.expiry)."""
+    return doc | {"updated_at": at, "expire_at": expiry(doc, at)}
 
 
 def stage(
@@ -89,7 +89,7 @@ def stage(
         batch.create(ref, doc)
 
 
-def _text(value: str | None, what: str) -> str:
+def storable_text(value: str | None, what: str) -> str:
     """`value` if it is valid Unicode (UTF-8 encodable), else UnstorableError (also when missing)."""
     if value is None:
         raise UnstorableError(f"{what} is missing")
@@ -114,7 +114,7 @@ def document_id(value: str, what: str = "document id") -> str:
     """`value` if Firestore accepts it as a document id, else UnstorableError naming `what`."""
     if not value or "/" in value or value in (".", "..") or _RESERVED.fullmatch(value):
         raise UnstorableError(f"{what} {value[:40]!r} cannot be a Firestore document id")
-    if len(_text(value, what).encode()) > MAX_ID_BYTES:
+    if len(storable_text(value, what).encode()) > MAX_ID_BYTES:
         raise UnstorableError(f"{what} is over {MAX_ID_BYTES} bytes")
     return value
 
@@ -122,7 +122,7 @@ def document_id(value: str, what: str = "document id") -> str:
 def _size(value: object, depth: int, where: str) -> int:
     """Storage size of a field value in bytes; UnstorableError for what Firestore refuses."""
     if isinstance(value, str):
-        return len(_text(value, where).encode()) + 1
+        return len(storable_text(value, where).encode()) + 1
     if isinstance(value, bool) or value is None:
         return 1
     if isinstance(value, int):
@@ -147,7 +147,7 @@ def _fields_size(fields: dict[Any, Any], depth: int, where: str) -> int:
     for name, value in fields.items():
         if not isinstance(name, str) or not name or _RESERVED.fullmatch(name):
             raise UnstorableError(f"{where} has a field name Firestore reserves or refuses: {str(name)[:40]!r}")
-        if len(_text(name, f"a field name in {where}").encode()) > MAX_ID_BYTES:
+        if len(storable_text(name, f"a field name in {where}").encode()) > MAX_ID_BYTES:
             raise UnstorableError(f"{where} has a field name over {MAX_ID_BYTES} bytes")
         path = f"{where}.{name[:40]}" if where != "document" else name[:40]
         size = _size(value, depth, path)
@@ -275,13 +275,3 @@ def get_message(message_id: str) -> Message | None:
     snapshot = message_ref(message_id).get(retry=RETRY, timeout=CALL_SECONDS)
     data = snapshot.to_dict()
     return None if data is None else Message.from_doc(data)
-
-
-def conversation_ref(agent_id: str | None, phone: str) -> DocumentReference:
-    """The conversation of (agent, user); UnstorableError if either is missing or not valid Unicode."""
-    return conversations().document(conversation_id(_text(agent_id, "agentId"), _text(phone, "phone")))
-
-
-def opted_out(agent_id: str | None, phone: str) -> bool:
-    snapshot = conversation_ref(agent_id, phone).get(["opted_out"], retry=RETRY, timeout=CALL_SECONDS)
-    return bool(snapshot.exists and snapshot.get("opted_out"))

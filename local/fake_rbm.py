@@ -12,6 +12,11 @@ the platform "ignores" such a message, and Google's API design rules (AIP-133,
 google.aip.dev/133) answer a create of an existing resource with
 ALREADY_EXISTS — the worst reading for a caller, so the one the fake gives.
 
+An agent has one id, which events spell `<id>@rbm.goog` (guides/build/events)
+and Google's samples pass to the API as "the part before @rbm.goog"
+(rbm-api-examples); the reference only says `agentId` is required. The fake
+takes either spelling as the same agent, and records the one it was given.
+
     python -m local.fake_rbm --port 8091 --not-rcs +15550000002
 """
 
@@ -68,6 +73,11 @@ def _agent_message_problem(body: Any) -> str | None:
     if "expireTime" in body and not _TIMESTAMP.match(str(body["expireTime"])):
         return f"Invalid value at 'agent_message.expire_time': {body['expireTime']!r}"
     return None
+
+
+def _agent(agent_id: str) -> str:
+    """The agent an `agentId` names, whichever of its two spellings it is."""
+    return agent_id.removesuffix("@rbm.goog")
 
 
 class FakeRbm(FakeServer):
@@ -265,13 +275,13 @@ class FakeRbm(FakeServer):
             return google_error(404)
         if self._mode(phone) == "error":
             return google_error(500)
-        if (r["agent_id"], message_id) in self._used_ids:
+        if (_agent(r["agent_id"]), message_id) in self._used_ids:
             # The platform ignores an id the agent used before; as AIP-133 has it: 409, not queued again.
             r["duplicate"] = True
             if message_id in self._messages:
                 self._messages[message_id]["duplicates"] += 1
             return google_error(409, f"Agent message with id {message_id} already exists.")
-        self._used_ids.add((r["agent_id"], message_id))
+        self._used_ids.add((_agent(r["agent_id"]), message_id))
         message = {
             "phone": phone,
             "agent_id": r["agent_id"],
@@ -294,9 +304,9 @@ class FakeRbm(FakeServer):
         if error:
             return google_error(error)
         message = self._messages.get(r["message_id"])
-        if message is None or (message["phone"], message["agent_id"], message["state"]) != (
+        if message is None or (message["phone"], _agent(message["agent_id"]), message["state"]) != (
             r["phone"],
-            r["agent_id"],
+            _agent(r["agent_id"]),
             "queued",
         ):
             return google_error(404)  # unknown, delivered already, or revoked already
@@ -314,10 +324,10 @@ class FakeRbm(FakeServer):
             return google_error(400, "messageId is required for READ.")
         if self._mode(r["phone"]) == "not_rcs":
             return google_error(404)
-        if (r["agent_id"], event_id) in self._used_ids:
+        if (_agent(r["agent_id"]), event_id) in self._used_ids:
             r["duplicate"] = True
             return google_error(409, f"Agent event with id {event_id} already exists.")
-        self._used_ids.add((r["agent_id"], event_id))
+        self._used_ids.add((_agent(r["agent_id"]), event_id))
         return 200, {**body, "name": f"phones/{r['phone']}/agentEvents/{event_id}"}
 
     def _capabilities(self, r: dict) -> tuple[int, Any]:

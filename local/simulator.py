@@ -46,6 +46,12 @@ def _expires_in(body: dict) -> float | None:
     return None
 
 
+def _event_agent(agent_id: str) -> str:
+    """The agent as events name it, `<id>@rbm.goog` (guides/build/events), whichever
+    form the API call that sent the message gave (Google's samples give the part before it)."""
+    return agent_id if agent_id.endswith("@rbm.goog") else f"{agent_id}@rbm.goog"
+
+
 class Simulator(FakeRbm):
     """FakeRbm plus simulated devices and users, and a webhook sender.
 
@@ -202,7 +208,7 @@ class Simulator(FakeRbm):
             {
                 "phoneNumber": message["phone"],
                 "messageId": message_id,
-                "agentId": message["agent_id"],
+                "agentId": _event_agent(message["agent_id"]),
                 "eventType": "TTL_EXPIRATION_REVOKE_FAILED" if failed else "TTL_EXPIRATION_REVOKED",
                 "eventId": str(uuid.uuid4()),
                 "sendTime": now_rfc3339(),
@@ -264,7 +270,7 @@ class Simulator(FakeRbm):
                 "eventId": event_id,
                 **fields,
                 "sendTime": now_rfc3339(),
-                "agentId": agent_id or self.agent_id,
+                "agentId": _event_agent(agent_id or self.agent_id),
             }
         )
         return event_id

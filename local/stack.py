@@ -45,6 +45,7 @@ from local.simulator import Simulator
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
 WORK = TOPOLOGY["work"]
 CLIENT_TOKEN = "local-client-token"
+CONVERSATION_ID_KEY = "local-conversation-id-key"  # production's comes from Secret Manager
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
@@ -159,6 +160,7 @@ class Stack:
             "SCHEDULE_PERIOD_SECONDS": str(self.period),
             "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
+            "CONVERSATION_ID_KEY": CONVERSATION_ID_KEY,
         }
         if self.rbm:
             env.update(RBM_API_ENDPOINT=self.rbm.url, **FAST)
@@ -188,6 +190,7 @@ class Stack:
             GOOGLE_CLOUD_PROJECT=PROJECT,
             PUBSUB_EMULATOR_HOST=self.pubsub_host,
             FIRESTORE_EMULATOR_HOST=self.firestore_host,
+            CONVERSATION_ID_KEY=CONVERSATION_ID_KEY,  # so this process's reads key conversations as the functions do
         )
         if not self.sms_webhook:
             self.sms = self._start(FakeTwilio(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN))

@@ -19,6 +19,9 @@ from local.processes import (
 )
 
 TESTS_DIR = Path(__file__).resolve().parent
+# Conversation ids are keyed as in production; the function processes inherit it, and
+# the tests' own reads of conversations key them the same.
+os.environ.setdefault("CONVERSATION_ID_KEY", "test-conversation-id-key")
 MARKED_DIRS = ("integration", "e2e")
 STARTED: dict[str, Emulator] = {}  # the emulators this session started, by kind
 

@@ -68,3 +68,25 @@ SWEEP_ENV = {
     "RBM_RETRY_SECONDS": "0.3",
     "REVOKE_GRACE_SECONDS": "0",
 }
+
+
+def expire(client, as_of):
+    """Deletes what Firestore's TTL policy would have deleted by `as_of`: every
+    document, in every collection and subcollection, whose `expire_at` is past.
+    Like the policy, it leaves a deleted document's subcollections in place.
+    Returns the paths deleted."""
+    deleted = []
+
+    def sweep(collection):
+        for ref in collection.list_documents():
+            snapshot = ref.get()
+            expire_at = snapshot.get("expire_at") if snapshot.exists else None
+            if expire_at is not None and expire_at <= as_of:
+                ref.delete()
+                deleted.append(ref.path)
+            for sub in ref.collections():
+                sweep(sub)
+
+    for collection in client.collections():
+        sweep(collection)
+    return deleted

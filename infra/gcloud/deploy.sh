@@ -321,16 +321,17 @@ REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
 FALLBACK_SETTINGS=common,store,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
+WORKER_SECRETS=$REVOKE_SECRETS,$FALLBACK_SECRETS,CONVERSATION_ID_KEY
 FIRESTORE_READ_ONLY=(revoke_expired send_fallbacks)
 #  entry point      name                 invoker   ingress               settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                          RBM_CLIENT_TOKEN        events"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store                -                       dead_letter"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         $REVOKE_SECRETS         -"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        -                       work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      -                       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
+  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $WORKER_SECRETS         -"
 )
 # The instance overrides, as Terraform's variables: empty keeps functions.json's number.
 declare -A MIN_OVERRIDE=([receive_webhook]=$WEBHOOK_MIN_INSTANCES)
@@ -368,7 +369,7 @@ declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC 
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
-declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token)
+declare -A SECRETS=([RBM_CLIENT_TOKEN]=rbm-client-token [CONVERSATION_ID_KEY]=rbm-conversation-id-key)
 if [[ $RBM_KEY_FROM_SECRET == true ]]; then SECRETS[RBM_SERVICE_ACCOUNT_KEY_FILE]=rbm-service-account-key; fi
 # Secrets mounted as a file rather than read into a variable (as locals.tf's
 # secret_files): setting -> the file's path, which is the setting's value. A

@@ -10,8 +10,7 @@ import time
 
 import requests
 
-from functions import store
-from functions.model import conversation_id
+from functions import conversations
 from functions.signature import sign
 from local import demo
 from local.processes import PROJECT, create_pull_subscription, free_port, pull_all
@@ -63,7 +62,7 @@ def test_sms_provider_failing_a_third_of_the_time(stack, simulator):
 
 
 def conversation_messages(phone):
-    return list(store.conversations().document(conversation_id(AGENT, phone)).collection("messages").stream())
+    return list(conversations.refs(AGENT, phone)[0].collection("messages").stream())
 
 
 def test_a_subscriber_killed_and_restarted_mid_stream_loses_nothing(stack, simulator):

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from functions import events, store
-from functions.model import Fallback, Message, State, conversation_id
+from functions import conversations, events, store
+from functions.model import Fallback, Message, State
 from functions.work_items import WorkItem
 from tests.integration.test_cli import cli
 from tests.integration.test_subscribers import AGENT, PHONE, push, receipt
@@ -43,7 +43,7 @@ def test_subscribers_lose_nothing_and_apply_nothing_twice_across_an_outage(subsc
                 },
             )
         time.sleep(OUTAGE_SECONDS)
-    conversation = store.conversations().document(conversation_id(AGENT, PHONE))
+    conversation = conversations.refs(AGENT, PHONE)[0]
     done = wait_for(
         lambda: (
             all((m := store.get_message(i)) and m.state is State.READ for i in ids)

@@ -5,7 +5,7 @@ import uuid
 import pytest
 import requests
 
-from functions import events, store
+from functions import conversations, events, store
 from functions.model import Fallback, State
 from tests.integration.test_sweeps import SWEEP_ENV, seed, sweep
 from tests.support import wait_for
@@ -57,16 +57,16 @@ def test_a_typed_stop_is_honoured_by_send_message_and_the_sweep_and_start_undoes
         )
 
     push(inbound, typed("u-stop", "  stop ", minute=1))
-    wait_for(lambda: store.opted_out(AGENT, PHONE))
+    wait_for(lambda: conversations.opted_out(AGENT, PHONE))
     refused = send_message()
     assert refused.status_code == 409 and "unsubscribed" in refused.json()["error"]
     assert sweep(fallbacks)["cancelled"] == 1
     assert store.get_message(due).fallback is Fallback.CANCELLED and twilio.sent == [] and rbm.count("create") == 0
 
     push(inbound, typed("u-start", "START", minute=2))
-    wait_for(lambda: not store.opted_out(AGENT, PHONE))
+    wait_for(lambda: not conversations.opted_out(AGENT, PHONE))
     assert send_message().status_code == 200 and rbm.count("create") == 1
-    stored = {s.id: s.get("text") for s in store.conversation_ref(AGENT, PHONE).collection("messages").stream()}
+    stored = {s.id: s.get("text") for s in conversations.refs(AGENT, PHONE)[0].collection("messages").stream()}
     assert stored == {"u-stop": "  stop ", "u-start": "START"}  # keywords are stored as messages too
 
 
@@ -74,18 +74,18 @@ def test_a_typed_stop_is_honoured_by_send_message_and_the_sweep_and_start_undoes
 def test_a_redelivered_old_opt_out_changes_nothing(inbound, with_send_time):
     minute = (lambda m: m) if with_send_time else (lambda m: None)
     push(inbound, user_event("UNSUBSCRIBE", "e-out", minute(1)))
-    wait_for(lambda: store.opted_out(AGENT, PHONE))
+    wait_for(lambda: conversations.opted_out(AGENT, PHONE))
     push(inbound, user_event("SUBSCRIBE", "e-in", minute(2)))
-    wait_for(lambda: not store.opted_out(AGENT, PHONE))
+    wait_for(lambda: not conversations.opted_out(AGENT, PHONE))
     push(inbound, user_event("UNSUBSCRIBE", "e-out", minute(1)))  # redelivered
     wait_for(lambda: processed(inbound, "e-out", 2))
-    doc = store.conversation_ref(AGENT, PHONE).get().to_dict()
+    doc = conversations.refs(AGENT, PHONE)[0].get().to_dict()
     assert doc["opted_out"] is False and doc["applied"] == ["e-out", "e-in"]
 
     push(inbound, typed("u-stop", "STOP", minute(3)))
-    wait_for(lambda: store.opted_out(AGENT, PHONE))
+    wait_for(lambda: conversations.opted_out(AGENT, PHONE))
     push(inbound, typed("u-start", "start", minute(4)))
-    wait_for(lambda: not store.opted_out(AGENT, PHONE))
+    wait_for(lambda: not conversations.opted_out(AGENT, PHONE))
     push(inbound, typed("u-stop", "STOP", minute(3)))  # redelivered
     wait_for(lambda: processed(inbound, "u-stop", 2))
-    assert store.opted_out(AGENT, PHONE) is False
+    assert conversations.opted_out(AGENT, PHONE) is False

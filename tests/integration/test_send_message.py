@@ -5,7 +5,7 @@ import uuid
 import pytest
 import requests
 
-from functions import store
+from functions import conversations, store
 from functions.model import Conversation, Message, State
 
 PHONE, AGENT = "+447700900789", "agent@rbm.goog"
@@ -36,7 +36,11 @@ def test_accepted_message_is_recorded_then_sent_with_its_id(send, rbm):
     answer = response.json()
     assert (answer["state"], answer["fallback"]) == ("SENT", "WAITING")
     [call] = [r for r in rbm.requests if r["kind"] == "create"]
-    assert (call["phone"], call["message_id"], call["agent_id"]) == (PHONE, answer["message_id"], AGENT)
+    assert (call["phone"], call["message_id"], call["agent_id"]) == (
+        PHONE,
+        answer["message_id"],
+        "agent",
+    )  # the part before @rbm.goog
     assert call["body"] == {"contentMessage": CONTENT, "messageTrafficType": "AUTHENTICATION"}
     stored = store.get_message(answer["message_id"])
     assert stored.revoke_at is not None and stored.next_action_at == stored.revoke_at and stored.time_sensitive
@@ -76,7 +80,7 @@ def test_transient_failure_answers_503_and_stays_pending(send, rbm):
 
 def test_opted_out_user_is_refused_and_nothing_is_sent(send, rbm):
     store.update(
-        store.conversation_ref(AGENT, PHONE), Conversation, lambda _: Conversation(AGENT, PHONE, opted_out=True)
+        conversations.refs(AGENT, PHONE)[0], Conversation, lambda _: Conversation(AGENT, PHONE, opted_out=True)
     )
     response = send()
     assert response.status_code == 409 and "unsubscribed" in response.json()["error"]

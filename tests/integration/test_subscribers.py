@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from functions import events, store
-from functions.model import Fallback, Message, State, conversation_id
+from functions import conversations, events, store
+from functions.model import Fallback, Message, State
 from local.processes import PROJECT, create_pull_subscription, pull_all
 from tests.support import wait_for
 
@@ -88,7 +88,7 @@ def test_kinds_a_subscriber_does_not_handle_are_acknowledged_without_action(subs
 
 
 def conversation():
-    return store.conversations().document(conversation_id(AGENT, PHONE))
+    return conversations.refs(AGENT, PHONE)[0]
 
 
 def test_user_messages_typing_and_opt_out_are_recorded_once(subscriber):
@@ -146,7 +146,7 @@ def test_user_messages_typing_and_opt_out_are_recorded_once(subscriber):
     assert sorted(stored) == ["u-1", "u-2", "u-3"]
     assert stored["u-2"]["suggestionResponse"]["postbackData"] == "yes"
     assert stored["u-1"]["content_type"] == "text" and "phone" not in stored["u-1"]
-    assert store.opted_out(AGENT, PHONE)
+    assert conversations.opted_out(AGENT, PHONE)
 
 
 def _nested(levels):

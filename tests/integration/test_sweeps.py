@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import requests
 
-from functions import store
+from functions import conversations, store
 from functions.model import Conversation, Fallback, Message, State
 from functions.transitions import Fact, learn
 from tests.support import AGENT, SWEEP_ENV, wait_for
@@ -139,7 +139,7 @@ def test_a_pending_message_is_sent_again_under_the_same_id(revoker, rbm):
 def test_a_pending_message_of_a_user_who_unsubscribed_since_is_not_sent(revoker, rbm):
     [pending] = seed(1, state=State.PENDING)
     store.update(
-        store.conversation_ref(AGENT, phone(0)), Conversation, lambda _: Conversation(AGENT, phone(0), opted_out=True)
+        conversations.refs(AGENT, phone(0))[0], Conversation, lambda _: Conversation(AGENT, phone(0), opted_out=True)
     )
     assert sweep(revoker())["failed"] == 1
     assert (get(pending).state, get(pending).fallback, get(pending).last_error) == (
@@ -155,7 +155,7 @@ def test_every_fallback_outcome(fallbacks, twilio):
     [urgent] = seed(1, state=State.REVOKE_FAILED, fallback=Fallback.DUE, time_sensitive=True, start=5)
     store.update_message(delivered, lambda m: learn(m, Fact.DELIVERED, store.now()))
     store.update(
-        store.conversation_ref(AGENT, phone(4)), Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True)
+        conversations.refs(AGENT, phone(4))[0], Conversation, lambda _: Conversation(AGENT, phone(4), opted_out=True)
     )
     twilio.script([200, 400, 503])  # in query order: sent, rejected, flaky (503: not processed, retried)
     process = fallbacks(SWEEP_PARALLELISM="1")

@@ -109,7 +109,7 @@ def test_attributes_never_carry_the_phone_and_skip_absent_or_oversized_values():
         {"senderPhoneNumber": PHONE, "eventType": "DELIVERED", "eventId": "e" * 1025, "messageId": "m1", "agentId": "a"}
     )
     attributes = event.attributes()
-    assert attributes == {"kind": "user_event", "event_type": "DELIVERED", "message_id": "m1", "agent_id": "a"}
+    assert attributes == {"kind": "user_event", "event_type": "DELIVERED", "message_id": "m1", "agent_id": "a@rbm.goog"}
     assert PHONE not in json.dumps(attributes)
 
 

@@ -48,10 +48,10 @@ def create(rbm, phone=PHONE, message_id=None, body=None, agent=AGENT, encode=Tru
     )
 
 
-def revoke(rbm, message_id, phone=PHONE):
+def revoke(rbm, message_id, phone=PHONE, agent=AGENT):
     return requests.delete(
         f"{rbm.url}/v1/phones/{phone.replace('+', '%2B')}/agentMessages/{message_id}",
-        params={"agentId": AGENT},
+        params={"agentId": agent},
         timeout=5,
     )
 
@@ -137,6 +137,13 @@ def test_a_repeated_message_id_is_409_already_exists_and_not_queued_twice(rbm):
     assert rbm.messages["m1"]["duplicates"] == 1 and rbm.messages["m1"]["body"]["contentMessage"] == CONTENT
     assert create(rbm, message_id="m1", agent="agent-2").status_code == 200
     assert rbm.requests[-1]["duplicate"] is False  # the key is (agent, messageId)
+
+
+def test_either_spelling_of_an_agent_id_names_the_same_agent(rbm):
+    assert create(rbm, message_id="m1", agent=f"{AGENT}@rbm.goog").status_code == 200
+    assert_google_error(create(rbm, message_id="m1", agent=AGENT), 409, "ALREADY_EXISTS")
+    assert revoke(rbm, "m1", agent=AGENT).status_code == 200
+    assert [r["agent_id"] for r in rbm.requests] == [f"{AGENT}@rbm.goog", AGENT, AGENT]  # as given
 
 
 def test_an_id_used_by_an_agent_event_is_taken_for_messages_too(rbm):

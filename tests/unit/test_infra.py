@@ -44,7 +44,13 @@ ENV_READERS = {"env", "env_int", "env_float"}
 # and test runs only) and what Cloud Run sets itself.
 NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
 # Values that must only ever come from Secret Manager.
-SENSITIVE = {"RBM_CLIENT_TOKEN", "RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}
+SENSITIVE = {
+    "RBM_CLIENT_TOKEN",
+    "RBM_SERVICE_ACCOUNT_KEY_FILE",
+    "TWILIO_AUTH_TOKEN",
+    "SMS_WEBHOOK_SECRET",
+    "CONVERSATION_ID_KEY",
+}
 # The jsonPayload.event values the log-based metrics count (infra/README.md).
 METRIC_EVENTS = {
     "signature_rejected",
@@ -67,11 +73,15 @@ WORK = TOPOLOGY["work"]
 ACCESS = {
     "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
     "track_delivery": ("write", {"dead_letter"}, set()),
-    "record_inbound": ("write", {"dead_letter"}, set()),
-    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE"}),
+    "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}),
+    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
     "revoke_expired": ("read", {"work"}, set()),
     "send_fallbacks": ("read", {"work"}, set()),
-    "process_due_work": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
+    "process_due_work": (
+        "write",
+        set(),
+        {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"},
+    ),
 }
 FIRESTORE_ROLES = {"write": "roles/datastore.user", "read": "roles/datastore.viewer"}
 

@@ -12,7 +12,7 @@ OK = {"phone": "+14155550123", "content": {"text": "hi"}}
 
 def test_minimal_request_gets_a_generated_uuid_and_the_default_agent():
     wanted = parse(OK, "default-agent")
-    assert wanted.agent_id == "default-agent" and len(wanted.message_id) == 36
+    assert wanted.agent_id == "default-agent@rbm.goog" and len(wanted.message_id) == 36
     assert parse(OK | {"message_id": wanted.message_id.upper()}, "a").message_id == wanted.message_id
 
 

@@ -125,12 +125,12 @@ def sim(make):
     return make()
 
 
-def create(sim, phone=PHONE, message_id=None, **fields):
+def create(sim, phone=PHONE, message_id=None, agent=AGENT, **fields):
     """agentMessages.create on a simulator (or at a URL); (message id, status)."""
     message_id = message_id or str(uuid.uuid4())
     response = requests.post(
         f"{getattr(sim, 'url', sim)}/v1/phones/{phone.replace('+', '%2B')}/agentMessages",
-        params={"messageId": message_id, "agentId": AGENT},
+        params={"messageId": message_id, "agentId": agent},
         json={"contentMessage": {"text": "hi"}, **fields},
         timeout=5,
     )
@@ -179,6 +179,14 @@ def test_online_device_gets_the_message_then_reads_it(sim, receiver):
         ("READ", [200], 1, True),
     ]
     assert sim.wait_delivered(eventType="READ", messageId=message_id) == read
+
+
+def test_events_name_the_agent_with_rbm_goog_whichever_form_the_call_gave(sim, receiver):
+    """Google's samples call with the part before @rbm.goog; events carry the full id."""
+    sim.add_device(PHONE, "online")
+    create(sim, agent=AGENT.removesuffix("@rbm.goog"))
+    [delivered] = receiver.events(1)
+    assert delivered["agentId"] == AGENT
 
 
 def test_offline_device_gets_its_messages_when_it_comes_online(sim, receiver):

@@ -70,7 +70,7 @@ def test_signed_event_is_published_verbatim_with_attributes(published):
         "event_type": "READ",
         "event_id": "e1",
         "message_id": "m1",
-        "agent_id": "a",
+        "agent_id": "a@rbm.goog",  # canonical: the event said "a"
     }
 
 

@@ -83,7 +83,7 @@ locals {
       min_instances = null
       max_instances = null
       settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
-      secrets       = []
+      secrets       = ["CONVERSATION_ID_KEY"]
       publishes     = ["dead_letter"]
       firestore     = true
       schedule      = null
@@ -96,7 +96,7 @@ locals {
       min_instances = null
       max_instances = null
       settings      = ["common", "store", "agent", "rbm", "sms_text"]
-      secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"]
       publishes     = []
       firestore     = true
       schedule      = null
@@ -174,7 +174,7 @@ locals {
   revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
   fallback_settings = ["common", "store", "sweep", "sms", "work"]
   worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
-  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+  worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
 
   # Functions that only read the database (roles/datastore.viewer); the other
   # users of it read and write (roles/datastore.user).
@@ -261,8 +261,11 @@ locals {
 
   # Settings that come from Secret Manager: environment name -> secret id.
   # A secret is created (and mounted) only when the configuration uses it.
+  # CONVERSATION_ID_KEY keys conversation ids (HMAC), read by the functions that
+  # compute them; never rotated in place (README, "Conversation ids").
   secrets = {
     RBM_CLIENT_TOKEN             = { secret_id = "rbm-client-token", enabled = true }
+    CONVERSATION_ID_KEY          = { secret_id = "rbm-conversation-id-key", enabled = true }
     RBM_SERVICE_ACCOUNT_KEY_FILE = { secret_id = "rbm-service-account-key", enabled = var.rbm_key_from_secret }
     TWILIO_AUTH_TOKEN            = { secret_id = "rbm-twilio-auth-token", enabled = var.sms_provider == "twilio" }
     SMS_WEBHOOK_SECRET           = { secret_id = "rbm-sms-webhook-secret", enabled = var.sms_provider == "webhook" }
