@@ -11,7 +11,7 @@ import flask
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from functions import rbm, revoke_expired, send_fallbacks, sms, store, sweep, work_items
+from functions import config, conversations, rbm, revoke_expired, send_fallbacks, sms, store, sweep, work_items
 from functions.model import Fallback, Message, State
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -55,7 +55,8 @@ def deployed(monkeypatch):
     VIOLATIONS.clear()
     monkeypatch.setattr(store, "client", forbidden("used Firestore beyond its due-messages query"))
     monkeypatch.setattr(store, "update_all", forbidden("wrote to Firestore"))
-    monkeypatch.setattr(store, "opted_out", forbidden("read a conversation to act"))
+    monkeypatch.setattr(conversations, "opted_out", forbidden("read a conversation to act"))
+    monkeypatch.setattr(config, "conversation_id_key", forbidden("read the conversation-id key"))
     monkeypatch.setattr(rbm, "client", forbidden("called RBM"))
     monkeypatch.setattr(sms, "provider", forbidden("looked up the SMS provider"))
     published = []
