@@ -103,6 +103,7 @@ REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
 FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
 WORK_ITEM_SIZE=${WORK_ITEM_SIZE:-50}
 REVOKE_GRACE_SECONDS=${REVOKE_GRACE_SECONDS:-5}
+OUTBOX_GRACE_SECONDS=${OUTBOX_GRACE_SECONDS:-30}
 OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
 OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
 WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-0}
@@ -198,7 +199,7 @@ def source_files(root, listing):
 if cmd == "config":  # topology.json and firestore_indexes.json as shell variables
     topology, indexes = (json.load(open(p)) for p in args)
     for key in ("events_topic", "dead_letter_topic", "dead_letter_subscription", "max_delivery_attempts",
-                "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention"):
+                "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention", "outcomes_topic"):
         sh(key.upper(), topology[key])
     for key in ("name", "entry_point", "filter"):
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
@@ -291,19 +292,19 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 # 512Mi and 1 CPU; concurrency, timeout (s) and min / max instances vary.
 # A scheduled run acts itself when no work topic is set, so it reads every
 # setting of its own kind of work; process_due_work does both kinds.
-REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
+REVOKE_SETTINGS=common,store,outcomes,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
-FALLBACK_SETTINGS=common,store,sweep,sms,work
+FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 #  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
-  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm                  RBM_SERVICE_ACCOUNT_KEY -"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,outcomes       -                       dead_letter,outcomes"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,outcomes,agent,opt_out -              dead_letter,outcomes"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,outcomes,agent,rbm         RBM_SERVICE_ACCOUNT_KEY outcomes"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work,outcomes"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work,outcomes"
+  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS outcomes"
 )
 MEMORY=512Mi
 CPU=1
@@ -322,6 +323,7 @@ declare -A SETTING_GROUPS=(
   [publish]="RBM_EVENTS_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [dead_letter]="RBM_DEAD_LETTER_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [store]="FIRESTORE_DATABASE RBM_MESSAGES_COLLECTION RBM_CONVERSATIONS_COLLECTION RETENTION_DAYS"
+  [outcomes]="RBM_OUTCOMES_TOPIC OUTBOX_GRACE_SECONDS PUBLISH_TIMEOUT_SECONDS"
   [agent]="RBM_AGENT_ID"
   [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
   [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS SCHEDULE_PERIOD_SECONDS WORK_ITEM_SIZE REVOKE_GRACE_SECONDS"
@@ -334,8 +336,9 @@ GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
 RBM_DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC
 RBM_WORK_TOPIC=$WORK_TOPIC
+RBM_OUTCOMES_TOPIC=$OUTCOMES_TOPIC
 # Topic names by the keys of the table's publishes column.
-declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC)
+declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC [outcomes]=$OUTCOMES_TOPIC)
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
@@ -423,7 +426,7 @@ run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUB
 
 # --- Pub/Sub: topics and the dead-letter inspection subscription ------------------------
 
-for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC"; do
+for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC" "$OUTCOMES_TOPIC"; do
   exists gcloud pubsub topics describe "$topic" "${P[@]}" ||
     run gcloud pubsub topics create "$topic" --labels="$LABELS" "${P[@]}"
 done
@@ -489,7 +492,7 @@ done
 # TTL on expire_at, exempt from single-field indexes (nothing queries it).
 # Both change the same field: Firestore runs one operation on a field at a
 # time, so each waits for its own to finish (no --async).
-for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages; do
+for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages rbm_outcomes; do
   run gcloud firestore indexes fields update expire_at --collection-group="$group" --disable-indexes "${F[@]}" --quiet
   run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --quiet
 done

@@ -420,7 +420,7 @@ def test_terraform_roles_follow_least_privilege():
     assert int(webhook["concurrency"]) > 1
     for ep, f in table.items():
         if ep == WORKER:
-            assert f["invoker"] == "pubsub" and f["publishes"] == [] and f["firestore"] is True
+            assert f["invoker"] == "pubsub" and f["publishes"] == ["outcomes"] and f["firestore"] is True
             assert f["timeout"] == "${local.topology.work.ack_deadline_seconds}", (
                 "a worker outliving its ack deadline is redelivered"
             )
@@ -432,6 +432,8 @@ def test_terraform_roles_follow_least_privilege():
         elif ep != "receive_webhook":
             assert f["firestore"] is True
         assert ("work" in f["publishes"]) == (ep in WORK_PUBLISHERS), f"{ep}: publisher on the work topic or not"
+        # Every change of a message publishes its outcome events: each function that writes Firestore.
+        assert ("outcomes" in f["publishes"]) == f["firestore"], f"{ep}: publisher on the outcomes topic or not"
     assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
     budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
@@ -958,7 +960,12 @@ def test_dry_run_work_subscription_follows_topology_json():
 
 def test_dry_run_grants_publishing_as_terraform_does():
     names = {f["name"]: ep for ep, f in functions_table().items()}
-    topics = {"events": TOPOLOGY["events_topic"], "dead_letter": TOPOLOGY["dead_letter_topic"], "work": WORK["topic"]}
+    topics = {
+        "events": TOPOLOGY["events_topic"],
+        "dead_letter": TOPOLOGY["dead_letter_topic"],
+        "work": WORK["topic"],
+        "outcomes": TOPOLOGY["outcomes_topic"],
+    }
     for config in DRY_RUN_CONFIGS:
         granted = {
             (names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], c[4])
@@ -978,7 +985,7 @@ def test_dry_run_firestore_follows_the_json():
         created.add((flag(c, "--collection-group"), fields))
     assert created == {(i["collection"], tuple(i["fields"])) for i in INDEXES}
     ttl = {flag(c, "--collection-group") for c in commands("twilio", "gcloud", "firestore", "fields", "ttls", "update")}
-    assert ttl == {"rbm_messages", "rbm_conversations", "messages"}
+    assert ttl == {"rbm_messages", "rbm_conversations", "messages", "rbm_outcomes"}
 
 
 def test_dry_run_schedules_the_sweeps_and_counts_the_events():

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from functions.model import Fallback, Message, State
-from functions.outcomes import Channel, Fate, cause, changes, fate, numbered
+from functions.outcomes import FALLBACK_STATUS, Channel, Fate, cause, changes, fate, numbered
 from functions.transitions import (
     EVENT_FACTS,
     Fact,
@@ -18,6 +18,7 @@ from functions.transitions import (
     fallback_unknown,
     learn,
 )
+from tests.support import OUTCOME_SCHEMA, valid_outcome
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PHONE = "+15550001111"
@@ -172,6 +173,7 @@ def apply(m: Message, step, at: datetime) -> Message:
 def test_seq_is_gap_free_and_each_event_is_one_change(steps, fallback):
     m, events = history([lambda _: new(fallback)] + [lambda m, s=s: apply(m, s, T0) for s in steps])
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert all(valid_outcome(e.data()) for e in events)
     assert len({e.event_id for e in events}) == len(events)
     assert m.outcome_seq == len(events)
 
@@ -207,3 +209,17 @@ def test_the_same_facts_in_any_order_end_in_the_same_fate(facts, order):
         assert (events[-1].fate, events[-1].final) == fate(m)
         ends.append(fate(m))
     assert ends[0] == ends[1]
+
+
+def test_the_json_schema_names_every_field_and_value_the_code_publishes():
+    properties = OUTCOME_SCHEMA["properties"]
+    assert set(OUTCOME_SCHEMA["required"]) == set(properties) == set(changes(None, sent_message(), T0)[0].data())
+    assert set(properties["status"]["enum"]) == {s.value for s in State if s is not State.PENDING} | set(
+        FALLBACK_STATUS.values()
+    )
+    assert set(properties["fate"]["enum"]) == {f.value for f in Fate}
+    assert set(properties["channel"]["enum"]) == {c.value for c in Channel}
+
+
+def sent_message() -> Message:
+    return learn(new(), Fact.ACCEPTED, T0)

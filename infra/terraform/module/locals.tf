@@ -69,9 +69,9 @@ locals {
       timeout       = local.topology.ack_deadline_seconds
       min_instances = 0
       max_instances = 10
-      settings      = ["common", "dead_letter", "store"]
+      settings      = ["common", "dead_letter", "store", "outcomes"]
       secrets       = []
-      publishes     = ["dead_letter"]
+      publishes     = ["dead_letter", "outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -86,9 +86,9 @@ locals {
       timeout       = local.topology.ack_deadline_seconds
       min_instances = 0
       max_instances = 10
-      settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
+      settings      = ["common", "dead_letter", "store", "outcomes", "agent", "opt_out"]
       secrets       = []
-      publishes     = ["dead_letter"]
+      publishes     = ["dead_letter", "outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -103,9 +103,9 @@ locals {
       timeout       = 60
       min_instances = 0
       max_instances = 20
-      settings      = ["common", "store", "agent", "rbm"]
+      settings      = ["common", "store", "outcomes", "agent", "rbm"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY"]
-      publishes     = []
+      publishes     = ["outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -122,7 +122,7 @@ locals {
       max_instances = 2
       settings      = local.revoke_settings
       secrets       = local.revoke_secrets
-      publishes     = ["work"]
+      publishes     = ["work", "outcomes"]
       firestore     = true
       schedule      = local.schedule
     }
@@ -139,7 +139,7 @@ locals {
       max_instances = 2
       settings      = local.fallback_settings
       secrets       = local.fallback_secrets
-      publishes     = ["work"]
+      publishes     = ["work", "outcomes"]
       firestore     = true
       schedule      = local.schedule
     }
@@ -156,7 +156,7 @@ locals {
       max_instances = var.worker_max_instances
       settings      = local.worker_settings
       secrets       = local.worker_secrets
-      publishes     = []
+      publishes     = ["outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -164,11 +164,11 @@ locals {
 
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
-  revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
+  revoke_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "work"]
   revoke_secrets    = ["RBM_SERVICE_ACCOUNT_KEY"]
-  fallback_settings = ["common", "store", "sweep", "sms", "work"]
+  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "work"]
   fallback_secrets  = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
-  worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
+  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "work"]
   worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
@@ -183,6 +183,7 @@ locals {
     publish     = ["RBM_EVENTS_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
     dead_letter = ["RBM_DEAD_LETTER_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
     store       = ["FIRESTORE_DATABASE", "RBM_MESSAGES_COLLECTION", "RBM_CONVERSATIONS_COLLECTION", "RETENTION_DAYS"]
+    outcomes    = ["RBM_OUTCOMES_TOPIC", "OUTBOX_GRACE_SECONDS", "PUBLISH_TIMEOUT_SECONDS"]
     agent       = ["RBM_AGENT_ID"]
     rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
     sweep = [
@@ -212,6 +213,7 @@ locals {
     FALLBACK_MAX_ATTEMPTS   = "5"
     WORK_ITEM_SIZE          = "50"
     REVOKE_GRACE_SECONDS    = "5"
+    OUTBOX_GRACE_SECONDS    = "30"
     OPT_OUT_KEYWORDS        = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
     OPT_IN_KEYWORDS         = "START,UNSTOP,YES"
   }
@@ -224,6 +226,7 @@ locals {
     RBM_EVENTS_TOPIC             = google_pubsub_topic.events.name
     RBM_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
     RBM_WORK_TOPIC               = google_pubsub_topic.work.name
+    RBM_OUTCOMES_TOPIC           = google_pubsub_topic.outcomes.name
     SCHEDULE_PERIOD_SECONDS      = tostring(local.schedule_period_seconds)
     FIRESTORE_DATABASE           = var.firestore_database
     RBM_MESSAGES_COLLECTION      = var.messages_collection
