@@ -67,10 +67,13 @@ FALLBACK_QUERY = ("fallback", "fallback_at")
 # and its republisher's query: unpublished events, oldest first.
 OUTCOMES_COLLECTION = "rbm_outcomes"
 OUTBOX_QUERY = ("published", "created_at")
+# The operator's `python -m functions outcomes --since … --fate …`: recent events of one fate.
+RECENT_BY_FATE_QUERY = ("fate", "created_at")
 COMPOSITE_INDEXES = (
     ("rbm_messages", REVOKE_QUERY),
     ("rbm_messages", FALLBACK_QUERY),
     (OUTCOMES_COLLECTION, OUTBOX_QUERY),
+    (OUTCOMES_COLLECTION, RECENT_BY_FATE_QUERY),
 )
 
 APPLIED_KEEP = 50  # event ids remembered per message; far more than one message gets

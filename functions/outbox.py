@@ -17,7 +17,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from functions import config, logs, pubsub, store
-from functions.model import OUTBOX_QUERY, OUTCOMES_COLLECTION, retention
+from functions.model import OUTBOX_QUERY, OUTCOMES_COLLECTION, RECENT_BY_FATE_QUERY, Message, retention
 from functions.outcomes import OutcomeEvent
 
 REPUBLISH_PAGE = 500  # events a scheduled run republishes at most; the next run takes the rest
@@ -83,3 +83,22 @@ def republish(now: datetime) -> int:
         logs.info("outcome events republished", event="outcomes_republished", count=len(events))
         return len(events)
     return 0
+
+
+def history(message: Message) -> list[OutcomeEvent]:
+    """The outcome events of `message` committed so far, by seq (one read of their
+    documents by id, `message_id:1` … `message_id:outcome_seq`; those the TTL removed are left out)."""
+    refs = [collection().document(f"{message.message_id}:{seq}") for seq in range(1, message.outcome_seq + 1)]
+    found = [s for s in store.client().get_all(refs, retry=store.RETRY, timeout=store.CALL_SECONDS) if s.exists]
+    return sorted((OutcomeEvent.from_doc(store.found(s)) for s in found), key=lambda e: e.seq)
+
+
+def recent(since: datetime, fate: str | None, limit: int) -> list[OutcomeEvent]:
+    """Outcome events committed since `since`, oldest first, only those of `fate` if given
+    (its query on (fate, created_at) is a declared index), at most `limit`."""
+    selector, at = RECENT_BY_FATE_QUERY
+    query = collection().where(filter=FieldFilter(at, ">=", since))
+    if fate:
+        query = query.where(filter=FieldFilter(selector, "==", fate))
+    found = query.order_by(at).limit(limit).get(retry=store.RETRY, timeout=store.CALL_SECONDS)
+    return [OutcomeEvent.from_doc(store.found(s)) for s in found]
