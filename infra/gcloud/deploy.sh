@@ -37,7 +37,8 @@
 #   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
 #   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
 #   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
-#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS
+#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS,
+#   OUTBOX_GRACE_SECONDS
 #                                                   tuning; the code's defaults otherwise
 #   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
 #   WEBHOOK_MIN_INSTANCES (0), WEBHOOK_MAX_INSTANCES (20)
@@ -45,6 +46,9 @@
 #                               calls into RBM and the SMS provider (infra/README.md, "Sizing the worker")
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
+#   OUTCOMES_PUSH_ENDPOINT      the sender's https endpoint the outcome events are pushed to
+#                               (default empty: no push subscription); OUTCOMES_PUSH_AUDIENCE
+#                               the OIDC token's audience (default the endpoint)
 #   NOTIFICATION_CHANNELS (required, may be empty)  comma-separated notification channel
 #                               ids for the alerts; set it empty to deploy alerts that notify nobody
 #   SIGNATURE_REJECTIONS_THRESHOLD  default 10 per 5 minutes
@@ -111,6 +115,10 @@ WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-20}
 WORKER_MAX_INSTANCES=${WORKER_MAX_INSTANCES:-5}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
 SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
+OUTCOMES_PUSH_ENDPOINT=${OUTCOMES_PUSH_ENDPOINT:-}
+OUTCOMES_PUSH_AUDIENCE=${OUTCOMES_PUSH_AUDIENCE:-$OUTCOMES_PUSH_ENDPOINT}
+[[ -z $OUTCOMES_PUSH_ENDPOINT || $OUTCOMES_PUSH_ENDPOINT == https://* ]] ||
+  die "OUTCOMES_PUSH_ENDPOINT must be an https:// URL (Pub/Sub pushes with an OIDC token only over HTTPS)"
 SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
 PYTHON_RUNTIME=${PYTHON_RUNTIME:-python312}
 
@@ -205,6 +213,8 @@ if cmd == "config":  # topology.json and firestore_indexes.json as shell variabl
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
     for key, value in topology["work"].items():
         sh(f"WORK_{key.upper()}", value)
+    for key, value in topology["outcomes_push"].items():
+        sh(f"OUTCOMES_PUSH_{key.upper()}", value)
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
     sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
 elif cmd in ("source-hash", "source-zip"):  # root, infra/source_files.json: the deployed source
@@ -658,6 +668,33 @@ else
   run gcloud pubsub subscriptions create "$WORK_SUBSCRIPTION" --topic="$WORK_TOPIC" "${push[@]}" --labels="$LABELS"
 fi
 run gcloud pubsub subscriptions add-iam-policy-binding "$WORK_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+
+# The optional push of the outcome events to the sender's endpoint (README, Outcome
+# events): an OIDC token of its own identity, its retry policy and dead-letter topic.
+if [[ -n $OUTCOMES_PUSH_ENDPOINT ]]; then
+  ensure_sa rbm-outcomes-push "Identity in the OIDC token of the outcome events pushed to the sender's endpoint."
+  OUTCOMES_PUSH_SA=$(sa_email rbm-outcomes-push)
+  run gcloud iam service-accounts add-iam-policy-binding "$OUTCOMES_PUSH_SA" --member="$PUBSUB_AGENT" \
+    --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
+  exists gcloud pubsub topics describe "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" "${P[@]}" ||
+    run gcloud pubsub topics create "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --labels="$LABELS" "${P[@]}"
+  run gcloud pubsub topics add-iam-policy-binding "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
+  inspect=(--ack-deadline="$OUTCOMES_PUSH_ACK_DEADLINE_SECONDS" --message-retention-duration="$OUTCOMES_PUSH_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+  exists gcloud pubsub subscriptions describe "$OUTCOMES_PUSH_DEAD_LETTER_SUBSCRIPTION" "${P[@]}" ||
+    run gcloud pubsub subscriptions create "$OUTCOMES_PUSH_DEAD_LETTER_SUBSCRIPTION" --topic="$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" "${inspect[@]}" --labels="$LABELS"
+  push=(--push-endpoint="$OUTCOMES_PUSH_ENDPOINT" --push-auth-service-account="$OUTCOMES_PUSH_SA"
+    --push-auth-token-audience="$OUTCOMES_PUSH_AUDIENCE" --ack-deadline="$OUTCOMES_PUSH_ACK_DEADLINE_SECONDS"
+    --dead-letter-topic="$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --max-delivery-attempts="$OUTCOMES_PUSH_MAX_DELIVERY_ATTEMPTS"
+    --min-retry-delay="$OUTCOMES_PUSH_MINIMUM_BACKOFF" --max-retry-delay="$OUTCOMES_PUSH_MAXIMUM_BACKOFF"
+    --message-retention-duration="$OUTCOMES_PUSH_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+  if exists gcloud pubsub subscriptions describe "$OUTCOMES_PUSH_SUBSCRIPTION" "${P[@]}"; then
+    run gcloud pubsub subscriptions update "$OUTCOMES_PUSH_SUBSCRIPTION" "${push[@]}" --update-labels="$LABELS"
+  else
+    run gcloud pubsub subscriptions create "$OUTCOMES_PUSH_SUBSCRIPTION" --topic="$OUTCOMES_TOPIC" \
+      --enable-message-ordering "${push[@]}" --labels="$LABELS"
+  fi
+  run gcloud pubsub subscriptions add-iam-policy-binding "$OUTCOMES_PUSH_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+fi
 
 # --- observability ----------------------------------------------------------------------------
 

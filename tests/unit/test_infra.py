@@ -766,6 +766,7 @@ DRY_RUN_CONFIGS = {
         "SMS_WEBHOOK_URL": "https://sms.example.com/send",
         "RBM_KEY_FROM_SECRET": "true",
         "SEND_MESSAGE_INVOKERS": "serviceAccount:backend@demo-project.iam.gserviceaccount.com",
+        "OUTCOMES_PUSH_ENDPOINT": "https://sender.example.com/rbm-outcomes",
     },
 }
 
@@ -1233,3 +1234,43 @@ def test_checkov_finds_nothing_unexplained():
     for report in reports if isinstance(reports, list) else [reports]:
         failed = report.get("results", {}).get("failed_checks", [])
         assert not failed, "\n".join(f"{c['check_id']} {c['resource']} {c['file_path']}" for c in failed)
+
+
+def test_the_outcomes_push_subscription_follows_topology_json_in_both_routes():
+    """Optional (outcomes_push_endpoint / OUTCOMES_PUSH_ENDPOINT): pushed with an OIDC token of its
+    own identity, ordered, with the retry policy and dead-letter topic of topology.json's outcomes_push."""
+    push = TOPOLOGY["outcomes_push"]
+    subscription = resources("google_pubsub_subscription")["outcomes_push"]
+    assert subscription["count"] == "${local.outcomes_push_enabled ? 1 : 0}"
+    assert subscription["topic"] == "${google_pubsub_topic.outcomes.id}" and subscription["enable_message_ordering"]
+    assert subscription["ack_deadline_seconds"] == "${local.outcomes_push.ack_deadline_seconds}"
+    assert _block(subscription, "retry_policy") == {
+        "minimum_backoff": "${local.outcomes_push.minimum_backoff}",
+        "maximum_backoff": "${local.outcomes_push.maximum_backoff}",
+    }
+    assert _block(subscription, "dead_letter_policy") == {
+        "dead_letter_topic": "${google_pubsub_topic.outcomes_dead_letter[0].id}",
+        "max_delivery_attempts": "${local.outcomes_push.max_delivery_attempts}",
+    }
+    push_config = _block(subscription, "push_config")
+    assert push_config["push_endpoint"] == "${var.outcomes_push_endpoint}"
+    assert _block(push_config, "oidc_token") == {
+        "service_account_email": "${google_service_account.outcomes_push[0].email}",
+        "audience": "${local.outcomes_push_audience}",
+    }
+    assert terraform()["variable"]["outcomes_push_endpoint"]["default"] == ""
+
+    endpoint = DRY_RUN_CONFIGS["webhook"]["OUTCOMES_PUSH_ENDPOINT"]
+    creates = {c[4]: c for c in commands("webhook", "gcloud", "pubsub", "subscriptions", "create")}
+    command = creates[push["subscription"]]
+    assert flag(command, "--topic") == TOPOLOGY["outcomes_topic"] and "--enable-message-ordering" in command
+    assert flag(command, "--dead-letter-topic") == push["dead_letter_topic"]
+    assert flag(command, "--max-delivery-attempts") == str(push["max_delivery_attempts"])
+    assert flag(command, "--ack-deadline") == str(push["ack_deadline_seconds"])
+    assert flag(command, "--min-retry-delay") == push["minimum_backoff"]
+    assert flag(command, "--max-retry-delay") == push["maximum_backoff"]
+    assert flag(command, "--push-endpoint") == flag(command, "--push-auth-token-audience") == endpoint
+    assert flag(command, "--push-auth-service-account").startswith("rbm-outcomes-push@")
+    assert flag(creates[push["dead_letter_subscription"]], "--topic") == push["dead_letter_topic"]
+    untouched = {c[4] for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
+    assert push["subscription"] not in untouched, "no endpoint, no push subscription"
