@@ -48,9 +48,9 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 # Every test under coverage, the functions' own processes included (see
 # [tool.coverage] in pyproject.toml). A full run must reach the report's floor,
 # and every line and branch of the pure core: the state machine, the payload
-# parser and the signature check.
+# parser, the signature check and the diff of a change into outcome events.
 COVERAGE_DIR := .run/coverage
-PURE_CORE := functions/transitions.py,functions/events.py,functions/signature.py
+PURE_CORE := functions/transitions.py,functions/events.py,functions/signature.py,functions/outcomes.py
 
 test: venv $(CHECKOV_VENV)/.installed
 	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)

@@ -105,7 +105,14 @@ def start_flow(
         stack.callback(process.stop)
         return process
 
-    common = {**rbm_env(rbm_url), "RBM_MESSAGES_COLLECTION": flow.collection, **(settings or {})}
+    outcomes_topic = f"bench-outcomes-{kind}{tag}"  # every message change publishes its outcome events there
+    processes.create_topic(PROJECT, outcomes_topic)
+    common = {
+        **rbm_env(rbm_url),
+        "RBM_MESSAGES_COLLECTION": flow.collection,
+        "RBM_OUTCOMES_TOPIC": outcomes_topic,
+        **(settings or {}),
+    }
     sms = sms_env(twilio_url)
     if kind == "dispatch":
         topic = f"bench-work-{kind}{tag}"

@@ -33,9 +33,10 @@ from bench.common import (
     seed,
     table,
 )
+from functions import config
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
-from local.processes import reset_firestore
+from local.processes import create_topic, reset_firestore
 
 AGENT = "bench@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "7" * 32, "bench-twilio-token"
@@ -223,6 +224,8 @@ def main(argv=None) -> None:
 
     with Run("sweeps") as run:
         host = run.emulator("firestore")
+        run.emulator("pubsub")  # each message change publishes its outcome events
+        create_topic(PROJECT, config.outcomes_topic())
         rbm = run.enter_context(FakeRbm())
         twilio = run.enter_context(FakeTwilio(TWILIO_SID, TWILIO_TOKEN))
         scaled = scaling(run, host, rbm, sizes, args.due, args.repeats)

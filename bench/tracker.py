@@ -8,6 +8,12 @@ message document the tracker would write (same bytes, no read, no
 precondition), and a two-field document. Round trips are counted at the
 Firestore client's generated API methods.
 
+The tracker's work includes its outcome events (functions/outbox.py): the
+outbox documents in the same commit, the publish to the outcomes topic (on the
+Pub/Sub emulator) and the batched mark. `BEFORE` is the same work with outcome
+events switched off in this process only (store._with_outcomes answering
+none), the code as it was before them, measured in the same run.
+
 Two workloads, both over messages that send_message recorded (state SENT):
 - distinct: one DELIVERED receipt per message;
 - repeated: DELIVERED and READ per message, each delivered twice (as Pub/Sub
@@ -17,6 +23,7 @@ Two workloads, both over messages that send_message recorded (state SENT):
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import random
@@ -24,13 +31,15 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from unittest import mock
 
 from bench.common import PROJECT, Run, accepted, check, load_average, parallel, seed, table
-from local.processes import reset_firestore
+from local.processes import create_topic, reset_firestore
 
 AGENT = "bench@rbm.goog"
 RPCS = ("batch_get_documents", "commit", "begin_transaction", "rollback", "run_query")
 FULL, SMALL = "blind set(), full doc", "blind set(), 2 fields"
+BEFORE = "track_delivery, no outcome events"
 
 
 class RpcCounter:
@@ -112,8 +121,15 @@ def main(argv=None) -> None:
 
     with Run("tracker") as run:
         host = run.emulator("firestore")
-        from functions import events, store, track_delivery
+        run.emulator("pubsub")
+        from functions import config, events, store, track_delivery
         from functions.model import State
+
+        create_topic(PROJECT, config.outcomes_topic())
+
+        def switched_off():
+            """This process's store as it was before outcome events: none numbered, staged or published."""
+            return mock.patch.object(store, "_with_outcomes", lambda current, new, at: (new, []))
 
         counter = RpcCounter(store.client())
         workloads = {
@@ -136,12 +152,19 @@ def main(argv=None) -> None:
                 store.messages().document(event.message_id).set(store.stamped(m.to_doc(), store.now()))
 
             measured = {}
-            for way, work in (("track_delivery", track_delivery._record), (FULL, blind_full), (SMALL, blind_set)):
+            ways = {
+                "track_delivery": track_delivery._record,
+                BEFORE: track_delivery._record,
+                FULL: blind_full,
+                SMALL: blind_set,
+            }
+            for way, work in ways.items():
                 reset_firestore(host, PROJECT)
                 seed(documents.values())
                 counter.take()
                 cpu = time.process_time()
-                seconds, errors = drive(work, parsed, args.threads)
+                with switched_off() if way == BEFORE else contextlib.nullcontext():
+                    seconds, errors = drive(work, parsed, args.threads)
                 cpu, rpcs = time.process_time() - cpu, counter.take()
                 states = Counter(s.get("state") for s in store.messages().select(["state"]).stream())
                 counter.take()
@@ -175,6 +198,7 @@ def main(argv=None) -> None:
             rate = measured["track_delivery"]["events_per_s"]
             rpcs = measured["track_delivery"]["rpcs"]
             measured["verdicts"] = {
+                f"rate vs {BEFORE}": check(rate / measured[BEFORE]["events_per_s"], 0.9, at_least=True),
                 f"rate vs {FULL}": check(rate / measured[FULL]["events_per_s"], 0.6, at_least=True),
                 f"rate vs {SMALL}": check(rate / measured[SMALL]["events_per_s"], 0.6, at_least=True),
                 "reads per event": f"{rpcs.get('batch_get_documents', 0) / len(parsed):.2f} (target <= 1)",

@@ -1,6 +1,9 @@
 """Operator commands.
 
-  python -m functions status MESSAGE_ID          one message's document as JSON (exit 1: no such message)
+  python -m functions status MESSAGE_ID          one message's document as JSON, with its outcome events
+                                                 by seq under "outcomes" (exit 1: no such message)
+  python -m functions outcomes --since 1h [--fate sms]   outcome events since a time (RFC 3339) or
+                                                 a duration ago (30m, 2h, 1d), one JSON per line
   python -m functions list --fallback UNKNOWN    messages in a delivery or fallback state, one JSON per line
   python -m functions replay [--dry-run]         dead letters back onto the events topic
   python -m functions erase +E164 [--agent ID]   a number's data removed; an opt-out stays, as a keyed marker
@@ -13,26 +16,61 @@ emulator hosts locally.
 import argparse
 import json
 import os
+import re
 import socket
 import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.api_core import exceptions
 from google.auth import exceptions as auth_exceptions
 
 from functions import config
 from functions.model import Fallback, State
+from functions.outcomes import Fate, OutcomeEvent
 
 INTERNAL_ATTRIBUTES = ("dead_letter_", "CloudPubSubDeadLetter")
 
 
+def _shown(event: OutcomeEvent) -> dict[str, Any]:
+    """An outcome event as the operator commands print it: without the phone number."""
+    return {k: v for k, v in event.data().items() if k != "phone"}
+
+
 def status(args: argparse.Namespace) -> int:
-    from functions import store
+    from functions import outbox, store
 
     message = store.get_message(args.message_id)
     if message is None:
         print(f"no message {args.message_id}", file=sys.stderr)
         return 1
-    print(json.dumps(message.to_doc(), default=str, indent=2))
+    history = [_shown(e) for e in outbox.history(message)]
+    print(json.dumps(message.to_doc() | {"outcomes": history}, default=str, indent=2))
+    return 0
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: str) -> datetime:
+    """An RFC 3339 time with its offset, or a duration ago (`90s`, `30m`, `2h`, `1d`)."""
+    if match := DURATION.fullmatch(value):
+        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither an RFC 3339 time nor a duration like 30m") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} has no offset (add Z or +00:00)")
+    return at
+
+
+def outcomes(args: argparse.Namespace) -> int:
+    from functions import outbox
+
+    for event in outbox.recent(args.since, args.fate, args.limit):
+        print(json.dumps(_shown(event)))
     return 0
 
 
@@ -158,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         "migrate-conversations", help="move conversations stored under unkeyed ids to their keyed ids"
     )
     move.set_defaults(run=migrate_conversations)
+    recent = commands.add_parser("outcomes", help="list recent outcome events, oldest first")
+    recent.add_argument("--since", type=since, required=True, help="RFC 3339 time, or a duration ago: 30m, 2h, 1d")
+    recent.add_argument("--fate", choices=[f.value for f in Fate])
+    recent.add_argument("--limit", type=int, default=1000)
+    recent.set_defaults(run=outcomes)
     args = parser.parse_args(argv)
     try:
         _check_emulators()

@@ -36,6 +36,17 @@ def events_topic() -> str:
     return env("RBM_EVENTS_TOPIC", "rbm-events")
 
 
+def outcomes_topic() -> str:
+    """Topic of the outcome events the sender subscribes to."""
+    return env("RBM_OUTCOMES_TOPIC", "rbm-outcomes")
+
+
+def outbox_grace() -> float:
+    """Seconds an outcome event may stay unpublished (its own function publishing it)
+    before a scheduled run's republisher publishes it."""
+    return env_float("OUTBOX_GRACE_SECONDS", 30.0)
+
+
 def dead_letter_topic() -> str:
     return env("RBM_DEAD_LETTER_TOPIC", "rbm-events-dead-letter")
 

@@ -64,7 +64,18 @@ SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING)
 REVOKE_QUERY = ("state", "next_action_at")
 FALLBACK_QUERY = ("fallback", "fallback_at")
 # The composite indexes behind them (infra declares the same ones).
-COMPOSITE_INDEXES = (("rbm_messages", REVOKE_QUERY), ("rbm_messages", FALLBACK_QUERY))
+# The outbox of outcome events (functions/outbox.py): one document per event, id = event_id,
+# and its republisher's query: unpublished events, oldest first.
+OUTCOMES_COLLECTION = "rbm_outcomes"
+OUTBOX_QUERY = ("published", "created_at")
+# The operator's `python -m functions outcomes --since … --fate …`: recent events of one fate.
+RECENT_BY_FATE_QUERY = ("fate", "created_at")
+COMPOSITE_INDEXES = (
+    ("rbm_messages", REVOKE_QUERY),
+    ("rbm_messages", FALLBACK_QUERY),
+    (OUTCOMES_COLLECTION, OUTBOX_QUERY),
+    (OUTCOMES_COLLECTION, RECENT_BY_FATE_QUERY),
+)
 
 APPLIED_KEEP = 50  # event ids remembered per message; far more than one message gets
 
@@ -101,6 +112,9 @@ class Message:
     revoked_at: datetime | None = None
     fallback_sent_at: datetime | None = None
     applied: list[str] = field(default_factory=list)  # ids of the RBM events applied
+    client_ref: str | None = None  # the sender's reference, echoed in every outcome event
+    metadata: dict[str, str] = field(default_factory=dict)  # the sender's key/values, echoed likewise
+    outcome_seq: int = 0  # seq of the last outcome event committed (functions.outcomes)
     updated_at: datetime | None = None
     expire_at: datetime | None = None  # TTL policy field
 

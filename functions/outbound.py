@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,9 @@ E164 = re.compile(r"\+[1-9]\d{6,14}")
 TRAFFIC_TYPES = {"AUTHENTICATION", "SERVICEREQUEST", "ACKNOWLEDGEMENT", "PROMOTION", "TRANSACTION"}
 MIN_REVOKE_SECONDS = 10  # the platform advises at least 10 s
 MAX_REVOKE_SECONDS = 30 * 86400  # the platform keeps an undelivered message 30 days
+# The sender's own reference and key/values, echoed in every outcome event (issue 18's contract).
+MAX_CLIENT_REF = 128
+MAX_METADATA_KEYS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 10, 64, 256
 
 # RBM's documented limits on a contentMessage. Sources: the "Send messages" guide
 # (guides/build/messages/send: "The maximum size of the entire stringified
@@ -66,6 +69,8 @@ class Outbound:
     traffic_type: str | None = None
     fallback_text: str | None = None
     time_sensitive: bool = False
+    client_ref: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -77,6 +82,8 @@ class Outbound:
             self.revoke_after_seconds,
             self.fallback_text,
             self.time_sensitive,
+            self.client_ref,
+            self.metadata,
         )
 
     def record(self, now: datetime, resend_after: float) -> Message:
@@ -95,6 +102,8 @@ class Outbound:
             next_action_at=now + timedelta(seconds=resend_after),
             created_at=now,
             fingerprint=self.fingerprint,
+            client_ref=self.client_ref,
+            metadata=dict(self.metadata),
         )
 
 
@@ -106,10 +115,17 @@ def fingerprint(
     revoke_after_seconds: int | None,
     fallback_text: str | None,
     time_sensitive: bool,
+    client_ref: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> str:
     """sha256 hex of the canonical request (JSON, sorted keys, no spaces), after
-    defaults are applied: two requests that would send the same thing share it."""
-    canonical = {
+    defaults are applied: two requests that would send the same thing share it.
+    `client_ref` and `metadata` are in it only when set, so a message stored before
+    they existed is still the same request as a retry of it without them."""
+    extra = ({"client_ref": client_ref} if client_ref is not None else {}) | (
+        {"metadata": metadata} if metadata else {}
+    )
+    canonical = extra | {
         "phone": phone,
         "agent_id": agent_id,
         "content": content,
@@ -128,7 +144,17 @@ def stored_fingerprint(m: Message) -> str:
     if m.fingerprint:
         return m.fingerprint
     revoke_after = round((m.revoke_at - m.created_at).total_seconds()) if m.revoke_at and m.created_at else None
-    return fingerprint(m.phone, m.agent_id, m.content, m.traffic_type, revoke_after, m.fallback_text, m.time_sensitive)
+    return fingerprint(
+        m.phone,
+        m.agent_id,
+        m.content,
+        m.traffic_type,
+        revoke_after,
+        m.fallback_text,
+        m.time_sensitive,
+        m.client_ref,
+        m.metadata,
+    )
 
 
 def conflict(stored: Message, wanted: Outbound) -> str | None:
@@ -141,7 +167,10 @@ def conflict(stored: Message, wanted: Outbound) -> str | None:
     # agent id as its request gave it: the same request matches it in either form.
     same = {dataclasses.replace(wanted, agent_id=agent).fingerprint for agent in agents.spellings(wanted.agent_id)}
     if stored_fingerprint(stored) not in same:
-        return "message_id already used for a different request (content, deadline, traffic type or fallback)"
+        return (
+            "message_id already used for a different request"
+            " (content, deadline, traffic type, fallback, client_ref or metadata)"
+        )
     return None
 
 
@@ -222,6 +251,27 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     )
 
 
+def _sender_fields(body: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
+    """The request's `client_ref` and `metadata`, checked against their limits."""
+    client_ref, metadata = body.get("client_ref"), body.get("metadata")
+    _require(
+        client_ref is None or (isinstance(client_ref, str) and len(client_ref) <= MAX_CLIENT_REF),
+        f"client_ref must be text of at most {MAX_CLIENT_REF} characters",
+    )
+    _require(
+        metadata is None
+        or (
+            isinstance(metadata, dict)
+            and len(metadata) <= MAX_METADATA_KEYS
+            and all(0 < len(k) <= MAX_METADATA_KEY and not RESERVED_FIELD_NAME.fullmatch(k) for k in metadata)
+            and all(isinstance(v, str) and len(v) <= MAX_METADATA_VALUE for v in metadata.values())
+        ),
+        f"metadata must be an object of at most {MAX_METADATA_KEYS} keys of 1 to {MAX_METADATA_KEY} characters"
+        f" (not __reserved__) to text values of at most {MAX_METADATA_VALUE} characters",
+    )
+    return client_ref, dict(metadata or {})
+
+
 def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) -> Outbound:
     """The request a send_message body asks for, defaults applied; InvalidRequest
     (naming the field) for anything that can't be stored, that RBM documents it refuses,
@@ -264,4 +314,7 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
         too_long = sms_text.refusal(str(text), sms_max_segments)
         _require(too_long is None, too_long or "")
         _require(isinstance(time_sensitive, bool), "fallback.time_sensitive must be true or false")
-    return Outbound(phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive)
+    client_ref, metadata = _sender_fields(body)
+    return Outbound(
+        phone, content, agent_id, message_id, revoke_after, traffic_type, text, time_sensitive, client_ref, metadata
+    )

@@ -49,14 +49,22 @@ def publish(topic: str, data: bytes, attributes: dict[str, str]) -> str:
     return publish_batch(topic, [(data, attributes)])[0]
 
 
-def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> list[str]:
+def publish_batch(
+    topic: str, messages: list[tuple[bytes, dict[str, str]]], ordering_keys: list[str] | None = None
+) -> list[str]:
     """Publishes (data, attributes) pairs, up to 1,000 per Publish call (Pub/Sub's
-    limit per request); returns their ids in order, or raises PublishError. Each call
-    retries the answers in RETRIED until PUBLISH_TIMEOUT_SECONDS have passed (every
-    attempt gets only what is left of them)."""
+    limit per request), each with its ordering key if `ordering_keys` is given (the
+    PubsubMessage field; a subscription with message ordering delivers one key's
+    messages in publish order); returns their ids in order, or raises PublishError.
+    Each call retries the answers in RETRIED until PUBLISH_TIMEOUT_SECONDS have passed
+    (every attempt gets only what is left of them)."""
     timeout, ids = config.publish_timeout(), []
-    for start in range(0, len(messages), MAX_PER_CALL):
-        chunk = [pubsub_v1.types.PubsubMessage(data=d, attributes=a) for d, a in messages[start : start + MAX_PER_CALL]]
+    keyed = list(zip(messages, ordering_keys or [""] * len(messages), strict=True))
+    for start in range(0, len(keyed), MAX_PER_CALL):
+        chunk = [
+            pubsub_v1.types.PubsubMessage(data=d, attributes=a, ordering_key=k)
+            for (d, a), k in keyed[start : start + MAX_PER_CALL]
+        ]
         try:
             response = _client().api.publish(
                 topic=topic_path(topic),

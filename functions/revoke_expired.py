@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import flask
 
-from functions import config, conversations, dispatch, logs, rbm, rbm_create, store
+from functions import config, conversations, dispatch, logs, outbox, rbm, rbm_create, store
 from functions.model import REVOKE_QUERY, SWEPT_STATES, Message, State
 from functions.replies import Reply
 from functions.sweep import Outcome, Sweep
@@ -108,6 +108,8 @@ REVOKE = Sweep(
 
 
 def handle(request: flask.Request) -> Reply:
-    """revoke_expired (Cloud Scheduler): one scheduled run of the REVOKE sweep (dispatch.scheduled_run)."""
+    """revoke_expired (Cloud Scheduler): the outcome events left unpublished published
+    (outbox.republish), then one scheduled run of the REVOKE sweep (dispatch.scheduled_run)."""
     logs.bind_trace(request.headers)
+    outbox.republish(store.now())
     return dispatch.scheduled_run(REVOKE)

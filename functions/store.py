@@ -22,8 +22,9 @@ from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.document import DocumentReference
 from google.cloud.firestore_v1.query import Query
 
-from functions import config
+from functions import config, outcomes
 from functions.model import Conversation, Message, UserMessage, expiry
+from functions.outcomes import OutcomeEvent
 from functions.transitions import due_from
 
 T = TypeVar("T", Message, Conversation, UserMessage)
@@ -176,6 +177,18 @@ def _read(refs: list[DocumentReference]) -> list[DocumentSnapshot[DocumentRefere
     return [snapshots[ref.path] for ref in refs]
 
 
+def _with_outcomes(current: list[Any], new: list[Any], at: datetime) -> tuple[list[Any], list[OutcomeEvent]]:
+    """`new` with each changed message's outcome events numbered (outcomes.numbered), and
+    those events: written in the same commit as the messages (the outbox), so none is lost."""
+    numbered, events = [], []
+    for c, n in zip(current, new, strict=True):
+        if isinstance(n, Message) and n != c:
+            n, more = outcomes.numbered(c, n, at)
+            events += more
+        numbered.append(n)
+    return numbered, events
+
+
 def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable[[list[Any]], list[Any]]) -> list[Any]:
     """Applies `change` to documents read together and writes those it changed in one
     commit, each on the condition that nobody wrote it since it was read (or that it is
@@ -192,20 +205,27 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
         current = [
             kind.from_doc(s.to_dict()) if s.exists else None for s, (_, kind) in zip(snapshots, docs, strict=True)
         ]
-        new = change(current)
+        at = now()
+        new, events = _with_outcomes(current, change(current), at)
         writes = [
             (ref, s, n) for ref, s, c, n in zip(refs, snapshots, current, new, strict=True) if n is not None and n != c
         ]
         if not writes:
             return new
-        batch, at = client().batch(), now()
+        batch = client().batch()
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
+        if events:  # imported here: a function that never changes a message never loads Pub/Sub
+            from functions import outbox
+
+            outbox.stage(batch, events, at)
         try:
             batch.commit(retry=RETRY, timeout=CALL_SECONDS)
-            return new
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
             continue
+        if events:
+            outbox.deliver(events)
+        return new
     raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")
 
 

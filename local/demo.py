@@ -2,19 +2,29 @@
 
 Each kind of user has a fate the relay must reach (`KINDS`); the demo shows
 the states moving, then a table of every message with its timings, and
-checks the fates, including the SMS counted at the fake provider.
+checks the fates, including the SMS counted at the fake provider. It also
+reads the outcome events a sender would get (topic rbm-outcomes), shows each
+message's outcome as the events alone tell it, and checks that they agree with
+the documents: every committed change once, numbered without gaps.
 """
 
+import json
 import statistics
 import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from functions import store
 from functions.logs import mask_phone
 from functions.model import Fallback, Message, State
+from functions.outcomes import fate
+from local.processes import PROJECT, pull_all
+from local.stack import OUTCOMES_SUBSCRIPTION
+
+EVENTS: dict[str, dict[int, dict]] = {}  # every outcome event pulled so far: message id → seq → event
 
 
 @dataclass(frozen=True)
@@ -117,9 +127,57 @@ def timings(m: Message) -> dict:
     }
 
 
-def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
-    """Every way the run broke the scenario's fates or the one-SMS rule."""
+def pull_events(wait: float = 0.5) -> None:
+    """Adds the outcome events waiting on the stack's subscription to EVENTS (a duplicate replaces its twin)."""
+    for data, _ in pull_all(PROJECT, OUTCOMES_SUBSCRIPTION, wait):
+        event = json.loads(data)
+        EVENTS.setdefault(event["message_id"], {})[event["seq"]] = event
+
+
+def events_of(docs: dict, timeout: float = 20.0) -> dict[str, list[dict]]:
+    """Each message's outcome events by seq, once as many arrived as its document
+    committed (`outcome_seq`), or after `timeout` seconds with what came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pull_events()
+        complete = all(len(EVENTS.get(i, {})) >= m.outcome_seq for i, m in docs.items() if m)
+        if complete or time.monotonic() > deadline:
+            return {i: [EVENTS.get(i, {})[s] for s in sorted(EVENTS.get(i, {}))] for i in docs}
+
+
+def event_problems(planned: list[Planned], docs: dict, events: dict[str, list[dict]]) -> list[str]:
+    """Where the outcome events disagree with the documents: a gap or a missing event, or a last fate
+    that is not the document's."""
     found = []
+    for p in planned:
+        m, seen = docs[p.message_id], events[p.message_id]
+        if m is None:
+            continue
+        if [e["seq"] for e in seen] != list(range(1, m.outcome_seq + 1)):
+            found.append(f"{p.kind} {p.message_id}: events {[e['seq'] for e in seen]} for outcome_seq {m.outcome_seq}")
+        elif seen and seen[-1]["fate"] != fate(m)[0].value:
+            found.append(f"{p.kind} {p.message_id}: last event says {seen[-1]['fate']}, the document {fate(m)[0]}")
+    return found
+
+
+def outcome_line(p: Planned, seen: list[dict]) -> str:
+    """One message's outcome from its events alone: the fate, the channel that settled it, and how
+    long from its first event to the one that settled it."""
+    if not seen:
+        return f"{p.kind:<13} {mask_phone(p.phone)}  no events"
+    last = seen[-1]["fate"]
+    settled_by = next(e for e in seen if e["fate"] == last)
+    first, at = (datetime.fromisoformat(e["occurred_at"]) for e in (seen[0], settled_by))
+    return (
+        f"{p.kind:<13} {mask_phone(p.phone)}  fate {last:<8} channel {settled_by['channel']:<4}"
+        f" after {(at - first).total_seconds():5.1f} s  ({len(seen)} events: {' '.join(e['status'] for e in seen)})"
+    )
+
+
+def problems(stack, planned: list[Planned], docs: dict) -> list[str]:
+    """Every way the run broke the scenario's fates or the one-SMS rule, or the
+    outcome events disagree with the documents."""
+    found = event_problems(planned, docs, events_of(docs))
     sms = {}
     for record in stack.sms.sent:
         sms[record["to"]] = sms.get(record["to"], 0) + 1
@@ -212,5 +270,8 @@ def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0,
     delivered = summary(docs, ("send→delivered",))
     print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period:g} s: {delivered}", file=out)
     found = problems(stack, planned, docs)
+    events = events_of(docs, timeout=0)
+    print("\noutcomes, from the events on rbm-outcomes alone:", file=out)
+    print("\n".join(outcome_line(p, events[p.message_id]) for p in planned), file=out)
     print(verdict(found, docs), file=out, flush=True)
     return not found

@@ -34,7 +34,8 @@ def push_body(received, subscription: str) -> dict:
             "attributes": dict(message.attributes),
             "messageId": message.message_id,
             "publishTime": published,
-        },
+        }
+        | ({"orderingKey": message.ordering_key} if message.ordering_key else {}),
         "subscription": subscription,
     }
 

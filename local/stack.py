@@ -44,6 +44,8 @@ from local.simulator import Simulator
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
 WORK = TOPOLOGY["work"]
+OUTCOMES_SUBSCRIPTION = "rbm-outcomes-local"  # the demo's view of the outcome events
+OUTCOMES_PUSH_SUBSCRIPTION = "rbm-outcomes-push"  # delivered to --outcomes-push-url
 CLIENT_TOKEN = "local-client-token"
 CONVERSATION_ID_KEY = "local-conversation-id-key"  # production's comes from Secret Manager
 AGENT = "demo-agent@rbm.goog"
@@ -65,6 +67,7 @@ FAST = {
     "RBM_RETRY_SECONDS": "1",
     "REVOKE_MAX_ATTEMPTS": "3",
     "PENDING_RESEND_SECONDS": "5",
+    "OUTBOX_GRACE_SECONDS": "2",
 }
 
 
@@ -133,16 +136,19 @@ class Stack:
         firestore_host: str | None = None,
         rbm_root: str | None = None,
         sms_webhook: tuple[str, str] | None = None,
+        outcomes_push_url: str | None = None,
     ):
         """Emulator hosts given are used as they are; otherwise the stack starts its own.
         `period`: seconds between scheduled runs (SCHEDULE_PERIOD_SECONDS). `rbm_root`:
         the RBM REST root the relay calls instead of the simulator's; `sms_webhook`:
-        (url, secret) of a signed SMS webhook gateway instead of the fake Twilio.
-        `settings` go over everything else."""
+        (url, secret) of a signed SMS webhook gateway instead of the fake Twilio;
+        `outcomes_push_url`: where the outcome events are pushed, as a push
+        subscription would. `settings` go over everything else."""
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="rbm-relay-"))
         self.pubsub_host, self.firestore_host = pubsub_host, firestore_host
         self.period, self.settings, self.simulator_options = period, settings or {}, simulator_options or {}
         self.rbm_root, self.sms_webhook = rbm_root, sms_webhook
+        self.outcomes_push_url = outcomes_push_url
         self.rbm: Simulator | None = None
         self.sms: FakeTwilio | None = None
         self.functions: dict[str, FunctionProcess] = {}
@@ -157,6 +163,7 @@ class Stack:
             "RBM_EVENTS_TOPIC": TOPOLOGY["events_topic"],
             "RBM_DEAD_LETTER_TOPIC": TOPOLOGY["dead_letter_topic"],
             "RBM_WORK_TOPIC": WORK["topic"],
+            "RBM_OUTCOMES_TOPIC": TOPOLOGY["outcomes_topic"],
             "SCHEDULE_PERIOD_SECONDS": str(self.period),
             "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
@@ -218,6 +225,7 @@ class Stack:
         """Topics and subscriptions as infra declares them, pushing to local processes:
         the events to their subscribers, the work items to the worker."""
         topology = self._start(_Topology())
+        self._outcomes(topology)
         events, dead = TOPOLOGY["events_topic"], TOPOLOGY["dead_letter_topic"]
         topology.topic(events)
         topology.topic(dead)
@@ -253,6 +261,16 @@ class Stack:
                 backoff=float(WORK["minimum_backoff"].rstrip("s")),
             )
         )
+
+    def _outcomes(self, topology: _Topology) -> None:
+        """The outcomes topic; a pull subscription the demo reads (OUTCOMES_SUBSCRIPTION), and
+        with `outcomes_push_url` one pushed there as a Pub/Sub push subscription would."""
+        topic = TOPOLOGY["outcomes_topic"]
+        topology.topic(topic)
+        topology.pull(topic, OUTCOMES_SUBSCRIPTION)
+        if self.outcomes_push_url:
+            topology.pull(topic, OUTCOMES_PUSH_SUBSCRIPTION)
+            self._start(Pusher(PROJECT, OUTCOMES_PUSH_SUBSCRIPTION, self.outcomes_push_url, 1, timeout=60, backoff=10))
 
     def urls(self) -> dict[str, str]:
         """The URL of every function, by entry point."""
@@ -326,6 +344,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     own.add_argument("--sms-webhook-url", metavar="URL", help="signed SMS webhook gateway instead of the fake Twilio")
     own.add_argument(
+        "--outcomes-push-url",
+        metavar="URL",
+        help="push the outcome events there, in Pub/Sub's wrapped push body, as the sender's push subscription would",
+    )
+    own.add_argument(
         "--sms-webhook-secret",
         metavar="SECRET",
         help="its HMAC secret (or the SMS_WEBHOOK_SECRET environment variable)",
@@ -382,6 +405,7 @@ def _serve(stack: Stack) -> bool:
                 "functions": stack.urls(),
                 "pubsub_emulator": stack.pubsub_host,
                 "firestore_emulator": stack.firestore_host,
+                "outcomes_topic": TOPOLOGY["outcomes_topic"],
                 "logs": str(stack.workdir),
             }
         ),
@@ -399,7 +423,13 @@ def main(argv=None) -> int:
     print(f"starting the stack, scheduler period {args.period:g} s …", file=out, flush=True)
     sms_webhook = (args.sms_webhook_url, args.sms_webhook_secret) if args.sms_webhook_url else None
     stack, ok = (
-        Stack(period=args.period, settings=_settings(args), rbm_root=args.rbm_root, sms_webhook=sms_webhook),
+        Stack(
+            period=args.period,
+            settings=_settings(args),
+            rbm_root=args.rbm_root,
+            sms_webhook=sms_webhook,
+            outcomes_push_url=args.outcomes_push_url,
+        ),
         True,
     )
     try:

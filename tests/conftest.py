@@ -89,10 +89,11 @@ def firestore_outage(firestore):
 
 
 @pytest.fixture
-def functions(tmp_path):
+def functions(tmp_path, pubsub_emulator):
     """Start an entry point: `functions("receive_webhook", env={...})`.
 
-    The process gets PROJECT and the hosts of the emulators this session runs;
+    The process gets PROJECT and the hosts of the emulators this session runs
+    (always Pub/Sub's: every change of a message publishes its outcome events);
     `env` overrides them. Each log's tail is printed at teardown, which pytest
     shows only when the test failed.
     """

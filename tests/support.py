@@ -1,14 +1,28 @@
 """Helpers every test tier shares."""
 
 import base64
+import json
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
+import jsonschema
 import requests
 
 from functions import dispatch
 from local.scheduler import next_tick
+
+# Every outcome event the tests see is checked against the published schema.
+OUTCOME_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "infra" / "outcome_event.schema.json").read_text())
+jsonschema.Draft202012Validator.check_schema(OUTCOME_SCHEMA)
+_OUTCOME_VALIDATOR = jsonschema.Draft202012Validator(OUTCOME_SCHEMA)
+
+
+def valid_outcome(event: dict) -> dict:
+    """`event` if it matches infra/outcome_event.schema.json; else the test fails with the mismatch."""
+    _OUTCOME_VALIDATOR.validate(event)
+    return event
 
 
 def wait_for(predicate, timeout=20.0, interval=0.1):

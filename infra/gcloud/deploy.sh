@@ -38,7 +38,8 @@
 #   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
 #   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
 #   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
-#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS
+#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS,
+#   OUTBOX_GRACE_SECONDS
 #                                                   tuning; the code's defaults otherwise
 #   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
 #   WEBHOOK_MIN_INSTANCES, WEBHOOK_MAX_INSTANCES   default infra/functions.json's (0, 20)
@@ -46,6 +47,9 @@
 #                               calls into RBM and the SMS provider (infra/README.md, "Sizing the worker")
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
+#   OUTCOMES_PUSH_ENDPOINT      the sender's https endpoint the outcome events are pushed to
+#                               (default empty: no push subscription); OUTCOMES_PUSH_AUDIENCE
+#                               the OIDC token's audience (default the endpoint)
 #   NOTIFICATION_CHANNELS (required, may be empty)  comma-separated notification channel
 #                               ids for the alerts; set it empty to deploy alerts that notify nobody
 #   SIGNATURE_REJECTIONS_THRESHOLD  default 10 per 5 minutes
@@ -106,6 +110,7 @@ REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
 FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
 WORK_ITEM_SIZE=${WORK_ITEM_SIZE:-50}
 REVOKE_GRACE_SECONDS=${REVOKE_GRACE_SECONDS:-5}
+OUTBOX_GRACE_SECONDS=${OUTBOX_GRACE_SECONDS:-30}
 OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
 OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
 WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-}
@@ -113,6 +118,10 @@ WEBHOOK_MAX_INSTANCES=${WEBHOOK_MAX_INSTANCES:-}
 WORKER_MAX_INSTANCES=${WORKER_MAX_INSTANCES:-}
 SEND_MESSAGE_INVOKERS=${SEND_MESSAGE_INVOKERS:-}
 SEND_MESSAGE_INGRESS=${SEND_MESSAGE_INGRESS:-all}
+OUTCOMES_PUSH_ENDPOINT=${OUTCOMES_PUSH_ENDPOINT:-}
+OUTCOMES_PUSH_AUDIENCE=${OUTCOMES_PUSH_AUDIENCE:-$OUTCOMES_PUSH_ENDPOINT}
+[[ -z $OUTCOMES_PUSH_ENDPOINT || $OUTCOMES_PUSH_ENDPOINT == https://* ]] ||
+  die "OUTCOMES_PUSH_ENDPOINT must be an https:// URL (Pub/Sub pushes with an OIDC token only over HTTPS)"
 SIGNATURE_REJECTIONS_THRESHOLD=${SIGNATURE_REJECTIONS_THRESHOLD:-10}
 PYTHON_RUNTIME=${PYTHON_RUNTIME:-python312}
 
@@ -202,12 +211,14 @@ def source_files(root, listing):
 if cmd == "config":  # topology.json, firestore_indexes.json and functions.json as shell variables
     topology, indexes, runtime = (json.load(open(p)) for p in args)
     for key in ("events_topic", "dead_letter_topic", "dead_letter_subscription", "max_delivery_attempts",
-                "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention"):
+                "ack_deadline_seconds", "minimum_backoff", "maximum_backoff", "message_retention", "outcomes_topic"):
         sh(key.upper(), topology[key])
     for key in ("name", "entry_point", "filter"):
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
     for key, value in topology["work"].items():
         sh(f"WORK_{key.upper()}", value)
+    for key, value in topology["outcomes_push"].items():
+        sh(f"OUTCOMES_PUSH_{key.upper()}", value)
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
     sh("INDEX_FIELDS", [",".join(i["fields"]) for i in indexes])
     # Each function's "memory cpu concurrency timeout min max"; an "ack_deadline" timeout is
@@ -315,23 +326,25 @@ done
 # A scheduled run acts itself when no work topic is set, so it reads every
 # setting of its own kind of work; process_due_work does both kinds. Deployed,
 # RBM_WORK_TOPIC is always set: a scheduled run only queries Firestore and
-# publishes work items, so it gets no secret and reads the database only
-# (FIRESTORE_READ_ONLY); the worker holds the secrets of both kinds of work.
-REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
+# publishes work items, so it gets no secret; send_fallbacks reads the database
+# only (FIRESTORE_READ_ONLY), while revoke_expired also republishes the outcome
+# events left in the outbox and marks them published (functions/outbox.py). The
+# worker holds the secrets of both kinds of work.
+REVOKE_SETTINGS=common,store,outcomes,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
-FALLBACK_SETTINGS=common,store,sweep,sms,work
+FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 WORKER_SECRETS=$REVOKE_SECRETS,$FALLBACK_SECRETS,CONVERSATION_ID_KEY
-FIRESTORE_READ_ONLY=(revoke_expired send_fallbacks)
-#  entry point      name                 invoker   ingress               settings                                secrets                 publishes
+FIRESTORE_READ_ONLY=(send_fallbacks)
+#  entry point      name                 invoker   ingress               settings                                         secrets                 publishes
 FUNCTIONS=(
-  "receive_webhook  rbm-receive-webhook  public    all                   common,publish                          RBM_CLIENT_TOKEN        events"
-  "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store                -                       dead_letter"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY -"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                        -                       work"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                      -                       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                    $WORKER_SECRETS         -"
+  "receive_webhook  rbm-receive-webhook  public    all                   common,publish                                   RBM_CLIENT_TOKEN        events"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes                -                       dead_letter,outcomes"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter,outcomes"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       work,outcomes"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       work"
+  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                             $WORKER_SECRETS         outcomes"
 )
 # The instance overrides, as Terraform's variables: empty keeps functions.json's number.
 declare -A MIN_OVERRIDE=([receive_webhook]=$WEBHOOK_MIN_INSTANCES)
@@ -351,6 +364,7 @@ declare -A SETTING_GROUPS=(
   [publish]="RBM_EVENTS_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [dead_letter]="RBM_DEAD_LETTER_TOPIC PUBLISH_TIMEOUT_SECONDS"
   [store]="FIRESTORE_DATABASE RBM_MESSAGES_COLLECTION RBM_CONVERSATIONS_COLLECTION RETENTION_DAYS"
+  [outcomes]="RBM_OUTCOMES_TOPIC OUTBOX_GRACE_SECONDS PUBLISH_TIMEOUT_SECONDS"
   [agent]="RBM_AGENT_ID"
   [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
   [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS SCHEDULE_PERIOD_SECONDS WORK_ITEM_SIZE REVOKE_GRACE_SECONDS"
@@ -364,8 +378,9 @@ GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
 RBM_DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC
 RBM_WORK_TOPIC=$WORK_TOPIC
+RBM_OUTCOMES_TOPIC=$OUTCOMES_TOPIC
 # Topic names by the keys of the table's publishes column.
-declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC)
+declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC [outcomes]=$OUTCOMES_TOPIC)
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
@@ -457,7 +472,7 @@ run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUB
 
 # --- Pub/Sub: topics and the dead-letter inspection subscription ------------------------
 
-for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC"; do
+for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC" "$OUTCOMES_TOPIC"; do
   exists gcloud pubsub topics describe "$topic" "${P[@]}" ||
     run gcloud pubsub topics create "$topic" --labels="$LABELS" "${P[@]}"
 done
@@ -523,7 +538,7 @@ done
 # TTL on expire_at, exempt from single-field indexes (nothing queries it).
 # Both change the same field: Firestore runs one operation on a field at a
 # time, so each waits for its own to finish (no --async).
-for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages; do
+for group in "$RBM_MESSAGES_COLLECTION" "$RBM_CONVERSATIONS_COLLECTION" messages rbm_outcomes; do
   run gcloud firestore indexes fields update expire_at --collection-group="$group" --disable-indexes "${F[@]}" --quiet
   run gcloud firestore fields ttls update expire_at --collection-group="$group" --enable-ttl "${F[@]}" --quiet
 done
@@ -751,6 +766,33 @@ else
   run gcloud pubsub subscriptions create "$WORK_SUBSCRIPTION" --topic="$WORK_TOPIC" "${push[@]}" --labels="$LABELS"
 fi
 run gcloud pubsub subscriptions add-iam-policy-binding "$WORK_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+
+# The optional push of the outcome events to the sender's endpoint (README, Outcome
+# events): an OIDC token of its own identity, its retry policy and dead-letter topic.
+if [[ -n $OUTCOMES_PUSH_ENDPOINT ]]; then
+  ensure_sa rbm-outcomes-push "Identity in the OIDC token of the outcome events pushed to the sender's endpoint."
+  OUTCOMES_PUSH_SA=$(sa_email rbm-outcomes-push)
+  run gcloud iam service-accounts add-iam-policy-binding "$OUTCOMES_PUSH_SA" --member="$PUBSUB_AGENT" \
+    --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
+  exists gcloud pubsub topics describe "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" "${P[@]}" ||
+    run gcloud pubsub topics create "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --labels="$LABELS" "${P[@]}"
+  run gcloud pubsub topics add-iam-policy-binding "$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
+  inspect=(--ack-deadline="$OUTCOMES_PUSH_ACK_DEADLINE_SECONDS" --message-retention-duration="$OUTCOMES_PUSH_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+  exists gcloud pubsub subscriptions describe "$OUTCOMES_PUSH_DEAD_LETTER_SUBSCRIPTION" "${P[@]}" ||
+    run gcloud pubsub subscriptions create "$OUTCOMES_PUSH_DEAD_LETTER_SUBSCRIPTION" --topic="$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" "${inspect[@]}" --labels="$LABELS"
+  push=(--push-endpoint="$OUTCOMES_PUSH_ENDPOINT" --push-auth-service-account="$OUTCOMES_PUSH_SA"
+    --push-auth-token-audience="$OUTCOMES_PUSH_AUDIENCE" --ack-deadline="$OUTCOMES_PUSH_ACK_DEADLINE_SECONDS"
+    --dead-letter-topic="$OUTCOMES_PUSH_DEAD_LETTER_TOPIC" --max-delivery-attempts="$OUTCOMES_PUSH_MAX_DELIVERY_ATTEMPTS"
+    --min-retry-delay="$OUTCOMES_PUSH_MINIMUM_BACKOFF" --max-retry-delay="$OUTCOMES_PUSH_MAXIMUM_BACKOFF"
+    --message-retention-duration="$OUTCOMES_PUSH_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
+  if exists gcloud pubsub subscriptions describe "$OUTCOMES_PUSH_SUBSCRIPTION" "${P[@]}"; then
+    run gcloud pubsub subscriptions update "$OUTCOMES_PUSH_SUBSCRIPTION" "${push[@]}" --update-labels="$LABELS"
+  else
+    run gcloud pubsub subscriptions create "$OUTCOMES_PUSH_SUBSCRIPTION" --topic="$OUTCOMES_TOPIC" \
+      --enable-message-ordering "${push[@]}" --labels="$LABELS"
+  fi
+  run gcloud pubsub subscriptions add-iam-policy-binding "$OUTCOMES_PUSH_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
+fi
 
 # --- observability ----------------------------------------------------------------------------
 

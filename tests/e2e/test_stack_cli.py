@@ -3,6 +3,7 @@ agent: against an RBM REST root and a signed SMS webhook gateway of its own
 (here the repository's fakes, standing in for a partner's sandbox), with
 production's scheduler period; then interrupted."""
 
+import base64
 import contextlib
 import inspect
 import json
@@ -20,7 +21,9 @@ import requests
 import main
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeSmsWebhook
+from local.fakehttp import FakeServer, Request
 from local.processes import EMULATOR_VARS, REPO_ROOT
+from tests.support import wait_for
 
 PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = (
     "partner-agent@rbm.goog",
@@ -29,6 +32,23 @@ PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = (
 )
 NO_RCS = "+15550424242"
 ENTRY_POINTS = {name for name, f in vars(main).items() if inspect.isfunction(f) and f.__module__ == "main"}
+
+
+class OutcomesEndpoint(FakeServer):
+    """A partner's push endpoint: records each wrapped push body, answers 204."""
+
+    def __init__(self):
+        super().__init__()
+        self.bodies: list[dict] = []
+
+    def handle(self, request: Request) -> tuple:
+        with self._lock:
+            self.bodies.append(request.json())
+        return 204, {}
+
+    def events(self) -> list[dict]:
+        with self._lock:
+            return [json.loads(base64.b64decode(b["message"]["data"])) for b in self.bodies]
 
 
 def _start_time(pid: int) -> str | None:
@@ -66,7 +86,7 @@ def first_line(stream, timeout: float) -> str:
 
 
 def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_every_process(tmp_path):
-    with FakeRbm() as rbm, FakeSmsWebhook(secret=GATEWAY_SECRET) as gateway:
+    with FakeRbm() as rbm, FakeSmsWebhook(secret=GATEWAY_SECRET) as gateway, OutcomesEndpoint() as outcomes:
         rbm.set_phone(NO_RCS, "not_rcs")
         command = [
             sys.executable,
@@ -85,6 +105,8 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             f"{gateway.url}/sms",
             "--sms-webhook-secret",
             GATEWAY_SECRET,
+            "--outcomes-push-url",
+            f"{outcomes.url}/outcomes",
         ]
         env = {k: v for k, v in os.environ.items() if k not in EMULATOR_VARS}  # the stack starts emulators of its own
         with open(tmp_path / "stack.err", "wb") as err:
@@ -93,6 +115,7 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
         try:
             ready = json.loads(first_line(stack.stdout, timeout=240))
             assert set(ready["functions"]) == ENTRY_POINTS
+            assert ready["outcomes_topic"] == "rbm-outcomes"
 
             message_id = str(uuid.uuid4())
             answer = requests.post(
@@ -114,6 +137,14 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             # No RCS: the SMS goes to the partner's gateway, signed with its secret, at once.
             assert gateway.wait_sent(1, timeout=30)
             assert [(s["to"], s["message_id"]) for s in gateway.sent] == [(NO_RCS, message_id)]
+            # The outcome events reach the partner's endpoint as Pub/Sub push bodies.
+            wait_for(lambda: len(outcomes.events()) >= 2, timeout=60)
+            assert sorted((e["seq"], e["status"], e["fate"]) for e in outcomes.events()) == [
+                (1, "UNREACHABLE", "pending"),
+                (2, "SMS_SENT", "sms"),
+            ]
+            assert {b["message"]["attributes"]["message_id"] for b in outcomes.bodies} == {message_id}
+            assert all(b["message"]["orderingKey"] == message_id and b["subscription"] for b in outcomes.bodies)
 
             started = descendants(stack.pid)
             assert len(started) >= len(ENTRY_POINTS) + 2  # a server per function, two emulators

@@ -1,5 +1,6 @@
 """The operator commands against the emulators, run as a user runs them."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +25,25 @@ def test_status_prints_the_document_or_exits_1(firestore):
     doc = json.loads(shown.stdout)
     assert (doc["message_id"], doc["state"], doc["fallback"]) == ("m-42", "SENT", "NONE") and doc["updated_at"]
     assert cli("status", "nope").returncode == 1
+
+
+def test_status_shows_the_outcome_history_and_outcomes_lists_recent_ones_by_fate(firestore):
+    store.update_message("m-7", lambda _: Message("m-7", "+447700900777", "agent", state=State.SENT))
+    store.change_message("m-7", lambda m: dataclasses.replace(m, state=State.REVOKED, fallback=Fallback.SENT))
+    store.update_message("m-8", lambda _: Message("m-8", "+447700900888", "agent", state=State.DELIVERED))
+    shown = json.loads(cli("status", "m-7").stdout)
+    assert [(e["seq"], e["status"], e["fate"]) for e in shown["outcomes"]] == [
+        (1, "SENT", "pending"),
+        (2, "REVOKED", "sms"),
+        (3, "SMS_SENT", "sms"),
+    ]
+    recent = cli("outcomes", "--since", "10m")
+    assert recent.returncode == 0, recent.stderr
+    assert [json.loads(line)["event_id"] for line in recent.stdout.splitlines()] == ["m-7:1", "m-7:2", "m-7:3", "m-8:1"]
+    assert "+4477" not in recent.stdout
+    by_fate = cli("outcomes", "--since", "2020-01-01T00:00:00Z", "--fate", "sms")
+    assert [json.loads(line)["event_id"] for line in by_fate.stdout.splitlines()] == ["m-7:2", "m-7:3"]
+    assert cli("outcomes", "--since", "2020-01-01").returncode == 2  # no offset: refused
 
 
 def test_list_by_fallback_state(firestore):

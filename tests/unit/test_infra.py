@@ -68,21 +68,24 @@ WORK = TOPOLOGY["work"]
 # What each entry point's deployed code path needs: Firestore (write, read or
 # nothing), the topics it publishes to, the secrets it reads. Deployed, the
 # work topic is always set, so a scheduled run only queries Firestore and
-# publishes work items (tests/unit/test_scheduled_access.py): it reads the
-# database and holds no secret, though its code could act itself without a topic.
+# publishes work items (tests/unit/test_scheduled_access.py): it holds no secret,
+# though its code could act itself without a topic; send_fallbacks only reads the
+# database, revoke_expired also republishes the outbox's late outcome events and
+# marks them published (functions/outbox.py).
 ACCESS = {
     "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
-    "track_delivery": ("write", {"dead_letter"}, set()),
-    "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}),
-    "send_message": ("write", set(), {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
-    "revoke_expired": ("read", {"work"}, set()),
+    "track_delivery": ("write", {"dead_letter", "outcomes"}, set()),
+    "record_inbound": ("write", {"dead_letter", "outcomes"}, {"CONVERSATION_ID_KEY"}),
+    "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
+    "revoke_expired": ("write", {"work", "outcomes"}, set()),
     "send_fallbacks": ("read", {"work"}, set()),
     "process_due_work": (
         "write",
-        set(),
+        {"outcomes"},
         {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"},
     ),
 }
+READ_ONLY = {ep for ep, (access, _, _) in ACCESS.items() if access == "read"}
 FIRESTORE_ROLES = {"write": "roles/datastore.user", "read": "roles/datastore.viewer"}
 
 
@@ -466,7 +469,7 @@ def test_terraform_roles_follow_least_privilege():
     assert sizing("receive_webhook")["concurrency"] > 1
     for ep, f in table.items():
         if ep == WORKER:
-            assert f["invoker"] == "pubsub" and f["publishes"] == [] and f["firestore"] is True
+            assert f["invoker"] == "pubsub" and f["publishes"] == ["outcomes"] and f["firestore"] is True
             assert sizing(ep)["timeout_seconds"] == WORK["ack_deadline_seconds"], (
                 "a worker outliving its ack deadline is redelivered"
             )
@@ -478,6 +481,9 @@ def test_terraform_roles_follow_least_privilege():
         elif ep != "receive_webhook":
             assert f["firestore"] is True
         assert ("work" in f["publishes"]) == (ep in WORK_PUBLISHERS), f"{ep}: publisher on the work topic or not"
+        # Every change of a message publishes its outcome events: each function that writes messages.
+        writes = f["firestore"] and ep not in READ_ONLY
+        assert ("outcomes" in f["publishes"]) == writes, f"{ep}: publisher on the outcomes topic or not"
     assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
     budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
@@ -1017,6 +1023,7 @@ DRY_RUN_CONFIGS = {
         "SMS_MAX_SEGMENTS": "4",
         "RBM_KEY_FROM_SECRET": "true",
         "SEND_MESSAGE_INVOKERS": "serviceAccount:backend@demo-project.iam.gserviceaccount.com",
+        "OUTCOMES_PUSH_ENDPOINT": "https://sender.example.com/rbm-outcomes",
     },
 }
 
@@ -1239,7 +1246,12 @@ def test_dry_run_work_subscription_follows_topology_json():
 
 def test_dry_run_grants_publishing_as_terraform_does():
     names = {f["name"]: ep for ep, f in functions_table().items()}
-    topics = {"events": TOPOLOGY["events_topic"], "dead_letter": TOPOLOGY["dead_letter_topic"], "work": WORK["topic"]}
+    topics = {
+        "events": TOPOLOGY["events_topic"],
+        "dead_letter": TOPOLOGY["dead_letter_topic"],
+        "work": WORK["topic"],
+        "outcomes": TOPOLOGY["outcomes_topic"],
+    }
     for config in DRY_RUN_CONFIGS:
         granted = {
             (names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], c[4])
@@ -1259,7 +1271,7 @@ def test_dry_run_firestore_follows_the_json():
         created.add((flag(c, "--collection-group"), fields))
     assert created == {(i["collection"], tuple(i["fields"])) for i in INDEXES}
     ttl = {flag(c, "--collection-group") for c in commands("twilio", "gcloud", "firestore", "fields", "ttls", "update")}
-    assert ttl == {"rbm_messages", "rbm_conversations", "messages"}
+    assert ttl == {"rbm_messages", "rbm_conversations", "messages", "rbm_outcomes"}
 
 
 def test_dry_run_schedules_the_sweeps_and_counts_the_events():
@@ -1507,3 +1519,43 @@ def test_checkov_finds_nothing_unexplained():
     for report in reports if isinstance(reports, list) else [reports]:
         failed = report.get("results", {}).get("failed_checks", [])
         assert not failed, "\n".join(f"{c['check_id']} {c['resource']} {c['file_path']}" for c in failed)
+
+
+def test_the_outcomes_push_subscription_follows_topology_json_in_both_routes():
+    """Optional (outcomes_push_endpoint / OUTCOMES_PUSH_ENDPOINT): pushed with an OIDC token of its
+    own identity, ordered, with the retry policy and dead-letter topic of topology.json's outcomes_push."""
+    push = TOPOLOGY["outcomes_push"]
+    subscription = resources("google_pubsub_subscription")["outcomes_push"]
+    assert subscription["count"] == "${local.outcomes_push_enabled ? 1 : 0}"
+    assert subscription["topic"] == "${google_pubsub_topic.outcomes.id}" and subscription["enable_message_ordering"]
+    assert subscription["ack_deadline_seconds"] == "${local.outcomes_push.ack_deadline_seconds}"
+    assert _block(subscription, "retry_policy") == {
+        "minimum_backoff": "${local.outcomes_push.minimum_backoff}",
+        "maximum_backoff": "${local.outcomes_push.maximum_backoff}",
+    }
+    assert _block(subscription, "dead_letter_policy") == {
+        "dead_letter_topic": "${google_pubsub_topic.outcomes_dead_letter[0].id}",
+        "max_delivery_attempts": "${local.outcomes_push.max_delivery_attempts}",
+    }
+    push_config = _block(subscription, "push_config")
+    assert push_config["push_endpoint"] == "${var.outcomes_push_endpoint}"
+    assert _block(push_config, "oidc_token") == {
+        "service_account_email": "${google_service_account.outcomes_push[0].email}",
+        "audience": "${local.outcomes_push_audience}",
+    }
+    assert terraform()["variable"]["outcomes_push_endpoint"]["default"] == ""
+
+    endpoint = DRY_RUN_CONFIGS["webhook"]["OUTCOMES_PUSH_ENDPOINT"]
+    creates = {c[4]: c for c in commands("webhook", "gcloud", "pubsub", "subscriptions", "create")}
+    command = creates[push["subscription"]]
+    assert flag(command, "--topic") == TOPOLOGY["outcomes_topic"] and "--enable-message-ordering" in command
+    assert flag(command, "--dead-letter-topic") == push["dead_letter_topic"]
+    assert flag(command, "--max-delivery-attempts") == str(push["max_delivery_attempts"])
+    assert flag(command, "--ack-deadline") == str(push["ack_deadline_seconds"])
+    assert flag(command, "--min-retry-delay") == push["minimum_backoff"]
+    assert flag(command, "--max-retry-delay") == push["maximum_backoff"]
+    assert flag(command, "--push-endpoint") == flag(command, "--push-auth-token-audience") == endpoint
+    assert flag(command, "--push-auth-service-account").startswith("rbm-outcomes-push@")
+    assert flag(creates[push["dead_letter_subscription"]], "--topic") == push["dead_letter_topic"]
+    untouched = {c[4] for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
+    assert push["subscription"] not in untouched, "no endpoint, no push subscription"

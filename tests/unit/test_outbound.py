@@ -1,5 +1,7 @@
 """send_message's request rules, with no I/O."""
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -265,3 +267,48 @@ def test_a_document_stored_before_fingerprints_gets_its_fingerprint_from_its_fie
     assert conflict(legacy, parse(FULL, "agent")) is None
     assert "different request" in conflict(legacy, parse(FULL | {"revoke_after_seconds": 301}, "agent"))
     assert "different request" in conflict(legacy, parse(FULL | {"content": {"text": "other"}}, "agent"))
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"client_ref": 7}, "client_ref"),
+        ({"client_ref": "x" * 129}, "client_ref"),
+        ({"metadata": ["a"]}, "metadata"),
+        ({"metadata": {f"k{i}": "v" for i in range(11)}}, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata"),
+        ({"metadata": {"": "v"}}, "metadata"),
+        ({"metadata": {"__k__": "v"}}, "metadata"),
+        ({"metadata": {"k": 1}}, "metadata"),
+        ({"metadata": {"k": "v" * 257}}, "metadata"),
+    ],
+)
+def test_client_ref_and_metadata_beyond_their_limits_are_refused_naming_the_field(change, reason):
+    with pytest.raises(InvalidRequest, match=reason):
+        parse(OK | change, "a")
+
+
+def test_client_ref_and_metadata_are_stored_and_part_of_the_request():
+    at_limits = {"client_ref": "r" * 128, "metadata": {f"{i}" + "k" * 63: "v" * 256 for i in range(10)}}
+    record = parse(FULL | at_limits, "agent").record(NOW, 60)
+    assert (record.client_ref, record.metadata) == (at_limits["client_ref"], at_limits["metadata"])
+    assert "different request" in conflict(stored(), parse(FULL | {"client_ref": "r"}, "agent"))
+    assert "different request" in conflict(stored(), parse(FULL | {"metadata": {"k": "v"}}, "agent"))
+    assert "different request" in conflict(record, parse(FULL, "agent"))
+    assert conflict(record, parse(FULL | at_limits, "agent")) is None
+
+
+def test_a_fingerprint_stored_before_client_ref_and_metadata_still_matches_its_retry():
+    """The canonical JSON of a request without them is the one stored before they existed."""
+    canonical = {
+        "phone": FULL["phone"],
+        "agent_id": "agent@rbm.goog",  # canonical, as stored since agent ids are
+        "content": FULL["content"],
+        "traffic_type": FULL["traffic_type"],
+        "revoke_after_seconds": FULL["revoke_after_seconds"],
+        "fallback_text": "code 1",
+        "time_sensitive": True,
+    }
+    before = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert parse(FULL, "agent").fingerprint == before
+    assert parse(FULL | {"metadata": {}}, "agent").fingerprint == before

@@ -1,8 +1,10 @@
 """What a scheduled run touches when deployed, with a work topic: it queries
-Firestore and publishes work items, and nothing else — no Firestore write, no
-RBM call, no SMS provider. The deployment relies on it: revoke_expired and
-send_fallbacks get read-only Firestore access (roles/datastore.viewer) and no
-secret (tests/unit/test_infra.py, ACCESS).
+Firestore and publishes work items, and nothing else — no Firestore write of a
+message, no RBM call, no SMS provider. The deployment relies on it: both get no
+secret, and send_fallbacks read-only Firestore access (roles/datastore.viewer);
+revoke_expired also republishes the outbox's late outcome events
+(outbox.republish, the one thing it writes: their `published` mark), so it
+keeps roles/datastore.user (tests/unit/test_infra.py, ACCESS).
 """
 
 from datetime import UTC, datetime, timedelta
@@ -11,7 +13,7 @@ import flask
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from functions import config, conversations, rbm, revoke_expired, send_fallbacks, sms, store, sweep, work_items
+from functions import config, conversations, outbox, rbm, revoke_expired, send_fallbacks, sms, store, sweep, work_items
 from functions.model import Fallback, Message, State
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -61,6 +63,7 @@ def deployed(monkeypatch):
     monkeypatch.setattr(sms, "provider", forbidden("looked up the SMS provider"))
     published = []
     monkeypatch.setattr(work_items, "publish", published.extend)
+    monkeypatch.setattr(outbox, "republish", lambda now: 0)  # revoke_expired's, allowed to write its marks
     return published
 
 

@@ -45,11 +45,11 @@ resource "google_firestore_index" "this" {
 }
 
 # Old documents expire through TTL on `expire_at` (the code sets it on every
-# write): messages, conversations, and the `messages` collection group under
-# conversations. The field is exempt from single-field indexing: nothing
+# write): messages, conversations, the `messages` collection group under
+# conversations, and the outcome events' outbox. The field is exempt from single-field indexing: nothing
 # queries it, and an index on an ever-growing timestamp only costs writes.
 resource "google_firestore_field" "ttl" {
-  for_each = toset([var.messages_collection, var.conversations_collection, "messages"])
+  for_each = toset([var.messages_collection, var.conversations_collection, "messages", "rbm_outcomes"])
 
   project    = var.project_id
   database   = var.firestore_database

@@ -69,9 +69,9 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = null
-      settings      = ["common", "dead_letter", "store"]
+      settings      = ["common", "dead_letter", "store", "outcomes"]
       secrets       = []
-      publishes     = ["dead_letter"]
+      publishes     = ["dead_letter", "outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -82,9 +82,9 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = null
-      settings      = ["common", "dead_letter", "store", "agent", "opt_out"]
+      settings      = ["common", "dead_letter", "store", "outcomes", "agent", "opt_out"]
       secrets       = ["CONVERSATION_ID_KEY"]
-      publishes     = ["dead_letter"]
+      publishes     = ["dead_letter", "outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -95,9 +95,9 @@ locals {
       ingress       = var.send_message_ingress
       min_instances = null
       max_instances = null
-      settings      = ["common", "store", "agent", "rbm", "sms_text"]
+      settings      = ["common", "store", "outcomes", "agent", "rbm", "sms_text"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"]
-      publishes     = []
+      publishes     = ["outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -110,7 +110,7 @@ locals {
       max_instances = null
       settings      = local.revoke_settings
       secrets       = []
-      publishes     = ["work"]
+      publishes     = ["work", "outcomes"]
       firestore     = true
       schedule      = local.schedule
     }
@@ -136,7 +136,7 @@ locals {
       max_instances = var.worker_max_instances
       settings      = local.worker_settings
       secrets       = local.worker_secrets
-      publishes     = []
+      publishes     = ["outcomes"]
       firestore     = true
       schedule      = null
     }
@@ -168,17 +168,19 @@ locals {
   # A scheduled run acts itself when no work topic is set, so it reads every
   # setting of its own kind of work; process_due_work does both kinds.
   # Deployed, RBM_WORK_TOPIC is always set: a scheduled run only queries
-  # Firestore and publishes work items, so it gets no secret and reads the
-  # database only (firestore_read_only); the worker calls RBM and the SMS
-  # provider and writes the messages.
-  revoke_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "work"]
-  fallback_settings = ["common", "store", "sweep", "sms", "work"]
-  worker_settings   = ["common", "store", "agent", "rbm", "sweep", "revoke", "sms", "work"]
+  # Firestore and publishes work items, so it gets no secret; send_fallbacks
+  # reads the database only (firestore_read_only), while revoke_expired also
+  # republishes the outcome events left in the outbox and marks them published
+  # (functions/outbox.py). The worker calls RBM and the SMS provider and writes
+  # the messages.
+  revoke_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "work"]
+  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "work"]
+  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "work"]
   worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
 
   # Functions that only read the database (roles/datastore.viewer); the other
   # users of it read and write (roles/datastore.user).
-  firestore_read_only = ["revoke_expired", "send_fallbacks"]
+  firestore_read_only = ["send_fallbacks"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
   # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
@@ -192,6 +194,7 @@ locals {
     publish     = ["RBM_EVENTS_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
     dead_letter = ["RBM_DEAD_LETTER_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
     store       = ["FIRESTORE_DATABASE", "RBM_MESSAGES_COLLECTION", "RBM_CONVERSATIONS_COLLECTION", "RETENTION_DAYS"]
+    outcomes    = ["RBM_OUTCOMES_TOPIC", "OUTBOX_GRACE_SECONDS", "PUBLISH_TIMEOUT_SECONDS"]
     agent       = ["RBM_AGENT_ID"]
     rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
     sweep = [
@@ -222,6 +225,7 @@ locals {
     FALLBACK_MAX_ATTEMPTS   = "5"
     WORK_ITEM_SIZE          = "50"
     REVOKE_GRACE_SECONDS    = "5"
+    OUTBOX_GRACE_SECONDS    = "30"
     OPT_OUT_KEYWORDS        = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
     OPT_IN_KEYWORDS         = "START,UNSTOP,YES"
   }
@@ -234,6 +238,7 @@ locals {
     RBM_EVENTS_TOPIC             = google_pubsub_topic.events.name
     RBM_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
     RBM_WORK_TOPIC               = google_pubsub_topic.work.name
+    RBM_OUTCOMES_TOPIC           = google_pubsub_topic.outcomes.name
     SCHEDULE_PERIOD_SECONDS      = tostring(local.schedule_period_seconds)
     FIRESTORE_DATABASE           = var.firestore_database
     RBM_MESSAGES_COLLECTION      = var.messages_collection

@@ -162,6 +162,7 @@ locals {
     events      = google_pubsub_topic.events.name
     dead_letter = google_pubsub_topic.dead_letter.name
     work        = google_pubsub_topic.work.name
+    outcomes    = google_pubsub_topic.outcomes.name
   }
 }
 
@@ -204,4 +205,14 @@ resource "google_service_account_iam_member" "agent_push_token" {
   service_account_id = google_service_account.push.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_agent
+}
+
+# Outcome events (README "Outcome events"): the sender subscribes to this topic.
+resource "google_pubsub_topic" "outcomes" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption, as for the events topic.
+  project = var.project_id
+  name    = local.topology.outcomes_topic
+  labels  = local.common_labels
+
+  depends_on = [google_project_service.this]
 }

@@ -209,3 +209,15 @@ variable "signature_rejections_threshold" {
   type        = number
   default     = 10
 }
+
+variable "outcomes_push_endpoint" {
+  description = "The sender's HTTPS endpoint the outcome events are pushed to (README, Outcome events); empty: no push subscription."
+  type        = string
+  default     = ""
+}
+
+variable "outcomes_push_audience" {
+  description = "Audience of the OIDC token of the outcome events' push; empty: the endpoint itself."
+  type        = string
+  default     = ""
+}

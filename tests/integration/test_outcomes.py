@@ -1,0 +1,110 @@
+"""Outcome events (DESIGN §3.11): none lost between a commit and its publish, none
+invented by a redelivery, numbered without gaps; real function processes on the
+emulators, against the fake RBM platform."""
+
+import json
+import uuid
+
+import requests
+
+from functions import events, store
+from functions.model import OUTCOMES_COLLECTION, Message, State
+from local.processes import PROJECT, create_pull_subscription, create_topic, pull_all
+from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
+
+PHONE = "+447700900111"
+
+
+def outbox(message_id: str) -> list[dict]:
+    """The outbox documents of a message, by seq."""
+    docs = [s.to_dict() for s in store.client().collection(OUTCOMES_COLLECTION).stream()]
+    return sorted((d for d in docs if d["message_id"] == message_id), key=lambda d: d["seq"])
+
+
+def received(subscription: str, expect: int, settle: float = 2.0) -> list[tuple[dict, dict]]:
+    """The events pulled: `expect` of them, then nothing more for `settle` seconds."""
+    got = pull_all(PROJECT, subscription, 30, expect=expect) + pull_all(PROJECT, subscription, settle)
+    return [(valid_outcome(json.loads(data)), attributes) for data, attributes in got]
+
+
+def test_an_event_whose_publish_failed_after_the_commit_is_published_by_the_next_run(functions, firestore, rbm):
+    """The fault is real: the outcomes topic does not exist when send_message commits."""
+    topic = f"outcomes-{uuid.uuid4().hex[:8]}"
+    env = {"RBM_API_ENDPOINT": rbm.url, "RBM_OUTCOMES_TOPIC": topic, **SWEEP_ENV}
+    rbm.set_phone(PHONE, "not_rcs")
+    sender = functions("send_message", env=env)
+    body = {"phone": PHONE, "content": {"text": "hi"}, "client_ref": "order-7", "metadata": {"shop": "12"}}
+    answer = requests.post(sender.url, json=body, timeout=30).json()
+    message_id = answer["message_id"]
+    assert answer["state"] == "UNREACHABLE"
+    [left] = outbox(message_id)
+    assert (left["event_id"], left["published"]) == (f"{message_id}:1", False)
+    assert store.get_message(message_id).outcome_seq == 1
+
+    create_topic(PROJECT, topic)
+    create_pull_subscription(PROJECT, topic, f"{topic}-pull")
+    sweep = functions("revoke_expired", env={**env, "OUTBOX_GRACE_SECONDS": "0"})
+    assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
+
+    [(event, attributes)] = received(f"{topic}-pull", expect=1)
+    assert event == {
+        "event_id": f"{message_id}:1",
+        "message_id": message_id,
+        "seq": 1,
+        "status": "UNREACHABLE",
+        "channel": "rcs",
+        "fate": "failed",
+        "final": True,
+        "client_ref": "order-7",
+        "metadata": {"shop": "12"},
+        "agent_id": AGENT,
+        "phone": PHONE,
+        "occurred_at": event["occurred_at"],
+        "reason": "RBM 404",
+    }
+    assert attributes == {
+        "event_id": f"{message_id}:1",
+        "message_id": message_id,
+        "status": "UNREACHABLE",
+        "fate": "failed",
+        "agent_id": AGENT,
+        "client_ref": "order-7",
+    }
+    assert [d["published"] for d in outbox(message_id)] == [True]
+    # The next run finds nothing left: nothing is published twice.
+    assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
+    assert received(f"{topic}-pull", expect=0) == []
+
+
+def test_a_redelivered_receipt_publishes_nothing_new_and_untracked_messages_nothing(subscriber, topic, monkeypatch):
+    outcomes = topic("outcomes")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", outcomes.topic)
+    send = subscriber("track_delivery", env={"RBM_OUTCOMES_TOPIC": outcomes.topic})
+    ours, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    store.update_message(ours, lambda _: Message(ours, PHONE, AGENT, state=State.SENT, client_ref="c-1"))
+
+    def receipt(event_type: str, message_id: str, event_id: str) -> None:
+        payload = {
+            "senderPhoneNumber": PHONE,
+            "eventType": event_type,
+            "eventId": event_id,
+            "messageId": message_id,
+            "agentId": AGENT,
+            "sendTime": "2026-01-01T00:00:00Z",
+        }
+        send(payload, **events.parse(payload).attributes())
+
+    for event_type, event_id in [("DELIVERED", "e1"), ("DELIVERED", "e1"), ("READ", "e2"), ("READ", "e2")]:
+        receipt(event_type, ours, event_id)
+    receipt("DELIVERED", theirs, "e3")
+    wait_for(lambda: (m := store.get_message(ours)) and m.state is State.READ and store.get_message(theirs))
+
+    got = received(outcomes.subscription, expect=3)
+    assert sorted((e["seq"], e["status"], e["fate"], e["client_ref"]) for e, _ in got) == [
+        (1, "SENT", "pending", "c-1"),
+        (2, "DELIVERED", "rcs", "c-1"),
+        (3, "READ", "rcs", "c-1"),
+    ]
+    assert len({e["event_id"] for e, _ in got}) == 3
+    assert store.get_message(ours).outcome_seq == 3
+    assert outbox(theirs) == []  # another system's message: recorded, no events
