@@ -1226,3 +1226,17 @@ def test_checkov_finds_nothing_unexplained():
     for report in reports if isinstance(reports, list) else [reports]:
         failed = report.get("results", {}).get("failed_checks", [])
         assert not failed, "\n".join(f"{c['check_id']} {c['resource']} {c['file_path']}" for c in failed)
+
+
+def test_a_rejected_handshake_counts_with_the_rejected_signatures():
+    # Token guessing (handshakes with an unknown client token) raises the signature alert.
+    also = locals_()["log_events_also"]
+    assert also == {"signature_rejected": ["handshake_rejected"]} and logged_events_match("handshake_rejected")
+    counted = 'jsonPayload.event=("signature_rejected" OR "handshake_rejected")'
+    (metric,) = (c for c in commands("twilio", "gcloud", "logging", "metrics", "create") if c[4].endswith("/signature_rejected"))
+    assert flag(metric, "--log-filter").endswith(counted)
+    for c in commands("twilio", "gcloud", "logging", "metrics", "create"):
+        if c is not metric:
+            assert flag(c, "--log-filter").endswith(f'jsonPayload.event=("{c[4].removeprefix("rbm_relay/")}")')
+    event = resources("google_logging_metric")["event"]
+    assert "local.log_events_also" in event["filter"] and "signature_rejected" in also
