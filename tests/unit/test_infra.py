@@ -1233,7 +1233,9 @@ def test_a_rejected_handshake_counts_with_the_rejected_signatures():
     also = locals_()["log_events_also"]
     assert also == {"signature_rejected": ["handshake_rejected"]} and logged_events_match("handshake_rejected")
     counted = 'jsonPayload.event=("signature_rejected" OR "handshake_rejected")'
-    (metric,) = (c for c in commands("twilio", "gcloud", "logging", "metrics", "create") if c[4].endswith("/signature_rejected"))
+    (metric,) = (
+        c for c in commands("twilio", "gcloud", "logging", "metrics", "create") if c[4].endswith("/signature_rejected")
+    )
     assert flag(metric, "--log-filter").endswith(counted)
     for c in commands("twilio", "gcloud", "logging", "metrics", "create"):
         if c is not metric:
