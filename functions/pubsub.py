@@ -9,6 +9,7 @@ trip and no thread, with retries bounded by the time the caller waits.
 import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import grpc_helpers
@@ -17,10 +18,13 @@ from google.api_core import retry as retries
 from functions import config
 
 MAX_PER_CALL = 1000  # messages in one Publish request (cloud.google.com/pubsub/quotas)
-# The protobuf classes under the library's proto-plus types: built directly, a
-# request costs no per-field marshalling, then wrap() hands it over as is.
+# The protobuf classes under the library's proto-plus types: built and read
+# directly, a request and its answer cost no per-field marshalling.
 _RAW_MESSAGE = pubsub_v1.types.PubsubMessage.pb()
 _RAW_REQUEST = pubsub_v1.types.PublishRequest.pb()
+_RAW_RESPONSE = pubsub_v1.types.PublishResponse.pb()
+# The Publish method of the google.pubsub.v1.Publisher service (google/pubsub/v1/pubsub.proto).
+_PUBLISH_METHOD = "/google.pubsub.v1.Publisher/Publish"
 
 
 class PublishError(RuntimeError):
@@ -33,30 +37,36 @@ def _client() -> pubsub_v1.PublisherClient:
 
 
 @functools.cache
-def _publish_rpc() -> Callable[..., pubsub_v1.types.PublishResponse]:
-    """The Publish RPC as the transport holds it, its gRPC errors raised as
-    google.api_core exceptions. Called directly rather than through the client's
+def _publish_rpc() -> Callable[..., Any]:
+    """The Publish RPC on the client's own gRPC channel (its credentials and
+    endpoint, the emulator's too), on raw protobuf messages, its gRPC errors raised
+    as google.api_core exceptions. Called directly rather than through the client's
     `publish` method, whose wrappers (routing header, a retry and a timeout
-    decorator built anew on every call) and proto-plus marshalling cost the
-    webhook a few tenths of a millisecond of CPU per event (bench/webhook.py)."""
-    rpc: Callable[..., pubsub_v1.types.PublishResponse] = grpc_helpers.wrap_errors(  # type: ignore[no-untyped-call]
-        _client().transport.publish
+    decorator built anew on every call, a logging interceptor) and proto-plus
+    marshalling cost the webhook a few tenths of a millisecond of CPU per event
+    (bench/webhook.py)."""
+    stub = _client().transport.grpc_channel.unary_unary(
+        _PUBLISH_METHOD,
+        request_serializer=_RAW_REQUEST.SerializeToString,
+        response_deserializer=_RAW_RESPONSE.FromString,
     )
+    rpc: Callable[..., Any] = grpc_helpers.wrap_errors(stub)  # type: ignore[no-untyped-call]
     return rpc
 
 
-def _call(request: pubsub_v1.types.PublishRequest, timeout: float) -> pubsub_v1.types.PublishResponse:
-    """One Publish request, retried on transient errors until `timeout` seconds have
-    passed; each attempt gets what is left of them."""
+def _call(request: Any, timeout: float) -> list[str]:
+    """One Publish request (raw protobuf), retried on transient errors until
+    `timeout` seconds have passed; each attempt gets what is left of them. Answers
+    the message ids."""
     deadline = time.monotonic() + timeout
 
-    def attempt() -> pubsub_v1.types.PublishResponse:
-        return _publish_rpc()(request, timeout=max(deadline - time.monotonic(), 0.001))
+    def attempt() -> list[str]:
+        return list(_publish_rpc()(request, timeout=max(deadline - time.monotonic(), 0.001)).message_ids)
 
-    response: pubsub_v1.types.PublishResponse = retries.retry_target(
+    ids: list[str] = retries.retry_target(
         attempt, retries.if_transient_error, retries.exponential_sleep_generator(0.05, 1.0), timeout=timeout
     )
-    return response
+    return ids
 
 
 @functools.cache
@@ -76,10 +86,8 @@ def publish_batch(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> l
     timeout, ids = config.publish_timeout(), []
     for start in range(0, len(messages), MAX_PER_CALL):
         chunk = [_RAW_MESSAGE(data=d, attributes=a) for d, a in messages[start : start + MAX_PER_CALL]]
-        request = pubsub_v1.types.PublishRequest.wrap(_RAW_REQUEST(topic=topic_path(topic), messages=chunk))
         try:
-            response = _call(request, timeout)
+            ids += _call(_RAW_REQUEST(topic=topic_path(topic), messages=chunk), timeout)
         except Exception as exc:  # the library raises many types; all mean "not confirmed"
             raise PublishError(f"{type(exc).__name__}: {exc}"[:300]) from exc
-        ids += response.message_ids
     return ids
