@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
-from google.api_core import grpc_helpers
+from google.api_core import gapic_v1, grpc_helpers
 from google.api_core import retry as retries
 
 from functions import config
@@ -61,7 +61,10 @@ def _call(request: Any, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
 
     def attempt() -> list[str]:
-        return list(_publish_rpc()(request, timeout=max(deadline - time.monotonic(), 0.001)).message_ids)
+        answer = _publish_rpc()(
+            request, timeout=max(deadline - time.monotonic(), 0.001), metadata=_routing(request.topic)
+        )
+        return list(answer.message_ids)
 
     ids: list[str] = retries.retry_target(
         attempt, retries.if_transient_error, retries.exponential_sleep_generator(0.05, 1.0), timeout=timeout
@@ -73,6 +76,13 @@ def _call(request: Any, timeout: float) -> list[str]:
 def topic_path(topic: str) -> str:
     path: str = _client().topic_path(config.project(), topic)
     return path
+
+
+@functools.cache
+def _routing(path: str) -> tuple[tuple[str, str], ...]:
+    """The routing header the client's own publish sends with a topic's requests."""
+    header: tuple[str, str] = gapic_v1.routing_header.to_grpc_metadata((("topic", path),))  # type: ignore[no-untyped-call]
+    return (header,)
 
 
 def publish(topic: str, data: bytes, attributes: dict[str, str]) -> str:

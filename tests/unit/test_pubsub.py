@@ -33,8 +33,9 @@ def channel(monkeypatch):
     def unary_unary(method, request_serializer, response_deserializer):
         fake.methods.append(method)
 
-        def call(request, timeout):
+        def call(request, timeout, metadata):
             fake.requests.append(request_serializer(request))
+            fake.metadata = metadata
             answer = fake.answers.pop(0) if fake.answers else fake.answers_forever
             if isinstance(answer, grpc.StatusCode):
                 raise RpcError(answer)
@@ -65,6 +66,7 @@ def test_publishes_the_data_and_attributes_in_one_request_and_answers_the_ids(ch
     assert request.topic == "projects/p/topics/t"
     assert [(m.data, dict(m.attributes)) for m in request.messages] == [(b"a", {"kind": "x"}), (b"b", {})]
     assert channel.methods == ["/google.pubsub.v1.Publisher/Publish"]
+    assert channel.metadata == (("x-goog-request-params", "topic=projects/p/topics/t"),)
 
 
 def test_a_transient_error_is_retried(channel):
