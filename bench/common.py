@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from local.processes import EMULATOR_VARS, Emulator, FunctionProcess
+from local.processes import EMULATOR_VARS, REPO_ROOT, Emulator, FunctionProcess
 
 PROJECT = "demo-rbm-bench"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,15 +59,16 @@ class Run(contextlib.ExitStack):
         return emulator.host
 
     def function(
-        self, target: str, env: dict | None = None, source: str = "main.py", start: bool = True
+        self, target: str, env: dict | None = None, source: str = "main.py", start: bool = True, cwd: Path = REPO_ROOT
     ) -> FunctionProcess:
-        """An entry point under functions-framework (gunicorn), wired to this run's emulators."""
+        """An entry point under functions-framework (gunicorn), wired to this run's emulators;
+        `cwd` is the checkout it is served from (another one, to compare two versions)."""
         full_env = {"GOOGLE_CLOUD_PROJECT": PROJECT}
         full_env.update({v: os.environ[v] for v in EMULATOR_VARS if os.environ.get(v)})
         full_env.update(env or {})
         self._started += 1
         process = FunctionProcess(
-            target, full_env, source=source, log_path=self.logs / f"{self._started:02d}-{target}.log"
+            target, full_env, source=source, cwd=cwd, log_path=self.logs / f"{self._started:02d}-{target}.log"
         )
         self.callback(process.stop)
         return process.start() if start else process

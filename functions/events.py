@@ -28,6 +28,8 @@ class EventError(ValueError):
 
 
 CONTENT_FIELDS = ("text", "userFile", "location", "suggestionResponse")
+# What only an agent launch event carries (RBM reference, AgentLaunchEvent).
+LAUNCH_FIELDS = ("newLaunchState", "oldLaunchState")
 # Pub/Sub's limit on an attribute value (cloud.google.com/pubsub/quotas, "Resource limits").
 MAX_ATTRIBUTE_BYTES = 1024
 
@@ -95,8 +97,10 @@ def _text(payload: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _kind(payload: dict[str, Any], envelope_type: str | None) -> Kind:
-    if envelope_type == Kind.AGENT_LAUNCH_EVENT or "newLaunchState" in payload:
+def _kind(payload: dict[str, Any]) -> Kind:
+    """The kind the signed data itself says. Never the push envelope's `type`
+    attribute: the signature does not cover it, so a replayed body could carry any."""
+    if any(f in payload for f in LAUNCH_FIELDS):
         return Kind.AGENT_LAUNCH_EVENT
     if _text(payload, "phoneNumber") and _text(payload, "eventType"):
         return Kind.SERVER_EVENT
@@ -108,10 +112,9 @@ def _kind(payload: dict[str, Any], envelope_type: str | None) -> Kind:
     return Kind.UNKNOWN
 
 
-def parse(payload: dict[str, Any], envelope_type: str | None = None) -> Event:
-    """A decoded RBM payload → Event. `envelope_type` is the push envelope's `type`
-    attribute (`agent_launch_event` marks launch notifications)."""
-    kind = _kind(payload, envelope_type)
+def parse(payload: dict[str, Any]) -> Event:
+    """A decoded RBM payload → Event, classified from the payload alone."""
+    kind = _kind(payload)
     return Event(
         kind=kind,
         raw=payload,
@@ -124,7 +127,7 @@ def parse(payload: dict[str, Any], envelope_type: str | None = None) -> Event:
     )
 
 
-def decode(data: bytes, envelope_type: str | None = None) -> Event:
+def decode(data: bytes) -> Event:
     """Event bytes (the decoded `message.data`) → Event, or EventError."""
     try:
         payload = json.loads(data)
@@ -134,4 +137,4 @@ def decode(data: bytes, envelope_type: str | None = None) -> Event:
         raise EventError("event data nests arrays and objects too deep to read") from exc
     if not isinstance(payload, dict):
         raise EventError("event data is not a JSON object")
-    return parse(payload, envelope_type)
+    return parse(payload)

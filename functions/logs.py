@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, overload
 
@@ -23,21 +24,31 @@ if TYPE_CHECKING:
 _SEVERITIES = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LABELS = ("agent_id", "message_id", "event_id")
 _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace", default=None)
-# Phone-shaped text: E.164 with or without separators ("+1 (415) 555-0123"), also
-# URL-encoded ("%2B1415…"); national forms in groups ("(415) 555-0123",
-# "020 7946 0958", "06 12 34 56 78", "138 1234 5678"); 10 to 15 digits in a row.
-# Not inside a word, a longer number or a UUID, so ids and times stay readable; a JSON
-# escape such as "\\n" may stand right before a number. Too few or too many
-# digits for a phone number: left alone (see _mask).
+# Phone-shaped text, in a string whose digits and separators are already plain
+# ASCII (see _plain): a `+` or URL-encoded `%2B` and 6 to 15 digits ("+1 (415)
+# 555-0123", "%2B14155550123"), or 8 to 15 digits in groups or in a row
+# ("(415) 555-0123", "0151-1234-5678", "415/555/0123", "06 12 34 56 78",
+# "07700900123"), separated by spaces, dots, dashes, slashes or parentheses. Not
+# inside a word or a longer number; an id's field path before it may end in a dot
+# ("content.14155550123"). RFC 3339 times and UUIDs are matched first, as `keep`,
+# so their digits stay readable; so do figures of fewer digits.
 _PHONE_SHAPED = re.compile(
     r"""
-    (?<!\d) (?:\+|%2B) \d[\d ().\-]{5,18}\d (?!\d)
-  | (?: (?<![A-Za-z0-9.+])(?<![0-9A-F]-) | (?<=\\[nrt]) )
-    (?: \(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4} | \d{2,8}(?:[ .]\d{2,8}){1,5} | \d{10,15} )
-    (?![A-Za-z0-9]|\.\d)
+    (?P<keep>
+        (?<!\d) \d{4}-\d\d-\d\d (?:[T\ ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)? (?:Z|[+-]\d\d:?\d\d)? (?!\d)
+      | \d\d:\d\d:\d\d(?:\.\d+)?
+      | [0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}
+    )
+  | (?P<plus> (?<!\d) (?:\+|%2[Bb]) [ (]* \d (?:[ ().\-/]{0,3}\d)* )
+  | (?<![A-Za-z0-9]) \(? \d (?:[ ().\-/]{0,3}\d)*
+    (?![A-Za-z0-9])
 """,
-    re.VERBOSE | re.IGNORECASE,
+    re.VERBOSE,
 )
+# What every phone-shaped text holds: 6 digits with at most separators between.
+# Most strings of a log line (names, ids, figures) lack it and skip the pattern above.
+_CANDIDATE = re.compile(r"\d(?:[ ().\-/]{0,3}\d){5}")
+_MIN_DIGITS, _MIN_DIGITS_AFTER_PLUS, _MAX_DIGITS = 8, 6, 15  # E.164 numbers have at most 15 digits
 
 
 @overload
@@ -53,15 +64,51 @@ def mask_phone(phone: str | None) -> str | None:
 
 
 def _mask(match: re.Match[str]) -> str:
-    digits = sum(c.isdigit() for c in match.group()) - (2 if match.group()[:3].upper() == "%2B" else 0)
-    return (
-        mask_phone(match.group()) if 7 <= digits <= 15 and (digits >= 9 or match.group()[0] in "+%") else match.group()
-    )
+    text = match.group()
+    if match.group("keep"):
+        return text
+    plus = match.group("plus")
+    digits = sum(c.isdigit() for c in text) - (2 if plus and text[:3].upper() == "%2B" else 0)
+    least = _MIN_DIGITS_AFTER_PLUS if plus else _MIN_DIGITS
+    return mask_phone(text) if least <= digits <= _MAX_DIGITS else text
+
+
+def _plain(char: str) -> str:
+    """A non-ASCII digit as its ASCII digit, a dash as `-`, a space as ` `."""
+    digit = unicodedata.decimal(char, None)
+    if digit is not None:
+        return str(digit)
+    category = unicodedata.category(char)
+    return "-" if category == "Pd" or char == "\u2212" else " " if category == "Zs" else char
 
 
 def mask_phones(text: str) -> str:
-    """Every phone-shaped part of `text` masked as mask_phone does."""
-    return _PHONE_SHAPED.sub(_mask, text)
+    """Every phone-shaped part of `text` masked as mask_phone does. Text with other
+    than ASCII is read in NFKC with every decimal digit, dash and space made ASCII
+    (Arabic-Indic or full-width digits, a no-break space, an en dash), and comes
+    back so when it held a number; otherwise it comes back unchanged."""
+    if text.isascii():
+        return _PHONE_SHAPED.sub(_mask, text) if _CANDIDATE.search(text) else text
+    plain = "".join(c if c.isascii() else _plain(c) for c in unicodedata.normalize("NFKC", text))
+    masked = _PHONE_SHAPED.sub(_mask, plain) if _CANDIDATE.search(plain) else plain
+    return text if masked == plain else masked
+
+
+def _masked(value: Any) -> Any:
+    """A log field's value with every string in it masked by mask_phones; a value
+    JSON has no type for becomes its str() first, an integer is masked as its digits."""
+    if isinstance(value, str):
+        return mask_phones(value)
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        text = str(value)
+        return value if len(text) < _MIN_DIGITS_AFTER_PLUS or mask_phones(text) == text else mask_phones(text)
+    if isinstance(value, Mapping):
+        return {mask_phones(str(k)): _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return mask_phones(str(value))
 
 
 def trace_id(headers: "Headers | Mapping[str, str]") -> str | None:
@@ -81,19 +128,21 @@ def bind_trace(headers: "Headers | Mapping[str, str]") -> None:
 
 
 def log(severity: str, message: str, **fields: Any) -> None:
-    """Writes one log line; `phone` and anything phone-shaped are masked, ids also become labels."""
+    """Writes one log line; `phone` and anything phone-shaped in the message and the
+    fields' values (masked before JSON encoding, which would escape what it must
+    see) are masked, ids also become labels."""
     if _SEVERITIES[severity] < _SEVERITIES.get(os.environ.get("LOG_LEVEL", "INFO"), 20):
         return
     if fields.get("phone"):
-        fields["phone"] = mask_phone(fields["phone"])
-    entry = {"severity": severity, "message": message, **fields}
-    labels = {k: str(fields[k]) for k in _LABELS if fields.get(k)}
+        fields["phone"] = mask_phone(str(fields["phone"]))
+    entry = {"severity": severity, "message": mask_phones(message), **_masked(fields)}
+    labels = {k: str(entry[k]) for k in _LABELS if entry.get(k)}
     if labels:
         entry["logging.googleapis.com/labels"] = labels
     trace = _trace.get()
     if trace:
         entry["logging.googleapis.com/trace"] = trace
-    sys.stdout.write(mask_phones(json.dumps(entry, default=str)) + "\n")
+    sys.stdout.write(json.dumps(entry) + "\n")
     sys.stdout.flush()
 
 

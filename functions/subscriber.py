@@ -55,7 +55,7 @@ def run(
     except (binascii.Error, ValueError, TypeError):
         return _dead_letter(str(raw).encode(), attributes, "message data is not base64", subscriber)
     try:
-        event = events.decode(data, attributes.get("kind"))
+        event = events.decode(data)
         if not handles(event):
             logs.debug("event kind not handled here; acknowledged", subscriber=subscriber, **event.attributes())
             return

@@ -421,7 +421,7 @@ PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe
 # its creation. Created here, they have the whole deployment to get there.
 # jsonPayload.event -> description; the table in infra/README.md.
 METRICS=(
-  "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature."
+  "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature, or a handshake with an unknown client token."
   "event_published|RBM events the webhook published to Pub/Sub."
   "message_sent|Messages the RBM API accepted from send_message or a re-send."
   "receipt_delivered|DELIVERED receipts applied to a message."
@@ -431,9 +431,12 @@ METRICS=(
   "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
   "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
 )
+# Events a metric counts besides the one it is named after (monitoring.tf's log_events_also).
+declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"')
 for row in "${METRICS[@]}"; do
   event=${row%%|*} description=${row#*|}
-  metric=(--description="$description" --log-filter="$LOG_SERVICE_FILTER AND jsonPayload.event=\"$event\"" "${P[@]}")
+  events="\"$event\"${METRIC_ALSO[$event]:+ OR ${METRIC_ALSO[$event]}}"
+  metric=(--description="$description" --log-filter="$LOG_SERVICE_FILTER AND jsonPayload.event=($events)" "${P[@]}")
   if exists gcloud logging metrics describe "rbm_relay/$event" "${P[@]}"; then
     run gcloud logging metrics update "rbm_relay/$event" "${metric[@]}"
   else
@@ -810,7 +813,7 @@ ensure_policy() {  # title severity filter aligner threshold documentation
   fi
 }
 ensure_policy "rbm-relay: webhook signatures rejected" WARNING "$(log_metric signature_rejected)" ALIGN_SUM \
-  "$SIGNATURE_REJECTIONS_THRESHOLD" "Many webhook requests failed X-Goog-Signature verification. A rotated client token not yet in the secret rbm-client-token is the usual cause; RBM keeps retrying, so events are delayed, not lost. Query: jsonPayload.event=\"signature_rejected\"."
+  "$SIGNATURE_REJECTIONS_THRESHOLD" "Many webhook requests failed X-Goog-Signature verification, or handshakes named an unknown client token (someone guessing tokens). A rotated client token not yet in the secret rbm-client-token is the usual cause; RBM keeps retrying, so events are delayed, not lost. Query: jsonPayload.event=(\"signature_rejected\" OR \"handshake_rejected\")."
 ensure_policy "rbm-relay: SMS fallback outcome unknown" ERROR "$(log_metric fallback_unknown)" ALIGN_SUM 0 \
   "An SMS send was interrupted and its outcome cannot be known; it is never retried automatically. Check the provider's log for the message id and settle it by hand. Query: jsonPayload.event=\"fallback_unknown\"."
 ensure_policy "rbm-relay: events dead-lettered by a subscriber" ERROR "$(log_metric event_dead_lettered)" ALIGN_SUM 0 \

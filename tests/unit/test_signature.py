@@ -44,3 +44,20 @@ def test_signature_is_over_decoded_data_not_its_base64():
 
 def test_no_tokens_configured_rejects_everything():
     assert not signature.verify(expected("k", b"{}"), b"{}", [])
+
+
+@pytest.mark.parametrize(
+    "given, well_formed",
+    [
+        (expected("k", b"{}"), True),
+        (f"  {expected('k', b'{}')}\n", True),
+        (None, False),
+        ("", False),
+        ("not base64!", False),
+        (base64.b64encode(b"x" * 63).decode(), False),
+        (base64.b64encode(b"x" * 65).decode(), False),
+        (expected("k", b"{}").rstrip("="), False),
+    ],
+)
+def test_a_well_formed_signature_is_the_base64_of_64_bytes(given, well_formed):
+    assert signature.well_formed(given) is well_formed

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+from types import SimpleNamespace
 
 import flask
 import pytest
@@ -96,8 +97,8 @@ def test_handshake_answers_the_secret_as_plain_text(published):
         (envelope({"text": "x"})[0], {}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(b"other")}, 401),
         (envelope({"text": "x"})[0], {"X-Goog-Signature": sign(json.dumps({"text": "x"}).encode(), "wrong")}, 401),
-        (b"x" * (receive_webhook.MAX_BODY + 1), {}, 413),
-        (b"[" * 100_000 + b"]" * 100_000, {}, 400),  # deeper than the JSON parser goes
+        (b"x" * (receive_webhook.MAX_BODY + 1), {"X-Goog-Signature": sign(b"x")}, 413),
+        (b"[" * 2000 + b"]" * 2000, {}, 400),  # deeper than the JSON parser goes
         (
             json.dumps({"message": {"data": base64.b64encode(b"[" * 5000 + b"]" * 5000).decode()}}).encode(),
             {"X-Goog-Signature": sign(b"[" * 5000 + b"]" * 5000)},
@@ -210,3 +211,49 @@ def test_an_unexpected_error_answers_json_500_and_logs_the_traceback(published, 
     assert line["severity"] == "ERROR" and "RuntimeError" in line["traceback"]
     assert "5550001111" not in json.dumps(line)
     assert published == []
+
+
+def envelope_with(event: dict, attributes: dict) -> tuple[bytes, dict]:
+    """`event` signed, in an envelope whose (unsigned) attributes anyone may set."""
+    body, headers = envelope(event)
+    wrapped = json.loads(body)
+    wrapped["message"]["attributes"] = attributes
+    return json.dumps(wrapped).encode(), headers
+
+
+def test_the_unsigned_envelope_type_cannot_reclassify_a_signed_event(published):
+    event = {"senderPhoneNumber": "+15550001111", "eventType": "READ", "eventId": "e1", "messageId": "m1"}
+    response = call(*envelope_with(event, {"type": "agent_launch_event"}))
+    assert response.status_code == 200
+    assert published[0][2]["kind"] == "user_event"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "not base64!", base64.b64encode(b"x" * 32).decode(), base64.b64encode(b"x" * 65).decode()],
+)
+def test_an_unsigned_body_larger_than_a_handshake_is_refused_unread(published, monkeypatch, capsys, header):
+    def no_parsing(*_):
+        raise AssertionError("a stranger's body was parsed")
+
+    monkeypatch.setattr(receive_webhook, "json", SimpleNamespace(loads=no_parsing))
+    body = b"[" + b"{}," * (receive_webhook.MAX_HANDSHAKE // 3) + b"{}]"
+    response = call(body, {"X-Goog-Signature": header} if header is not None else {})
+    assert response.status_code == 401 and response.get_json()["error"]
+    assert '"event": "signature_rejected"' in capsys.readouterr().out
+    assert not published
+
+
+def test_a_handshake_as_large_as_allowed_is_still_answered(published):
+    handshake = {"clientToken": TOKEN, "secret": ""}
+    handshake["secret"] = "s" * (receive_webhook.MAX_HANDSHAKE - len(json.dumps(handshake)))
+    assert len(json.dumps(handshake)) == receive_webhook.MAX_HANDSHAKE
+    response = call(json.dumps(handshake).encode())
+    assert response.status_code == 200 and response.get_data(as_text=True) == handshake["secret"]
+
+
+def test_a_signed_body_over_the_limit_is_413_and_the_largest_real_event_fits(published):
+    text = "\U0001f600" * 8000  # json.dumps escapes each as 12 bytes
+    body, headers = envelope({"senderPhoneNumber": "+15550001111", "text": text, "messageId": "m1"})
+    assert len(body) <= receive_webhook.MAX_BODY and call(body, headers).status_code == 200
+    assert call(b" " * (receive_webhook.MAX_BODY + 1), headers).status_code == 413

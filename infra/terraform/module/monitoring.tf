@@ -4,7 +4,7 @@
 
 locals {
   log_events = {
-    signature_rejected  = "Webhook requests rejected for a bad or missing X-Goog-Signature."
+    signature_rejected  = "Webhook requests rejected for a bad or missing X-Goog-Signature, or a handshake with an unknown client token."
     event_published     = "RBM events the webhook published to Pub/Sub."
     message_sent        = "Messages the RBM API accepted from send_message or a re-send."
     receipt_delivered   = "DELIVERED receipts applied to a message."
@@ -14,6 +14,10 @@ locals {
     fallback_unknown    = "SMS sends interrupted with an unknown outcome: never retried, check by hand."
     event_dead_lettered = "Events a subscriber could not process and dead-lettered, with the reason."
   }
+  # Events a metric counts besides the one it is named after: a handshake with an
+  # unknown client token fails a credential as a bad signature does, so token
+  # guessing raises the same alert.
+  log_events_also = { signature_rejected = ["handshake_rejected"] }
 
   # The functions' Cloud Run services in a Logging filter (the log-based
   # metrics) and in a Monitoring filter (the charts), which has no ("a" OR "b")
@@ -28,7 +32,7 @@ resource "google_logging_metric" "event" {
   project     = var.project_id
   name        = "rbm_relay/${each.key}"
   description = each.value
-  filter      = "${local.log_service_filter} AND jsonPayload.event=\"${each.key}\""
+  filter      = "${local.log_service_filter} AND jsonPayload.event=(${join(" OR ", formatlist("\"%s\"", concat([each.key], lookup(local.log_events_also, each.key, []))))})"
 
   metric_descriptor {
     metric_kind  = "DELTA"
@@ -63,7 +67,7 @@ locals {
       filter    = local.log_metric.signature_rejected
       aligner   = "ALIGN_SUM"
       threshold = var.signature_rejections_threshold
-      doc       = "Many webhook requests failed X-Goog-Signature verification. A rotated client token not yet in the secret rbm-client-token is the usual cause; RBM keeps retrying, so events are delayed, not lost. Query: jsonPayload.event=\"signature_rejected\"."
+      doc       = "Many webhook requests failed X-Goog-Signature verification, or handshakes named an unknown client token (someone guessing tokens). A rotated client token not yet in the secret rbm-client-token is the usual cause; RBM keeps retrying, so events are delayed, not lost. Query: jsonPayload.event=(\"signature_rejected\" OR \"handshake_rejected\")."
     }
     fallback_unknown = {
       title     = "rbm-relay: SMS fallback outcome unknown"
