@@ -37,6 +37,47 @@ class Fallback(StrEnum):
     UNKNOWN = "UNKNOWN"  # the SMS may have gone out and will not be tried again; always reported
 
 
+class SmsStatus(StrEnum):
+    """The SMS leg's own fate, as the provider's status callbacks report it: Twilio's
+    message statuses (Messages resource, "Message status values",
+    https://www.twilio.com/docs/messaging/api/message-resource#message-status-values),
+    in upper case; the signed gateway's callbacks use the same words."""
+
+    ACCEPTED = "ACCEPTED"  # a Messaging Service took it and picks the sender
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"  # handed to the carrier
+    CANCELED = "CANCELED"  # a scheduled message cancelled before it went
+    FAILED = "FAILED"  # never sent (ErrorCode says why)
+    UNDELIVERED = "UNDELIVERED"  # the carrier could not deliver it (30003 unreachable, 30005, 30006, 30007, 30008)
+    DELIVERED = "DELIVERED"  # the carrier confirmed delivery to the handset
+    READ = "READ"  # a read receipt (channels that have them)
+
+
+# The SMS leg's status only moves up this order, so callbacks arriving late,
+# duplicated or out of order end in the same status (a late SENT never hides
+# DELIVERED). The three ends rank above every step on the way; a delivery receipt
+# ranks above an earlier failure report (carriers correct a DLR, never the reverse).
+SMS_STATUS_RANK = {
+    s: i
+    for i, s in enumerate(
+        [
+            SmsStatus.ACCEPTED,
+            SmsStatus.SCHEDULED,
+            SmsStatus.QUEUED,
+            SmsStatus.SENDING,
+            SmsStatus.SENT,
+            SmsStatus.CANCELED,
+            SmsStatus.FAILED,
+            SmsStatus.UNDELIVERED,
+            SmsStatus.DELIVERED,
+            SmsStatus.READ,
+        ]
+    )
+}
+
+
 # Delivery states ordered so that a later state never gives way to an earlier
 # one: the state of a message is the maximum of everything known about it, so
 # any arrival order of the same facts ends in the same state.
@@ -93,6 +134,9 @@ class Message:
     fallback_segments: int | None = None  # SMS segments the fallback text takes (sms_text.count): its cost
     last_error: str | None = None
     sms_id: str | None = None
+    sms_status: SmsStatus | None = None  # the SMS leg's fate from the provider's status callbacks
+    sms_error_code: str | None = None  # the provider's error code with that status, e.g. "30003"
+    sms_status_at: datetime | None = None  # when that status was first reported
     created_at: datetime | None = None
     sent_at: datetime | None = None
     delivered_at: datetime | None = None
@@ -108,10 +152,15 @@ class Message:
         known = {f.name for f in dataclasses.fields(cls)}
         message = cls(**{k: v for k, v in data.items() if k in known})
         message.state, message.fallback = State(message.state), Fallback(message.fallback)
+        message.sms_status = None if message.sms_status is None else SmsStatus(message.sms_status)
         return message
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"state": self.state.value, "fallback": self.fallback.value}
+        return dataclasses.asdict(self) | {
+            "state": self.state.value,
+            "fallback": self.fallback.value,
+            "sms_status": None if self.sms_status is None else self.sms_status.value,
+        }
 
 
 def retention(now: datetime) -> datetime:

@@ -40,7 +40,10 @@ def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message |
 
 
 def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
-    """The message once the provider's answer to its SMS is known."""
+    """The message once the provider's answer to its SMS is known; unchanged if a status
+    callback proved the SMS sent first (receive_sms_status)."""
+    if m.fallback is Fallback.SENT:
+        return m
     match result.outcome:
         case sms.SmsOutcome.SENT:
             return fallback_sent(m, now, result.provider_id)

@@ -45,12 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from functions import transport
-from functions.config import env, sms_provider, sms_webhook_idempotent
+from functions.config import env, sms_provider, sms_status_callback_url, sms_webhook_idempotent
 
 TIMEOUT = (3.05, 15)  # connect, read
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is held to this
@@ -130,7 +130,13 @@ def _error_code(response: requests.Response) -> str | None:
         code = response.json().get("code")
     except (ValueError, AttributeError):
         return None
-    code = str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) else ""
+    return error_code(code)
+
+
+def error_code(value: object) -> str | None:
+    """A provider's error code (a string or an integer) as recorded: short, never
+    phone-shaped; None for anything else."""
+    code = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     return code if _CODE.fullmatch(code) else None
 
 
@@ -152,7 +158,16 @@ class Twilio:
         self.session.auth = (self.sid, env("TWILIO_AUTH_TOKEN"))
 
     def send(self, to: str, text: str, message_id: str) -> SmsResult:
-        return _post(self.session, self.url, "sid", self.idempotent, data={"To": to, "Body": text, **self.sender})
+        callback = status_callback(message_id)
+        form = {"To": to, "Body": text, **self.sender, **({"StatusCallback": callback} if callback else {})}
+        return _post(self.session, self.url, "sid", self.idempotent, data=form)
+
+
+def status_callback(message_id: str) -> str | None:
+    """The `StatusCallback` URL of the SMS of `message_id`: SMS_STATUS_CALLBACK_URL (receive_sms_status's
+    public URL) with `?message_id=<id>`, which Twilio calls back and signs as it is; None when unset."""
+    base = sms_status_callback_url()
+    return f"{base}?{urlencode({'message_id': message_id})}" if base else None
 
 
 SIGNATURE_VERSION = "v1"

@@ -16,10 +16,12 @@ from functions.model import (
     APPLIED_KEEP,
     CONVERSATION_APPLIED_KEEP,
     RANK,
+    SMS_STATUS_RANK,
     SWEPT_STATES,
     Conversation,
     Fallback,
     Message,
+    SmsStatus,
     State,
 )
 
@@ -266,6 +268,44 @@ def retry_fallback(
         return fallback_unknown(m, gave_up) if m.fallback_uncertain else fallback_failed(m, gave_up)
     delay = max(backoff(m.fallback_attempts, base), timedelta(seconds=wait or 0))
     return dataclasses.replace(m, fallback=Fallback.DUE, fallback_at=now + delay, last_error=error, lease_owner=None)
+
+
+# receive_sms_status: the SMS leg's own fate.
+
+# Fallbacks an SMS status callback settles: a callback about the message proves the
+# provider created its SMS, so one whose send was interrupted or answered ambiguously
+# (SENDING, UNKNOWN, or DUE again under an idempotency key) is SENT, never sent again.
+_PROVEN_BY_CALLBACK = (Fallback.SENDING, Fallback.UNKNOWN, Fallback.DUE)
+
+
+def _status_key(status: SmsStatus, at: datetime, error_code: str | None) -> tuple[int, float, str]:
+    """The order of status reports: by rank, then the earliest report, then the code, so the
+    winner of any set of reports is one report whatever order they came in."""
+    return SMS_STATUS_RANK[status], -at.timestamp(), error_code or ""
+
+
+def sms_status_learned(m: Message, sms_id: str, status: SmsStatus, at: datetime, error_code: str | None) -> Message:
+    """The message once the provider reported, at `at`, that its SMS `sms_id` is `status`
+    (with `error_code`, e.g. "30003"). The status only moves up model.SMS_STATUS_RANK, so
+    callbacks duplicated, late or out of order end in the same status, code and time.
+    A report about another SMS than the one recorded (`sms_id` differs) changes nothing.
+    A report proves the SMS exists, so a fallback left SENDING, UNKNOWN, or DUE after an
+    attempt that may have sent (`fallback_uncertain`), becomes SENT with this sid, sent at
+    the earliest report's time."""
+    if m.sms_id is not None and m.sms_id != sms_id:
+        return m
+    m = dataclasses.replace(m, sms_id=sms_id)
+    if (
+        m.sms_status is None
+        or m.sms_status_at is None
+        or _status_key(status, at, error_code) > _status_key(m.sms_status, m.sms_status_at, m.sms_error_code)
+    ):
+        m.sms_status, m.sms_status_at, m.sms_error_code = status, at, error_code
+    if m.tracked and m.fallback in _PROVEN_BY_CALLBACK and (m.fallback is not Fallback.DUE or m.fallback_uncertain):
+        m = fallback_sent(m, at, sms_id)
+    elif m.fallback is Fallback.SENT and m.fallback_sent_at is not None:
+        m.fallback_sent_at = min(m.fallback_sent_at, at)
+    return m
 
 
 # record_inbound: a conversation per (agent, user).

@@ -296,17 +296,18 @@ eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.jso
 # setting of its own kind of work; process_due_work does both kinds.
 REVOKE_SETTINGS=common,store,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY
-FALLBACK_SETTINGS=common,store,sweep,sms,work
+FALLBACK_SETTINGS=common,store,sweep,sms,sms_status,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 #  entry point      name                 invoker   ingress               conc. timeout                    min                    max                     settings                                secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   80    30                         $WEBHOOK_MIN_INSTANCES $WEBHOOK_MAX_INSTANCES  common,publish                          RBM_CLIENT_TOKEN        events"
+  "receive_sms_status rbm-receive-sms-status public all                   80    30                         0                      10                      common,store,sms,sms_status             TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET -"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store                -                       dead_letter"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         8     $ACK_DEADLINE_SECONDS      0                      10                      common,dead_letter,store,agent,opt_out  -                       dead_letter"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS 20    60                         0                      20                      common,store,agent,rbm,sms_text         RBM_SERVICE_ACCOUNT_KEY -"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         1     120                        0                      2                       $REVOKE_SETTINGS                        $REVOKE_SECRETS         work"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         1     120                        0                      2                       $FALLBACK_SETTINGS                      $FALLBACK_SECRETS       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms                    $REVOKE_SECRETS,$FALLBACK_SECRETS -"
+  "process_due_work rbm-process-due-work pubsub    internal-only         8     $WORK_ACK_DEADLINE_SECONDS 0                      $WORKER_MAX_INSTANCES   $REVOKE_SETTINGS,sms,sms_status         $REVOKE_SECRETS,$FALLBACK_SECRETS -"
 )
 MEMORY=512Mi
 CPU=1
@@ -333,6 +334,7 @@ declare -A SETTING_GROUPS=(
   [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
   [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE SMS_WEBHOOK_IDEMPOTENT"
   [sms_text]="SMS_MAX_SEGMENTS"
+  [sms_status]="SMS_STATUS_CALLBACK_URL"
 )
 GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
@@ -369,6 +371,10 @@ require gcloud alpha monitoring policies
 require gcloud beta services identity
 run gcloud services enable "${APIS[@]}" "${P[@]}"
 PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe "$PROJECT" --format='value(projectNumber)')}
+# receive_sms_status's URL (Cloud Run's deterministic one), known before any function is
+# deployed: the senders pass it as Twilio's StatusCallback, and it checks Twilio's signatures against it.
+SMS_STATUS_CALLBACK_URL=''
+if [[ -n $SMS_PROVIDER ]]; then SMS_STATUS_CALLBACK_URL="https://rbm-receive-sms-status-$PROJECT_NUMBER.$REGION.run.app"; fi
 
 # Log-based metrics first: an alert policy on one is accepted only once the
 # metric is queryable, which Monitoring says can take up to 10 minutes after
@@ -576,7 +582,7 @@ for row in "${FUNCTIONS[@]}"; do
   done
 
   public=--no-allow-unauthenticated
-  if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM calls without Google credentials; HMAC-verified
+  if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM, Twilio, the gateway call without Google credentials; HMAC-verified
   run gcloud functions deploy "$name" --gen2 --region="$REGION" --runtime="$PYTHON_RUNTIME" \
     --entry-point="$ep" --source="$SOURCE" --trigger-http "$public" \
     --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
