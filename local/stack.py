@@ -37,6 +37,7 @@ from local.processes import (
     create_topic,
     delete_subscription,
     delete_topic,
+    free_port,
 )
 from local.pusher import Pusher
 from local.simulator import Simulator
@@ -46,7 +47,7 @@ WORK = TOPOLOGY["work"]
 CLIENT_TOKEN = "local-client-token"
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
-HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
+HTTP_FUNCTIONS = ("receive_webhook", "receive_sms_status", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
 # One worker process stands for the autoscaled fleet: as many items at once as
 # production's default of 5 instances × concurrency 8 (infra). An item may wait
@@ -142,6 +143,9 @@ class Stack:
         self.rbm: Simulator | None = None
         self.sms: FakeTwilio | None = None
         self.functions: dict[str, FunctionProcess] = {}
+        # receive_sms_status's port, known before any function starts: the senders pass its
+        # URL as StatusCallback (SMS_STATUS_CALLBACK_URL), and it checks Twilio's signatures against it.
+        self.status_port = free_port()
         self.started: list = []
         self._stop = threading.Event()
 
@@ -157,6 +161,7 @@ class Stack:
             "SCHEDULE_PERIOD_SECONDS": str(self.period),
             "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
+            "SMS_STATUS_CALLBACK_URL": f"http://127.0.0.1:{self.status_port}",
         }
         if self.rbm:
             env.update(RBM_API_ENDPOINT=self.rbm.url, **FAST)
@@ -204,7 +209,8 @@ class Stack:
         return self
 
     def _function(self, name: str, **env: str) -> FunctionProcess:
-        return FunctionProcess(name, {**self._env(), **env}, log_path=self.workdir / f"{name}.log")
+        port = self.status_port if name == "receive_sms_status" else None
+        return FunctionProcess(name, {**self._env(), **env}, port=port, log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
         """Topics and subscriptions as infra declares them, pushing to local processes:
