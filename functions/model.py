@@ -31,6 +31,7 @@ class Fallback(StrEnum):
     WAITING = "WAITING"
     DUE = "DUE"
     SENDING = "SENDING"
+    CHECKING = "CHECKING"  # an ambiguous Twilio send: its Messages list will say whether it went out
     SENT = "SENT"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"  # delivered after all, or opted out
@@ -98,8 +99,9 @@ RANK = {
 }
 # States in which revoke_expired still has work: re-send, revoke, revoke again.
 SWEPT_STATES = (State.PENDING, State.SENT, State.REVOKE_FAILED)
-# Fallback states send_fallbacks looks at: due ones, and sends whose lease ran out.
-SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING)
+# Fallback states send_fallbacks looks at: due ones, sends whose lease ran out, and
+# ambiguous sends to look up in the provider's records.
+SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING, Fallback.CHECKING)
 # The sweeps' queries: an `in` filter on the first field, a range on the second.
 REVOKE_QUERY = ("state", "next_action_at")
 FALLBACK_QUERY = ("fallback", "fallback_at")
@@ -129,7 +131,8 @@ class Message:
     revoking: bool = False  # a DELETE is in flight; still true at the next claim: it was interrupted
     revoke_uncertain: bool = False  # a DELETE was interrupted: a later 404 may mean "revoked", not "delivered"
     attempts: int = 0  # send / revoke attempts by the sweep
-    fallback_attempts: int = 0
+    fallback_attempts: int = 0  # SMS sends and lookups of the provider's records
+    fallback_tried_at: datetime | None = None  # when the last SMS attempt began: where a lookup starts
     fallback_uncertain: bool = False  # an SMS attempt may have reached the provider: a give-up is UNKNOWN, not FAILED
     fallback_segments: int | None = None  # SMS segments the fallback text takes (sms_text.count): its cost
     last_error: str | None = None

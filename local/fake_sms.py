@@ -315,6 +315,11 @@ class FakeTwilio(SmsFake):
         with self._lock:
             self._statuses[to] = (tuple(statuses), duplicate, reverse)
 
+    def script_lookups(self, statuses: list[int]) -> None:
+        """The next reads of the Messages list answer these statuses in turn; 200 means "list normally"."""
+        with self._lock:
+            self._faults.script("list", statuses)
+
     @property
     def callbacks(self) -> list[dict]:
         """Each status callback posted: sid, status, error_code, url, answered (the HTTP status, or None)."""
@@ -330,9 +335,13 @@ class FakeTwilio(SmsFake):
         if request.method == "GET":
             try:
                 self._authorize(request)
-                return self._list(request.query)
             except Rejected as rejected:
                 return rejected.status, rejected.body
+            with self._lock:
+                error = self._faults.next_error("list", "list")
+            if error is not None:
+                return error, twilio_error(error, _TWILIO_CODES.get(error, 20500), "Scripted failure")
+            return self._list(request.query)
         return super().handle(request)
 
     def _authorize(self, request: Request) -> None:

@@ -2,6 +2,7 @@
 and the status only moving forward (transitions.sms_status_learned)."""
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from functions import sms
 from functions.model import SMS_STATUS_RANK, Fallback, Message, SmsStatus
 from functions.sms_status import SIGNATURE_TOLERANCE, Refused, from_gateway, from_twilio, twilio_signature
-from functions.transitions import sms_status_learned
+from functions.transitions import check_later, claim_fallback, fallback_checked, sms_status_learned
+from local.fake_sms import FakeTwilio
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TOKEN, SECRET = "twilio-token", "gateway-secret"
@@ -211,3 +213,75 @@ def test_a_callback_leaves_a_fallback_that_never_went_to_the_provider(fallback):
 def test_a_report_about_another_sms_changes_nothing():
     m = sms_status_learned(sending(Fallback.SENT), "SM1", SmsStatus.SENT, T0, None)
     assert sms_status_learned(m, "SM2", SmsStatus.UNDELIVERED, T0, "30003") == m
+
+
+# Reconciling an ambiguous Twilio send: CHECKING, then the Messages list decides.
+
+LEASE = timedelta(seconds=60)
+
+
+def checking(attempts=1) -> Message:
+    m = sending(Fallback.SENDING)
+    return check_later(
+        dataclasses.replace(m, fallback_attempts=attempts, fallback_tried_at=T0), T0, timedelta(seconds=30), "e"
+    )
+
+
+def test_an_ambiguous_send_is_looked_up_after_the_settle_delay():
+    m = checking()
+    assert (m.fallback, m.fallback_at, m.fallback_uncertain, m.lease_owner) == (
+        Fallback.CHECKING,
+        T0 + timedelta(seconds=30),
+        True,
+        None,
+    )
+    assert claim_fallback(m, T0 + timedelta(seconds=29), LEASE, "run", False, 0, 5) is None
+    claimed = claim_fallback(m, T0 + timedelta(seconds=30), LEASE, "run", False, 0, 5)
+    assert (claimed.fallback, claimed.lease_owner, claimed.fallback_attempts) == (Fallback.CHECKING, "run", 2)
+
+
+def test_lookups_end_unknown_once_the_attempts_are_spent():
+    claimed = claim_fallback(checking(attempts=5), T0 + timedelta(minutes=1), LEASE, "run", False, 0, 5)
+    assert (claimed.fallback, claimed.fallback_uncertain) == (Fallback.UNKNOWN, True)
+    assert claimed.last_error.startswith("gave up after 5 attempts")
+
+
+def test_found_is_sent_absent_is_due_again_and_a_failed_lookup_waits():
+    m, later = checking(attempts=2), T0 + timedelta(minutes=1)
+    found = fallback_checked(m, later, "SM1", None, 5, 30.0)
+    assert (found.fallback, found.sms_id, found.fallback_sent_at) == (Fallback.SENT, "SM1", later)
+    absent = fallback_checked(m, later, None, None, 5, 30.0)
+    assert (absent.fallback, absent.fallback_at, absent.fallback_uncertain) == (Fallback.DUE, later, False)
+    failed = fallback_checked(m, later, None, "lookup answered 500", 5, 30.0)
+    assert (failed.fallback, failed.fallback_at) == (Fallback.CHECKING, later + timedelta(seconds=60))
+    spent = fallback_checked(checking(attempts=5), later, None, "lookup answered 500", 5, 30.0)
+    assert spent.fallback is Fallback.UNKNOWN
+
+
+def test_a_lookup_answer_after_a_callback_settled_it_changes_nothing():
+    settled = sms_status_learned(checking(), "SM7", SmsStatus.DELIVERED, T0, None)
+    assert settled.fallback is Fallback.SENT
+    assert fallback_checked(settled, T0, None, None, 5, 30.0) == settled
+
+
+def test_twilio_find_reads_the_list_newest_first_until_the_attempts_time(monkeypatch):
+    with FakeTwilio("AC" + "2" * 32, TOKEN) as fake:
+        for name, value in {
+            "TWILIO_ACCOUNT_SID": fake.account_sid,
+            "TWILIO_AUTH_TOKEN": TOKEN,
+            "TWILIO_FROM_NUMBER": "+15005550006",
+            "TWILIO_API_BASE": fake.url,
+        }.items():
+            monkeypatch.setenv(name, value)
+        twilio = sms.Twilio()
+        since = datetime.now(UTC) - timedelta(seconds=60)
+        assert twilio.find("+15550001111", "code 1", since) == sms.Lookup()  # proven absent
+        fake.script_statuses("+15550001111", [("queued", None)])  # no date_sent yet: still found
+        sid = twilio.send("+15550001111", "code 1", "m1").provider_id
+        for i in range(60):  # more than a page of later messages to the same number
+            twilio.send("+15550001111", f"other {i}", f"o{i}")
+        assert twilio.find("+15550001111", "code 1", since) == sms.Lookup(sms_id=sid)
+        assert twilio.find("+15550002222", "code 1", since) == sms.Lookup()
+        assert twilio.find("+15550001111", "code 1", datetime.now(UTC) + timedelta(seconds=5)) == sms.Lookup()
+        fake.script_lookups([500])
+        assert twilio.find("+15550001111", "code 1", since) == sms.Lookup(error="lookup answered 500, code 20500")
