@@ -9,8 +9,9 @@ an interrupted or ambiguous send is instead tried again under the same key
 until FALLBACK_MAX_ATTEMPTS, and UNKNOWN only when attempts run out. Twilio
 takes no key, but its Messages list tells whether an ambiguous create made a
 message: such a send is CHECKING, looked up after the backoff (the settle
-delay) — found: SENT; proven absent: due again and sent once more; the lookup
-failing until FALLBACK_MAX_ATTEMPTS (sends and lookups) are spent: UNKNOWN.
+delay), and an interrupted one once its lease ran out — found: SENT; proven
+absent: due again and sent once more; the lookup failing until
+FALLBACK_MAX_ATTEMPTS (sends and lookups) are spent: UNKNOWN.
 A status callback (receive_sms_status) settles it SENT at any time.
 """
 
@@ -107,7 +108,8 @@ def _send(message: Message) -> Message:
 def _check(message: Message) -> Message:
     """Looks the last attempt of a CHECKING message this sweep holds up in the provider's
     records (only Twilio's are read: `_reconciles`), and records what they say."""
-    provider, text, tried = sms.provider(), message.fallback_text, message.fallback_tried_at
+    provider, text = sms.provider(), message.fallback_text
+    tried = message.fallback_tried_at or message.created_at  # no attempt time on documents written before it
     if not isinstance(provider, sms.Twilio) or text is None or tried is None:
         raise LookupError("no Twilio provider, fallback text or attempt time to look up")
     found, now = provider.find(message.phone, text, tried - CLOCK_SKEW), store.now()

@@ -219,9 +219,11 @@ def claim_fallback(
     unless the provider honours our idempotency key: then `resend_attempts` is
     FALLBACK_MAX_ATTEMPTS and, while attempts remain, it is sent again under the same
     key (SENDING again, `fallback_uncertain` set). An opted-out user whose SMS may
-    already be out ends UNKNOWN, not CANCELLED. A CHECKING one is claimed for a lookup
-    of the provider's records while attempts (sends and lookups) stay under
-    `lookup_attempts`, else it ends UNKNOWN. None if there is nothing to do."""
+    already be out ends UNKNOWN, not CANCELLED. When the provider's own records can
+    be read (Twilio), `lookup_attempts` is FALLBACK_MAX_ATTEMPTS: a CHECKING one, or
+    a SENDING one whose lease ran out, is claimed (CHECKING) for a lookup of the last
+    attempt while attempts (sends and lookups) stay under it, else it ends UNKNOWN.
+    None if there is nothing to do."""
     if m.fallback not in SWEPT_FALLBACKS or m.fallback_at is None or m.fallback_at > now:
         return None
     if not m.tracked:
@@ -234,6 +236,10 @@ def claim_fallback(
         return m
     if m.fallback is Fallback.SENDING:
         m.fallback_uncertain = True
+        if m.fallback_attempts < lookup_attempts:  # the provider's records will tell: look the attempt up now
+            m.fallback, m.fallback_at, m.lease_owner = Fallback.CHECKING, now + lease, owner
+            m.fallback_attempts += 1
+            return m
         if m.fallback_attempts >= resend_attempts:
             m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"
             return m

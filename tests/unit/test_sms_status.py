@@ -285,3 +285,19 @@ def test_twilio_find_reads_the_list_newest_first_until_the_attempts_time(monkeyp
         assert twilio.find("+15550001111", "code 1", datetime.now(UTC) + timedelta(seconds=5)) == sms.Lookup()
         fake.script_lookups([500])
         assert twilio.find("+15550001111", "code 1", since) == sms.Lookup(error="lookup answered 500, code 20500")
+
+
+def test_a_send_whose_lease_ran_out_is_looked_up_when_the_provider_keeps_records():
+    m = dataclasses.replace(
+        sending(Fallback.SENDING), fallback_attempts=1, fallback_tried_at=T0, fallback_at=T0 + LEASE, lease_owner="dead"
+    )
+    later = T0 + LEASE + timedelta(seconds=1)
+    claimed = claim_fallback(m, later, LEASE, "run", False, 0, 5)
+    assert (claimed.fallback, claimed.lease_owner, claimed.fallback_attempts, claimed.fallback_uncertain) == (
+        Fallback.CHECKING,
+        "run",
+        2,
+        True,
+    )
+    assert claim_fallback(m, later, LEASE, "run", False, 0, 0).fallback is Fallback.UNKNOWN  # no records: as before
+    assert claim_fallback(m, later, LEASE, "run", False, 0, 1).fallback is Fallback.UNKNOWN  # attempts spent
