@@ -21,6 +21,14 @@ def receive_webhook(request: flask.Request) -> Reply:
     return handle(request)
 
 
+@functions_framework.http
+@json_errors
+def receive_sms_status(request: flask.Request) -> Reply:
+    from functions.receive_sms_status import handle
+
+    return handle(request)
+
+
 @functions_framework.cloud_event
 def track_delivery(cloud_event: CloudEvent) -> None:
     from functions.track_delivery import handle

@@ -192,6 +192,24 @@ def sms_webhook_idempotent() -> bool:
     return value == "true"
 
 
+def sms_status_callback_url() -> str:
+    """receive_sms_status's public URL, without a query: the senders pass it (with
+    `?message_id=<id>`) as Twilio's StatusCallback, and receive_sms_status checks Twilio's
+    signature against it, since behind Cloud Run's front end the function cannot know the
+    scheme and host Twilio called. Empty: no status callbacks."""
+    return env("SMS_STATUS_CALLBACK_URL").split("?")[0]
+
+
+def twilio_auth_token() -> str:
+    """Twilio's auth token (a secret): it signs Twilio's status callbacks."""
+    return env("TWILIO_AUTH_TOKEN")
+
+
+def sms_webhook_secret() -> str:
+    """The signed gateway's secret: it signs the gateway's status callbacks."""
+    return env("SMS_WEBHOOK_SECRET")
+
+
 def sms_max_segments() -> int | None:
     """The most SMS segments a fallback text may take (your gateway's own limit); unset: no
     limit but Twilio's 1,600 units (sms_text.MAX_UNITS)."""

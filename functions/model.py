@@ -32,10 +32,52 @@ class Fallback(StrEnum):
     WAITING = "WAITING"
     DUE = "DUE"
     SENDING = "SENDING"
+    CHECKING = "CHECKING"  # an ambiguous Twilio send: its Messages list will say whether it went out
     SENT = "SENT"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"  # delivered after all, or opted out
     UNKNOWN = "UNKNOWN"  # the SMS may have gone out and will not be tried again; always reported
+
+
+class SmsStatus(StrEnum):
+    """The SMS leg's own fate, as the provider's status callbacks report it: Twilio's
+    message statuses (Messages resource, "Message status values",
+    https://www.twilio.com/docs/messaging/api/message-resource#message-status-values),
+    in upper case; the signed gateway's callbacks use the same words."""
+
+    ACCEPTED = "ACCEPTED"  # a Messaging Service took it and picks the sender
+    SCHEDULED = "SCHEDULED"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"  # handed to the carrier
+    CANCELED = "CANCELED"  # a scheduled message cancelled before it went
+    FAILED = "FAILED"  # never sent (ErrorCode says why)
+    UNDELIVERED = "UNDELIVERED"  # the carrier could not deliver it (30003 unreachable, 30005, 30006, 30007, 30008)
+    DELIVERED = "DELIVERED"  # the carrier confirmed delivery to the handset
+    READ = "READ"  # a read receipt (channels that have them)
+
+
+# The SMS leg's status only moves up this order, so callbacks arriving late,
+# duplicated or out of order end in the same status (a late SENT never hides
+# DELIVERED). The three ends rank above every step on the way; a delivery receipt
+# ranks above an earlier failure report (carriers correct a DLR, never the reverse).
+SMS_STATUS_RANK = {
+    s: i
+    for i, s in enumerate(
+        [
+            SmsStatus.ACCEPTED,
+            SmsStatus.SCHEDULED,
+            SmsStatus.QUEUED,
+            SmsStatus.SENDING,
+            SmsStatus.SENT,
+            SmsStatus.CANCELED,
+            SmsStatus.FAILED,
+            SmsStatus.UNDELIVERED,
+            SmsStatus.DELIVERED,
+            SmsStatus.READ,
+        ]
+    )
+}
 
 
 # Delivery states ordered so that a later state never gives way to an earlier
@@ -58,8 +100,9 @@ RANK = {
 }
 # States in which revoke_expired still has work: re-send, revoke, revoke again.
 SWEPT_STATES = (State.PENDING, State.SENT, State.REVOKE_FAILED)
-# Fallback states send_fallbacks looks at: due ones, and sends whose lease ran out.
-SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING)
+# Fallback states send_fallbacks looks at: due ones, sends whose lease ran out, and
+# ambiguous sends to look up in the provider's records.
+SWEPT_FALLBACKS = (Fallback.DUE, Fallback.SENDING, Fallback.CHECKING)
 # The sweeps' queries: an `in` filter on the first field, a range on the second.
 REVOKE_QUERY = ("state", "next_action_at")
 FALLBACK_QUERY = ("fallback", "fallback_at")
@@ -100,11 +143,15 @@ class Message:
     revoking: bool = False  # a DELETE is in flight; still true at the next claim: it was interrupted
     revoke_uncertain: bool = False  # a DELETE was interrupted: a later 404 may mean "revoked", not "delivered"
     attempts: int = 0  # send / revoke attempts by the sweep
-    fallback_attempts: int = 0
+    fallback_attempts: int = 0  # SMS sends and lookups of the provider's records
+    fallback_tried_at: datetime | None = None  # when the last SMS attempt began: where a lookup starts
     fallback_uncertain: bool = False  # an SMS attempt may have reached the provider: a give-up is UNKNOWN, not FAILED
     fallback_segments: int | None = None  # SMS segments the fallback text takes (sms_text.count): its cost
     last_error: str | None = None
     sms_id: str | None = None
+    sms_status: SmsStatus | None = None  # the SMS leg's fate from the provider's status callbacks
+    sms_error_code: str | None = None  # the provider's error code with that status, e.g. "30003"
+    sms_status_at: datetime | None = None  # when that status was first reported
     created_at: datetime | None = None
     sent_at: datetime | None = None
     delivered_at: datetime | None = None
@@ -124,10 +171,15 @@ class Message:
         message = cls(**{k: v for k, v in data.items() if k in known})
         message.state, message.fallback = State(message.state), Fallback(message.fallback)
         message.agent_id = message.agent_id and agents.canonical(message.agent_id)  # stored as given before
+        message.sms_status = None if message.sms_status is None else SmsStatus(message.sms_status)
         return message
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"state": self.state.value, "fallback": self.fallback.value}
+        return dataclasses.asdict(self) | {
+            "state": self.state.value,
+            "fallback": self.fallback.value,
+            "sms_status": None if self.sms_status is None else self.sms_status.value,
+        }
 
 
 def retention(now: datetime) -> datetime:

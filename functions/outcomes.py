@@ -1,7 +1,8 @@
 """Outcome events: what a change of a message tells its sender. Pure functions, no I/O.
 
-Each committed change of a tracked message's `state` (except into PENDING) and
-of its `fallback` into SENT, FAILED, UNKNOWN or CANCELLED is one event on the
+Each committed change of a tracked message's `state` (except into PENDING), of
+its `fallback` into SENT, FAILED, UNKNOWN or CANCELLED, and of the SMS leg's own
+status into DELIVERED or UNDELIVERED / FAILED (receive_sms_status) is one event on the
 outcomes topic (README "Outcome events"; the contract is issue 18's). Events
 are numbered per message by `seq`, 1, 2, 3… in commit order, continuing the
 last number stored on the message (`Message.outcome_seq`), so a consumer that
@@ -16,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from functions.model import Fallback, Message, State
+from functions.model import Fallback, Message, SmsStatus, State
 
 
 class Fate(StrEnum):
@@ -41,6 +42,12 @@ FALLBACK_STATUS = {
     Fallback.UNKNOWN: "SMS_UNKNOWN",
     Fallback.CANCELLED: "SMS_CANCELLED",
 }
+# The SMS leg's own statuses that are an event (the provider's status callbacks), as published.
+SMS_LEG_STATUS = {
+    SmsStatus.DELIVERED: "SMS_DELIVERED",
+    SmsStatus.UNDELIVERED: "SMS_UNDELIVERED",
+    SmsStatus.FAILED: "SMS_UNDELIVERED",
+}
 # The states and fallbacks whose event carries a reason (`Message.last_error`'s cause).
 _WITH_REASON = {"UNREACHABLE", "FAILED", "REVOKE_FAILED", "SMS_FAILED", "SMS_UNKNOWN", "SMS_CANCELLED"}
 # The time of the fact behind a status, where the message keeps one; else the commit's time.
@@ -50,6 +57,8 @@ _FACT_TIME = {
     "READ": "read_at",
     "REVOKED": "revoked_at",
     "SMS_SENT": "fallback_sent_at",
+    "SMS_DELIVERED": "sms_status_at",
+    "SMS_UNDELIVERED": "sms_status_at",
 }
 _DELIVERED = (State.DELIVERED, State.READ)
 _NO_RCS = (State.UNREACHABLE, State.FAILED, State.REVOKED)
@@ -132,6 +141,8 @@ def fate(m: Message) -> tuple[Fate, bool]:
     still change it (a READ may still follow `rcs`; a late DELIVERED may follow an SMS)."""
     if m.state in _DELIVERED:
         return Fate.RCS, True
+    if _sms_leg(m) == "SMS_UNDELIVERED":
+        return Fate.FAILED, True  # the carrier could not deliver the SMS (sms_error_code says why)
     if m.fallback is Fallback.SENT:
         return Fate.SMS, True
     if m.fallback is Fallback.UNKNOWN:
@@ -164,6 +175,9 @@ def changes(before: Message | None, after: Message, at: datetime) -> list[Outcom
         statuses.append((after.state.value, Channel.RCS))
     if after.fallback is not fallback and after.fallback in FALLBACK_STATUS:
         statuses.append((FALLBACK_STATUS[after.fallback], Channel.SMS))
+    leg = _sms_leg(after)
+    if leg and leg != (None if before is None else _sms_leg(before)):
+        statuses.append((leg, Channel.SMS))
     outcome, final = fate(after)
     last = 0 if before is None else before.outcome_seq
     return [
@@ -179,10 +193,19 @@ def changes(before: Message | None, after: Message, at: datetime) -> list[Outcom
             occurred_at=_fact_time(after, status) or at,
             client_ref=after.client_ref,
             metadata=dict(after.metadata or {}),
-            reason=cause(after.last_error) if status in _WITH_REASON else None,
+            reason=after.sms_error_code if status == "SMS_UNDELIVERED" else _reason(after, status),
         )
         for i, (status, channel) in enumerate(statuses, start=1)
     ]
+
+
+def _sms_leg(m: Message) -> str | None:
+    """The SMS leg's own status as published, if it is one that makes an event."""
+    return None if m.sms_status is None else SMS_LEG_STATUS.get(m.sms_status)
+
+
+def _reason(m: Message, status: str) -> str | None:
+    return cause(m.last_error) if status in _WITH_REASON else None
 
 
 def _fact_time(m: Message, status: str) -> datetime | None:

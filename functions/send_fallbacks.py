@@ -6,7 +6,13 @@ runs out the next sweep marks it UNKNOWN and reports it, and nothing sends
 it again: a possibly missing SMS is reported, a second SMS never happens.
 With a provider that honours our idempotency key (sms.Provider.idempotent),
 an interrupted or ambiguous send is instead tried again under the same key
-until FALLBACK_MAX_ATTEMPTS, and UNKNOWN only when attempts run out.
+until FALLBACK_MAX_ATTEMPTS, and UNKNOWN only when attempts run out. Twilio
+takes no key, but its Messages list tells whether an ambiguous create made a
+message: such a send is CHECKING, looked up after the backoff (the settle
+delay), and an interrupted one once its lease ran out — found: SENT; proven
+absent: due again and sent once more; the lookup failing until
+FALLBACK_MAX_ATTEMPTS (sends and lookups) are spent: UNKNOWN.
+A status callback (receive_sms_status) settles it SENT at any time.
 """
 
 from datetime import datetime, timedelta
@@ -17,7 +23,16 @@ from functions import config, conversations, dispatch, logs, sms, store
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
 from functions.replies import Reply, reply
 from functions.sweep import Outcome, Sweep
-from functions.transitions import claim_fallback, fallback_failed, fallback_sent, fallback_unknown, retry_fallback
+from functions.transitions import (
+    backoff,
+    check_later,
+    claim_fallback,
+    fallback_checked,
+    fallback_failed,
+    fallback_sent,
+    fallback_unknown,
+    retry_fallback,
+)
 from functions.work_items import Duty
 
 # How each fallback a sweep leaves is logged (severity, and the event name
@@ -25,22 +40,40 @@ from functions.work_items import Duty
 _REPORT = {
     Fallback.SENT: ("INFO", "sms_sent", Outcome.SENT),
     Fallback.DUE: ("WARNING", "sms_retry", Outcome.RETRIED),
+    Fallback.CHECKING: ("WARNING", "sms_checking", Outcome.RETRIED),
     Fallback.FAILED: ("ERROR", "sms_failed", Outcome.FAILED),
     Fallback.CANCELLED: ("INFO", "fallback_cancelled", Outcome.CANCELLED),
     Fallback.UNKNOWN: ("ERROR", "fallback_unknown", Outcome.UNKNOWN),
 }
 
 
+# A lookup starts this long before the attempt began: Twilio's clock and ours may differ,
+# and its date_created has whole seconds.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+def _reconciles(provider: sms.Provider | None) -> bool:
+    """Whether the provider's own records can tell if an ambiguous send went out (Twilio)."""
+    return isinstance(provider, sms.Twilio)
+
+
 def _claim(m: Message, now: datetime, lease: timedelta, owner: str) -> Message | None:
     provider = sms.provider()
     resend = config.fallback_max_attempts() if provider is not None and provider.idempotent else 0
+    lookups = config.fallback_max_attempts() if _reconciles(provider) else 0
     sends = m.fallback is Fallback.DUE or (m.fallback is Fallback.SENDING and resend > 0)
     opted_out = sends and conversations.opted_out(m.agent_id, m.phone)
-    return claim_fallback(m, now, lease, owner, opted_out, resend)
+    return claim_fallback(m, now, lease, owner, opted_out, resend, lookups)
 
 
-def _answered(m: Message, result: sms.SmsResult, now: datetime) -> Message:
-    """The message once the provider's answer to its SMS is known."""
+def _answered(m: Message, result: sms.SmsResult, now: datetime, reconciles: bool) -> Message:
+    """The message once the provider's answer to its SMS is known; unchanged if a status
+    callback proved the SMS sent first (receive_sms_status). An ambiguous answer from a
+    provider whose records can be read (`reconciles`) is looked up later (CHECKING)."""
+    if m.fallback is Fallback.SENT:
+        return m
+    if result.outcome is sms.SmsOutcome.UNKNOWN and reconciles:
+        return check_later(m, now, backoff(m.fallback_attempts, config.retry_backoff_seconds()), result.error)
     match result.outcome:
         case sms.SmsOutcome.SENT:
             return fallback_sent(m, now, result.provider_id)
@@ -68,11 +101,31 @@ def _send(message: Message) -> Message:
     if provider is None or text is None:
         raise LookupError("no SMS provider configured, or no fallback text")
     result, now = provider.send(message.phone, text, message.message_id), store.now()
-    return store.change_message(message.message_id, lambda m: _answered(m, result, now))
+    reconciles = _reconciles(provider)
+    return store.change_message(message.message_id, lambda m: _answered(m, result, now, reconciles))
+
+
+def _check(message: Message) -> Message:
+    """Looks the last attempt of a CHECKING message this sweep holds up in the provider's
+    records (only Twilio's are read: `_reconciles`), and records what they say."""
+    provider, text = sms.provider(), message.fallback_text
+    tried = message.fallback_tried_at or message.created_at  # no attempt time on documents written before it
+    if not isinstance(provider, sms.Twilio) or text is None or tried is None:
+        raise LookupError("no Twilio provider, fallback text or attempt time to look up")
+    found, now = provider.find(message.phone, text, tried - CLOCK_SKEW), store.now()
+    attempts, base = config.fallback_max_attempts(), config.retry_backoff_seconds()
+    return store.change_message(
+        message.message_id, lambda m: fallback_checked(m, now, found.sms_id, found.error, attempts, base)
+    )
 
 
 def _act(claimed: Message) -> Outcome:
-    after = _send(claimed) if claimed.fallback is Fallback.SENDING else claimed
+    if claimed.fallback is Fallback.SENDING:
+        after = _send(claimed)
+    elif claimed.fallback is Fallback.CHECKING:
+        after = _check(claimed)
+    else:
+        after = claimed
     severity, event, outcome = _REPORT[after.fallback]
     # The reason goes in its own field and is ours (a status and a provider error code,
     # see sms.py), never a provider's reply text, which can hold the number in full.
@@ -85,7 +138,7 @@ def _act(claimed: Message) -> Outcome:
         phone=after.phone,
         sms_id=after.sms_id,
         error=after.last_error if severity != "INFO" else None,
-        retry_at=after.fallback_at if after.fallback is Fallback.DUE else None,
+        retry_at=after.fallback_at if after.fallback in (Fallback.DUE, Fallback.CHECKING) else None,
     )
     return outcome
 

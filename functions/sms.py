@@ -43,14 +43,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
 from functions import transport
-from functions.config import env, sms_provider, sms_webhook_idempotent
+from functions.config import env, sms_provider, sms_status_callback_url, sms_webhook_idempotent
 
 TIMEOUT = (3.05, 15)  # connect, read
 MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is held to this
@@ -130,13 +132,33 @@ def _error_code(response: requests.Response) -> str | None:
         code = response.json().get("code")
     except (ValueError, AttributeError):
         return None
-    code = str(code) if isinstance(code, (str, int)) and not isinstance(code, bool) else ""
+    return error_code(code)
+
+
+def error_code(value: object) -> str | None:
+    """A provider's error code (a string or an integer) as recorded: short, never
+    phone-shaped; None for anything else."""
+    code = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     return code if _CODE.fullmatch(code) else None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What the provider's own records say of an attempt: its SMS (`sms_id`), none
+    (both None: proven absent), or nothing known (`error`: the lookup failed)."""
+
+    sms_id: str | None = None
+    error: str | None = None
+
+
+LOOKUP_PAGES = 5  # pages of the Messages list read at most per lookup: a number gets few SMS a minute
+LOOKUP_PAGE_SIZE = 50
 
 
 class Twilio:
     """POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded, HTTP Basic auth.
-    Twilio's Messages API takes no idempotency key."""
+    Twilio's Messages API takes no idempotency key, but its Messages list tells
+    whether an ambiguous create made a message (`find`)."""
 
     idempotent = False
 
@@ -151,8 +173,48 @@ class Twilio:
         self.session = requests.Session()
         self.session.auth = (self.sid, env("TWILIO_AUTH_TOKEN"))
 
+    def find(self, to: str, text: str, since: datetime) -> Lookup:
+        """The message to `to` with body `text` created at or after `since`, from the Messages
+        list (Twilio's Message resource reference, "Read multiple Message resources"): filtered
+        by To, newest first, read page by page until a message older than `since`. Not
+        filtered by DateSent: a message still queued has no date_sent yet."""
+        url: str | None = self.url
+        params: dict[str, Any] | None = {"To": to, "PageSize": LOOKUP_PAGE_SIZE}
+        root = f"{urlsplit(self.url).scheme}://{urlsplit(self.url).netloc}"
+        for _ in range(LOOKUP_PAGES):
+            try:
+                response = self.session.get(url or self.url, params=params, timeout=TIMEOUT)
+            except requests.RequestException as exc:
+                return Lookup(error=f"lookup failed: {type(exc).__name__}")
+            if response.status_code != 200:
+                code = _error_code(response)
+                return Lookup(error=f"lookup answered {response.status_code}" + (f", code {code}" if code else ""))
+            try:
+                page = response.json()
+                for message in page["messages"]:
+                    if parsedate_to_datetime(message["date_created"]) < since:
+                        return Lookup()
+                    if message.get("body") == text and str(message.get("direction", "")).startswith("outbound"):
+                        return Lookup(sms_id=str(message["sid"]))
+                next_page = page.get("next_page_uri")
+            except (ValueError, KeyError, TypeError):
+                return Lookup(error="lookup answered a page it could not read")
+            if not next_page:
+                return Lookup()
+            url, params = root + next_page, None
+        return Lookup(error=f"lookup read {LOOKUP_PAGES} pages without reaching the attempt's time")
+
     def send(self, to: str, text: str, message_id: str) -> SmsResult:
-        return _post(self.session, self.url, "sid", self.idempotent, data={"To": to, "Body": text, **self.sender})
+        callback = status_callback(message_id)
+        form = {"To": to, "Body": text, **self.sender, **({"StatusCallback": callback} if callback else {})}
+        return _post(self.session, self.url, "sid", self.idempotent, data=form)
+
+
+def status_callback(message_id: str) -> str | None:
+    """The `StatusCallback` URL of the SMS of `message_id`: SMS_STATUS_CALLBACK_URL (receive_sms_status's
+    public URL) with `?message_id=<id>`, which Twilio calls back and signs as it is; None when unset."""
+    base = sms_status_callback_url()
+    return f"{base}?{urlencode({'message_id': message_id})}" if base else None
 
 
 SIGNATURE_VERSION = "v1"

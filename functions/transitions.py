@@ -16,10 +16,13 @@ from functions.model import (
     APPLIED_KEEP,
     CONVERSATION_APPLIED_KEEP,
     RANK,
+    SMS_STATUS_RANK,
+    SWEPT_FALLBACKS,
     SWEPT_STATES,
     Conversation,
     Fallback,
     Message,
+    SmsStatus,
     State,
 )
 
@@ -203,21 +206,40 @@ def hold_fallback(m: Message, until: datetime) -> Message:
 
 
 def claim_fallback(
-    m: Message, now: datetime, lease: timedelta, owner: str, opted_out: bool, resend_attempts: int = 0
+    m: Message,
+    now: datetime,
+    lease: timedelta,
+    owner: str,
+    opted_out: bool,
+    resend_attempts: int = 0,
+    lookup_attempts: int = 0,
 ) -> Message | None:
     """DUE → SENDING under a lease, DUE → CANCELLED for an opted-out user, and a
     SENDING whose lease ran out (its SMS may have gone) → UNKNOWN, never re-sent —
     unless the provider honours our idempotency key: then `resend_attempts` is
     FALLBACK_MAX_ATTEMPTS and, while attempts remain, it is sent again under the same
     key (SENDING again, `fallback_uncertain` set). An opted-out user whose SMS may
-    already be out ends UNKNOWN, not CANCELLED. None if there is nothing to do."""
-    if m.fallback not in (Fallback.DUE, Fallback.SENDING) or m.fallback_at is None or m.fallback_at > now:
+    already be out ends UNKNOWN, not CANCELLED. When the provider's own records can
+    be read (Twilio), `lookup_attempts` is FALLBACK_MAX_ATTEMPTS: a CHECKING one, or
+    a SENDING one whose lease ran out, is claimed (CHECKING) for a lookup of the last
+    attempt while attempts (sends and lookups) stay under it, else it ends UNKNOWN.
+    None if there is nothing to do."""
+    if m.fallback not in SWEPT_FALLBACKS or m.fallback_at is None or m.fallback_at > now:
         return None
     if not m.tracked:
         return _dropped(m)
     m = dataclasses.replace(m, fallback_at=None, lease_owner=None)
+    if m.fallback is Fallback.CHECKING:
+        if m.fallback_attempts >= lookup_attempts:
+            return fallback_unknown(m, f"gave up after {m.fallback_attempts} attempts: {m.last_error}")
+        m.fallback_at, m.lease_owner, m.fallback_attempts = now + lease, owner, m.fallback_attempts + 1
+        return m
     if m.fallback is Fallback.SENDING:
         m.fallback_uncertain = True
+        if m.fallback_attempts < lookup_attempts:  # the provider's records will tell: look the attempt up now
+            m.fallback, m.fallback_at, m.lease_owner = Fallback.CHECKING, now + lease, owner
+            m.fallback_attempts += 1
+            return m
         if m.fallback_attempts >= resend_attempts:
             m.fallback, m.last_error = Fallback.UNKNOWN, "SMS send interrupted; outcome unknown"
             return m
@@ -226,7 +248,7 @@ def claim_fallback(
         m.last_error = "user opted out"
     else:
         m.fallback, m.fallback_at, m.lease_owner = Fallback.SENDING, now + lease, owner
-        m.fallback_attempts += 1
+        m.fallback_attempts, m.fallback_tried_at = m.fallback_attempts + 1, now
     return m
 
 
@@ -266,6 +288,85 @@ def retry_fallback(
         return fallback_unknown(m, gave_up) if m.fallback_uncertain else fallback_failed(m, gave_up)
     delay = max(backoff(m.fallback_attempts, base), timedelta(seconds=wait or 0))
     return dataclasses.replace(m, fallback=Fallback.DUE, fallback_at=now + delay, last_error=error, lease_owner=None)
+
+
+# receive_sms_status: the SMS leg's own fate.
+
+# Fallbacks an SMS status callback settles: a callback about the message proves the
+# provider created its SMS, so one whose send was interrupted or answered ambiguously
+# (SENDING, CHECKING, UNKNOWN, or DUE again after such a try) is SENT, never sent again.
+_PROVEN_BY_CALLBACK = (Fallback.SENDING, Fallback.CHECKING, Fallback.UNKNOWN, Fallback.DUE)
+
+
+def _status_key(status: SmsStatus, at: datetime, error_code: str | None) -> tuple[int, float, str]:
+    """The order of status reports: by rank, then the earliest report, then the code, so the
+    winner of any set of reports is one report whatever order they came in."""
+    return SMS_STATUS_RANK[status], -at.timestamp(), error_code or ""
+
+
+def sms_status_learned(m: Message, sms_id: str, status: SmsStatus, at: datetime, error_code: str | None) -> Message:
+    """The message once the provider reported, at `at`, that its SMS `sms_id` is `status`
+    (with `error_code`, e.g. "30003"). The status only moves up model.SMS_STATUS_RANK, so
+    callbacks duplicated, late or out of order end in the same status, code and time.
+    A report about another SMS than the one recorded (`sms_id` differs) changes nothing.
+    A report proves the SMS exists, so a fallback left SENDING, UNKNOWN, or DUE after an
+    attempt that may have sent (`fallback_uncertain`), becomes SENT with this sid, sent at
+    the earliest report's time."""
+    if m.sms_id is not None and m.sms_id != sms_id:
+        return m
+    m = dataclasses.replace(m, sms_id=sms_id)
+    if (
+        m.sms_status is None
+        or m.sms_status_at is None
+        or _status_key(status, at, error_code) > _status_key(m.sms_status, m.sms_status_at, m.sms_error_code)
+    ):
+        m.sms_status, m.sms_status_at, m.sms_error_code = status, at, error_code
+    if m.tracked and m.fallback in _PROVEN_BY_CALLBACK and (m.fallback is not Fallback.DUE or m.fallback_uncertain):
+        m = fallback_sent(m, at, sms_id)
+    elif m.fallback is Fallback.SENT and m.fallback_sent_at is not None:
+        m.fallback_sent_at = min(m.fallback_sent_at, at)
+    return m
+
+
+def check_later(m: Message, now: datetime, settle: timedelta, error: str | None) -> Message:
+    """A send the provider may have acted on, to a provider whose own records can be
+    read (Twilio's Messages list): CHECKING, looked up once `settle` has passed."""
+    return dataclasses.replace(
+        m,
+        fallback=Fallback.CHECKING,
+        fallback_uncertain=True,
+        fallback_at=now + settle,
+        lease_owner=None,
+        last_error=error,
+    )
+
+
+def fallback_checked(
+    m: Message, now: datetime, sms_id: str | None, error: str | None, max_attempts: int, base: float
+) -> Message:
+    """The provider's records looked up for the last attempt: found (`sms_id`) → SENT;
+    proven absent (no id, no `error`) → DUE at once, sent once more; the lookup failed
+    (`error`) → CHECKING again after the backoff, or UNKNOWN once FALLBACK_MAX_ATTEMPTS
+    (sends and lookups together) are spent. A fallback no longer CHECKING (a status
+    callback settled it meanwhile) is left as it is."""
+    if m.fallback is not Fallback.CHECKING:
+        return m
+    if sms_id is not None:
+        return fallback_sent(m, now, sms_id)
+    if error is None:
+        return dataclasses.replace(
+            m,
+            fallback=Fallback.DUE,
+            fallback_at=now,
+            fallback_uncertain=False,
+            lease_owner=None,
+            last_error="the provider has no record of the last attempt: sending again",
+        )
+    if m.fallback_attempts >= max_attempts:
+        return fallback_unknown(m, f"gave up after {m.fallback_attempts} attempts: {error}")
+    return dataclasses.replace(
+        m, fallback_at=now + backoff(m.fallback_attempts, base), lease_owner=None, last_error=error
+    )
 
 
 # record_inbound: a conversation per (agent, user).

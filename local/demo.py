@@ -19,7 +19,7 @@ from datetime import datetime
 
 from functions import store
 from functions.logs import mask_phone
-from functions.model import Fallback, Message, State
+from functions.model import Fallback, Message, SmsStatus, State
 from functions.outcomes import fate
 from local.processes import PROJECT, pull_all
 from local.stack import OUTCOMES_SUBSCRIPTION
@@ -118,12 +118,14 @@ def timings(m: Message) -> dict:
     """Seconds between the milestones of a message; an SMS sent before the
     deadline (no RCS at all) is timed from the send instead."""
     early = m.fallback_sent_at and m.revoke_at and m.fallback_sent_at < m.revoke_at
+    delivered_sms = m.sms_status_at if m.sms_status is SmsStatus.DELIVERED else None
     return {
         "send→delivered": _seconds(m.sent_at or m.created_at, m.delivered_at),
         "send→read": _seconds(m.sent_at, m.read_at),
         "deadline→revoked": _seconds(m.revoke_at, m.revoked_at),
         "deadline→SMS": None if early else _seconds(m.revoke_at, m.fallback_sent_at),
         "send→SMS": _seconds(m.created_at, m.fallback_sent_at) if early else None,
+        "deadline→SMS delivered": None if early else _seconds(m.revoke_at, delivered_sms),
     }
 
 
@@ -198,11 +200,13 @@ def table(planned: list[Planned], docs: dict) -> str:
         "phone",
         "state",
         "fallback",
+        "sms",
         "send→delivered",
         "send→read",
         "deadline→revoked",
         "deadline→SMS",
         "send→SMS",
+        "deadline→SMS delivered",
     ]
     rows = [columns]
     for p in planned:
@@ -212,6 +216,7 @@ def table(planned: list[Planned], docs: dict) -> str:
             "phone": mask_phone(p.phone),
             "state": m.state.value if m else "-",
             "fallback": m.fallback.value if m else "-",
+            "sms": m.sms_status.value if m and m.sms_status else "-",
             **(timings(m) if m else {}),
         }
         rows.append([str(cells.get(c) if cells.get(c) is not None else "-") for c in columns])
@@ -219,7 +224,8 @@ def table(planned: list[Planned], docs: dict) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows)
 
 
-SMS_TIMINGS = ("deadline→SMS", "send→SMS")  # how late the SMS of a message not delivered on RCS went out
+# How late the SMS of a message not delivered on RCS went out, and reached the handset (its DELIVERED callback).
+SMS_TIMINGS = ("deadline→SMS", "send→SMS", "deadline→SMS delivered")
 
 
 def summary(docs: dict, names: tuple[str, ...]) -> dict:

@@ -10,6 +10,12 @@ meet; `script_failure` makes the sends to one number fail in any ambiguous way
 (500 / 502 / 504, a reset or close after the request was read, an answer held
 past the caller's read timeout), after sending the SMS or before.
 
+FakeTwilio also calls back as Twilio does: after each send with a
+`StatusCallback`, it POSTs the message's statuses there, form-encoded and signed
+with `X-Twilio-Signature` — late, and as scripted per number: duplicated, out of
+order, ending delivered, undelivered (30003 / 30005 / 30006 / 30007) or failed.
+It serves the Messages list with Twilio's filters, newest first, in pages.
+
 Errors are worded as the providers word them, phone number included:
 Twilio's 21211 says "The 'To' number +1555... is not a valid phone number."
 (https://www.twilio.com/docs/api/errors/21211), so a caller that logs reply
@@ -28,10 +34,12 @@ import re
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
+
+import requests
 
 from local.fakehttp import DROP, E164, RESET, FakeServer, Faults, Request, serve_until_interrupted
 
@@ -193,6 +201,8 @@ class SmsFake(FakeServer):
                 self._remember(message, sent)
                 self._lock.notify_all()
             delay, drop, stall = self._delay, self._drop, self.stall
+        if sent is not None:
+            self._accepted(sent)
         if isinstance(failure, int):
             return failure, self._failure(failure, message)
         if failure == READ_TIMEOUT:
@@ -221,6 +231,9 @@ class SmsFake(FakeServer):
     def _remember(self, message: dict, sent: dict) -> None:
         """Keep what a later request with the same key must answer; the caller holds the lock."""
 
+    def _accepted(self, sent: dict) -> None:
+        """What follows an SMS that went out, whatever the answer to its request."""
+
     def _new_id(self) -> str:
         return uuid.uuid4().hex
 
@@ -247,21 +260,155 @@ def _invalid_to(to: str) -> Rejected:
     return Rejected(400, twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number."))
 
 
+def twilio_signature(auth_token: str, url: str, fields: dict[str, str]) -> str:
+    """X-Twilio-Signature as Twilio computes it ("Webhooks security",
+    https://www.twilio.com/docs/usage/security#validating-requests): the full URL,
+    then each POST field's name and value in the order of the names, HMAC-SHA1
+    with the auth token, base64."""
+    data = url + "".join(name + fields[name] for name in sorted(fields))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+# What Twilio reports after a send when nothing else is scripted for the number.
+DELIVERED = (("sent", None), ("delivered", None))
+# Statuses after which a message has a date_sent (it left Twilio).
+_LEFT = {"sent", "delivered", "undelivered", "read"}
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 1000  # the Messages list's default and largest page
+
+
+def _date_filter(value: str) -> datetime:
+    """A DateSent filter value: YYYY-MM-DD (midnight UTC starting that day) or
+    YYYY-MM-DDThh:mm:ssZ; ValueError otherwise."""
+    for form in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, form).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise ValueError(value)
+
+
 class FakeTwilio(SmsFake):
     """Twilio's Messages API: POST /2010-04-01/Accounts/{sid}/Messages.json,
-    form-encoded To, Body and From or MessagingServiceSid, HTTP Basic auth."""
+    form-encoded To, Body and From or MessagingServiceSid, HTTP Basic auth; GET of
+    the same path lists the messages (filters To, From, DateSent, DateSent<,
+    DateSent>; PageSize, Page; newest first). A send with `StatusCallback` is
+    followed, `callback_delay` seconds later, by one signed POST per status
+    scripted for its number (`script_statuses`; DELIVERED otherwise)."""
 
     def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "token", port: int = 0):
         self.account_sid, self.auth_token = account_sid, auth_token
         super().__init__(port)
 
-    def _read(self, request: Request) -> dict:
+    def reset(self) -> None:
+        with self._lock:
+            self._statuses: dict[str, tuple[tuple[tuple[str, str | None], ...], bool, bool]] = {}
+            self._callbacks: list[dict] = []
+            self.callback_delay = 0.2  # seconds between the send and its first callback
+        super().reset()
+
+    def script_statuses(
+        self, to: str, statuses: list[tuple[str, str | None]], duplicate: bool = False, reverse: bool = False
+    ) -> None:
+        """Each later send to `to` reports these (status, ErrorCode) in turn, e.g.
+        [("sent", None), ("undelivered", "30003")]; `duplicate` posts each twice,
+        `reverse` posts them last first (as callbacks overtaking each other arrive)."""
+        with self._lock:
+            self._statuses[to] = (tuple(statuses), duplicate, reverse)
+
+    def script_lookups(self, statuses: list[int]) -> None:
+        """The next reads of the Messages list answer these statuses in turn; 200 means "list normally"."""
+        with self._lock:
+            self._faults.script("list", statuses)
+
+    @property
+    def callbacks(self) -> list[dict]:
+        """Each status callback posted: sid, status, error_code, url, answered (the HTTP status, or None)."""
+        with self._lock:
+            return [dict(c) for c in self._callbacks]
+
+    def wait_callbacks(self, n: int, timeout: float = 10.0) -> bool:
+        """Wait until at least n callbacks were answered; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: sum(c["answered"] is not None for c in self._callbacks) >= n, timeout)
+
+    def handle(self, request: Request) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
+        if request.method == "GET":
+            try:
+                self._authorize(request)
+            except Rejected as rejected:
+                return rejected.status, rejected.body
+            with self._lock:
+                error = self._faults.next_error("list", "list")
+            if error is not None:
+                return error, twilio_error(error, _TWILIO_CODES.get(error, 20500), "Scripted failure")
+            return self._list(request.query)
+        return super().handle(request)
+
+    def _authorize(self, request: Request) -> None:
         expected = "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected.encode()):
             raise Rejected(401, twilio_error(401, 20003, "Authenticate"))
         match = _TWILIO_PATH.match(request.path)
-        if request.method != "POST" or not match or match[1] != self.account_sid:
+        if request.method not in ("GET", "POST") or not match or match[1] != self.account_sid:
             raise Rejected(404, twilio_error(404, 20404, f"The requested resource {request.path} was not found"))
+
+    def _list(self, query: dict[str, str]) -> tuple[int, Any]:
+        """The Messages list resource (Twilio's Message resource reference, "Read multiple
+        Message resources"): filters To, From, DateSent (that day, or that second),
+        DateSent< (on or before), DateSent> (on or after); newest first; PageSize and Page."""
+        try:
+            size = min(int(query.get("PageSize", PAGE_SIZE)), MAX_PAGE_SIZE)
+            page = int(query.get("Page", 0))
+            bounds = {k: _date_filter(query[k]) for k in ("DateSent", "DateSent<", "DateSent>") if query.get(k)}
+        except ValueError:
+            return 400, twilio_error(400, 20001, "Invalid filter or paging parameter")
+        if size < 1 or page < 0:
+            return 400, twilio_error(400, 20001, "Invalid paging parameter")
+        with self._lock:
+            resources = [self._resource(s) for s in sorted(self._sent, key=lambda s: s["time"], reverse=True)]
+        resources = [r for r in resources if self._matches(r, query, bounds)]
+        chunk = [{k: v for k, v in r.items() if k != "_date_sent"} for r in resources[page * size : (page + 1) * size]]
+        base = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        filters = {k: v for k, v in query.items() if k not in ("Page", "PageSize", "PageToken")}
+
+        def uri(n: int) -> str:
+            return f"{base}?{urlencode({**filters, 'PageSize': size, 'Page': n})}"
+
+        more = (page + 1) * size < len(resources)
+        return 200, {
+            "messages": chunk,
+            "page": page,
+            "page_size": size,
+            "start": page * size,
+            "end": page * size + max(len(chunk) - 1, 0),
+            "uri": uri(page),
+            "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) + f"&PageToken=PA{page + 1}" if more else None,
+            "previous_page_uri": uri(page - 1) if page > 0 else None,
+        }
+
+    @staticmethod
+    def _matches(resource: dict, query: dict[str, str], bounds: dict[str, datetime]) -> bool:
+        if query.get("To") and resource["to"] != query["To"]:
+            return False
+        if query.get("From") and resource["from"] != query["From"]:
+            return False
+        if not bounds:
+            return True
+        sent = resource["_date_sent"]
+        if sent is None:  # queued: not sent yet, so no DateSent filter matches it
+            return False
+        exact = bounds.get("DateSent")
+        if exact is not None and not (
+            sent.date() == exact.date() if exact.time() == datetime.min.time() else sent.replace(microsecond=0) == exact
+        ):
+            return False
+        if "DateSent<" in bounds and sent > bounds["DateSent<"]:
+            return False
+        return not ("DateSent>" in bounds and sent < bounds["DateSent>"])
+
+    def _read(self, request: Request) -> dict:
+        self._authorize(request)
         form = {k: v[0] for k, v in parse_qs(request.body.decode(errors="replace"), keep_blank_values=True).items()}
         to, body = form.get("To", ""), form.get("Body", "")
         if not to:
@@ -282,11 +429,23 @@ class FakeTwilio(SmsFake):
             return _invalid_to(message["to"]).body
         return twilio_error(status, _TWILIO_CODES.get(status, 20500), "Scripted failure")
 
+    def _accepted(self, sent: dict) -> None:
+        self._call_back(sent)
+
     def _success(self, sent: dict) -> tuple[int, Any]:
+        resource = self._resource(sent, now=False)
+        del resource["_date_sent"]
+        return 201, resource
+
+    def _resource(self, sent: dict, now: bool = True) -> dict:
+        """The Message resource of an SMS sent: as created (`now` false), or as it is now, at
+        its last scripted status (`_date_sent`: date_sent as a datetime, for the list's filters)."""
         form, sid = sent["fields"], sent["provider_id"]
         created = format_datetime(datetime.fromtimestamp(sent["time"], UTC))
+        status = (now and sent.get("status")) or ("queued" if form.get("From") else "accepted")
+        error_code, date_sent = (sent.get("error_code"), sent.get("date_sent")) if now else (None, None)
         uri = f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json"
-        return 201, {
+        return {
             "sid": sid,
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",
@@ -295,20 +454,71 @@ class FakeTwilio(SmsFake):
             "messaging_service_sid": form.get("MessagingServiceSid") or None,
             "body": sent["text"],
             # Twilio answers "accepted" when a Messaging Service picks the sender.
-            "status": "queued" if form.get("From") else "accepted",
+            "status": status,
             "direction": "outbound-api",
             "num_segments": "1",
             "num_media": "0",
             "price": None,
             "price_unit": "USD",
-            "error_code": None,
+            "error_code": int(error_code) if error_code else None,
             "error_message": None,
             "date_created": created,
             "date_updated": created,
-            "date_sent": None,
+            "date_sent": format_datetime(date_sent) if date_sent else None,
+            "_date_sent": date_sent,
             "uri": uri,
             "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
         }
+
+    def _call_back(self, sent: dict) -> None:
+        """Post the statuses scripted for the number to the send's StatusCallback, late, in a
+        thread, whatever the answer to the send (a 500 after sending, a dropped connection);
+        the Messages list shows the message at its last scripted status at once."""
+        url = sent["fields"].get("StatusCallback")
+        with self._lock:
+            statuses, duplicate, reverse = self._statuses.get(sent["to"], (DELIVERED, False, False))
+            delay = self.callback_delay
+            for status, code in statuses:  # the resource moves on as Twilio's would
+                sent["status"], sent["error_code"] = status, code
+                if status in _LEFT and sent.get("date_sent") is None:
+                    sent["date_sent"] = datetime.fromtimestamp(sent["time"], UTC) + timedelta(seconds=1)
+        if not url:
+            return
+        order = list(reversed(statuses)) if reverse else list(statuses)
+        posts = [p for p in order for _ in range(2 if duplicate else 1)]
+        threading.Thread(target=self._post_callbacks, args=(url, sent, posts, delay), daemon=True).start()
+
+    def _post_callbacks(self, url: str, sent: dict, posts: list[tuple[str, str | None]], delay: float) -> None:
+        time.sleep(delay)
+        form = sent["fields"]
+        for status, code in posts:
+            fields = {
+                "AccountSid": self.account_sid,
+                "ApiVersion": "2010-04-01",
+                "From": form.get("From") or "",
+                "MessageSid": sent["provider_id"],
+                "MessageStatus": status,
+                "SmsSid": sent["provider_id"],
+                "SmsStatus": status,
+                "To": sent["to"],
+                **({"ErrorCode": code} if code else {}),
+                **({"MessagingServiceSid": form["MessagingServiceSid"]} if form.get("MessagingServiceSid") else {}),
+            }
+            record = {"sid": sent["provider_id"], "status": status, "error_code": code, "url": url, "answered": None}
+            with self._lock:
+                self._callbacks.append(record)
+            try:
+                answered = requests.post(
+                    url,
+                    data=fields,
+                    headers={"X-Twilio-Signature": twilio_signature(self.auth_token, url, fields)},
+                    timeout=10,
+                ).status_code
+            except requests.RequestException:
+                answered = 0
+            with self._lock:
+                record["answered"] = answered
+                self._lock.notify_all()
 
 
 def gateway_error(code: str, text: str) -> dict:

@@ -37,6 +37,7 @@ from local.processes import (
     create_topic,
     delete_subscription,
     delete_topic,
+    free_port,
 )
 from local.pusher import Pusher
 from local.scheduler import Scheduler
@@ -50,7 +51,7 @@ CLIENT_TOKEN = "local-client-token"
 CONVERSATION_ID_KEY = "local-conversation-id-key"  # production's comes from Secret Manager
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
-HTTP_FUNCTIONS = ("receive_webhook", "send_message", "revoke_expired", "send_fallbacks")
+HTTP_FUNCTIONS = ("receive_webhook", "receive_sms_status", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
 # Every function runs with its deployed threads (THREADS = its concurrency,
 # local/processes.py), but one worker process stands for the autoscaled fleet:
@@ -152,6 +153,9 @@ class Stack:
         self.rbm: Simulator | None = None
         self.sms: FakeTwilio | None = None
         self.functions: dict[str, FunctionProcess] = {}
+        # receive_sms_status's port, known before any function starts: the senders pass its
+        # URL as StatusCallback (SMS_STATUS_CALLBACK_URL), and it checks Twilio's signatures against it.
+        self.status_port = free_port()
         self.started: list = []
 
     def _env(self) -> dict:
@@ -168,6 +172,7 @@ class Stack:
             "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
             "CONVERSATION_ID_KEY": CONVERSATION_ID_KEY,
+            "SMS_STATUS_CALLBACK_URL": f"http://127.0.0.1:{self.status_port}",
         }
         if self.rbm:
             env.update(RBM_API_ENDPOINT=self.rbm.url, **FAST)
@@ -219,7 +224,8 @@ class Stack:
         return self
 
     def _function(self, name: str, **env: str) -> FunctionProcess:
-        return FunctionProcess(name, {**self._env(), **env}, log_path=self.workdir / f"{name}.log")
+        port = self.status_port if name == "receive_sms_status" else None
+        return FunctionProcess(name, {**self._env(), **env}, port=port, log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
         """Topics and subscriptions as infra declares them, pushing to local processes:

@@ -90,7 +90,8 @@ def firestore_outage(firestore):
 
 @pytest.fixture
 def functions(tmp_path, pubsub_emulator):
-    """Start an entry point: `functions("receive_webhook", env={...})`.
+    """Start an entry point: `functions("receive_webhook", env={...})`, on `port` if given
+    (a function that must know its own URL).
 
     The process gets PROJECT and the hosts of the emulators this session runs
     (always Pub/Sub's: every change of a message publishes its outcome events);
@@ -99,14 +100,14 @@ def functions(tmp_path, pubsub_emulator):
     """
     started = []
 
-    def start(target, env=None, source="main.py"):
+    def start(target, env=None, source="main.py", port=None):
         full_env = {"GOOGLE_CLOUD_PROJECT": PROJECT}
         full_env.update(
             {var: os.environ[var] for var in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST") if os.environ.get(var)}
         )
         full_env.update(env or {})
         log_path = tmp_path / f"{target}-{len(started)}.log"
-        function = FunctionProcess(target, full_env, source=source, log_path=log_path)
+        function = FunctionProcess(target, full_env, port=port, source=source, log_path=log_path)
         started.append(function)
         return function.start()
 

@@ -332,19 +332,20 @@ done
 # worker holds the secrets of both kinds of work.
 REVOKE_SETTINGS=common,store,outcomes,agent,rbm,sweep,revoke,work
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
-FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,work
+FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,sms_status,work
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 WORKER_SECRETS=$REVOKE_SECRETS,$FALLBACK_SECRETS,CONVERSATION_ID_KEY
 FIRESTORE_READ_ONLY=(send_fallbacks)
 #  entry point      name                 invoker   ingress               settings                                         secrets                 publishes
 FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                                   RBM_CLIENT_TOKEN        events"
+  "receive_sms_status rbm-receive-sms-status public all                 common,store,outcomes,sms,sms_status             TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET outcomes"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes                -                       dead_letter,outcomes"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter,outcomes"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       work,outcomes"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms                             $WORKER_SECRETS         outcomes"
+  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms,sms_status                  $WORKER_SECRETS         outcomes"
 )
 # The instance overrides, as Terraform's variables: empty keeps functions.json's number.
 declare -A MIN_OVERRIDE=([receive_webhook]=$WEBHOOK_MIN_INSTANCES)
@@ -373,6 +374,7 @@ declare -A SETTING_GROUPS=(
   [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
   [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE SMS_WEBHOOK_IDEMPOTENT"
   [sms_text]="SMS_MAX_SEGMENTS"
+  [sms_status]="SMS_STATUS_CALLBACK_URL"
 )
 GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
@@ -415,6 +417,10 @@ require gcloud alpha monitoring policies
 require gcloud beta services identity
 run gcloud services enable "${APIS[@]}" "${P[@]}"
 PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe "$PROJECT" --format='value(projectNumber)')}
+# receive_sms_status's URL (Cloud Run's deterministic one), known before any function is
+# deployed: the senders pass it as Twilio's StatusCallback, and it checks Twilio's signatures against it.
+SMS_STATUS_CALLBACK_URL=''
+if [[ -n $SMS_PROVIDER ]]; then SMS_STATUS_CALLBACK_URL="https://rbm-receive-sms-status-$PROJECT_NUMBER.$REGION.run.app"; fi
 
 # Log-based metrics first: an alert policy on one is accepted only once the
 # metric is queryable, which Monitoring says can take up to 10 minutes after
@@ -685,7 +691,7 @@ for row in "${FUNCTIONS[@]}"; do
   done
 
   public=--no-allow-unauthenticated
-  if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM calls without Google credentials; HMAC-verified
+  if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM, Twilio, the gateway call without Google credentials; HMAC-verified
   run gcloud functions deploy "$name" --gen2 --region="$REGION" --runtime="$PYTHON_RUNTIME" \
     --entry-point="$ep" --source="$SOURCE" --trigger-http "$public" \
     --service-account="$sa" --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \

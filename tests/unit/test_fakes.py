@@ -16,6 +16,7 @@ import uuid
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -796,3 +797,102 @@ def test_command_line_prints_the_url_and_serves(args, check):
     finally:
         process.terminate()
         process.wait(5)
+
+
+# Twilio's status callbacks and Messages list.
+
+
+class _Sink(fake_sms.FakeServer):
+    """Records the status callbacks posted to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.posts: list = []
+
+    def handle(self, request):
+        with self._lock:
+            self.posts.append(request)
+        return 200, {}
+
+
+def test_the_fakes_twilio_signature_is_twilios_published_example():
+    # Twilio's "Webhooks security" page: auth token 12345, this URL and these fields.
+    fields = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+12349013030",
+        "Digits": "1234",
+        "From": "+12349013030",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert fake_sms.twilio_signature("12345", url, fields) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+
+
+def test_twilio_calls_back_signed_late_duplicated_and_reversed_as_scripted(twilio):
+    with _Sink() as sink:
+        callback = f"{sink.url}/status?message_id=m-1"
+        twilio.script_statuses(PHONE, [("sent", None), ("undelivered", "30003")], duplicate=True, reverse=True)
+        response = twilio_send(twilio, To=PHONE, From="+15557770000", Body="code", StatusCallback=callback)
+        assert response.status_code == 201 and not sink.posts  # late: after the answer
+        assert twilio.wait_callbacks(4)
+        posts = [{k: v[0] for k, v in parse_qs(p.body.decode()).items()} for p in sink.posts]
+    assert [(p["MessageStatus"], p.get("ErrorCode")) for p in posts] == [
+        ("undelivered", "30003"),
+        ("undelivered", "30003"),
+        ("sent", None),
+        ("sent", None),
+    ]
+    assert {p["MessageSid"] for p in posts} == {response.json()["sid"]} and posts[0]["To"] == PHONE
+    for request, fields in zip(sink.posts, posts, strict=True):
+        assert request.path == "/status" and request.query == {"message_id": "m-1"}
+        assert request.headers["X-Twilio-Signature"] == fake_sms.twilio_signature(TOKEN, callback, fields)
+
+
+def test_twilio_calls_back_after_a_500_that_sent(twilio):
+    with _Sink() as sink:
+        twilio.script([500])
+        response = twilio_send(twilio, To=PHONE, From="+15557770000", Body="code", StatusCallback=sink.url)
+        assert response.status_code == 500
+        assert twilio.wait_callbacks(2)
+        assert len(sink.posts) == 2
+
+
+def _list(fake, **query):
+    response = requests.get(
+        f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json", params=query, auth=(SID, TOKEN), timeout=5
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_twilio_lists_messages_newest_first_filtered_and_paged(twilio):
+    other = "+15550009999"
+    for to in (PHONE, other, PHONE):
+        twilio_send(twilio, To=to, From="+15557770000", Body=f"to {to}")
+        time.sleep(0.01)
+    page = _list(twilio, To=PHONE, PageSize=1)
+    assert [m["to"] for m in page["messages"]] == [PHONE] and page["next_page_uri"]
+    second = requests.get(twilio.url + page["next_page_uri"], auth=(SID, TOKEN), timeout=5).json()
+    assert second["next_page_uri"] is None and second["messages"][0]["sid"] != page["messages"][0]["sid"]
+    everything = _list(twilio)["messages"]
+    created = [parsedate_to_datetime(m["date_created"]) for m in everything]
+    assert len(everything) == 3 and created == sorted(created, reverse=True)
+    assert [m["status"] for m in everything] == ["delivered"] * 3  # at their last status
+    today = parsedate_to_datetime(everything[0]["date_sent"]).strftime("%Y-%m-%d")
+    assert len(_list(twilio, DateSent=today)["messages"]) == 3
+    assert len(_list(twilio, **{"DateSent>": "2999-01-01"})["messages"]) == 0
+    assert len(_list(twilio, **{"DateSent<": "2000-01-01"})["messages"]) == 0
+    assert (
+        requests.get(
+            f"{twilio.url}/2010-04-01/Accounts/{SID}/Messages.json", params={"DateSent": "yesterday"}, auth=(SID, TOKEN)
+        ).status_code
+        == 400
+    )
+
+
+def test_a_queued_message_has_no_date_sent_and_no_date_filter_finds_it(twilio):
+    twilio.script_statuses(PHONE, [("queued", None)])
+    twilio_send(twilio)
+    (listed,) = _list(twilio)["messages"]
+    assert (listed["status"], listed["date_sent"]) == ("queued", None)
+    assert _list(twilio, **{"DateSent>": "2000-01-01"})["messages"] == []

@@ -61,6 +61,8 @@ METRIC_EVENTS = {
     "event_dead_lettered",
 }
 SWEEPS = {"revoke_expired", "send_fallbacks"}
+# Called from outside Google without its credentials, every request HMAC-verified.
+PUBLIC = {"receive_webhook", "receive_sms_status"}
 WORKER = "process_due_work"
 # Who publishes work items: the scheduled runs, and no one else.
 WORK_PUBLISHERS = SWEEPS
@@ -74,6 +76,7 @@ WORK = TOPOLOGY["work"]
 # marks them published (functions/outbox.py).
 ACCESS = {
     "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
+    "receive_sms_status": ("write", {"outcomes"}, {"TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
     "track_delivery": ("write", {"dead_letter", "outcomes"}, set()),
     "record_inbound": ("write", {"dead_letter", "outcomes"}, {"CONVERSATION_ID_KEY"}),
     "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
@@ -278,6 +281,7 @@ def test_main_exposes_the_design_entry_points():
     kinds = {name: kind for name, (kind, _) in entry_points().items()}
     assert kinds == {
         "receive_webhook": "http",
+        "receive_sms_status": "http",
         "track_delivery": "cloud_event",
         "record_inbound": "cloud_event",
         "send_message": "http",
@@ -463,7 +467,7 @@ def test_terraform_roles_follow_least_privilege():
     table = functions_table()
     kinds = {name: kind for name, (kind, _) in entry_points().items()}
     public = [ep for ep, f in table.items() if f["invoker"] == "public"]
-    assert public == ["receive_webhook"]
+    assert sorted(public) == ["receive_sms_status", "receive_webhook"]
     webhook = table["receive_webhook"]
     assert webhook["publishes"] == ["events"] and webhook["firestore"] is False
     assert sizing("receive_webhook")["concurrency"] > 1
@@ -492,7 +496,7 @@ def test_terraform_roles_follow_least_privilege():
         assert sizing(ep)["max_instances"] == 2 and sizing(ep)["concurrency"] == 1
         assert sizing(ep)["timeout_seconds"] >= budget + 15
     assert sizing(WORKER)["max_instances"] >= 1
-    # allUsers only on the webhook's service, nowhere else.
+    # allUsers only in the one binding of the public functions, nowhere else.
     text = "\n".join(p.read_text() for p in MODULE.glob("*.tf"))
     assert text.count('"allUsers"') == 1 and "allAuthenticatedUsers" not in text
     public_binding = resources("google_cloud_run_v2_service_iam_member")["public"]
@@ -1185,15 +1189,15 @@ def test_dry_run_sets_every_setting_the_code_reads(entry_point):
     assert not missing, f"{entry_point} reads settings the gcloud route does not set: {sorted(missing)}"
 
 
-def test_dry_run_keeps_all_but_the_webhook_private():
+def test_dry_run_keeps_all_but_the_public_callbacks_private():
     for config in DRY_RUN_CONFIGS:
         for ep, command in deploys(config).items():
-            expected = "--allow-unauthenticated" if ep == "receive_webhook" else "--no-allow-unauthenticated"
+            expected = "--allow-unauthenticated" if ep in PUBLIC else "--no-allow-unauthenticated"
             assert expected in command
         assert not any("allUsers" in word for c in dry_run(config) for word in c)
         invokers = commands(config, "gcloud", "run", "services", "add-iam-policy-binding")
         assert {flag(c, "--role") for c in invokers} == {"roles/run.invoker"}
-        assert "receive_webhook" not in {c[5] for c in invokers}
+        assert not PUBLIC & {c[5] for c in invokers}
 
 
 def assert_push_flags(command: list[str], topology: dict, topic: str, function: str) -> None:

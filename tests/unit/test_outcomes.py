@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from functions.model import Fallback, Message, State
-from functions.outcomes import FALLBACK_STATUS, Channel, Fate, cause, changes, fate, numbered
+from functions.model import Fallback, Message, SmsStatus, State
+from functions.outcomes import FALLBACK_STATUS, SMS_LEG_STATUS, Channel, Fate, cause, changes, fate, numbered
 from functions.transitions import (
     EVENT_FACTS,
     Fact,
@@ -216,10 +216,34 @@ def test_the_json_schema_names_every_field_and_value_the_code_publishes():
     assert set(OUTCOME_SCHEMA["required"]) == set(properties) == set(changes(None, sent_message(), T0)[0].data())
     assert set(properties["status"]["enum"]) == {s.value for s in State if s is not State.PENDING} | set(
         FALLBACK_STATUS.values()
-    )
+    ) | set(SMS_LEG_STATUS.values())
     assert set(properties["fate"]["enum"]) == {f.value for f in Fate}
     assert set(properties["channel"]["enum"]) == {c.value for c in Channel}
 
 
 def sent_message() -> Message:
     return learn(new(), Fact.ACCEPTED, T0)
+
+
+def test_the_sms_legs_own_fate_is_an_event_once_per_change_and_undelivered_is_failed():
+    """Status callbacks (receive_sms_status) move sms_status: DELIVERED is SMS_DELIVERED
+    (fate sms), UNDELIVERED or FAILED is SMS_UNDELIVERED with the provider's code (fate
+    failed); the steps on the way, and a second report that publishes the same, are none."""
+    sent = dataclasses.replace(
+        sent_message(), state=State.REVOKED, fallback=Fallback.SENT, fallback_sent_at=T0, outcome_seq=3
+    )
+    queued = dataclasses.replace(sent, sms_status=SmsStatus.QUEUED, sms_status_at=T0)
+    assert changes(sent, queued, T0) == []
+    at = T0 + timedelta(seconds=4)
+    undelivered = dataclasses.replace(
+        queued, sms_status=SmsStatus.UNDELIVERED, sms_error_code="30003", sms_status_at=at
+    )
+    (event,) = changes(queued, undelivered, at + timedelta(seconds=1))
+    assert (event.seq, event.status, event.channel, event.reason) == (4, "SMS_UNDELIVERED", Channel.SMS, "30003")
+    assert (event.fate, event.final, event.occurred_at) == (Fate.FAILED, True, at)
+    failed_too = dataclasses.replace(undelivered, sms_status=SmsStatus.FAILED)
+    assert changes(undelivered, failed_too, at) == []  # published the same: nothing new
+    delivered = dataclasses.replace(queued, sms_status=SmsStatus.DELIVERED, sms_status_at=at)
+    (event,) = changes(queued, delivered, at)
+    assert (event.status, event.fate, event.final, event.reason) == ("SMS_DELIVERED", Fate.SMS, True, None)
+    valid_outcome(event.data())

@@ -26,6 +26,9 @@ locals {
   #     HMAC and waits on a Pub/Sub publish (PUBLISH_TIMEOUT_SECONDS = 5), so it
   #     is I/O bound; high concurrency keeps instances, and cold starts, few.
   #     30 s timeout: far above 5 s, far below RBM's own retry spacing.
+  #   receive_sms_status: public like the webhook (Twilio and the gateway call
+  #     it without Google credentials; every callback is HMAC-verified); one
+  #     Firestore read-and-commit per callback, so the webhook's sizing fits.
   #   subscribers: 8 concurrent events on 1 CPU (Firestore transactions,
   #     I/O bound but contended on hot documents); the timeout equals the
   #     subscription's ack deadline, so Pub/Sub never redelivers an event
@@ -60,6 +63,19 @@ locals {
       secrets       = ["RBM_CLIENT_TOKEN"]
       publishes     = ["events"]
       firestore     = false
+      schedule      = null
+    }
+    receive_sms_status = {
+      name          = "rbm-receive-sms-status"
+      description   = "SMS status callbacks: verifies them, records the SMS leg's fate on its message."
+      invoker       = "public"
+      ingress       = "ALLOW_ALL"
+      min_instances = null
+      max_instances = null
+      settings      = ["common", "store", "outcomes", "sms", "sms_status"]
+      secrets       = ["TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"]
+      publishes     = ["outcomes"]
+      firestore     = true
       schedule      = null
     }
     track_delivery = {
@@ -174,8 +190,8 @@ locals {
   # (functions/outbox.py). The worker calls RBM and the SMS provider and writes
   # the messages.
   revoke_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "work"]
-  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "work"]
-  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "work"]
+  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "sms_status", "work"]
+  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "sms_status", "work"]
   worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
 
   # Functions that only read the database (roles/datastore.viewer); the other
@@ -208,7 +224,8 @@ locals {
       "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
       "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE", "SMS_WEBHOOK_IDEMPOTENT",
     ]
-    sms_text = ["SMS_MAX_SEGMENTS"]
+    sms_text   = ["SMS_MAX_SEGMENTS"]
+    sms_status = ["SMS_STATUS_CALLBACK_URL"]
   }
 
   # The code's defaults, repeated so that a deployment states what it runs with.
@@ -253,6 +270,10 @@ locals {
     TWILIO_FROM_NUMBER           = var.sms_provider == "twilio" ? var.twilio.from_number : ""
     TWILIO_MESSAGING_SERVICE_SID = var.sms_provider == "twilio" ? var.twilio.messaging_service_sid : ""
     TWILIO_API_BASE              = var.sms_provider == "twilio" ? var.twilio.api_base : ""
+
+    # receive_sms_status's URL, Cloud Run's deterministic one: the senders pass it as
+    # StatusCallback, and it checks Twilio's signatures against it.
+    SMS_STATUS_CALLBACK_URL = var.sms_provider == "" ? "" : "https://${local.functions.receive_sms_status.name}-${data.google_project.this.number}.${var.region}.run.app"
   }
 
   # Each function's environment; an empty value is left out (the code then
