@@ -91,9 +91,17 @@ def documents(planned: list[Planned]) -> dict[str, Message | None]:
     return {p.message_id: store.get_message(p.message_id) for p in planned}
 
 
+# The SMS leg's ends: once the fake Twilio's status callbacks reported one, no further event follows.
+SMS_ENDS = (SmsStatus.DELIVERED, SmsStatus.UNDELIVERED, SmsStatus.FAILED)
+
+
 def settled(planned: list[Planned], docs: dict) -> bool:
+    """Every message in its expected fate, and each SMS sent reported at its end by the
+    provider's status callbacks (which come after it, each an outcome event of its own)."""
     return all(
-        docs[p.message_id] and (docs[p.message_id].state, docs[p.message_id].fallback) == KINDS[p.kind].expect
+        (m := docs[p.message_id])
+        and (m.state, m.fallback) == KINDS[p.kind].expect
+        and (m.fallback is not Fallback.SENT or m.sms_status in SMS_ENDS)
         for p in planned
     )
 
