@@ -19,7 +19,7 @@ from google.cloud.firestore_v1.document import DocumentReference
 from google.cloud.firestore_v1.query import Query
 
 from functions import agents, config, store
-from functions.model import Conversation, conversation_id, conversation_of
+from functions.model import OUTCOMES_COLLECTION, Conversation, conversation_id, conversation_of
 
 # Firestore's limit on the writes of one batch commit.
 BATCH_WRITES = 500
@@ -126,12 +126,18 @@ def _erase_conversation(agent: str, phone: str) -> dict[str, int]:
 
 def erase(phone: str, agent_id: str | None = None) -> dict[str, int]:
     """Removes what rbm-relay holds about `phone` (for one agent, or all): its message
-    documents, its conversations (keyed and unkeyed) and the user messages below them.
+    documents, their outcome events' outbox documents (which carry the phone), its
+    conversations (keyed and unkeyed) and the user messages below them.
     Where the user had opted out, a marker stays under the keyed conversation id: the
     agent id, the opt-out and its time, no phone number, no TTL; the opt-out holds as
     before. Returns the counts of what it removed and kept."""
     agent = agents.canonical(agent_id) if agent_id else None
-    counts = {"messages": _delete(s.reference for s in _of_phone(store.messages(), phone, agent))}
+    counts = {
+        "messages": _delete(s.reference for s in _of_phone(store.messages(), phone, agent)),
+        "outcome_events": _delete(
+            s.reference for s in _of_phone(store.client().collection(OUTCOMES_COLLECTION), phone, agent)
+        ),
+    }
     found = {agents.canonical(s.get("agent_id")) for s in _of_phone(store.conversations(), phone, agent)}
     for each in sorted(found | ({agent} if agent else set())):
         for what, count in _erase_conversation(each, phone).items():

@@ -139,10 +139,22 @@ def test_erasure_removes_a_number_and_keeps_only_a_keyed_opt_out_marker(firestor
 
     only_b = cli("erase", PHONE, "--agent", "b")
     assert only_b.returncode == 0, only_b.stderr
-    assert json.loads(only_b.stdout) == {"messages": 1, "conversations": 1, "user_messages": 1, "opt_out_markers": 0}
+    assert json.loads(only_b.stdout) == {
+        "messages": 1,
+        "outcome_events": 1,  # m-b:1, its SENT event, which carries the phone
+        "conversations": 1,
+        "user_messages": 1,
+        "opt_out_markers": 0,
+    }
     erased = cli("erase", PHONE)
     assert erased.returncode == 0, erased.stderr
-    assert json.loads(erased.stdout) == {"messages": 1, "conversations": 1, "user_messages": 1, "opt_out_markers": 1}
+    assert json.loads(erased.stdout) == {
+        "messages": 1,
+        "outcome_events": 0,
+        "conversations": 1,
+        "user_messages": 1,
+        "opt_out_markers": 1,
+    }
 
     left = everything()
     assert not [path for path, fields in left if PHONE in json.dumps(fields, default=str)]
