@@ -106,10 +106,11 @@ def _of_phone(
     return [s for s in found if agent is None or agents.canonical(s.get("agent_id") or "") == agent]
 
 
-def _erase_conversation(agent: str, phone: str) -> dict[str, int]:
-    """Deletes the conversation of (agent, phone), keyed and unkeyed, with its user
-    messages; leaves the opt-out marker if the user had opted out."""
-    references = refs(agent, phone)
+def _erase_conversation(agent: str, phone: str, found: list[DocumentReference]) -> dict[str, int]:
+    """Deletes the conversation of (agent, phone), keyed and unkeyed, and `found` (its
+    documents a query by the number found, whatever key their ids were made with), with
+    their user messages; leaves the opt-out marker if the user had opted out."""
+    references = list({r.path: r for r in [*refs(agent, phone), *found]}.values())
     stored = [Conversation.from_doc(s.to_dict() or {}) if s.exists else None for s in _read(references)]
     counts = {
         "user_messages": sum(_delete(s.reference for s in _stream(ref.collection("messages"))) for ref in references),
@@ -138,8 +139,10 @@ def erase(phone: str, agent_id: str | None = None) -> dict[str, int]:
             s.reference for s in _of_phone(store.client().collection(OUTCOMES_COLLECTION), phone, agent)
         ),
     }
-    found = {agents.canonical(s.get("agent_id")) for s in _of_phone(store.conversations(), phone, agent)}
-    for each in sorted(found | ({agent} if agent else set())):
-        for what, count in _erase_conversation(each, phone).items():
+    found: dict[str, list[DocumentReference]] = {agent: []} if agent else {}
+    for snapshot in _of_phone(store.conversations(), phone, agent):
+        found.setdefault(agents.canonical(snapshot.get("agent_id")), []).append(snapshot.reference)
+    for each, references in sorted(found.items()):
+        for what, count in _erase_conversation(each, phone, references).items():
             counts[what] = counts.get(what, 0) + count
     return {"conversations": 0, "user_messages": 0, "opt_out_markers": 0} | counts
