@@ -53,6 +53,16 @@ DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def e164(value: str) -> str:
+    """A number as the documents hold it, E.164 (`+14155550123`); any other form would
+    match nothing, and zero counts would read as an erasure done."""
+    from functions.outbound import E164
+
+    if not E164.fullmatch(value):
+        raise argparse.ArgumentTypeError("the number must be E.164, like +14155550123 (no spaces)")
+    return value
+
+
 def since(value: str) -> datetime:
     """An RFC 3339 time with its offset, or a duration ago (`90s`, `30m`, `2h`, `1d`)."""
     if match := DURATION.fullmatch(value):
@@ -189,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     forget = commands.add_parser(
         "erase", help="remove a number's messages and conversations; keep only a keyed opt-out marker"
     )
-    forget.add_argument("phone", help="the number, E.164")
+    forget.add_argument("phone", type=e164, help="the number, E.164")
     forget.add_argument("--agent", help="only this agent's data (either form of its id); default: every agent")
     forget.set_defaults(run=erase)
     move = commands.add_parser(

@@ -7,7 +7,11 @@ document) goes through `canonical`, so both forms name the same agent in opt-out
 conversations, message documents, outcome events and logs.
 """
 
+import re
+
 AGENT_DOMAIN = "@rbm.goog"  # ends every canonical agent id
+# A canonical id an event can carry: one name, no whitespace, no second `@`, no `/`.
+_CANONICAL = re.compile(r"[^\s@/]+" + re.escape(AGENT_DOMAIN))
 
 
 def canonical(agent_id: str) -> str:
@@ -30,3 +34,10 @@ def api_form(agent_id: str) -> str:
 def spellings(agent_id: str) -> tuple[str, str]:
     """The two forms a caller may have given for the agent of canonical `agent_id`."""
     return canonical(agent_id), api_form(agent_id)
+
+
+def well_formed(agent_id: str) -> bool:
+    """Whether canonical `agent_id` can be an agent's id at all: one name before
+    `@rbm.goog`, without whitespace, `@` or `/`. Any other spelling would key a
+    conversation no event reaches, and so miss the user's opt-out."""
+    return _CANONICAL.fullmatch(agent_id) is not None

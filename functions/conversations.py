@@ -19,7 +19,7 @@ from google.cloud.firestore_v1.document import DocumentReference
 from google.cloud.firestore_v1.query import Query
 
 from functions import agents, config, store
-from functions.model import Conversation, conversation_id, conversation_of
+from functions.model import OUTCOMES_COLLECTION, Conversation, conversation_id, conversation_of
 
 # Firestore's limit on the writes of one batch commit.
 BATCH_WRITES = 500
@@ -106,10 +106,11 @@ def _of_phone(
     return [s for s in found if agent is None or agents.canonical(s.get("agent_id") or "") == agent]
 
 
-def _erase_conversation(agent: str, phone: str) -> dict[str, int]:
-    """Deletes the conversation of (agent, phone), keyed and unkeyed, with its user
-    messages; leaves the opt-out marker if the user had opted out."""
-    references = refs(agent, phone)
+def _erase_conversation(agent: str, phone: str, found: list[DocumentReference]) -> dict[str, int]:
+    """Deletes the conversation of (agent, phone), keyed and unkeyed, and `found` (its
+    documents a query by the number found, whatever key their ids were made with), with
+    their user messages; leaves the opt-out marker if the user had opted out."""
+    references = list({r.path: r for r in [*refs(agent, phone), *found]}.values())
     stored = [Conversation.from_doc(s.to_dict() or {}) if s.exists else None for s in _read(references)]
     counts = {
         "user_messages": sum(_delete(s.reference for s in _stream(ref.collection("messages"))) for ref in references),
@@ -126,14 +127,22 @@ def _erase_conversation(agent: str, phone: str) -> dict[str, int]:
 
 def erase(phone: str, agent_id: str | None = None) -> dict[str, int]:
     """Removes what rbm-relay holds about `phone` (for one agent, or all): its message
-    documents, its conversations (keyed and unkeyed) and the user messages below them.
+    documents, their outcome events' outbox documents (which carry the phone), its
+    conversations (keyed and unkeyed) and the user messages below them.
     Where the user had opted out, a marker stays under the keyed conversation id: the
     agent id, the opt-out and its time, no phone number, no TTL; the opt-out holds as
     before. Returns the counts of what it removed and kept."""
     agent = agents.canonical(agent_id) if agent_id else None
-    counts = {"messages": _delete(s.reference for s in _of_phone(store.messages(), phone, agent))}
-    found = {agents.canonical(s.get("agent_id")) for s in _of_phone(store.conversations(), phone, agent)}
-    for each in sorted(found | ({agent} if agent else set())):
-        for what, count in _erase_conversation(each, phone).items():
+    counts = {
+        "messages": _delete(s.reference for s in _of_phone(store.messages(), phone, agent)),
+        "outcome_events": _delete(
+            s.reference for s in _of_phone(store.client().collection(OUTCOMES_COLLECTION), phone, agent)
+        ),
+    }
+    found: dict[str, list[DocumentReference]] = {agent: []} if agent else {}
+    for snapshot in _of_phone(store.conversations(), phone, agent):
+        found.setdefault(agents.canonical(snapshot.get("agent_id")), []).append(snapshot.reference)
+    for each, references in sorted(found.items()):
+        for what, count in _erase_conversation(each, phone, references).items():
             counts[what] = counts.get(what, 0) + count
     return {"conversations": 0, "user_messages": 0, "opt_out_markers": 0} | counts

@@ -287,6 +287,7 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     agent_id = body.get("agent_id") or default_agent
     _require(isinstance(agent_id, str) and bool(agent_id), "agent_id missing and no RBM_AGENT_ID configured")
     agent_id = agents.canonical(agent_id)
+    _require(agents.well_formed(agent_id), "agent_id must be an RBM agent id: x_agent or x_agent@rbm.goog")
     message_id = body.get("message_id") or str(uuid.uuid4())
     try:
         message_id = str(uuid.UUID(message_id))

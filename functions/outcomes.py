@@ -13,7 +13,7 @@ so a redelivered receipt or a replayed work item publishes nothing new.
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -86,7 +86,8 @@ class OutcomeEvent:
         return f"{self.message_id}:{self.seq}"
 
     def data(self) -> dict[str, Any]:
-        """The event as published: JSON-ready, `occurred_at` in RFC 3339 (UTC)."""
+        """The event as published: JSON-ready, `occurred_at` in RFC 3339 (UTC, `Z`) whatever
+        offset the fact's time came with (a sendTime may carry one; Firestore gives it back in UTC)."""
         return {
             "event_id": self.event_id,
             "message_id": self.message_id,
@@ -99,7 +100,7 @@ class OutcomeEvent:
             "metadata": dict(self.metadata),
             "agent_id": self.agent_id,
             "phone": self.phone,
-            "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
+            "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "reason": self.reason,
         }
 

@@ -75,3 +75,13 @@ def test_replay_moves_dead_letters_back_without_their_dead_letter_attributes(pub
 def test_unreachable_emulator_is_a_clear_error():
     result = cli("status", "x", env={"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{free_port()}"})
     assert result.returncode == 2 and "cannot reach" in result.stderr
+
+
+def test_erase_refuses_a_number_that_is_not_e164_rather_than_erase_nothing(firestore):
+    """Documents hold numbers in E.164: a spaced or national form would match nothing,
+    and an answer of zero counts would read as an erasure done."""
+    store.update_message("m-9", lambda _: Message("m-9", "+447700900999", "agent", state=State.SENT))
+    for typed in ("+44 7700 900999", "07700900999", "447700900999"):
+        refused = cli("erase", typed)
+        assert refused.returncode == 2 and "E.164" in refused.stderr, refused.stdout
+    assert store.get_message("m-9") is not None

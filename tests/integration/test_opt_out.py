@@ -95,8 +95,8 @@ def test_an_opt_out_outlives_retention_and_everything_else_expires(subscriber, s
     assert twilio.sent == []
 
 
-def cli(*args):
-    env = {**os.environ, "GOOGLE_CLOUD_PROJECT": PROJECT}
+def cli(*args, without=()):
+    env = {k: v for k, v in os.environ.items() if k not in without} | {"GOOGLE_CLOUD_PROJECT": PROJECT}
     return subprocess.run(
         [sys.executable, "-m", "functions", *args], capture_output=True, text=True, env=env, timeout=60
     )
@@ -139,10 +139,22 @@ def test_erasure_removes_a_number_and_keeps_only_a_keyed_opt_out_marker(firestor
 
     only_b = cli("erase", PHONE, "--agent", "b")
     assert only_b.returncode == 0, only_b.stderr
-    assert json.loads(only_b.stdout) == {"messages": 1, "conversations": 1, "user_messages": 1, "opt_out_markers": 0}
+    assert json.loads(only_b.stdout) == {
+        "messages": 1,
+        "outcome_events": 1,  # m-b:1, its SENT event, which carries the phone
+        "conversations": 1,
+        "user_messages": 1,
+        "opt_out_markers": 0,
+    }
     erased = cli("erase", PHONE)
     assert erased.returncode == 0, erased.stderr
-    assert json.loads(erased.stdout) == {"messages": 1, "conversations": 1, "user_messages": 1, "opt_out_markers": 1}
+    assert json.loads(erased.stdout) == {
+        "messages": 1,
+        "outcome_events": 0,
+        "conversations": 1,
+        "user_messages": 1,
+        "opt_out_markers": 1,
+    }
 
     left = everything()
     assert not [path for path, fields in left if PHONE in json.dumps(fields, default=str)]
@@ -153,6 +165,17 @@ def test_erasure_removes_a_number_and_keeps_only_a_keyed_opt_out_marker(firestor
     assert conversations.opted_out(SHORT, PHONE) and not conversations.opted_out("b", PHONE)
     assert conversations.opted_out(FULL, other)  # another number untouched
     assert sender(SHORT)().status_code == 409 and rbm.count("create") == 0
+
+
+def test_an_erasure_run_without_the_key_still_removes_the_keyed_conversation_and_keeps_the_opt_out(firestore):
+    """The operator's shell may lack CONVERSATION_ID_KEY (a secret): the conversations
+    found by the number are erased whatever their id, and the opt-out still holds."""
+    converse(FULL, PHONE, True, "u-1")
+    erased = cli("erase", PHONE, without=("CONVERSATION_ID_KEY",))
+    assert erased.returncode == 0, erased.stderr
+    assert json.loads(erased.stdout)["conversations"] == 1
+    assert not [path for path, fields in everything() if PHONE in json.dumps(fields, default=str)]
+    assert conversations.opted_out(SHORT, PHONE)
 
 
 def test_unkeyed_conversations_are_honoured_then_moved_to_keyed_ids(firestore, subscriber):

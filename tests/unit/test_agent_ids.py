@@ -10,7 +10,7 @@ import requests
 from functions import agents, config
 from functions.events import parse as parse_event
 from functions.model import Conversation, Message, conversation_id, conversation_of, expiry
-from functions.outbound import conflict, parse
+from functions.outbound import InvalidRequest, conflict, parse
 from functions.rbm import RbmClient
 from local.fake_rbm import FakeRbm
 
@@ -38,6 +38,15 @@ def test_every_entry_gives_the_canonical_form(monkeypatch):
     assert event.agent_id == "x_agent@rbm.goog" and event.attributes()["agent_id"] == "x_agent@rbm.goog"
     assert parse_event({"senderPhoneNumber": PHONE, "eventType": "READ", "eventId": "e"}).agent_id is None
     assert Message.from_doc({"message_id": "m", "phone": PHONE, "agent_id": "x_agent"}).agent_id == "x_agent@rbm.goog"
+
+
+@pytest.mark.parametrize("given", ["x_agent ", " x_agent", "x agent", "x_agent@rbm.goog\n", "x@y@rbm.goog", "a/b"])
+def test_an_agent_id_no_event_can_carry_is_refused_so_it_cannot_miss_the_users_opt_out(given):
+    """An id with whitespace, a second `@` or a `/` names no agent an event can come
+    from: its conversation (and opt-out) would be another document, so a refused RCS
+    would still send the SMS to a user who opted out. 400 naming agent_id instead."""
+    with pytest.raises(InvalidRequest, match="agent_id"):
+        parse({"phone": PHONE, "content": {"text": "hi"}, "agent_id": given}, "x_agent")
 
 
 def test_a_message_stored_before_ids_were_canonical_is_still_the_same_request():

@@ -1,7 +1,7 @@
 """Outcome events from message changes: DESIGN.md §3 invariant 11, with no I/O."""
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -143,6 +143,18 @@ def test_data_and_attributes_follow_the_contract():
     }
     assert "client_ref" not in dataclasses.replace(event, client_ref=None).attributes()
     assert type(event).from_doc(event.to_doc()) == event
+
+
+def test_a_receipt_time_with_an_offset_is_published_in_utc_as_its_republished_copy_is():
+    """A sendTime with an offset (RFC 3339 allows one) is published with `Z`, as the
+    schema says and as the outbox's republished copy reads it back from Firestore
+    (in UTC): two deliveries of one event_id carry the same data."""
+    before = learn(new(), Fact.ACCEPTED, T0)
+    at = datetime(2026, 1, 1, 2, 0, tzinfo=timezone(timedelta(hours=2)))  # T0, written as +02:00
+    (event, _) = changes(before, learn(before, Fact.DELIVERED, at), T0)
+    republished = type(event).from_doc(event.to_doc() | {"occurred_at": at.astimezone(UTC)})
+    assert valid_outcome(event.data())["occurred_at"] == "2026-01-01T00:00:00Z"
+    assert event.data() == republished.data()
 
 
 # Everything that can happen to a message: facts (with event ids, so redeliveries
