@@ -341,7 +341,7 @@ FUNCTIONS=(
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                                   RBM_CLIENT_TOKEN        events"
   "receive_sms_status rbm-receive-sms-status public all                 common,store,outcomes,sms,sms_status             TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET outcomes"
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes                -                       dead_letter,outcomes"
-  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter,outcomes"
+  "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       work,outcomes"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       work"

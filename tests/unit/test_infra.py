@@ -78,7 +78,7 @@ ACCESS = {
     "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
     "receive_sms_status": ("write", {"outcomes"}, {"TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
     "track_delivery": ("write", {"dead_letter", "outcomes"}, set()),
-    "record_inbound": ("write", {"dead_letter", "outcomes"}, {"CONVERSATION_ID_KEY"}),
+    "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}),
     "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
     "revoke_expired": ("write", {"work", "outcomes"}, set()),
     "send_fallbacks": ("read", {"work"}, set()),
@@ -485,8 +485,9 @@ def test_terraform_roles_follow_least_privilege():
         elif ep != "receive_webhook":
             assert f["firestore"] is True
         assert ("work" in f["publishes"]) == (ep in WORK_PUBLISHERS), f"{ep}: publisher on the work topic or not"
-        # Every change of a message publishes its outcome events: each function that writes messages.
-        writes = f["firestore"] and ep not in READ_ONLY
+        # Every change of a message publishes its outcome events: each function that writes
+        # messages (record_inbound writes conversations only).
+        writes = f["firestore"] and ep not in READ_ONLY | {"record_inbound"}
         assert ("outcomes" in f["publishes"]) == writes, f"{ep}: publisher on the outcomes topic or not"
     assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS

@@ -100,7 +100,7 @@ locals {
       max_instances = null
       settings      = ["common", "dead_letter", "store", "outcomes", "agent", "opt_out"]
       secrets       = ["CONVERSATION_ID_KEY"]
-      publishes     = ["dead_letter", "outcomes"]
+      publishes     = ["dead_letter"] # it writes conversations, never a message: no outcome events
       firestore     = true
       schedule      = null
     }
