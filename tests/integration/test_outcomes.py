@@ -4,12 +4,15 @@ emulators, against the fake RBM platform."""
 
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from functions import events, store
 from functions.model import OUTCOMES_COLLECTION, Message, State
 from local.processes import PROJECT, create_pull_subscription, create_topic, pull_all
+from tests.conftest import STARTED
 from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
 
 PHONE = "+447700900111"
@@ -74,6 +77,43 @@ def test_an_event_whose_publish_failed_after_the_commit_is_published_by_the_next
     # The next run finds nothing left: nothing is published twice.
     assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
     assert received(f"{topic}-pull", expect=0) == []
+
+
+def test_a_process_killed_between_its_commit_and_its_publish_loses_no_event(functions, firestore, rbm):
+    """A crash, not a failed publish: Pub/Sub is frozen (SIGSTOP) so send_message's publish
+    hangs after its commit, and the process is killed there (SIGKILL, no cleanup). The
+    event stays in the outbox; once Pub/Sub is back, the next revoke_expired run publishes
+    it. A publish the killed process had written may still arrive: a duplicate, the same data."""
+    if "pubsub" not in STARTED:
+        pytest.skip("the Pub/Sub emulator was not started by this session, so it can't be paused")
+    topic = f"outcomes-{uuid.uuid4().hex[:8]}"
+    create_topic(PROJECT, topic)
+    create_pull_subscription(PROJECT, topic, f"{topic}-pull")
+    env = {"RBM_API_ENDPOINT": rbm.url, "RBM_OUTCOMES_TOPIC": topic, "PUBLISH_TIMEOUT_SECONDS": "60", **SWEEP_ENV}
+    rbm.set_phone(PHONE, "not_rcs")
+    sender = functions("send_message", env=env)
+    message_id = str(uuid.uuid4())
+    body = {"phone": PHONE, "content": {"text": "hi"}, "message_id": message_id}
+    emulator = STARTED["pubsub"]
+    with ThreadPoolExecutor(1) as pool:
+        emulator.pause()
+        try:
+            answer = pool.submit(requests.post, sender.url, json=body, timeout=90)
+            wait_for(lambda: outbox(message_id), timeout=30)  # committed; its publish now hangs
+            sender.kill()
+        finally:
+            emulator.resume()
+        with pytest.raises(requests.RequestException):
+            answer.result()
+    [left] = outbox(message_id)
+    assert (left["event_id"], left["status"]) == (f"{message_id}:1", "UNREACHABLE")
+
+    sweep = functions("revoke_expired", env={**env, "OUTBOX_GRACE_SECONDS": "0"})
+    assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
+    got = received(f"{topic}-pull", expect=1)
+    assert got and {event["event_id"] for event, _ in got} == {f"{message_id}:1"}
+    assert all(event == got[0][0] for event, _ in got)  # duplicates, if any, are identical
+    assert [d["published"] for d in outbox(message_id)] == [True]
 
 
 def test_a_redelivered_receipt_publishes_nothing_new_and_untracked_messages_nothing(subscriber, topic, monkeypatch):
