@@ -32,7 +32,8 @@ REPUBLISH_PAGE = 500  # events a scheduled run republishes at most; the next run
 MARKS_PER_COMMIT = 100
 
 # This instance's published events awaiting their mark: event_id -> when published
-# (time.monotonic). Losing them (the instance gone) costs a duplicate publish, never an event.
+# (time.monotonic). Losing them (the instance gone, the commit carrying them failed) costs a
+# duplicate publish, never an event.
 _unmarked: dict[str, float] = {}
 _lock = threading.Lock()
 
@@ -41,11 +42,11 @@ def collection() -> firestore.CollectionReference:
     return store.client().collection(OUTCOMES_COLLECTION)
 
 
-def stage(batch: firestore.WriteBatch, events: list[OutcomeEvent], at: datetime) -> list[str]:
+def stage(batch: firestore.WriteBatch, events: list[OutcomeEvent], at: datetime) -> dict[str, float]:
     """Adds to `batch` (a message's commit) the creation of each event's outbox document
-    and the marks of this instance's published events younger than the grace (older
-    ones are the republisher's); returns the marked event_ids, for `marked` once the
-    commit succeeded."""
+    and takes, for it alone, the marks of this instance's published events younger than
+    the grace (older ones are left to the republisher); returns the marks taken, for
+    `unstage` if the commit fails on a conflict."""
     for event in events:
         ref = collection().document(event.event_id)
         doc = event.to_doc() | {"published": False, "created_at": at, "expire_at": retention(at)}
@@ -54,22 +55,21 @@ def stage(batch: firestore.WriteBatch, events: list[OutcomeEvent], at: datetime)
     with _lock:
         for event_id in [i for i, t in _unmarked.items() if t < young]:
             del _unmarked[event_id]
-        ids = list(_unmarked)[:MARKS_PER_COMMIT]
-    for event_id in ids:
+        marks = {i: _unmarked.pop(i) for i in list(_unmarked)[:MARKS_PER_COMMIT]}
+    for event_id in marks:
         batch.update(collection().document(event_id), {"published": True})
-    return ids
+    return marks
 
 
-def marked(event_ids: list[str]) -> None:
-    """Forgets the marks a commit carried (those `stage` returned)."""
+def unstage(marks: dict[str, float]) -> None:
+    """Gives back the marks `stage` took, for the next commit (this one conflicted)."""
     with _lock:
-        for event_id in event_ids:
-            _unmarked.pop(event_id, None)
+        _unmarked.update(marks)
 
 
 def forget_marks() -> None:
     """Drops all the marks awaiting a commit: one failed on an outbox document that is gone
-    (the outbox changed by hand, an emptied database); the republisher marks what is left."""
+    (the outbox changed by hand, an emptied database); the republisher marks them."""
     with _lock:
         _unmarked.clear()
 

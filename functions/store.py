@@ -215,7 +215,7 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
         batch = client().batch()
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
-        marks = []
+        marks: dict[str, float] = {}
         if events:  # imported here: a function that never changes a message never loads Pub/Sub
             from functions import outbox
 
@@ -223,6 +223,8 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
         try:
             batch.commit(retry=RETRY, timeout=CALL_SECONDS)
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
+            if marks:
+                outbox.unstage(marks)
             continue
         except exceptions.NotFound:  # an outbox document to mark is gone: drop the marks, not the change
             if not marks:
@@ -230,7 +232,6 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
             outbox.forget_marks()
             continue
         if events:
-            outbox.marked(marks)
             outbox.deliver(events)
         return new
     raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")

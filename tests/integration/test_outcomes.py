@@ -2,6 +2,7 @@
 invented by a redelivery, numbered without gaps; real function processes on the
 emulators, against the fake RBM platform."""
 
+import dataclasses
 import json
 import uuid
 
@@ -154,3 +155,14 @@ def test_a_mark_rides_in_the_next_commit_and_the_republisher_takes_what_stayed_u
     assert [d["published"] for i in (a, b) for d in outbox(i)] == [True] * 4
     assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
     assert received(outcomes.subscription, expect=0) == []
+
+
+def test_a_mark_whose_outbox_document_is_gone_never_fails_the_change(firestore, topic, monkeypatch):
+    outcomes = topic("outcomes")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", outcomes.topic)
+    message_id = str(uuid.uuid4())
+    store.update_message(message_id, lambda _: Message(message_id, PHONE, AGENT, state=State.SENT))
+    store.client().collection(OUTCOMES_COLLECTION).document(f"{message_id}:1").delete()  # its mark awaits
+    store.change_message(message_id, lambda m: dataclasses.replace(m, state=State.DELIVERED))
+    assert store.get_message(message_id).state is State.DELIVERED
+    assert [(d["seq"], d["published"]) for d in outbox(message_id)] == [(2, False)]
