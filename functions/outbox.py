@@ -5,7 +5,7 @@ store.update_all writes one outbox document per outcome event (collection
 message change it describes (`stage`); once committed the events are published
 to the outcomes topic, ordering key = message_id (`deliver`). Their mark
 (`published` true) costs no commit of its own: it rides in the instance's next
-commit through `stage` (one more write there, no round trip). A process that
+commit that records events, through `stage` (one more write there, no round trip). A process that
 dies before its publish, or a publish that fails, leaves them unpublished; a
 mark that never rides (the instance idle or gone) leaves them unmarked: each
 scheduled run publishes what has been left unmarked longer than
