@@ -215,13 +215,21 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
         batch = client().batch()
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
+        marks: dict[str, float] = {}
         if events:  # imported here: a function that never changes a message never loads Pub/Sub
             from functions import outbox
 
-            outbox.stage(batch, events, at)
+            marks = outbox.stage(batch, events, at)
         try:
             batch.commit(retry=RETRY, timeout=CALL_SECONDS)
         except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
+            if marks:
+                outbox.unstage(marks)
+            continue
+        except exceptions.NotFound:  # an outbox document to mark is gone: drop the marks, not the change
+            if not marks:
+                raise
+            outbox.forget_marks()
             continue
         if events:
             outbox.deliver(events)

@@ -2,6 +2,7 @@
 invented by a redelivery, numbered without gaps; real function processes on the
 emulators, against the fake RBM platform."""
 
+import dataclasses
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -148,3 +149,60 @@ def test_a_redelivered_receipt_publishes_nothing_new_and_untracked_messages_noth
     assert len({e["event_id"] for e, _ in got}) == 3
     assert store.get_message(ours).outcome_seq == 3
     assert outbox(theirs) == []  # another system's message: recorded, no events
+
+
+def test_a_mark_rides_in_the_next_commit_and_the_republisher_takes_what_stayed_unmarked(
+    functions, subscriber, topic, rbm, monkeypatch
+):
+    """A published event is marked by its instance's next commit, not by a commit of its
+    own; one whose instance never commits again is published once more by the next run
+    (a duplicate, identical) and marked, and not published a third time."""
+    outcomes = topic("outcomes")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", outcomes.topic)
+    env = {"RBM_API_ENDPOINT": rbm.url, "RBM_OUTCOMES_TOPIC": outcomes.topic, **SWEEP_ENV}
+    send = subscriber("track_delivery", env=env)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    for message_id in (a, b):
+        store.update_message(message_id, lambda _, m=message_id: Message(m, PHONE, AGENT, state=State.SENT))
+    published = {i: d["published"] for i in (a, b) for d in outbox(i)}
+    assert published == {a: True, b: False}  # a's mark went in b's commit; b's awaits a next one
+
+    def delivered(message_id: str) -> None:
+        payload = {
+            "senderPhoneNumber": PHONE,
+            "eventType": "DELIVERED",
+            "eventId": f"d-{message_id}",
+            "messageId": message_id,
+            "agentId": AGENT,
+            "sendTime": "2026-01-01T00:00:00Z",
+        }
+        send(payload, **events.parse(payload).attributes())
+        wait_for(lambda: store.get_message(message_id).state is State.DELIVERED)
+
+    delivered(a)
+    first = received(outcomes.subscription, expect=3, settle=0)  # a:1, b:1, and a:2 once published
+    delivered(b)
+    assert [d["published"] for d in outbox(a)] == [True, True]  # a:2's mark rode in b's commit
+    assert [d["published"] for d in outbox(b)] == [False, False]  # the function process never commits again
+    first += received(outcomes.subscription, expect=1)
+    assert sorted(e["event_id"] for e, _ in first) == sorted([f"{a}:1", f"{b}:1", f"{a}:2", f"{b}:2"])
+
+    sweep = functions("revoke_expired", env={**env, "OUTBOX_GRACE_SECONDS": "0"})
+    assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
+    again = received(outcomes.subscription, expect=2)
+    assert sorted(e["event_id"] for e, _ in again) == [f"{b}:1", f"{b}:2"]
+    assert all(e == next(f for f, _ in first if f["event_id"] == e["event_id"]) for e, _ in again)
+    assert [d["published"] for i in (a, b) for d in outbox(i)] == [True] * 4
+    assert requests.post(sweep.url, json={}, timeout=120).status_code == 200
+    assert received(outcomes.subscription, expect=0) == []
+
+
+def test_a_mark_whose_outbox_document_is_gone_never_fails_the_change(firestore, topic, monkeypatch):
+    outcomes = topic("outcomes")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", outcomes.topic)
+    message_id = str(uuid.uuid4())
+    store.update_message(message_id, lambda _: Message(message_id, PHONE, AGENT, state=State.SENT))
+    store.client().collection(OUTCOMES_COLLECTION).document(f"{message_id}:1").delete()  # its mark awaits
+    store.change_message(message_id, lambda m: dataclasses.replace(m, state=State.DELIVERED))
+    assert store.get_message(message_id).state is State.DELIVERED
+    assert [(d["seq"], d["published"]) for d in outbox(message_id)] == [(2, False)]
