@@ -24,9 +24,11 @@ def publisher(pubsub_faults, monkeypatch):
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_faults.host)
     monkeypatch.setenv("PUBLISH_TIMEOUT_SECONDS", "3")
     pubsub._client.cache_clear()
+    pubsub._publish_rpc.cache_clear()
     pubsub.topic_path.cache_clear()
     yield pubsub
     pubsub._client.cache_clear()
+    pubsub._publish_rpc.cache_clear()
     pubsub.topic_path.cache_clear()
 
 
