@@ -173,7 +173,7 @@ def test_a_run_killed_mid_dispatch_leaves_the_rest_to_the_next_run(worker, sched
         queue(rbm, message_id, n)
     with ThreadPoolExecutor(2) as pool:
         killed = pool.submit(requests.post, run.url, timeout=60)
-        wait_for(lambda: rbm.count("revoke") >= 5)
+        wait_for(lambda: rbm.count("revoke") >= 1)  # the first item is out; later seconds are not yet
         run.kill()
         assert isinstance(killed.exception(timeout=30), requests.ConnectionError)
         wait_for(lambda: store.now() > start + timedelta(seconds=8))  # every deadline passed, no run alive
