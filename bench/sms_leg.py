@@ -16,7 +16,11 @@ Three provider modes:
 3. Twilio, reconciled through its Messages list (no status callbacks: the
    lookup alone).
 
-    python -m bench.sms_leg [--messages 1000] [--mix 500,502,504,reset,close] [--seed 19]
+`--compare DIR` adds Twilio served from another checkout (e.g. `git archive
+29a75b6^ | tar -x -C DIR`, the code before reconciliation): a measured "before"
+for Twilio, in the same run.
+
+    python -m bench.sms_leg [--messages 1000] [--mix 500,502,504,reset,close] [--seed 19] [--compare DIR]
 """
 
 import argparse
@@ -25,11 +29,12 @@ import random
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 from bench.common import PROJECT, Run, http_session, load_average, parallel, seed, table
 from functions import config
 from local.fake_sms import CLOSE_AFTER_READ, READ_TIMEOUT, RESET_AFTER_READ, FakeSmsWebhook, FakeTwilio, SmsFake
-from local.processes import create_topic, reset_firestore
+from local.processes import REPO_ROOT, create_topic, reset_firestore
 
 AGENT = "bench@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "9" * 32, "bench-twilio-token"
@@ -43,6 +48,7 @@ FAILURES = {
     "timeout": READ_TIMEOUT,
 }
 MODES = ("gateway, undeclared (before)", "gateway, idempotent", "Twilio, reconciled")
+COMPARED = "Twilio, compared checkout"
 # Short enough that retries and lookups come within seconds (tests/support.py's SWEEP_ENV
 # uses the same orders of magnitude); the budget lets one call get through every due message.
 SWEEP_ENV = {
@@ -105,15 +111,26 @@ def finals(message_ids: list[str]) -> list:
     return parallel(store.get_message, message_ids, 8)
 
 
-def run_mode(run: Run, host: str, mode: str, fake: SmsFake, env: dict, count: int, mix: list[str], rng_seed: int):
-    """Seeds, scripts the fake, sweeps until every fallback is final; answers the figures of the mode."""
+def run_mode(
+    run: Run,
+    host: str,
+    mode: str,
+    fake: SmsFake,
+    env: dict,
+    cwd: Path,
+    count: int,
+    mix: list[str],
+    rng_seed: int,
+) -> dict:
+    """Seeds, scripts the fake, sweeps (send_fallbacks served from the checkout `cwd`) until
+    every fallback is final; answers the figures of the mode."""
     reset_firestore(host, PROJECT)
     fake.reset()
     messages = due(count)
     drawn = failure_mix(count, mix, random.Random(rng_seed))
     for m, (failure, sends) in zip(messages, drawn, strict=True):
         fake.script_failure(m.phone, FAILURES[failure], sends=sends)
-    process = run.function("send_fallbacks", {**SWEEP_ENV, **env})
+    process = run.function("send_fallbacks", {**SWEEP_ENV, **env}, cwd=cwd)
     seed(messages)
     started, sweeps = time.monotonic(), 0
     while True:
@@ -165,6 +182,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--seed", type=int, default=19, help="seed of the failure draw (19)")
     parser.add_argument("--modes", default="1,2,3", help="modes to run, of 1,2,3 (see above)")
+    parser.add_argument("--compare", type=Path, help="another checkout whose send_fallbacks also runs with Twilio")
     args = parser.parse_args(argv)
     mix = args.mix.split(",")
     unknown = set(mix) - set(FAILURES)
@@ -196,10 +214,13 @@ def main(argv=None) -> None:
             "TWILIO_API_BASE": twilio.url,
         }
         setups = {
-            MODES[0]: (gateway, gateway_env(False)),
-            MODES[1]: (gateway, gateway_env(True)),
-            MODES[2]: (twilio, twilio_env),
+            MODES[0]: (gateway, gateway_env(False), REPO_ROOT),
+            MODES[1]: (gateway, gateway_env(True), REPO_ROOT),
+            MODES[2]: (twilio, twilio_env, REPO_ROOT),
         }
+        if args.compare:
+            setups[COMPARED] = (twilio, twilio_env, args.compare.resolve())
+            chosen.append(COMPARED)
         results = {mode: run_mode(run, host, mode, *setups[mode], args.messages, mix, args.seed) for mode in chosen}
 
         loads = {"before": load_before, "after": load_average()}
