@@ -193,6 +193,7 @@ def test_items_pubsub_refuses_are_dispatched_by_a_later_poll_and_the_run_goes_on
     worker()
     pubsub_faults.fail("google.pubsub.v1.Publisher/Publish", grpc.StatusCode.PERMISSION_DENIED, "denied")  # not retried
     run = scheduled("revoke_expired", SCHEDULE_PERIOD_SECONDS="4", PUBSUB_EMULATOR_HOST=pubsub_faults.host)
+    room_to_run(4, 2.5)  # polls enough for a failed one and a later one (a run ends before the next tick)
     ids = expiring(rbm, 3) + seed(3, start=3, deadline=store.now() + timedelta(seconds=2))  # due now, and later
     for n, message_id in enumerate(ids[3:], start=3):
         queue(rbm, message_id, n)
