@@ -4,13 +4,15 @@ import base64
 import json
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import requests
 
-from functions import dispatch
+from functions import dispatch, store
+from functions.model import Fallback, Message, State
 from local.scheduler import next_tick
 
 # Every outcome event the tests see is checked against the published schema.
@@ -104,3 +106,27 @@ def expire(client, as_of):
     for collection in client.collections():
         sweep(collection)
     return deleted
+
+
+def sms_due(message_id: str, phone: str, text: str, fallback: Fallback = Fallback.DUE, **fields: Any) -> Message:
+    """A revoked, time-sensitive message of AGENT whose SMS fell due a second ago — or,
+    with `fallback` SENDING, whose send's lease ran out then; other fallbacks get no due
+    time. `fields` set any other field. Not stored: `store_message` does that."""
+    past = store.now() - timedelta(seconds=1)
+    return Message(
+        message_id,
+        phone,
+        AGENT,
+        state=State.REVOKED,
+        fallback=fallback,
+        fallback_text=text,
+        time_sensitive=True,
+        revoke_at=past,
+        **{"fallback_at": past if fallback in (Fallback.DUE, Fallback.SENDING) else None} | fields,
+    )
+
+
+def store_message(m: Message) -> str:
+    """Writes `m` as it is (no precondition, no due-time rule) and returns its id."""
+    store.messages().document(m.message_id).set(m.to_doc())
+    return m.message_id

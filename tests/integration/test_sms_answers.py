@@ -6,14 +6,13 @@ provider, and no phone number in the function's log."""
 import json
 import re
 import time
-from datetime import timedelta
 
 import pytest
 import requests
 
 from functions import store
-from functions.model import Fallback, Message, State
-from tests.support import AGENT, SWEEP_ENV, wait_for
+from functions.model import Fallback
+from tests.support import SWEEP_ENV, sms_due, store_message, wait_for
 
 PHONE = "+447700900123"
 # The number in any form a log line could hold it: E.164, or its national digits.
@@ -27,20 +26,7 @@ def fallbacks(functions, firestore, sms_env):
 
 def due_fallback(message_id="msg-sms-1") -> str:
     """A revoked message whose SMS is due now."""
-    past = store.now() - timedelta(seconds=1)
-    m = Message(
-        message_id,
-        PHONE,
-        AGENT,
-        state=State.REVOKED,
-        fallback=Fallback.DUE,
-        fallback_text="your code is 1234",
-        time_sensitive=True,
-        revoke_at=past,
-        fallback_at=past,
-    )
-    store.messages().document(message_id).set(m.to_doc())
-    return message_id
+    return store_message(sms_due(message_id, PHONE, "your code is 1234"))
 
 
 def sweep(process) -> dict:

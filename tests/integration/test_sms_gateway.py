@@ -6,15 +6,14 @@ otherwise, and the fallback ends UNKNOWN only when it may have gone out and no
 more tries are allowed; settings the gateway cannot be used with answer 503."""
 
 import json
-from datetime import timedelta
 
 import pytest
 import requests
 
 from functions import store
-from functions.model import Fallback, Message, State
+from functions.model import Fallback
 from local.fake_sms import FakeSmsWebhook
-from tests.support import AGENT, SWEEP_ENV, wait_for
+from tests.support import SWEEP_ENV, sms_due, store_message, wait_for
 
 SECRET = "gateway-secret"
 # Each way a send can leave open whether the SMS went out; "interrupted": the sweep
@@ -46,21 +45,9 @@ def phone(i: int) -> str:
 
 def seed(i: int, fallback: Fallback = Fallback.DUE, attempts: int = 0) -> str:
     """A revoked message whose SMS is due now, or (SENDING) whose send's lease just ran out."""
-    past = store.now() - timedelta(seconds=1)
-    m = Message(
-        f"msg-gw-{i:03d}",
-        phone(i),
-        AGENT,
-        state=State.REVOKED,
-        fallback=fallback,
-        fallback_text=f"your code is {i}",
-        time_sensitive=True,
-        revoke_at=past,
-        fallback_at=past,
-        fallback_attempts=attempts,
+    return store_message(
+        sms_due(f"msg-gw-{i:03d}", phone(i), f"your code is {i}", fallback, fallback_attempts=attempts)
     )
-    store.messages().document(m.message_id).set(m.to_doc())
-    return m.message_id
 
 
 def reach_gateway(gateway, message_id: str, to: str) -> None:

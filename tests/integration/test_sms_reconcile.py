@@ -5,15 +5,13 @@ before it or not: found → SENT with its sid; proven absent → sent once more;
 way exactly one SMS. A list that cannot be read until the attempts run out → UNKNOWN,
 at most one SMS."""
 
-from datetime import timedelta
-
 import pytest
 import requests
 
 from functions import store
-from functions.model import Fallback, Message, State
+from functions.model import Fallback
 from local.fake_sms import CLOSE_AFTER_READ, RESET_AFTER_READ
-from tests.support import AGENT, SWEEP_ENV, wait_for
+from tests.support import SWEEP_ENV, sms_due, store_message, wait_for
 
 FAILURES = [500, 502, 504, RESET_AFTER_READ, CLOSE_AFTER_READ]
 CASES = [(failure, sends) for failure in FAILURES for sends in (True, False)]
@@ -24,20 +22,7 @@ def phone(i: int) -> str:
 
 
 def seed(i: int) -> str:
-    past = store.now() - timedelta(seconds=1)
-    m = Message(
-        f"msg-tw-{i:03d}",
-        phone(i),
-        AGENT,
-        state=State.REVOKED,
-        fallback=Fallback.DUE,
-        fallback_text=f"your code is {i}",
-        time_sensitive=True,
-        revoke_at=past,
-        fallback_at=past,
-    )
-    store.messages().document(m.message_id).set(m.to_doc())
-    return m.message_id
+    return store_message(sms_due(f"msg-tw-{i:03d}", phone(i), f"your code is {i}"))
 
 
 def settled(process, message_ids) -> bool:

@@ -9,17 +9,16 @@ import hmac
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
 import requests
 
 from functions import store
-from functions.model import Fallback, Message, SmsStatus, State
+from functions.model import Fallback, SmsStatus
 from local.fake_sms import twilio_signature
 from local.processes import free_port
-from tests.support import AGENT, SWEEP_ENV, wait_for
+from tests.support import SWEEP_ENV, sms_due, store_message, wait_for
 
 PHONE = "+447700900123"
 GATEWAY_SECRET = "gateway-secret"
@@ -40,21 +39,7 @@ def fallbacks(functions, firestore, sms_env, status):
 
 
 def seed(message_id="msg-1", fallback=Fallback.DUE, **fields) -> str:
-    past = store.now() - timedelta(seconds=1)
-    m = Message(
-        message_id,
-        PHONE,
-        AGENT,
-        state=State.REVOKED,
-        fallback=fallback,
-        fallback_text="your code is 1234",
-        time_sensitive=True,
-        revoke_at=past,
-        fallback_at=past if fallback is Fallback.DUE else None,
-        **fields,
-    )
-    store.messages().document(message_id).set(m.to_doc())
-    return message_id
+    return store_message(sms_due(message_id, PHONE, "your code is 1234", fallback, **fields))
 
 
 def sweep(process) -> dict:
