@@ -6,6 +6,7 @@ OIDC, purge, limits)."""
 import base64
 import itertools
 import json
+import math
 import socket
 import threading
 import time
@@ -126,8 +127,11 @@ def test_a_backlog_drains_at_the_queue_rate_and_never_faster(client, queue, task
     client.resume_queue(name=name)
     wait_for(lambda: len(task_target.got) == 60, timeout=15)
     times = sorted(g["time"] for g in task_target.got)
-    assert max_in_window(times, 1.0) <= rate * 1.1
-    assert (len(times) - 1) / (times[-1] - times[0]) >= 0.9 * rate
+    # RateLimits is a token bucket of max_burst_size tokens (ceil(rate) here) refilled at the
+    # rate: over the drain the pace is the rate, and after a stall of the target or of this
+    # process one second may carry the bucket's tokens on top of it, never more.
+    assert (len(times) - 1) / (times[-1] - times[0]) == pytest.approx(rate, rel=0.1)
+    assert max_in_window(times, 1.0) <= math.ceil(rate) + rate
     assert cloud_tasks.operations() >= 60 + 60  # each create and each delivery is an operation
     stats = requests.get(f"{cloud_tasks.url}/fake/stats", timeout=5).json()  # the same records, for a fake process
     assert len(stats["queues"][name.rsplit("/", 1)[1]]["dispatches"]) == 60
