@@ -85,7 +85,7 @@ locals {
   # The scheduled functions' safety net asks whether a message's task still
   # exists (GetTask: cloudtasks.tasks.get, which roles/cloudtasks.enqueuer
   # lacks and roles/cloudtasks.viewer has), on its own queue only.
-  task_viewers = { for key, e in local.enqueuers : key => e if local.functions[e.function].schedule != null }
+  task_viewers  = { for key, e in local.enqueuers : key => e if local.functions[e.function].schedule != null }
   timer_setters = toset([for e in values(local.enqueuers) : e.function])
 }
 
