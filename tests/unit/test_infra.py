@@ -1721,6 +1721,22 @@ def test_dry_run_lists_the_lookups_too():
     assert any("gcloud alpha monitoring policies list" in line for line in lookups)
     assert any("gcloud secrets versions list" in line for line in lookups)
     assert any("gcloud run services get-iam-policy" in line for line in lookups)
+    assert any("gcloud tasks queues describe" in line for line in lookups)
+
+
+@needs_gcloud
+def test_the_queue_commands_are_held_to_the_sdk():
+    # The Cloud Tasks commands deploy.sh runs are among those checked, the service agent's too.
+    listed = {tuple(c[:4]) for c in listed_commands("twilio")}
+    assert {("gcloud", "tasks", "queues", verb) for verb in ("describe", "create", "add-iam-policy-binding")} <= listed
+    assert ["gcloud", "beta", "services", "identity", "create", "--service=cloudtasks.googleapis.com"] in [
+        c[:6] for c in listed_commands("twilio")
+    ]
+    # Queue flags are easy to take from the older App Engine queue commands.
+    assert command_problems(["gcloud", "tasks", "queues", "create", "q", "--max-tasks-dispatched-per-second=5"]) == [
+        "`gcloud tasks queues create` has no flag --max-tasks-dispatched-per-second"
+    ]
+    assert command_problems(["gcloud", "tasks", "queues", "update", "q", "--max-doublings=4", "--location=l"]) == []
 
 
 @needs_gcloud
