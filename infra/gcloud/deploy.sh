@@ -16,9 +16,9 @@
 #             tree, same output.
 #
 # Needs the gcloud alpha and beta components (alert policies exist only under
-# `gcloud alpha monitoring policies`, the Pub/Sub service agent only under
-# `gcloud beta services identity`); the script checks for both before it
-# changes anything.
+# `gcloud alpha monitoring policies`, the Pub/Sub and Cloud Tasks service
+# agents only under `gcloud beta services identity`); the script checks for
+# both before it changes anything.
 #
 # Configuration comes from the environment; the flags above win. The
 # functions' own settings keep their names (see infra/README.md):
@@ -38,13 +38,17 @@
 #   RBM_MESSAGES_COLLECTION, RBM_CONVERSATIONS_COLLECTION, LOG_LEVEL
 #   PUBLISH_TIMEOUT_SECONDS, RBM_RETRY_SECONDS, PENDING_RESEND_SECONDS, RETENTION_DAYS,
 #   SWEEP_PARALLELISM, SWEEP_BUDGET_SECONDS, LEASE_SECONDS, RETRY_BACKOFF_SECONDS,
-#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, WORK_ITEM_SIZE, REVOKE_GRACE_SECONDS,
-#   OUTBOX_GRACE_SECONDS
+#   REVOKE_MAX_ATTEMPTS, FALLBACK_MAX_ATTEMPTS, REVOKE_GRACE_SECONDS,
+#   OUTBOX_GRACE_SECONDS, TASKS_TIMEOUT_SECONDS
 #                                                   tuning; the code's defaults otherwise
 #   OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS                comma-separated typed keywords (README, Opt-out)
 #   WEBHOOK_MIN_INSTANCES, WEBHOOK_MAX_INSTANCES   default infra/functions.json's (0, 20)
-#   WORKER_MAX_INSTANCES        default infra/functions.json's (5): process_due_work instances; × SWEEP_PARALLELISM it bounds the
-#                               calls into RBM and the SMS provider (infra/README.md, "Sizing the worker")
+#   WORKER_MAX_INSTANCES        default infra/functions.json's (10): process_due_work instances; × 80 (its concurrency) they
+#                               hold what both queues dispatch at once (infra/README.md, "Sizing the worker")
+#   RBM_MAX_CALLS_PER_SECOND    the most RBM calls per second of the due work, your agent's quota: the rbm
+#                               queue's dispatch rate (default infra/topology.json's, 50; above 0, at most 500)
+#   SMS_MAX_SENDS_PER_SECOND    the most SMS provider calls per second of the fallbacks: the sms queue's
+#                               dispatch rate (default infra/topology.json's, 20; above 0, at most 500)
 #   SEND_MESSAGE_INVOKERS       comma-separated IAM members allowed to call send_message
 #   SEND_MESSAGE_INGRESS        all (default) | internal-only | internal-and-gclb
 #   OUTCOMES_PUSH_ENDPOINT      the sender's https endpoint the outcome events are pushed to
@@ -108,9 +112,9 @@ LEASE_SECONDS=${LEASE_SECONDS:-120}
 RETRY_BACKOFF_SECONDS=${RETRY_BACKOFF_SECONDS:-30}
 REVOKE_MAX_ATTEMPTS=${REVOKE_MAX_ATTEMPTS:-8}
 FALLBACK_MAX_ATTEMPTS=${FALLBACK_MAX_ATTEMPTS:-5}
-WORK_ITEM_SIZE=${WORK_ITEM_SIZE:-50}
 REVOKE_GRACE_SECONDS=${REVOKE_GRACE_SECONDS:-5}
 OUTBOX_GRACE_SECONDS=${OUTBOX_GRACE_SECONDS:-30}
+TASKS_TIMEOUT_SECONDS=${TASKS_TIMEOUT_SECONDS:-5}
 OPT_OUT_KEYWORDS=${OPT_OUT_KEYWORDS:-STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT}
 OPT_IN_KEYWORDS=${OPT_IN_KEYWORDS:-START,UNSTOP,YES}
 WEBHOOK_MIN_INSTANCES=${WEBHOOK_MIN_INSTANCES:-}
@@ -133,14 +137,13 @@ case $SMS_PROVIDER in
   *) die "SMS_PROVIDER must be twilio, webhook or empty" ;;
 esac
 
-# Cloud Scheduler's period, the one definition (as in locals.tf): the cron
-# schedule of the scheduled functions and their SCHEDULE_PERIOD_SECONDS.
-SCHEDULE_PERIOD_SECONDS=60
-SCHEDULE="*/$((SCHEDULE_PERIOD_SECONDS / 60)) * * * *"
-((SCHEDULE_PERIOD_SECONDS <= SWEEP_BUDGET_SECONDS)) ||
-  die "SWEEP_BUDGET_SECONDS bounds a whole run, its period included: it must be at least the scheduler period ($SCHEDULE_PERIOD_SECONDS s)"
+# Cloud Scheduler's period in seconds, the one definition (as in locals.tf): the
+# cron schedule of the scheduled functions (the safety net, one short pass each)
+# and their jobs' attempt deadline. Not a setting of the code any more.
+SCHEDULE_PERIOD=60
+SCHEDULE="*/$((SCHEDULE_PERIOD / 60)) * * * *"
 # A job's attempt deadline is one period; Cloud Scheduler takes 15 s to 30 minutes for an HTTP target.
-((SCHEDULE_PERIOD_SECONDS >= 15 && SCHEDULE_PERIOD_SECONDS <= 1800)) || die "the scheduler period must be 15 s to 30 minutes"
+((SCHEDULE_PERIOD >= 15 && SCHEDULE_PERIOD <= 1800)) || die "the scheduler period must be 15 s to 30 minutes"
 [[ -z $WORKER_MAX_INSTANCES ]] || ((WORKER_MAX_INSTANCES >= 1)) || die "WORKER_MAX_INSTANCES must be at least 1"
 
 # --- printing and running -----------------------------------------------------
@@ -215,8 +218,10 @@ if cmd == "config":  # topology.json, firestore_indexes.json and functions.json 
         sh(key.upper(), topology[key])
     for key in ("name", "entry_point", "filter"):
         sh(f"SUB_{key.upper()}S", [s[key] for s in topology["subscriptions"]])
-    for key, value in topology["work"].items():
-        sh(f"WORK_{key.upper()}", value)
+    sh("QUEUE_KEYS", list(topology["queues"]))
+    for key, queue in topology["queues"].items():
+        for field, value in queue.items():
+            sh(f"QUEUE_{key.upper()}_{field.upper()}", value)
     for key, value in topology["outcomes_push"].items():
         sh(f"OUTCOMES_PUSH_{key.upper()}", value)
     sh("INDEX_COLLECTIONS", [i["collection"] for i in indexes])
@@ -224,7 +229,6 @@ if cmd == "config":  # topology.json, firestore_indexes.json and functions.json 
     # Each function's "memory cpu concurrency timeout min max"; an "ack_deadline" timeout is
     # that of the push subscription feeding it.
     ack = {s["entry_point"]: topology["ack_deadline_seconds"] for s in topology["subscriptions"]}
-    ack[topology["work"]["entry_point"]] = topology["work"]["ack_deadline_seconds"]
     sizes = {ep: " ".join(str(v) for v in (
         r["memory"], r["cpu"], r["concurrency"],
         ack[ep] if r["timeout_seconds"] == "ack_deadline" else r["timeout_seconds"],
@@ -276,8 +280,8 @@ elif cmd == "alert-policy":  # title severity filter aligner threshold documenta
         "alertStrategy": {"autoClose": "1800s"},
         "documentation": {"content": doc, "mimeType": "text/markdown"},
     }, sort_keys=True))
-elif cmd == "dashboard":  # service filter, dead-letter backlog filter, push subscription names
-    services, backlog, subscriptions = args[0], args[1], args[2:]
+elif cmd == "dashboard":  # service filter, dead-letter backlog filter, queue names (comma-separated), push subscription names
+    services, backlog, queues, subscriptions = args[0], args[1], args[2].split(","), args[3:]
     log = lambda e: f'metric.type="logging.googleapis.com/user/rbm_relay/{e}" AND resource.type="cloud_run_revision"'
     age = ('metric.type="pubsub.googleapis.com/subscription/oldest_unacked_message_age" '
            'AND resource.type="pubsub_subscription" AND resource.labels.subscription_id="{}"')
@@ -292,6 +296,9 @@ elif cmd == "dashboard":  # service filter, dead-letter backlog filter, push sub
                                                   'AND metric.labels.response_code_class="5xx"'}),
         ("Push subscriptions: oldest unacked event age (s)", True, {s: age.format(s) for s in subscriptions}),
         ("Dead-letter backlog", True, {"backlog": backlog}),
+        ("Cloud Tasks queues: tasks waiting", True, {q: 'metric.type="cloudtasks.googleapis.com/queue/depth" '
+                                                      f'AND resource.type="cloud_tasks_queue" AND resource.labels.queue_id="{q}"'
+                                                      for q in queues}),
     ]
     tiles = [{
         "xPos": (i % 2) * 24, "yPos": (i // 2) * 16, "width": 24, "height": 16,
@@ -310,8 +317,17 @@ PY
 )
 
 eval "$(py config "$ROOT/infra/topology.json" "$ROOT/infra/firestore_indexes.json" "$ROOT/infra/functions.json")"
-((SWEEP_BUDGET_SECONDS + RBM_RETRY_SECONDS + 35 <= WORK_ACK_DEADLINE_SECONDS)) ||
-  die "the work subscription's ack deadline (the worker's timeout) must cover SWEEP_BUDGET_SECONDS plus one RBM call at its longest (RBM_RETRY_SECONDS + 35 s)"
+# The queues' dispatch rates: the one setting each of a deployment's own (topology.json's otherwise).
+RBM_MAX_CALLS_PER_SECOND=${RBM_MAX_CALLS_PER_SECOND:-$QUEUE_RBM_MAX_DISPATCHES_PER_SECOND}
+SMS_MAX_SENDS_PER_SECOND=${SMS_MAX_SENDS_PER_SECOND:-$QUEUE_SMS_MAX_DISPATCHES_PER_SECOND}
+for rate in RBM_MAX_CALLS_PER_SECOND SMS_MAX_SENDS_PER_SECOND; do
+  [[ ${!rate} =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk -v r="${!rate}" 'BEGIN { exit !(r > 0 && r <= 500) }' ||
+    die "$rate must be a number above 0 and at most 500 (Cloud Tasks' highest dispatch rate per queue)"
+done
+QUEUE_RBM_MAX_DISPATCHES_PER_SECOND=$RBM_MAX_CALLS_PER_SECOND QUEUE_SMS_MAX_DISPATCHES_PER_SECOND=$SMS_MAX_SENDS_PER_SECOND
+read -r _ _ _ worker_timeout _ <<<"${SIZING[process_due_work]}"
+((5 + REVOKE_GRACE_SECONDS + RBM_RETRY_SECONDS + 35 <= worker_timeout)) ||
+  die "process_due_work's ${worker_timeout} s timeout must cover one task: its wait for the due second (up to 5 s) and a revoke's grace window (REVOKE_GRACE_SECONDS), plus one RBM call at its longest (RBM_RETRY_SECONDS + 35 s)"
 for ep in revoke_expired send_fallbacks; do
   read -r _ _ _ timeout _ <<<"${SIZING[$ep]}"
   ((SWEEP_BUDGET_SECONDS + 15 <= timeout)) || die "SWEEP_BUDGET_SECONDS must leave 15 s of $ep's ${timeout} s timeout"
@@ -323,29 +339,37 @@ done
 # infra/terraform/module/locals.tf. How each runs (memory, CPU, concurrency,
 # timeout, instances) is in infra/functions.json, read into SIZING above; the
 # instance variables below override its numbers.
-# A scheduled run acts itself when no work topic is set, so it reads every
-# setting of its own kind of work; process_due_work does both kinds. Deployed,
-# RBM_WORK_TOPIC is always set: a scheduled run only queries Firestore and
-# publishes work items, so it gets no secret; send_fallbacks reads the database
-# only (FIRESTORE_READ_ONLY), while revoke_expired also republishes the outcome
-# events left in the outbox and marks them published (functions/outbox.py). The
-# worker holds the secrets of both kinds of work.
-REVOKE_SETTINGS=common,store,outcomes,agent,rbm,sweep,revoke,work
+# A scheduled run acts itself when its duty's queue is not set, so it reads
+# every setting of its own kind of work; process_due_work does both kinds.
+# Deployed, the queue is always set: a scheduled run only queries Firestore,
+# looks its tasks up and enqueues the missing ones, so it gets no secret;
+# send_fallbacks reads the database only (FIRESTORE_READ_ONLY), while
+# revoke_expired also republishes the outcome events left in the outbox and
+# marks them published (functions/outbox.py). The worker holds the secrets of
+# both kinds of work.
+# Timers: "tasks" (the worker's URL, the tasks identity) plus "rbm_queue" /
+# "sms_queue" for each function whose commits set timers, the queue(s) of the
+# timers it sets; each such group is also the grant to enqueue there. A
+# scheduled function gets its own duty's queue only.
+TIMERS=tasks,rbm_queue,sms_queue
+REVOKE_SETTINGS=common,store,outcomes,agent,rbm,sweep,revoke,tasks,rbm_queue
 REVOKE_SECRETS=RBM_SERVICE_ACCOUNT_KEY_FILE
-FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,sms_status,work
+FALLBACK_SETTINGS=common,store,outcomes,sweep,sms,sms_status,tasks,sms_queue
 FALLBACK_SECRETS=TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET
 WORKER_SECRETS=$REVOKE_SECRETS,$FALLBACK_SECRETS,CONVERSATION_ID_KEY
 FIRESTORE_READ_ONLY=(send_fallbacks)
+# The worker comes first: the others' timers target it, and its invoker binding
+# (the tasks identity) is in place before any of them can enqueue.
 #  entry point      name                 invoker   ingress               settings                                         secrets                 publishes
 FUNCTIONS=(
+  "process_due_work rbm-process-due-work tasks     internal-only         common,store,outcomes,agent,rbm,sweep,revoke,sms,sms_status,$TIMERS $WORKER_SECRETS outcomes"
   "receive_webhook  rbm-receive-webhook  public    all                   common,publish                                   RBM_CLIENT_TOKEN        events"
   "receive_sms_status rbm-receive-sms-status public all                 common,store,outcomes,sms,sms_status             TWILIO_AUTH_TOKEN,SMS_WEBHOOK_SECRET outcomes"
-  "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes                -                       dead_letter,outcomes"
+  "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes,$TIMERS        -                       dead_letter,outcomes"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
-  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
-  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       work,outcomes"
-  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       work"
-  "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms,sms_status                  $WORKER_SECRETS         outcomes"
+  "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text,$TIMERS $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
+  "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       outcomes"
+  "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       -"
 )
 # The instance overrides, as Terraform's variables: empty keeps functions.json's number.
 declare -A MIN_OVERRIDE=([receive_webhook]=$WEBHOOK_MIN_INSTANCES)
@@ -368,8 +392,10 @@ declare -A SETTING_GROUPS=(
   [outcomes]="RBM_OUTCOMES_TOPIC OUTBOX_GRACE_SECONDS PUBLISH_TIMEOUT_SECONDS"
   [agent]="RBM_AGENT_ID"
   [rbm]="RBM_API_ENDPOINT RBM_RETRY_SECONDS PENDING_RESEND_SECONDS"
-  [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS SCHEDULE_PERIOD_SECONDS WORK_ITEM_SIZE REVOKE_GRACE_SECONDS"
-  [work]="RBM_WORK_TOPIC PUBLISH_TIMEOUT_SECONDS"
+  [sweep]="SWEEP_PARALLELISM SWEEP_BUDGET_SECONDS LEASE_SECONDS RETRY_BACKOFF_SECONDS REVOKE_GRACE_SECONDS"
+  [tasks]="WORKER_URL TASKS_SERVICE_ACCOUNT TASKS_TIMEOUT_SECONDS"
+  [rbm_queue]="RBM_TASKS_QUEUE"
+  [sms_queue]="SMS_TASKS_QUEUE"
   [revoke]="REVOKE_MAX_ATTEMPTS"
   [opt_out]="OPT_OUT_KEYWORDS OPT_IN_KEYWORDS"
   [sms]="SMS_PROVIDER FALLBACK_MAX_ATTEMPTS SMS_WEBHOOK_URL TWILIO_ACCOUNT_SID TWILIO_FROM_NUMBER TWILIO_MESSAGING_SERVICE_SID TWILIO_API_BASE SMS_WEBHOOK_IDEMPOTENT"
@@ -379,10 +405,13 @@ declare -A SETTING_GROUPS=(
 GOOGLE_CLOUD_PROJECT=$PROJECT
 RBM_EVENTS_TOPIC=$EVENTS_TOPIC
 RBM_DEAD_LETTER_TOPIC=$DEAD_LETTER_TOPIC
-RBM_WORK_TOPIC=$WORK_TOPIC
 RBM_OUTCOMES_TOPIC=$OUTCOMES_TOPIC
 # Topic names by the keys of the table's publishes column.
-declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [work]=$WORK_TOPIC [outcomes]=$OUTCOMES_TOPIC)
+declare -A TOPIC_NAMES=([events]=$EVENTS_TOPIC [dead_letter]=$DEAD_LETTER_TOPIC [outcomes]=$OUTCOMES_TOPIC)
+# Queue names (topology.json) by key, and the full names the code reads.
+declare -A QUEUE_NAMES=([rbm]=$QUEUE_RBM_NAME [sms]=$QUEUE_SMS_NAME)
+RBM_TASKS_QUEUE=projects/$PROJECT/locations/$REGION/queues/$QUEUE_RBM_NAME
+SMS_TASKS_QUEUE=projects/$PROJECT/locations/$REGION/queues/$QUEUE_SMS_NAME
 
 # Settings read from Secret Manager: environment name -> secret id, for the
 # ones this configuration uses.
@@ -400,7 +429,7 @@ SOURCE_FILES=infra/source_files.json
 
 APIS=(
   artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com
-  cloudscheduler.googleapis.com firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com
+  cloudscheduler.googleapis.com cloudtasks.googleapis.com firestore.googleapis.com iam.googleapis.com iamcredentials.googleapis.com
   logging.googleapis.com monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com
   secretmanager.googleapis.com storage.googleapis.com
   firebaserules.googleapis.com # Firestore Security Rules
@@ -409,6 +438,9 @@ APIS=(
 LABELS=app=rbm-relay
 P=(--project="$PROJECT")
 sa_email() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
+# A function's Cloud Run URL in its deterministic form, known before the function
+# exists (Cloud Run, HTTPS requests, "Deterministic URL"); after PROJECT_NUMBER.
+run_url() { echo "https://$1-$PROJECT_NUMBER.$REGION.run.app"; }
 
 # --- project ---------------------------------------------------------------------
 
@@ -420,7 +452,12 @@ PROJECT_NUMBER=${PROJECT_NUMBER:-$(query PROJECT_NUMBER gcloud projects describe
 # receive_sms_status's URL (Cloud Run's deterministic one), known before any function is
 # deployed: the senders pass it as Twilio's StatusCallback, and it checks Twilio's signatures against it.
 SMS_STATUS_CALLBACK_URL=''
-if [[ -n $SMS_PROVIDER ]]; then SMS_STATUS_CALLBACK_URL="https://rbm-receive-sms-status-$PROJECT_NUMBER.$REGION.run.app"; fi
+if [[ -n $SMS_PROVIDER ]]; then SMS_STATUS_CALLBACK_URL=$(run_url rbm-receive-sms-status); fi
+# process_due_work's URL: every task's target and its OIDC token's audience. The
+# functions that set timers need it, the worker itself too (its commits set the
+# next timers), so it must be known before the worker is deployed: the
+# deterministic URL is, where `gcloud functions describe` answers only afterwards.
+WORKER_URL=$(run_url rbm-process-due-work)
 
 # Log-based metrics first: an alert policy on one is accepted only once the
 # metric is queryable, which Monitoring says can take up to 10 minutes after
@@ -462,13 +499,18 @@ for row in "${FUNCTIONS[@]}"; do
 done
 ensure_sa rbm-pubsub-push "Identity in the OIDC token of the push subscriptions."
 ensure_sa rbm-scheduler "Identity in the OIDC token of the scheduler jobs."
+ensure_sa rbm-tasks "Identity in the OIDC token of the due-work tasks; may invoke process_due_work only."
 ensure_sa rbm-build "Builds the functions."
 
 PUSH_SA=$(sa_email rbm-pubsub-push)
 SCHEDULER_SA=$(sa_email rbm-scheduler)
+TASKS_SA=$(sa_email rbm-tasks)
+TASKS_SERVICE_ACCOUNT=$TASKS_SA
 BUILD_SA=$(sa_email rbm-build)
 run gcloud beta services identity create --service=pubsub.googleapis.com "${P[@]}"
 PUBSUB_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
+run gcloud beta services identity create --service=cloudtasks.googleapis.com "${P[@]}"
+TASKS_AGENT="serviceAccount:service-$PROJECT_NUMBER@gcp-sa-cloudtasks.iam.gserviceaccount.com"
 
 run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" --role=roles/logging.logWriter \
   --condition=None --quiet
@@ -478,23 +520,45 @@ run gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$
   --condition="expression=resource.name == \"$STAGED\" || resource.name.startsWith(\"$STAGED/\"),title=rbm-relay staged source" --quiet
 run gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --member="$PUBSUB_AGENT" \
   --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
+# Cloud Tasks' service agent mints the tasks identity's OIDC tokens (its service agent
+# role grants that project-wide where the API was enabled after March 2019; this
+# binding covers older projects and is harmless otherwise).
+run gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" --member="$TASKS_AGENT" \
+  --role=roles/iam.serviceAccountTokenCreator "${P[@]}" --quiet
 
 # --- Pub/Sub: topics and the dead-letter inspection subscription ------------------------
 
-for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$WORK_TOPIC" "$WORK_DEAD_LETTER_TOPIC" "$OUTCOMES_TOPIC"; do
+for topic in "$EVENTS_TOPIC" "$DEAD_LETTER_TOPIC" "$OUTCOMES_TOPIC"; do
   exists gcloud pubsub topics describe "$topic" "${P[@]}" ||
     run gcloud pubsub topics create "$topic" --labels="$LABELS" "${P[@]}"
 done
 
-# Each dead-letter topic: the service agent forwards to it, a pull subscription keeps what arrives.
+# The dead-letter topic: the service agent forwards to it, a pull subscription keeps what arrives.
 INSPECT=(--ack-deadline="$ACK_DEADLINE_SECONDS" --message-retention-duration="$MESSAGE_RETENTION" --expiration-period=never)
-for pair in "$DEAD_LETTER_TOPIC:$DEAD_LETTER_SUBSCRIPTION" "$WORK_DEAD_LETTER_TOPIC:$WORK_DEAD_LETTER_SUBSCRIPTION"; do
-  topic=${pair%%:*} inspect=${pair#*:}
-  run gcloud pubsub topics add-iam-policy-binding "$topic" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
-  if exists gcloud pubsub subscriptions describe "$inspect" "${P[@]}"; then
-    run gcloud pubsub subscriptions update "$inspect" "${INSPECT[@]}" --update-labels="$LABELS" "${P[@]}"
+run gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --member="$PUBSUB_AGENT" --role=roles/pubsub.publisher "${P[@]}"
+if exists gcloud pubsub subscriptions describe "$DEAD_LETTER_SUBSCRIPTION" "${P[@]}"; then
+  run gcloud pubsub subscriptions update "$DEAD_LETTER_SUBSCRIPTION" "${INSPECT[@]}" --update-labels="$LABELS" "${P[@]}"
+else
+  run gcloud pubsub subscriptions create "$DEAD_LETTER_SUBSCRIPTION" --topic="$DEAD_LETTER_TOPIC" "${INSPECT[@]}" --labels="$LABELS" "${P[@]}"
+fi
+
+# --- Cloud Tasks: the due work's queues, from infra/topology.json ------------------------
+# One task per timer of a message, an HTTP POST to process_due_work at its second.
+# A queue's dispatch rate is the rate of calls into its provider (a task makes one
+# call): the queue is the rate limit. A task the worker answers 429 / 503 / 5xx is
+# tried again with backoff; once its attempts are spent it is dropped, and the
+# message, still due in Firestore, is enqueued again by the next scheduled pass.
+
+queue_field() { local name="QUEUE_${1^^}_$2"; echo "${!name}"; }  # key FIELD: topology.json's, rates overridden above
+for key in "${QUEUE_KEYS[@]}"; do
+  queue=(--location="$REGION" --max-dispatches-per-second="$(queue_field "$key" MAX_DISPATCHES_PER_SECOND)"
+    --max-concurrent-dispatches="$(queue_field "$key" MAX_CONCURRENT_DISPATCHES)" --max-attempts="$(queue_field "$key" MAX_ATTEMPTS)"
+    --min-backoff="$(queue_field "$key" MIN_BACKOFF)" --max-backoff="$(queue_field "$key" MAX_BACKOFF)"
+    --max-doublings="$(queue_field "$key" MAX_DOUBLINGS)" "${P[@]}")
+  if exists gcloud tasks queues describe "${QUEUE_NAMES[$key]}" --location="$REGION" "${P[@]}"; then
+    run gcloud tasks queues update "${QUEUE_NAMES[$key]}" "${queue[@]}"
   else
-    run gcloud pubsub subscriptions create "$inspect" --topic="$topic" "${INSPECT[@]}" --labels="$LABELS" "${P[@]}"
+    run gcloud tasks queues create "${QUEUE_NAMES[$key]}" "${queue[@]}"
   fi
 done
 
@@ -689,6 +753,24 @@ for row in "${FUNCTIONS[@]}"; do
     if [[ $topic == - ]]; then continue; fi
     run gcloud pubsub topics add-iam-policy-binding "${TOPIC_NAMES[$topic]}" --member="serviceAccount:$sa" --role=roles/pubsub.publisher "${P[@]}"
   done
+  # Timers: enqueuer on exactly the queues of the timers it sets (its *_queue
+  # settings), and the scheduled function's safety net may look its own queue's
+  # tasks up (GetTask needs cloudtasks.tasks.get: roles/cloudtasks.viewer, which
+  # the enqueuer role lacks). A task carrying an OIDC token of the tasks identity
+  # needs iam.serviceAccounts.actAs on it from whoever creates it.
+  for key in "${QUEUE_KEYS[@]}"; do
+    if [[ ,$settings, != *,${key}_queue,* ]]; then continue; fi
+    roles=(roles/cloudtasks.enqueuer)
+    if [[ $invoker == scheduler ]]; then roles+=(roles/cloudtasks.viewer); fi
+    for role in "${roles[@]}"; do
+      run gcloud tasks queues add-iam-policy-binding "${QUEUE_NAMES[$key]}" --location="$REGION" \
+        --member="serviceAccount:$sa" --role="$role" "${P[@]}"
+    done
+  done
+  if [[ ,$settings, == *,tasks,* ]]; then
+    run gcloud iam service-accounts add-iam-policy-binding "$TASKS_SA" --member="serviceAccount:$sa" \
+      --role=roles/iam.serviceAccountUser "${P[@]}" --quiet
+  fi
 
   public=--no-allow-unauthenticated
   if [[ $invoker == public ]]; then public=--allow-unauthenticated; fi # RBM, Twilio, the gateway call without Google credentials; HMAC-verified
@@ -710,6 +792,7 @@ for row in "${FUNCTIONS[@]}"; do
   case $invoker in
     pubsub) invokers=("serviceAccount:$PUSH_SA") ;;
     scheduler) invokers=("serviceAccount:$SCHEDULER_SA") ;;
+    tasks) invokers=("serviceAccount:$TASKS_SA") ;;
     clients) IFS=, read -ra invokers <<<"$SEND_MESSAGE_INVOKERS" ;;
   esac
   if [[ $invoker != public ]]; then
@@ -729,8 +812,8 @@ for row in "${FUNCTIONS[@]}"; do
   if [[ $invoker == scheduler ]]; then
     job=(--location="$REGION" --schedule="$SCHEDULE" --time-zone=Etc/UTC --uri="${URLS[$ep]}" --http-method=post
       --oidc-service-account-email="$SCHEDULER_SA" --oidc-token-audience="${URLS[$ep]}"
-      --attempt-deadline="${SCHEDULE_PERIOD_SECONDS}s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
-      --max-retry-duration=50s --description="Runs $ep every $SCHEDULE_PERIOD_SECONDS s." "${P[@]}")
+      --attempt-deadline="${SCHEDULE_PERIOD}s" --max-retry-attempts=1 --min-backoff=10s --max-backoff=10s
+      --max-retry-duration=50s --description="Runs $ep every $SCHEDULE_PERIOD s." "${P[@]}")
     if exists gcloud scheduler jobs describe "$name" --location="$REGION" "${P[@]}"; then
       run gcloud scheduler jobs update http "$name" "${job[@]}"
     else
@@ -760,21 +843,6 @@ for i in "${!SUB_NAMES[@]}"; do
   fi
   run gcloud pubsub subscriptions add-iam-policy-binding "$sub" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
 done
-
-# The work subscription: every work item to process_due_work, with its own
-# ack deadline (the worker's timeout), retry policy and dead-letter topic.
-url=${URLS[$WORK_ENTRY_POINT]}
-push=(--push-endpoint="$url/projects/$PROJECT/topics/$WORK_TOPIC" --push-auth-service-account="$PUSH_SA"
-  --push-auth-token-audience="$url" --ack-deadline="$WORK_ACK_DEADLINE_SECONDS"
-  --dead-letter-topic="$WORK_DEAD_LETTER_TOPIC" --max-delivery-attempts="$WORK_MAX_DELIVERY_ATTEMPTS"
-  --min-retry-delay="$WORK_MINIMUM_BACKOFF" --max-retry-delay="$WORK_MAXIMUM_BACKOFF"
-  --message-retention-duration="$WORK_MESSAGE_RETENTION" --expiration-period=never "${P[@]}")
-if exists gcloud pubsub subscriptions describe "$WORK_SUBSCRIPTION" "${P[@]}"; then
-  run gcloud pubsub subscriptions update "$WORK_SUBSCRIPTION" "${push[@]}" --update-labels="$LABELS"
-else
-  run gcloud pubsub subscriptions create "$WORK_SUBSCRIPTION" --topic="$WORK_TOPIC" "${push[@]}" --labels="$LABELS"
-fi
-run gcloud pubsub subscriptions add-iam-policy-binding "$WORK_SUBSCRIPTION" --member="$PUBSUB_AGENT" --role=roles/pubsub.subscriber "${P[@]}"
 
 # The optional push of the outcome events to the sender's endpoint (README, Outcome
 # events): an OIDC token of its own identity, its retry policy and dead-letter topic.
@@ -830,7 +898,7 @@ ensure_policy "rbm-relay: webhook answering 5xx" ERROR \
   "metric.type=\"run.googleapis.com/request_count\" AND resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"rbm-receive-webhook\" AND metric.labels.response_code_class=\"5xx\"" \
   ALIGN_SUM 5 "The webhook answers 503 when Pub/Sub does not confirm a publish (jsonPayload.event=\"publish_failed\"). RBM retries, but its queue is shared by every agent of the partner: a failing webhook delays all of them."
 
-DASHBOARD=$(py dashboard "$SERVICE_FILTER" "$DEAD_LETTER_BACKLOG" "${SUB_NAMES[@]}" "$WORK_SUBSCRIPTION")
+DASHBOARD=$(py dashboard "$SERVICE_FILTER" "$DEAD_LETTER_BACKLOG" "$QUEUE_RBM_NAME,$QUEUE_SMS_NAME" "${SUB_NAMES[@]}")
 existing=$(query "" gcloud monitoring dashboards list --filter='displayName="rbm-relay: delivery"' --format='value(name)' "${P[@]}")
 if [[ -z $existing ]]; then
   run gcloud monitoring dashboards create --config="$DASHBOARD" "${P[@]}"

@@ -1,7 +1,7 @@
 """The deployment against the code: infra/terraform and infra/gcloud/deploy.sh
 deploy every entry point of main.py once, with every setting and secret the
-code behind it reads, and take the Pub/Sub topology and the Firestore indexes
-from the JSON files the code's own tests and tools use.
+code behind it reads, and take the Pub/Sub topology, the Cloud Tasks queues and
+the Firestore indexes from the JSON files the code's own tests and tools use.
 
 No network and no Google provider: the Terraform is parsed with python-hcl2,
 the gcloud script runs with --dry-run. `terraform fmt` and checkov run when
@@ -40,9 +40,18 @@ RUNTIME = json.loads((INFRA / "functions.json").read_text())["functions"]
 PACKAGE = "functions"
 CONFIG_MODULE = f"{PACKAGE}.config"
 ENV_READERS = {"env", "env_int", "env_float"}
-# Read by the code but never set by a deployment: the emulators' hosts (local
-# and test runs only) and what Cloud Run sets itself.
-NOT_DEPLOYED = {"PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "PORT"}
+# Read by the code but never set by a deployment: the emulators' hosts and the
+# Cloud Tasks fake's root (local and test runs only; empty is Google's API) and
+# what Cloud Run sets itself.
+NOT_DEPLOYED = {
+    "PUBSUB_EMULATOR_HOST",
+    "FIRESTORE_EMULATOR_HOST",
+    "CLOUD_TASKS_ENDPOINT",
+    "K_SERVICE",
+    "K_REVISION",
+    "K_CONFIGURATION",
+    "PORT",
+}
 # Values that must only ever come from Secret Manager.
 SENSITIVE = {
     "RBM_CLIENT_TOKEN",
@@ -64,32 +73,43 @@ SWEEPS = {"revoke_expired", "send_fallbacks"}
 # Called from outside Google without its credentials, every request HMAC-verified.
 PUBLIC = {"receive_webhook", "receive_sms_status"}
 WORKER = "process_due_work"
-# Who publishes work items: the scheduled runs, and no one else.
-WORK_PUBLISHERS = SWEEPS
-WORK = TOPOLOGY["work"]
+QUEUES = TOPOLOGY["queues"]
+# The settings of the Cloud Tasks timers: every function that sets timers gets
+# TIMER_SETTINGS and the setting of each queue it enqueues on (QUEUE_SETTINGS).
+QUEUE_SETTINGS = {"rbm": "RBM_TASKS_QUEUE", "sms": "SMS_TASKS_QUEUE"}
+TIMER_SETTINGS = {"WORKER_URL", "TASKS_SERVICE_ACCOUNT", "TASKS_TIMEOUT_SECONDS"}
 # What each entry point's deployed code path needs: Firestore (write, read or
-# nothing), the topics it publishes to, the secrets it reads. Deployed, the
-# work topic is always set, so a scheduled run only queries Firestore and
-# publishes work items (tests/unit/test_scheduled_access.py): it holds no secret,
-# though its code could act itself without a topic; send_fallbacks only reads the
-# database, revoke_expired also republishes the outbox's late outcome events and
-# marks them published (functions/outbox.py).
+# nothing), the topics it publishes to, the secrets it reads, the queues it
+# enqueues on. Deployed, both queues are always set, so a scheduled run only
+# queries Firestore, looks its tasks up and enqueues those missing (the safety
+# net, tests/unit/test_scheduled_access.py): it holds no secret, though its code
+# could act itself without a queue, and enqueues on its own duty's queue only;
+# send_fallbacks only reads the database, revoke_expired also republishes the
+# outbox's late outcome events and marks them published (functions/outbox.py).
+# Every other function whose commits set timers (store.update_message /
+# change_message) enqueues on both queues: a commit can make a revoke due
+# (rbm) or an SMS due (sms). receive_sms_status only claims (store.claim_message,
+# no timer) and record_inbound writes conversations: no queue.
 ACCESS = {
-    "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}),
-    "receive_sms_status": ("write", {"outcomes"}, {"TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}),
-    "track_delivery": ("write", {"dead_letter", "outcomes"}, set()),
-    "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}),
-    "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
-    "revoke_expired": ("write", {"work", "outcomes"}, set()),
-    "send_fallbacks": ("read", {"work"}, set()),
+    "receive_webhook": (None, {"events"}, {"RBM_CLIENT_TOKEN"}, set()),
+    "receive_sms_status": ("write", {"outcomes"}, {"TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET"}, set()),
+    "track_delivery": ("write", {"dead_letter", "outcomes"}, set(), {"rbm", "sms"}),
+    "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}, set()),
+    "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}, {"rbm", "sms"}),
+    "revoke_expired": ("write", {"outcomes"}, set(), {"rbm"}),
+    "send_fallbacks": ("read", set(), set(), {"sms"}),
     "process_due_work": (
         "write",
         {"outcomes"},
         {"RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"},
+        {"rbm", "sms"},
     ),
 }
-READ_ONLY = {ep for ep, (access, _, _) in ACCESS.items() if access == "read"}
+READ_ONLY = {ep for ep, (access, *_) in ACCESS.items() if access == "read"}
+TIMER_SETTERS = {ep for ep, (*_, queues) in ACCESS.items() if queues}
 FIRESTORE_ROLES = {"write": "roles/datastore.user", "read": "roles/datastore.viewer"}
+# The commits that set timers (functions/store.py).
+COMMITS = {"update_message", "change_message"}
 
 
 # --- what the code needs ---------------------------------------------------------------
@@ -259,8 +279,24 @@ def settings_read(entry_point: str) -> frozenset[str]:
 
 def settings_needed(entry_point: str) -> frozenset[str]:
     """The settings a deployment must give an entry point: what its code reads,
-    less the secrets its deployed code path never reaches (ACCESS)."""
-    return settings_read(entry_point) - (SENSITIVE - ACCESS[entry_point][2])
+    less the secrets its deployed code path never reaches and the queues it does
+    not enqueue on (ACCESS); without a queue, none of the timers' settings
+    (store.update_message imports the timers for every user of the store)."""
+    _, _, secrets, queues = ACCESS[entry_point]
+    unused = {QUEUE_SETTINGS[q] for q in QUEUES if q not in queues} | (set() if queues else TIMER_SETTINGS)
+    return settings_read(entry_point) - (SENSITIVE - secrets) - unused
+
+
+@cache
+def commits_messages(entry_point: str) -> bool:
+    """Whether the code behind an entry point commits message changes through
+    store.update_message / change_message, the commits that set timers."""
+    _, node = entry_points()[entry_point]
+    for module in module_closure(imported_modules(node, "main")) - {f"{PACKAGE}.store"}:
+        for call in ast.walk(_parse(_module_file(module))):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in COMMITS:
+                return True
+    return False
 
 
 def logged_events_match(event: str) -> bool:
@@ -287,7 +323,7 @@ def test_main_exposes_the_design_entry_points():
         "send_message": "http",
         "revoke_expired": "http",
         "send_fallbacks": "http",
-        "process_due_work": "cloud_event",
+        "process_due_work": "http",
     }
 
 
@@ -299,7 +335,7 @@ def test_settings_analysis_sees_through_config_and_imports():
     assert "TWILIO_AUTH_TOKEN" not in settings_read("receive_webhook")
     assert "SWEEP_BUDGET_SECONDS" not in settings_read("receive_webhook")
     # The due work: the worker reads the acting's settings through functions/process_due_work.py,
-    # and whoever may hand work over reads the work topic.
+    # and every function that commits a message change reads the timers' settings (store -> timers).
     assert {
         "RBM_SERVICE_ACCOUNT_KEY_FILE",
         "TWILIO_AUTH_TOKEN",
@@ -307,9 +343,13 @@ def test_settings_analysis_sees_through_config_and_imports():
         "SWEEP_PARALLELISM",
         "LEASE_SECONDS",
     } <= settings_read(WORKER)
-    assert {"SCHEDULE_PERIOD_SECONDS", "WORK_ITEM_SIZE", "RBM_WORK_TOPIC"} <= settings_read("revoke_expired")
-    assert {ep for ep in entry_points() if "RBM_WORK_TOPIC" in settings_read(ep)} >= WORK_PUBLISHERS
-    assert "RBM_WORK_TOPIC" not in settings_read("receive_webhook") | settings_read("record_inbound")
+    timers = TIMER_SETTINGS | set(QUEUE_SETTINGS.values())
+    for ep in entry_points():
+        assert timers <= settings_read(ep) or not commits_messages(ep), ep
+    assert not timers & settings_read("receive_webhook")
+    # The polling and the work topic are gone.
+    removed = {"SCHEDULE_PERIOD_SECONDS", "WORK_ITEM_SIZE", "RBM_WORK_TOPIC"}
+    assert not removed & set().union(*(settings_read(ep) for ep in entry_points()))
 
 
 # --- Terraform ------------------------------------------------------------------------------
@@ -388,6 +428,12 @@ def _resolve(value):
     return value
 
 
+def terraform_queues(entry_point: str) -> set[str]:
+    """The queues a function's settings name (its "rbm_queue" / "sms_queue" groups)."""
+    groups = _resolve(functions_table()[entry_point]["settings"])
+    return {q for q in QUEUES if f"{q}_queue" in groups}
+
+
 def terraform_settings(entry_point: str) -> tuple[set[str], set[str]]:
     """(environment names, secret environment names) Terraform gives a function."""
     function = functions_table()[entry_point]
@@ -401,7 +447,6 @@ def sizing(entry_point: str) -> dict:
     size = dict(RUNTIME[entry_point])
     if size["timeout_seconds"] == "ack_deadline":
         pushed = {s["entry_point"]: TOPOLOGY["ack_deadline_seconds"] for s in TOPOLOGY["subscriptions"]}
-        pushed[WORK["entry_point"]] = WORK["ack_deadline_seconds"]
         size["timeout_seconds"] = pushed[entry_point]
     return size
 
@@ -473,10 +518,7 @@ def test_terraform_roles_follow_least_privilege():
     assert sizing("receive_webhook")["concurrency"] > 1
     for ep, f in table.items():
         if ep == WORKER:
-            assert f["invoker"] == "pubsub" and f["publishes"] == ["outcomes"] and f["firestore"] is True
-            assert sizing(ep)["timeout_seconds"] == WORK["ack_deadline_seconds"], (
-                "a worker outliving its ack deadline is redelivered"
-            )
+            assert f["invoker"] == "tasks" and f["publishes"] == ["outcomes"] and f["firestore"] is True
         elif kinds[ep] == "cloud_event":
             assert f["invoker"] == "pubsub" and f["publishes"][0] == "dead_letter" and f["firestore"] is True
             assert sizing(ep)["timeout_seconds"] == TOPOLOGY["ack_deadline_seconds"], (
@@ -484,13 +526,13 @@ def test_terraform_roles_follow_least_privilege():
             )
         elif ep != "receive_webhook":
             assert f["firestore"] is True
-        assert ("work" in f["publishes"]) == (ep in WORK_PUBLISHERS), f"{ep}: publisher on the work topic or not"
         # Every change of a message publishes its outcome events: each function that writes
         # messages (record_inbound writes conversations only).
         writes = f["firestore"] and ep not in READ_ONLY | {"record_inbound"}
         assert ("outcomes" in f["publishes"]) == writes, f"{ep}: publisher on the outcomes topic or not"
     assert {ep for ep, f in table.items() if f["schedule"] is not None} == SWEEPS
     assert {ep for ep, f in table.items() if f["invoker"] == "scheduler"} == SWEEPS
+    assert {ep for ep, f in table.items() if f["invoker"] == "tasks"} == {WORKER}
     budget = float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"])
     for ep in SWEEPS:
         # A hung run keeps its instance until the timeout: a second one serves the next run.
@@ -508,11 +550,22 @@ def test_access_follows_the_code():
     # The table against the code: every secret it grants is read behind the entry
     # point, and every secret read is granted except where the deployed path never reaches it.
     assert set(ACCESS) == set(entry_points())
-    for ep, (_, _, secrets) in ACCESS.items():
+    for ep, (_, _, secrets, _) in ACCESS.items():
         assert secrets <= settings_read(ep), f"{ep}: ACCESS grants secrets its code does not read"
         if ep not in SWEEPS:
             assert secrets == settings_read(ep) & SENSITIVE, f"{ep}: ACCESS misses a secret its code reads"
-        assert {t for t in ACCESS[ep][1]} >= ({"work"} if ep in WORK_PUBLISHERS else set())
+    # Timers: exactly the functions whose code commits message changes may enqueue;
+    # a scheduled function on its own duty's queue, every other one on both.
+    assert {ep for ep in entry_points() if commits_messages(ep)} == TIMER_SETTERS
+    assert {ep: ACCESS[ep][3] for ep in SWEEPS} == {"revoke_expired": {"rbm"}, "send_fallbacks": {"sms"}}
+    assert all(ACCESS[ep][3] == set(QUEUES) for ep in TIMER_SETTERS - SWEEPS)
+
+
+def test_the_commit_analysis_sees_who_sets_timers():
+    # A guard on the analysis itself: a claim (receive_sms_status) is not a commit that sets a timer.
+    assert commits_messages("track_delivery") and commits_messages(WORKER)
+    assert not commits_messages("receive_sms_status") and not commits_messages("receive_webhook")
+    assert not commits_messages("record_inbound"), "it writes conversations only"
 
 
 def test_terraform_grants_exactly_what_each_function_needs():
@@ -522,12 +575,14 @@ def test_terraform_grants_exactly_what_each_function_needs():
         '${contains(local.firestore_read_only, each.key) ? "roles/datastore.viewer" : "roles/datastore.user"}'
     )
     read_only = set(locals_()["firestore_read_only"])
-    for ep, (access, topics, secrets) in ACCESS.items():
+    for ep, (access, topics, secrets, queues) in ACCESS.items():
         f = table[ep]
         granted = None if not f["firestore"] else "read" if ep in read_only else "write"
         assert granted == access, f"{ep}: Firestore {granted}, its code needs {access}"
         assert set(f["publishes"]) == topics, f"{ep}: publishes to {f['publishes']}, needs {sorted(topics)}"
         assert terraform_settings(ep)[1] == secrets, f"{ep}: secrets {terraform_settings(ep)[1]}, needs {secrets}"
+        assert terraform_queues(ep) == queues, f"{ep}: enqueues on {terraform_queues(ep)}, needs {queues}"
+        assert terraform_settings(ep)[0] & TIMER_SETTINGS == (TIMER_SETTINGS if queues else set()), ep
 
 
 def test_builds_push_to_their_own_repository_only():
@@ -562,7 +617,7 @@ def test_dry_run_grants_exactly_what_each_function_needs():
             for c in commands(config, "gcloud", "projects", "add-iam-policy-binding")
             if flag(c, "--role").startswith("roles/datastore.")
         }
-        assert roles == {ep: FIRESTORE_ROLES[a] for ep, (a, _, _) in ACCESS.items() if a}
+        assert roles == {ep: FIRESTORE_ROLES[a] for ep, (a, *_) in ACCESS.items() if a}
         for ep, command in deploys(config).items():
             granted = set(secret_settings(command))
             assert granted <= ACCESS[ep][2], f"{ep}: secrets it does not need: {granted - ACCESS[ep][2]}"
@@ -659,51 +714,163 @@ def test_terraform_pubsub_comes_from_topology_json():
     assert push["topic"] == "${google_pubsub_topic.events.id}"
     push_config = assert_push_delivery(push, "local.topology", "google_pubsub_topic.dead_letter")
     assert "google_cloudfunctions2_function.this[each.value.entry_point]" in push_config["push_endpoint"]
-    # The Pub/Sub service agent may forward dead letters, from every push subscription to its dead-letter topic.
-    agent_topics = resources("google_pubsub_topic_iam_member")["agent_dead_letter"]["for_each"]
-    assert set(agent_topics.values()) == {
-        "${google_pubsub_topic.dead_letter.name}",
-        "${google_pubsub_topic.work_dead_letter.name}",
+    # The Pub/Sub service agent may forward dead letters, from every push subscription to the dead-letter topic.
+    agent_topic = resources("google_pubsub_topic_iam_member")["agent_dead_letter"]
+    assert agent_topic["topic"] == "${google_pubsub_topic.dead_letter.name}"
+    agent_source = resources("google_pubsub_subscription_iam_member")["agent_source"]
+    assert agent_source["for_each"] == "${google_pubsub_subscription.push}"
+    assert set(topics) == {"events", "dead_letter", "outcomes", "outcomes_dead_letter"}, "no work topic any more"
+    assert set(subscriptions) == {"dead_letter_inspect", "push", "outcomes_push", "outcomes_dead_letter_inspect"}
+
+
+def test_terraform_queues_come_from_topology_json():
+    queue = resources("google_cloud_tasks_queue")["this"]
+    assert queue["for_each"] == "${local.queues}" and queue["name"] == "${each.value.name}"
+    assert queue["location"] == "${var.region}"
+    assert _block(queue, "rate_limits") == {
+        "max_dispatches_per_second": "${each.value.max_dispatches_per_second}",
+        "max_concurrent_dispatches": "${each.value.max_concurrent_dispatches}",
     }
-    agent_source = resources("google_pubsub_subscription_iam_member")["agent_source"]["for_each"]
-    assert "google_pubsub_subscription.push" in agent_source and "google_pubsub_subscription.work" in agent_source
+    assert _block(queue, "retry_config") == {
+        field: f"${{each.value.{field}}}" for field in ("max_attempts", "min_backoff", "max_backoff", "max_doublings")
+    }
+    assert "local.topology.queues" in locals_()["queues"]
+    assert locals_()["queue_rates"] == {
+        "rbm": "${var.rbm_max_calls_per_second}",
+        "sms": "${var.sms_max_sends_per_second}",
+    }
+    settings = locals_()["deployment_settings"]
+    for key, name in QUEUE_SETTINGS.items():
+        assert settings[name] == f'${{google_cloud_tasks_queue.this["{key}"].id}}'
+    assert settings["TASKS_SERVICE_ACCOUNT"] == "${google_service_account.tasks.email}"
+    assert "cloudtasks.googleapis.com" in locals_()["apis"]
 
 
-def test_terraform_work_topic_comes_from_topology_json():
-    topics = resources("google_pubsub_topic")
-    assert topics["work"]["name"] == "${local.topology.work.topic}"
-    assert topics["work_dead_letter"]["name"] == "${local.topology.work.dead_letter_topic}"
-    subscriptions = resources("google_pubsub_subscription")
-    inspect = subscriptions["work_dead_letter_inspect"]
-    assert inspect["name"] == "${local.topology.work.dead_letter_subscription}"
-    assert inspect["topic"] == "${google_pubsub_topic.work_dead_letter.id}"
-    work = subscriptions["work"]
-    assert work["name"] == "${local.topology.work.subscription}"
-    assert work["topic"] == "${google_pubsub_topic.work.id}" and "filter" not in work
-    push_config = assert_push_delivery(work, "local.topology.work", "google_pubsub_topic.work_dead_letter")
-    assert "google_cloudfunctions2_function.this[local.topology.work.entry_point]" in push_config["push_endpoint"]
-    assert push_config["push_endpoint"].endswith("/${google_pubsub_topic.work.id}")
-    assert locals_()["topics"]["work"] == "${google_pubsub_topic.work.name}"
-    assert (
-        resources("google_pubsub_topic_iam_member")["function_publisher"]["topic"]
-        == "${local.topics[each.value.topic]}"
+@pytest.mark.skipif(not shutil.which("terraform"), reason="terraform is not installed")
+def test_terraform_queue_rates_default_to_topology_json_and_are_overridable(tmp_path):
+    names = ("topology", "queue_rates", "queues")
+    assert terraform_console(tmp_path, names, (), ("queues",))["queues"] == QUEUES
+    overridden = terraform_console(tmp_path, names, (), ("queues",), rbm_max_calls_per_second=120)["queues"]
+    assert overridden["rbm"]["max_dispatches_per_second"] == 120
+    assert overridden["sms"] == QUEUES["sms"]
+    for name in ("rbm_max_calls_per_second", "sms_max_sends_per_second"):
+        (validation,) = terraform()["variable"][name]["validation"]
+        assert validation["condition"] == f"${{coalesce(var.{name}, 1) > 0 && coalesce(var.{name}, 1) <= 500}}"
+    for q in QUEUES.values():  # Cloud Tasks: RateLimits.max_dispatches_per_second, at most 500
+        assert 0 < q["max_dispatches_per_second"] <= 500
+
+
+@pytest.mark.skipif(not shutil.which("terraform"), reason="terraform is not installed")
+def test_terraform_grants_each_timer_setter_its_queues(tmp_path):
+    """Enqueuer on the queues a function's settings name, viewer (GetTask) for the scheduled
+    safety nets on their own queue, actAs on the tasks identity for all who enqueue."""
+    names = (
+        *("revoke_settings", "fallback_settings", "worker_settings", "schedule_period_seconds", "schedule"),
+        *("queue_groups", "enqueuers", "task_viewers", "timer_setters"),
     )
+    grants = terraform_console(
+        tmp_path, names, ("settings", "schedule"), ("enqueuers", "task_viewers", "timer_setters")
+    )
+    assert {(e["function"], e["queue"]) for e in grants["enqueuers"].values()} == {
+        (ep, q) for ep, (*_, queues) in ACCESS.items() for q in queues
+    }
+    assert {(e["function"], e["queue"]) for e in grants["task_viewers"].values()} == {
+        ("revoke_expired", "rbm"),
+        ("send_fallbacks", "sms"),
+    }
+    assert set(grants["timer_setters"]) == TIMER_SETTERS
+    expected = {
+        "enqueuer": ("google_cloud_tasks_queue_iam_member", "roles/cloudtasks.enqueuer", "enqueuers"),
+        "viewer": ("google_cloud_tasks_queue_iam_member", "roles/cloudtasks.viewer", "task_viewers"),
+    }
+    for name, (type_, role, grants_local) in expected.items():
+        binding = resources(type_)[name]
+        assert binding["for_each"] == f"${{local.{grants_local}}}" and binding["role"] == role
+        assert binding["name"] == "${google_cloud_tasks_queue.this[each.value.queue].name}"
+        assert binding["member"] == "${google_service_account.function[each.value.function].member}"
+    user = resources("google_service_account_iam_member")["tasks_user"]
+    assert user["for_each"] == "${local.timer_setters}" and user["role"] == "roles/iam.serviceAccountUser"
+    assert user["service_account_id"] == "${google_service_account.tasks.name}"
 
 
-def test_the_work_ack_deadline_covers_an_item():
-    """An item is claimed and acted on until SWEEP_BUDGET_SECONDS (its wait of up to
-    dispatch.MAX_EARLY_SECONDS and a revoke's grace window included); the last RBM call
-    then takes at most RBM_RETRY_SECONDS plus one try (rbm.TIMEOUT, connect + read)."""
+def test_only_the_tasks_identity_invokes_the_worker():
+    invokers = locals_()["invokers"]
+    assert 'f.invoker == "tasks"' in invokers and "google_service_account.tasks.member" in invokers
+    assert invokers.count("google_service_account.tasks.member") == 1
+    assert (
+        functions_table()[WORKER]["invoker"] == "tasks"
+        and functions_table()[WORKER]["ingress"] == "ALLOW_INTERNAL_ONLY"
+    )
+    # Cloud Tasks' service agent may mint the identity's tokens; nobody else is granted on it but the timer setters.
+    agent = resources("google_service_account_iam_member")["tasks_agent_token"]
+    assert agent["service_account_id"] == "${google_service_account.tasks.name}"
+    assert agent["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert agent["member"] == "serviceAccount:${google_project_service_identity.cloudtasks.email}"
+    on_tasks = [
+        b for b in resources("google_service_account_iam_member").values() if "tasks" in b["service_account_id"]
+    ]
+    assert len(on_tasks) == 2
+
+
+def test_the_worker_url_is_known_before_any_function_exists():
+    """Every task's target and OIDC audience. The worker sets timers itself, so its own URL
+    cannot come from its resource (a function would depend on itself): both routes use
+    Cloud Run's deterministic URL, https://NAME-PROJECT_NUMBER.REGION.run.app."""
+    run_url = locals_()["run_url"]
+    assert run_url == (
+        "${{for ep, f in local.functions : ep => "
+        '"https://${f.name}-${data.google_project.this.number}.${var.region}.run.app"}}'
+    )
+    settings = locals_()["deployment_settings"]
+    assert settings["WORKER_URL"] == "${local.run_url.process_due_work}"
+    assert "local.run_url.receive_sms_status" in settings["SMS_STATUS_CALLBACK_URL"]
+    for config in DRY_RUN_CONFIGS:
+        deployed = deploys(config)
+        url = f"https://{functions_table()[WORKER]['name']}-PROJECT_NUMBER.europe-west1.run.app"
+        for ep in TIMER_SETTERS:
+            assert env_vars(flag(deployed[ep], "--set-env-vars"))["WORKER_URL"] == url, ep
+        # gcloud deploys the worker, and lets the tasks identity invoke it, before any function that enqueues.
+        listing = dry_run(config)
+        worker_invoker = next(
+            i
+            for i, c in enumerate(listing)
+            if c[1:5] == ["run", "services", "add-iam-policy-binding", functions_table()[WORKER]["name"]]
+        )
+        enqueuers = [
+            i
+            for i, c in enumerate(listing)
+            if c[1:3] == ["functions", "deploy"] and flag(c, "--entry-point") in TIMER_SETTERS - {WORKER}
+        ]
+        assert worker_invoker < min(enqueuers)
+
+
+def test_the_worker_timeout_covers_a_task():
+    """A task waits for its due second (at most dispatch.MAX_EARLY_SECONDS), a revoke its
+    grace window, then makes one call: RBM at its longest is RBM_RETRY_SECONDS plus one try
+    (rbm.TIMEOUT, connect + read). A worker past its timeout answers 504: the queue retries."""
     from functions import dispatch, rbm, sms
 
     tuning = {k: float(v) for k, v in locals_()["tuning_defaults"].items() if re.fullmatch(r"[\d.]+", v)}
-    budget, last_call = tuning["SWEEP_BUDGET_SECONDS"], tuning["RBM_RETRY_SECONDS"] + sum(rbm.TIMEOUT)
-    assert dispatch.MAX_EARLY_SECONDS + tuning["REVOKE_GRACE_SECONDS"] < budget
+    task = dispatch.MAX_EARLY_SECONDS + tuning["REVOKE_GRACE_SECONDS"] + tuning["RBM_RETRY_SECONDS"] + sum(rbm.TIMEOUT)
     assert sum(sms.TIMEOUT) <= sum(rbm.TIMEOUT) <= 35, "the preconditions' 35 s for one RBM try no longer hold"
-    assert budget + last_call <= WORK["ack_deadline_seconds"] <= 600, "Pub/Sub's longest ack deadline is 600 s"
-    precondition = _block(_block(resources("google_pubsub_subscription")["work"], "lifecycle"), "precondition")
-    assert "local.tuning.SWEEP_BUDGET_SECONDS" in precondition["condition"] and "+ 35 <=" in precondition["condition"]
-    assert "RBM_RETRY_SECONDS + 35 <= WORK_ACK_DEADLINE_SECONDS" in DEPLOY_SH.read_text()
+    assert dispatch.MAX_EARLY_SECONDS <= 5, "the preconditions' 5 s of waiting no longer hold"
+    assert task <= sizing(WORKER)["timeout_seconds"]
+    conditions = [
+        p["condition"] for p in _block(resources("google_cloud_tasks_queue")["this"], "lifecycle")["precondition"]
+    ]
+    assert any(
+        "local.tuning.REVOKE_GRACE_SECONDS" in c and "+ 40 <= local.sizing.process_due_work.timeout_seconds" in c
+        for c in conditions
+    )
+    assert "5 + REVOKE_GRACE_SECONDS + RBM_RETRY_SECONDS + 35 <= worker_timeout" in DEPLOY_SH.read_text()
+
+
+def test_the_worker_holds_what_both_queues_dispatch_at_once():
+    """Each queue has at most max_concurrent_dispatches tasks in flight; the worker's instances
+    x concurrency (one thread each) hold both at once, so the queues and not Cloud Run's 429s
+    set the pace."""
+    size = sizing(WORKER)
+    assert size["max_instances"] * size["concurrency"] >= sum(q["max_concurrent_dispatches"] for q in QUEUES.values())
 
 
 def test_tuning_defaults_are_the_codes_defaults(monkeypatch):
@@ -720,10 +887,10 @@ def test_tuning_defaults_are_the_codes_defaults(monkeypatch):
 
 def test_topology_subscribes_every_cloud_event_entry_point_once():
     cloud_events = {name for name, (kind, _) in entry_points().items() if kind == "cloud_event"}
-    counts = Counter([s["entry_point"] for s in TOPOLOGY["subscriptions"]] + [WORK["entry_point"]])
+    counts = Counter(s["entry_point"] for s in TOPOLOGY["subscriptions"])
     assert set(counts) == cloud_events and set(counts.values()) == {1}
-    assert WORK["entry_point"] == WORKER
     assert all(s["filter"] for s in TOPOLOGY["subscriptions"])
+    assert "work" not in TOPOLOGY, "the due work is on Cloud Tasks (queues), not a topic"
 
 
 def test_composite_indexes_match_the_code():
@@ -758,13 +925,8 @@ def test_terraform_schedule_and_its_period_have_one_definition():
     period = int(locals_()["schedule_period_seconds"])
     assert locals_()["schedule"] == "*/${local.schedule_period_seconds / 60} * * * *"
     assert cron_period(f"*/{period // 60} * * * *") == period
-    assert locals_()["deployment_settings"]["SCHEDULE_PERIOD_SECONDS"] == "${tostring(local.schedule_period_seconds)}"
     assert {ep for ep, f in functions_table().items() if f["schedule"] == "${local.schedule}"} == SWEEPS
-    assert period <= float(locals_()["tuning_defaults"]["SWEEP_BUDGET_SECONDS"]), "a run's budget includes its period"
-    conditions = [
-        p["condition"] for p in _block(resources("google_cloud_scheduler_job")["sweep"], "lifecycle")["precondition"]
-    ]
-    assert "${local.schedule_period_seconds <= tonumber(local.tuning.SWEEP_BUDGET_SECONDS)}" in conditions
+    assert "SCHEDULE_PERIOD_SECONDS" not in locals_()["deployment_settings"], "no polling: the code needs no period"
 
 
 def test_terraform_schedules_the_sweeps():
@@ -792,27 +954,37 @@ def test_a_hung_run_holds_its_job_back_one_period_at_most():
         assert int(flag(c, "--max-retry-duration").rstrip("s")) < period
 
 
-def terraform_sizing(directory: Path, **variables: int) -> dict:
-    """The module's `sizing` and `runtime_env` locals, run by terraform console in a scratch
-    module that holds them, what they read and the instance variables (null unless given)."""
-    names = ("topology", "runtime", "ack_deadlines", "sizing", "runtime_env")
-    code = {name: locals_()[name].replace("${path.module}", str(MODULE)) for name in names}
+def _hcl(value) -> str:
+    """A parsed value written back as HCL: "${expression}" -> expression, None -> null,
+    lists and objects element by element; `${path.module}` is the module's directory."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        return value[2:-1].replace("${path.module}", str(MODULE))
+    if isinstance(value, list):
+        return f"[{', '.join(map(_hcl, value))}]"
+    if isinstance(value, dict):
+        return f"{{{', '.join(f'{k} = {_hcl(v)}' for k, v in value.items())}}}"
+    return "null" if value is None else json.dumps(value)
 
-    def inner(value: str | None) -> str:  # "${expression}" -> "expression"; None -> null
-        return value[2:-1] if value else "null"
 
+def terraform_console(
+    directory: Path, names: tuple[str, ...], fields: tuple[str, ...], outputs: tuple[str, ...], **variables: float
+) -> dict:
+    """The module's locals `outputs`, run by terraform console in a scratch module that
+    holds the locals `names` (what they read, `outputs` among them), the functions table
+    with its `fields`, and the module's variables as numbers (null unless given)."""
+    code = {name: locals_()[name] for name in names}
     table = ", ".join(
-        f"{ep} = {{min_instances = {inner(f['min_instances'])}, max_instances = {inner(f['max_instances'])}}}"
+        f"{ep} = {{{', '.join(f'{field} = {_hcl(f[field])}' for field in fields)}}}"
         for ep, f in functions_table().items()
     )
     lines = [f'variable "{v}" {{\n  type    = number\n  default = null\n}}' for v in terraform()["variable"]]
     lines += ["locals {", f"  functions = {{{table}}}"]
-    lines += [f"  {name} = {inner(value)}" for name, value in code.items()]
+    lines += [f"  {name} = {_hcl(value)}" for name, value in code.items()]
     (directory / "main.tf").write_text("\n".join([*lines, "}", ""]))
     args = [f"-var={name}={value}" for name, value in variables.items()]
     result = subprocess.run(
         ["terraform", "console", *args],
-        input="jsonencode({sizing = local.sizing, env = local.runtime_env})\n",
+        input=f"jsonencode({{{', '.join(f'{o} = local.{o}' for o in outputs)}}})\n",
         capture_output=True,
         text=True,
         timeout=120,
@@ -823,12 +995,20 @@ def terraform_sizing(directory: Path, **variables: int) -> dict:
     return json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def terraform_sizing(directory: Path, **variables: int) -> dict:
+    """The module's `sizing` and `runtime_env` locals, with the instance variables (null unless given)."""
+    names = ("topology", "runtime", "ack_deadlines", "sizing", "runtime_env")
+    return terraform_console(
+        directory, names, ("min_instances", "max_instances"), ("sizing", "runtime_env"), **variables
+    )
+
+
 @pytest.mark.skipif(not shutil.which("terraform"), reason="terraform is not installed")
 def test_terraform_sizes_every_function_from_functions_json(tmp_path):
     evaluated = terraform_sizing(tmp_path)
     for ep in entry_points():
         assert evaluated["sizing"][ep] == sizing(ep), ep
-        assert evaluated["env"][ep] == {"THREADS": str(sizing(ep)["concurrency"]), "WORKERS": "1"}, ep
+        assert evaluated["runtime_env"][ep] == {"THREADS": str(sizing(ep)["concurrency"]), "WORKERS": "1"}, ep
     overridden = terraform_sizing(tmp_path, worker_max_instances=9, webhook_min_instances=1)["sizing"]
     assert overridden[WORKER]["max_instances"] == 9 and overridden["receive_webhook"]["min_instances"] == 1
 
@@ -1198,7 +1378,7 @@ def test_dry_run_keeps_all_but_the_public_callbacks_private():
         assert not any("allUsers" in word for c in dry_run(config) for word in c)
         invokers = commands(config, "gcloud", "run", "services", "add-iam-policy-binding")
         assert {flag(c, "--role") for c in invokers} == {"roles/run.invoker"}
-        assert not PUBLIC & {c[5] for c in invokers}
+        assert not {functions_table()[ep]["name"] for ep in PUBLIC} & {c[4] for c in invokers}
 
 
 def assert_push_flags(command: list[str], topology: dict, topic: str, function: str) -> None:
@@ -1228,25 +1408,121 @@ def test_dry_run_subscriptions_follow_topology_json():
     assert flag(inspect, "--topic") == TOPOLOGY["dead_letter_topic"]
 
 
-def test_dry_run_work_subscription_follows_topology_json():
-    creates = {c[4]: c for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "create")}
-    work = creates[WORK["subscription"]]
-    assert "--message-filter" not in flags(work)
-    assert_push_flags(work, WORK, WORK["topic"], functions_table()[WORKER]["name"])
-    assert flag(creates[WORK["dead_letter_subscription"]], "--topic") == WORK["dead_letter_topic"]
+def queue_flags(queue: dict) -> dict[str, str]:
+    """The flags `gcloud tasks queues create/update` take for a queue of topology.json."""
+    return {
+        f"--{field.replace('_', '-')}": str(queue[field])
+        for field in (
+            "max_dispatches_per_second",
+            "max_concurrent_dispatches",
+            "max_attempts",
+            "min_backoff",
+            "max_backoff",
+            "max_doublings",
+        )
+    }
+
+
+def test_dry_run_queues_follow_topology_json():
+    creates = {c[4]: c for c in commands("twilio", "gcloud", "tasks", "queues", "create")}
+    assert set(creates) == {q["name"] for q in QUEUES.values()}
+    for q in QUEUES.values():
+        command = creates[q["name"]]
+        assert flag(command, "--location") == "europe-west1"
+        assert {f: flag(command, f) for f in queue_flags(q)} == queue_flags(q)
+    # The code reads each queue's full name.
+    for ep in TIMER_SETTERS:
+        env = env_vars(flag(deploys("twilio")[ep], "--set-env-vars"))
+        for key in ACCESS[ep][3]:
+            assert (
+                env[QUEUE_SETTINGS[key]] == f"projects/demo-project/locations/europe-west1/queues/{QUEUES[key]['name']}"
+            )
+        assert env["TASKS_SERVICE_ACCOUNT"] == "rbm-tasks@demo-project.iam.gserviceaccount.com"
+    assert "cloudtasks.googleapis.com" in commands("twilio", "gcloud", "services", "enable")[0]
+    # No work topic any more; the service agent forwards to the one dead-letter topic of the events.
     created = {c[4] for c in commands("twilio", "gcloud", "pubsub", "topics", "create")}
-    assert {WORK["topic"], WORK["dead_letter_topic"]} <= created
-    # The service agent forwards to both dead-letter topics and may subscribe to the work subscription.
+    assert created == {TOPOLOGY["events_topic"], TOPOLOGY["dead_letter_topic"], TOPOLOGY["outcomes_topic"]}
     agent = "serviceAccount:service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
     bindings = commands("twilio", "gcloud", "pubsub", "topics", "add-iam-policy-binding")
-    assert {c[4] for c in bindings if flag(c, "--member") == agent} == {
-        TOPOLOGY["dead_letter_topic"],
-        WORK["dead_letter_topic"],
+    assert {c[4] for c in bindings if flag(c, "--member") == agent} == {TOPOLOGY["dead_letter_topic"]}
+
+
+def dry_run_with(**settings: str) -> subprocess.CompletedProcess:
+    """deploy.sh --dry-run with the twilio configuration and `settings` on top."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "PROJECT": "demo-project",
+        "REGION": "europe-west1",
+        "RBM_AGENT_ID": "demo-agent",
+        "NOTIFICATION_CHANNELS": "",
+        **DRY_RUN_CONFIGS["twilio"],
+        **settings,
     }
-    assert any(
-        c[4] == WORK["subscription"] and flag(c, "--member") == agent
-        for c in commands("twilio", "gcloud", "pubsub", "subscriptions", "add-iam-policy-binding")
-    )
+    return subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_dry_run_queue_rates_are_overridable_within_cloud_tasks_bounds():
+    result = dry_run_with(RBM_MAX_CALLS_PER_SECOND="120", SMS_MAX_SENDS_PER_SECOND="7.5")
+    assert result.returncode == 0, result.stderr
+    rates = {
+        c[4]: flag(c, "--max-dispatches-per-second")
+        for c in map(shlex.split, result.stdout.splitlines())
+        if c[:4] == ["gcloud", "tasks", "queues", "create"]
+    }
+    assert rates == {QUEUES["rbm"]["name"]: "120", QUEUES["sms"]["name"]: "7.5"}
+    for name, value in [
+        ("RBM_MAX_CALLS_PER_SECOND", "0"),
+        ("SMS_MAX_SENDS_PER_SECOND", "501"),
+        ("RBM_MAX_CALLS_PER_SECOND", "x"),
+    ]:
+        refused = dry_run_with(**{name: value})
+        assert refused.returncode != 0 and name in refused.stderr and not refused.stdout, (name, value)
+
+
+def test_dry_run_grants_the_queues_as_terraform_does():
+    names = {f["name"]: ep for ep, f in functions_table().items()}
+    queues = {q["name"]: key for key, q in QUEUES.items()}
+    for config in DRY_RUN_CONFIGS:
+        granted = {
+            (names[flag(c, "--member").removeprefix("serviceAccount:").split("@")[0]], queues[c[4]], flag(c, "--role"))
+            for c in commands(config, "gcloud", "tasks", "queues", "add-iam-policy-binding")
+        }
+        assert {(ep, q) for ep, q, role in granted if role == "roles/cloudtasks.enqueuer"} == {
+            (ep, q) for ep, (*_, qs) in ACCESS.items() for q in qs
+        }
+        assert {(ep, q) for ep, q, role in granted if role == "roles/cloudtasks.viewer"} == {
+            ("revoke_expired", "rbm"),
+            ("send_fallbacks", "sms"),
+        }
+        assert {role for *_, role in granted} == {"roles/cloudtasks.enqueuer", "roles/cloudtasks.viewer"}
+        on_tasks = {
+            (flag(c, "--member"), flag(c, "--role"))
+            for c in commands(config, "gcloud", "iam", "service-accounts", "add-iam-policy-binding")
+            if c[4] == "rbm-tasks@demo-project.iam.gserviceaccount.com"
+        }
+        users = {
+            names[m.removeprefix("serviceAccount:").split("@")[0]]
+            for m, r in on_tasks
+            if r.endswith("serviceAccountUser")
+        }
+        assert users == TIMER_SETTERS
+        assert on_tasks - {(m, r) for m, r in on_tasks if r.endswith("serviceAccountUser")} == {
+            (
+                "serviceAccount:service-PROJECT_NUMBER@gcp-sa-cloudtasks.iam.gserviceaccount.com",
+                "roles/iam.serviceAccountTokenCreator",
+            )
+        }
+        # The tasks identity is the worker's one invoker, and invokes nothing else.
+        invokers = commands(config, "gcloud", "run", "services", "add-iam-policy-binding")
+        assert {
+            c[4]
+            for c in invokers
+            if flag(c, "--member") == "serviceAccount:rbm-tasks@demo-project.iam.gserviceaccount.com"
+        } == {functions_table()[WORKER]["name"]}
+        assert {flag(c, "--member") for c in invokers if c[4] == functions_table()[WORKER]["name"]} == {
+            "serviceAccount:rbm-tasks@demo-project.iam.gserviceaccount.com"
+        }
 
 
 def test_dry_run_grants_publishing_as_terraform_does():
@@ -1254,7 +1530,6 @@ def test_dry_run_grants_publishing_as_terraform_does():
     topics = {
         "events": TOPOLOGY["events_topic"],
         "dead_letter": TOPOLOGY["dead_letter_topic"],
-        "work": WORK["topic"],
         "outcomes": TOPOLOGY["outcomes_topic"],
     }
     for config in DRY_RUN_CONFIGS:
@@ -1264,7 +1539,6 @@ def test_dry_run_grants_publishing_as_terraform_does():
             if flag(c, "--member").startswith("serviceAccount:rbm-")
         }
         assert granted == {(ep, topics[t]) for ep, f in functions_table().items() for t in f["publishes"]}
-        assert {ep for ep, topic in granted if topic == WORK["topic"]} == WORK_PUBLISHERS
 
 
 def test_dry_run_firestore_follows_the_json():
@@ -1287,8 +1561,6 @@ def test_dry_run_schedules_the_sweeps_and_counts_the_events():
         assert flag(c, "--oidc-service-account-email").startswith("rbm-scheduler@")
         period = cron_period(flag(c, "--schedule"))
         assert period == 60, "Cloud Scheduler's finest period"
-        for ep in SWEEPS | {WORKER}:  # each run dispatches until the next one starts
-            assert env_vars(flag(deploys("twilio")[ep], "--set-env-vars"))["SCHEDULE_PERIOD_SECONDS"] == str(period)
     metrics = {c[4].removeprefix("rbm_relay/") for c in commands("twilio", "gcloud", "logging", "metrics", "create")}
     assert metrics == set(locals_()["log_events"])
 
@@ -1449,6 +1721,22 @@ def test_dry_run_lists_the_lookups_too():
     assert any("gcloud alpha monitoring policies list" in line for line in lookups)
     assert any("gcloud secrets versions list" in line for line in lookups)
     assert any("gcloud run services get-iam-policy" in line for line in lookups)
+    assert any("gcloud tasks queues describe" in line for line in lookups)
+
+
+@needs_gcloud
+def test_the_queue_commands_are_held_to_the_sdk():
+    # The Cloud Tasks commands deploy.sh runs are among those checked, the service agent's too.
+    listed = {tuple(c[:4]) for c in listed_commands("twilio")}
+    assert {("gcloud", "tasks", "queues", verb) for verb in ("describe", "create", "add-iam-policy-binding")} <= listed
+    assert ["gcloud", "beta", "services", "identity", "create", "--service=cloudtasks.googleapis.com"] in [
+        c[:6] for c in listed_commands("twilio")
+    ]
+    # Queue flags are easy to take from the older App Engine queue commands.
+    assert command_problems(["gcloud", "tasks", "queues", "create", "q", "--max-tasks-dispatched-per-second=5"]) == [
+        "`gcloud tasks queues create` has no flag --max-tasks-dispatched-per-second"
+    ]
+    assert command_problems(["gcloud", "tasks", "queues", "update", "q", "--max-doublings=4", "--location=l"]) == []
 
 
 @needs_gcloud

@@ -339,6 +339,20 @@ INSPECT_TOPIC = "  topic                      = google_pubsub_topic.dead_letter.
             id="argument-written-as-a-block",
         ),
         pytest.param(
+            "tasks.tf",
+            "    max_concurrent_dispatches = each.value.max_concurrent_dispatches\n",
+            "    max_concurrent_tasks = each.value.max_concurrent_dispatches\n",
+            "google_cloud_tasks_queue.this.rate_limits: unknown argument 'max_concurrent_tasks'",
+            id="misspelt-queue-argument",
+        ),
+        pytest.param(
+            "tasks.tf",
+            '  role     = "roles/cloudtasks.enqueuer"\n',
+            "",
+            "google_cloud_tasks_queue_iam_member.enqueuer: required argument 'role' missing",
+            id="queue-binding-without-role",
+        ),
+        pytest.param(
             "firestore.tf",
             "    content {\n",
             "    content = {\n",

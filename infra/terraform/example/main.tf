@@ -18,10 +18,12 @@ module "rbm_relay" {
   create_firestore_database = var.create_firestore_database
   firestore_location        = var.firestore_location
 
-  webhook_min_instances = var.webhook_min_instances
-  worker_max_instances  = var.worker_max_instances
-  send_message_invokers = var.send_message_invokers
-  notification_channels = var.notification_channels
-  tuning                = var.tuning
-  labels                = var.labels
+  webhook_min_instances    = var.webhook_min_instances
+  worker_max_instances     = var.worker_max_instances
+  rbm_max_calls_per_second = var.rbm_max_calls_per_second
+  sms_max_sends_per_second = var.sms_max_sends_per_second
+  send_message_invokers    = var.send_message_invokers
+  notification_channels    = var.notification_channels
+  tuning                   = var.tuning
+  labels                   = var.labels
 }

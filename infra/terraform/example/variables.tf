@@ -80,7 +80,19 @@ variable "webhook_min_instances" {
 }
 
 variable "worker_max_instances" {
-  description = "Upper bound of process_due_work instances; × SWEEP_PARALLELISM it bounds the calls into RBM and the SMS provider (infra/README.md, \"Sizing the worker\"); null: infra/functions.json's."
+  description = "Upper bound of process_due_work instances; × 80 it must hold what both queues dispatch at once (infra/README.md, \"Sizing the worker\"); null: infra/functions.json's."
+  type        = number
+  default     = null
+}
+
+variable "rbm_max_calls_per_second" {
+  description = "Your agent's RBM quota: the most RBM calls per second the due work makes (0 < rate <= 500); null: infra/topology.json's."
+  type        = number
+  default     = null
+}
+
+variable "sms_max_sends_per_second" {
+  description = "Your SMS provider's rate: the most sends per second the fallbacks make (0 < rate <= 500); null: infra/topology.json's."
   type        = number
   default     = null
 }

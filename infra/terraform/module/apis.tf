@@ -4,10 +4,11 @@ locals {
     "cloudbuild.googleapis.com",       # function builds
     "cloudfunctions.googleapis.com",
     "cloudscheduler.googleapis.com",
+    "cloudtasks.googleapis.com",    # the due work's timers and rate limits (tasks.tf)
     "firebaserules.googleapis.com", # Firestore Security Rules (firestore_rules.tf)
     "firestore.googleapis.com",
     "iam.googleapis.com",
-    "iamcredentials.googleapis.com", # OIDC tokens of the push and scheduler identities
+    "iamcredentials.googleapis.com", # OIDC tokens of the push, scheduler and tasks identities
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "pubsub.googleapis.com",

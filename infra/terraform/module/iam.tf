@@ -1,5 +1,6 @@
 # One identity per function, each granted exactly what its function does, and
-# two invoker identities: the one Pub/Sub pushes with, the one Scheduler calls with.
+# three invoker identities: the one Pub/Sub pushes with, the one Scheduler calls
+# with, and the one Cloud Tasks calls the worker with (tasks.tf).
 
 resource "google_service_account" "function" {
   for_each = local.functions
@@ -110,6 +111,7 @@ locals {
   invokers = merge(
     { for ep, f in local.functions : "${ep}/push" => { function = ep, member = google_service_account.push.member } if f.invoker == "pubsub" },
     { for ep, f in local.functions : "${ep}/scheduler" => { function = ep, member = google_service_account.scheduler.member } if f.invoker == "scheduler" },
+    { for ep, f in local.functions : "${ep}/tasks" => { function = ep, member = google_service_account.tasks.member } if f.invoker == "tasks" },
     merge([
       for ep, f in local.functions : { for m in var.send_message_invokers : "${ep}/${m}" => { function = ep, member = m } } if f.invoker == "clients"
     ]...),

@@ -1,6 +1,6 @@
 locals {
-  # The Pub/Sub topology and the composite indexes are defined once, in JSON
-  # files beside the code; the gcloud script reads the same files.
+  # The Pub/Sub topology, the Cloud Tasks queues and the composite indexes are
+  # defined once, in JSON files beside the code; the gcloud script reads the same files.
   topology        = jsondecode(file("${path.module}/../../topology.json"))
   firestore_index = jsondecode(file("${path.module}/../../firestore_indexes.json"))
   # How each function runs (memory, CPU, concurrency, timeout, instances): one
@@ -13,7 +13,8 @@ locals {
   #   settings: groups of environment settings it reads (setting_groups below);
   #   secrets:  settings it reads from Secret Manager (secrets below);
   #   invoker:  who may call it: public (RBM), pubsub (push subscriptions),
-  #             scheduler (Cloud Scheduler), clients (send_message_invokers);
+  #             scheduler (Cloud Scheduler), tasks (Cloud Tasks), clients
+  #             (send_message_invokers);
   #   publishes: topics it publishes to; firestore: uses the database (how:
   #             firestore_read_only below);
   #   min_instances, max_instances: a variable that overrides functions.json's
@@ -35,22 +36,22 @@ locals {
   #     that is still being processed.
   #   send_message: 20 concurrent calls; 60 s covers RBM_RETRY_SECONDS (10)
   #     plus the Firestore writes around the call.
-  #   revoke_expired, send_fallbacks (scheduled): one request per instance.
-  #     Cloud Scheduler never runs two executions of a job at once, so a run
-  #     dispatches due work at its due second until just before the next tick
-  #     (SCHEDULE_PERIOD_SECONDS), whatever its start time; a hung one is given
-  #     up by the job's attempt deadline (one period, scheduler.tf) while it
-  #     keeps its instance until the timeout, so a second instance serves the
-  #     next run. 120 s timeout > SWEEP_BUDGET_SECONDS (90, the whole run, its
-  #     period included) + the last in-flight calls.
-  #   process_due_work (the worker, pushed from the work subscription): its
-  #     calls in flight are SWEEP_PARALLELISM per instance, all items of the
-  #     instance together, so worker_max_instances x SWEEP_PARALLELISM bounds
-  #     the calls into RBM and the SMS provider (infra/README.md, "Sizing the
-  #     worker"). 8 items at once keep those slots busy while other items wait
-  #     for their due second or a revoke's grace window. The timeout equals the
-  #     work subscription's ack deadline, which covers an item's budget
-  #     (SWEEP_BUDGET_SECONDS) plus one RBM call at its longest.
+  #   revoke_expired, send_fallbacks (scheduled): one request per instance,
+  #     one short pass per period: the safety net, which enqueues the task of
+  #     any message overdue whose timer is missing (tasks.tf). A hung run is
+  #     given up by the job's attempt deadline (one period, scheduler.tf) while
+  #     it keeps its instance until the timeout, so a second instance serves
+  #     the next run. 120 s timeout > SWEEP_BUDGET_SECONDS (90, a pass that acts
+  #     itself, without a queue) + the last in-flight calls.
+  #   process_due_work (the worker, the HTTP target of every task): one task
+  #     is one message's one call into RBM or the SMS provider, so the queues'
+  #     dispatch rates bound those calls (tasks.tf) and the worker only needs
+  #     room for what the queues dispatch at once: 10 instances x 80
+  #     concurrent tasks >= both queues' max_concurrent_dispatches (topology.json).
+  #     An I/O-bound request (one Firestore claim, one call, one commit) per
+  #     thread. 60 s timeout: a task's wait for its due second (at most 5 s) and
+  #     a revoke's grace window, plus one RBM call at its longest (RBM_RETRY_SECONDS
+  #     + 35 s); one that runs out answers 504 and the queue tries it again.
   functions = {
     receive_webhook = {
       name          = "rbm-receive-webhook"
@@ -85,7 +86,7 @@ locals {
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = null
-      settings      = ["common", "dead_letter", "store", "outcomes"]
+      settings      = ["common", "dead_letter", "store", "outcomes", "tasks", "rbm_queue", "sms_queue"]
       secrets       = []
       publishes     = ["dead_letter", "outcomes"]
       firestore     = true
@@ -111,7 +112,7 @@ locals {
       ingress       = var.send_message_ingress
       min_instances = null
       max_instances = null
-      settings      = ["common", "store", "outcomes", "agent", "rbm", "sms_text"]
+      settings      = ["common", "store", "outcomes", "agent", "rbm", "sms_text", "tasks", "rbm_queue", "sms_queue"]
       secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"]
       publishes     = ["outcomes"]
       firestore     = true
@@ -119,34 +120,34 @@ locals {
     }
     revoke_expired = {
       name          = "rbm-revoke-expired"
-      description   = "Scheduled: dispatches each revoke at its deadline to the worker."
+      description   = "Scheduled safety net: enqueues the revoke of any overdue message whose task is missing."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = null
       settings      = local.revoke_settings
       secrets       = []
-      publishes     = ["work", "outcomes"]
+      publishes     = ["outcomes"]
       firestore     = true
       schedule      = local.schedule
     }
     send_fallbacks = {
       name          = "rbm-send-fallbacks"
-      description   = "Scheduled: dispatches each SMS fallback at its time to the worker."
+      description   = "Scheduled safety net: enqueues the SMS of any overdue message whose task is missing."
       invoker       = "scheduler"
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = null
       settings      = local.fallback_settings
       secrets       = []
-      publishes     = ["work"]
+      publishes     = []
       firestore     = true
       schedule      = local.schedule
     }
     process_due_work = {
       name          = "rbm-process-due-work"
-      description   = "Worker: revokes, re-sends and sends the SMS of the messages of one work item."
-      invoker       = "pubsub"
+      description   = "Worker, the target of the Cloud Tasks timers: revokes, re-sends or sends the SMS of a message."
+      invoker       = "tasks"
       ingress       = "ALLOW_INTERNAL_ONLY"
       min_instances = null
       max_instances = var.worker_max_instances
@@ -161,10 +162,7 @@ locals {
   # Each function's size from functions.json, with the instances the table above
   # overrides (null: functions.json's); a timeout of "ack_deadline" is the ack
   # deadline of the push subscription feeding it.
-  ack_deadlines = merge(
-    { for s in local.topology.subscriptions : s.entry_point => local.topology.ack_deadline_seconds },
-    { (local.topology.work.entry_point) = local.topology.work.ack_deadline_seconds },
-  )
+  ack_deadlines = { for s in local.topology.subscriptions : s.entry_point => local.topology.ack_deadline_seconds }
   sizing = {
     for ep, r in local.runtime : ep => {
       memory          = r.memory
@@ -181,17 +179,21 @@ locals {
   # functions: set THREADS equal to the concurrency value for Python).
   runtime_env = { for ep, r in local.sizing : ep => { THREADS = tostring(r.concurrency), WORKERS = "1" } }
 
-  # A scheduled run acts itself when no work topic is set, so it reads every
-  # setting of its own kind of work; process_due_work does both kinds.
-  # Deployed, RBM_WORK_TOPIC is always set: a scheduled run only queries
-  # Firestore and publishes work items, so it gets no secret; send_fallbacks
-  # reads the database only (firestore_read_only), while revoke_expired also
-  # republishes the outcome events left in the outbox and marks them published
-  # (functions/outbox.py). The worker calls RBM and the SMS provider and writes
-  # the messages.
-  revoke_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "work"]
-  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "sms_status", "work"]
-  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "sms_status", "work"]
+  # A scheduled run acts itself when its duty's queue is not set, so it reads
+  # every setting of its own kind of work; process_due_work does both kinds.
+  # Deployed, the queue is always set: a scheduled run only queries Firestore,
+  # looks its tasks up and enqueues the missing ones, so it gets no secret;
+  # send_fallbacks reads the database only (firestore_read_only), while
+  # revoke_expired also republishes the outcome events left in the outbox and
+  # marks them published (functions/outbox.py). The worker calls RBM and the
+  # SMS provider and writes the messages.
+  # Timers: "tasks" (the worker's URL, the tasks identity) plus "rbm_queue" /
+  # "sms_queue" for each function whose commits set timers, the queue(s) of the
+  # timers it sets; each such group is also the grant to enqueue there (tasks.tf).
+  # A scheduled function gets its own duty's queue only.
+  revoke_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "tasks", "rbm_queue"]
+  fallback_settings = ["common", "store", "outcomes", "sweep", "sms", "sms_status", "tasks", "sms_queue"]
+  worker_settings   = ["common", "store", "outcomes", "agent", "rbm", "sweep", "revoke", "sms", "sms_status", "tasks", "rbm_queue", "sms_queue"]
   worker_secrets    = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "TWILIO_AUTH_TOKEN", "SMS_WEBHOOK_SECRET", "CONVERSATION_ID_KEY"]
 
   # Functions that only read the database (roles/datastore.viewer); the other
@@ -199,8 +201,8 @@ locals {
   firestore_read_only = ["send_fallbacks"]
 
   # Cloud Scheduler's period, the one definition: the cron schedule of the
-  # scheduled functions and their SCHEDULE_PERIOD_SECONDS both follow from it.
-  # Every minute, Scheduler's finest.
+  # scheduled functions and their jobs' attempt deadline follow from it. Every
+  # minute, Scheduler's finest: the safety net is late by at most one period.
   schedule_period_seconds = 60
   schedule                = "*/${local.schedule_period_seconds / 60} * * * *"
 
@@ -213,13 +215,12 @@ locals {
     outcomes    = ["RBM_OUTCOMES_TOPIC", "OUTBOX_GRACE_SECONDS", "PUBLISH_TIMEOUT_SECONDS"]
     agent       = ["RBM_AGENT_ID"]
     rbm         = ["RBM_API_ENDPOINT", "RBM_RETRY_SECONDS", "PENDING_RESEND_SECONDS"]
-    sweep = [
-      "SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS", "SCHEDULE_PERIOD_SECONDS",
-      "WORK_ITEM_SIZE", "REVOKE_GRACE_SECONDS",
-    ]
-    work    = ["RBM_WORK_TOPIC", "PUBLISH_TIMEOUT_SECONDS"]
-    revoke  = ["REVOKE_MAX_ATTEMPTS"]
-    opt_out = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
+    sweep       = ["SWEEP_PARALLELISM", "SWEEP_BUDGET_SECONDS", "LEASE_SECONDS", "RETRY_BACKOFF_SECONDS", "REVOKE_GRACE_SECONDS"]
+    tasks       = ["WORKER_URL", "TASKS_SERVICE_ACCOUNT", "TASKS_TIMEOUT_SECONDS"]
+    rbm_queue   = ["RBM_TASKS_QUEUE"]
+    sms_queue   = ["SMS_TASKS_QUEUE"]
+    revoke      = ["REVOKE_MAX_ATTEMPTS"]
+    opt_out     = ["OPT_OUT_KEYWORDS", "OPT_IN_KEYWORDS"]
     sms = [
       "SMS_PROVIDER", "FALLBACK_MAX_ATTEMPTS", "SMS_WEBHOOK_URL", "TWILIO_ACCOUNT_SID", "TWILIO_FROM_NUMBER",
       "TWILIO_MESSAGING_SERVICE_SID", "TWILIO_API_BASE", "SMS_WEBHOOK_IDEMPOTENT",
@@ -240,7 +241,7 @@ locals {
     RETRY_BACKOFF_SECONDS   = "30"
     REVOKE_MAX_ATTEMPTS     = "8"
     FALLBACK_MAX_ATTEMPTS   = "5"
-    WORK_ITEM_SIZE          = "50"
+    TASKS_TIMEOUT_SECONDS   = "5"
     REVOKE_GRACE_SECONDS    = "5"
     OUTBOX_GRACE_SECONDS    = "30"
     OPT_OUT_KEYWORDS        = "STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT,REVOKE,OPTOUT"
@@ -254,9 +255,10 @@ locals {
     LOG_LEVEL                    = var.log_level
     RBM_EVENTS_TOPIC             = google_pubsub_topic.events.name
     RBM_DEAD_LETTER_TOPIC        = google_pubsub_topic.dead_letter.name
-    RBM_WORK_TOPIC               = google_pubsub_topic.work.name
     RBM_OUTCOMES_TOPIC           = google_pubsub_topic.outcomes.name
-    SCHEDULE_PERIOD_SECONDS      = tostring(local.schedule_period_seconds)
+    RBM_TASKS_QUEUE              = google_cloud_tasks_queue.this["rbm"].id
+    SMS_TASKS_QUEUE              = google_cloud_tasks_queue.this["sms"].id
+    TASKS_SERVICE_ACCOUNT        = google_service_account.tasks.email
     FIRESTORE_DATABASE           = var.firestore_database
     RBM_MESSAGES_COLLECTION      = var.messages_collection
     RBM_CONVERSATIONS_COLLECTION = var.conversations_collection
@@ -271,10 +273,20 @@ locals {
     TWILIO_MESSAGING_SERVICE_SID = var.sms_provider == "twilio" ? var.twilio.messaging_service_sid : ""
     TWILIO_API_BASE              = var.sms_provider == "twilio" ? var.twilio.api_base : ""
 
-    # receive_sms_status's URL, Cloud Run's deterministic one: the senders pass it as
-    # StatusCallback, and it checks Twilio's signatures against it.
-    SMS_STATUS_CALLBACK_URL = var.sms_provider == "" ? "" : "https://${local.functions.receive_sms_status.name}-${data.google_project.this.number}.${var.region}.run.app"
+    # receive_sms_status's URL: the senders pass it as StatusCallback, and it checks
+    # Twilio's signatures against it.
+    SMS_STATUS_CALLBACK_URL = var.sms_provider == "" ? "" : local.run_url.receive_sms_status
+    # process_due_work's URL: every task's target and its OIDC token's audience. The
+    # functions that set timers need it, the worker itself too (its commits set the
+    # next timers), so it must be known before any function exists: the service's
+    # own uri (service_config[0].uri) would make the functions depend on themselves.
+    WORKER_URL = local.run_url.process_due_work
   }
+
+  # Each function's Cloud Run URL in its deterministic form, which "lets you predict
+  # the service URL before the service is created" (Cloud Run, HTTPS requests,
+  # "Deterministic URL"): https://NAME-PROJECT_NUMBER.REGION.run.app.
+  run_url = { for ep, f in local.functions : ep => "https://${f.name}-${data.google_project.this.number}.${var.region}.run.app" }
 
   # Each function's environment; an empty value is left out (the code then
   # uses its default, exactly as for an unset variable).

@@ -177,7 +177,15 @@ locals {
       title = "Push subscriptions: oldest unacked event age (s)"
       gauge = true
       series = {
-        for name, s in merge(google_pubsub_subscription.push, { (local.topology.work.subscription) = google_pubsub_subscription.work }) : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
+        for name, s in google_pubsub_subscription.push : name => "metric.type=\"pubsub.googleapis.com/subscription/oldest_unacked_message_age\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=\"${s.name}\""
+      }
+    },
+    {
+      # Timers waiting, due or not: a queue that only grows is a worker that fails its tasks.
+      title = "Cloud Tasks queues: tasks waiting"
+      gauge = true
+      series = {
+        for key, q in google_cloud_tasks_queue.this : q.name => "metric.type=\"cloudtasks.googleapis.com/queue/depth\" AND resource.type=\"cloud_tasks_queue\" AND resource.labels.queue_id=\"${q.name}\""
       }
     },
     {

@@ -36,14 +36,14 @@ output "dead_letter_subscription" {
   value       = google_pubsub_subscription.dead_letter_inspect.id
 }
 
-output "work_topic" {
-  description = "Topic of the work items process_due_work acts on (RBM_WORK_TOPIC)."
-  value       = google_pubsub_topic.work.id
+output "task_queues" {
+  description = "The Cloud Tasks queues of the due work, by key (rbm: RBM_TASKS_QUEUE, sms: SMS_TASKS_QUEUE)."
+  value       = { for key, q in google_cloud_tasks_queue.this : key => q.id }
 }
 
-output "work_dead_letter_subscription" {
-  description = "Where work items Pub/Sub gave up on wait for inspection (their messages stay due)."
-  value       = google_pubsub_subscription.work_dead_letter_inspect.id
+output "tasks_service_account" {
+  description = "Identity in every task's OIDC token (TASKS_SERVICE_ACCOUNT), the only invoker of process_due_work."
+  value       = google_service_account.tasks.email
 }
 
 output "source_bucket" {

@@ -73,95 +73,11 @@ resource "google_pubsub_subscription" "push" {
   depends_on = [google_cloud_run_v2_service_iam_member.invoker]
 }
 
-# Due work: the scheduled runs (and send_message / track_delivery, for an SMS
-# that becomes due at once) publish work items (functions/work_items.py) to the
-# work topic; one push subscription hands each to process_due_work. A work item
-# only says "look at these messages now": one that is redelivered, duplicated
-# or dead-lettered changes nothing, and the next scheduled run dispatches
-# whatever is still due. Its own dead-letter topic keeps work items out of the
-# events' replay path.
-resource "google_pubsub_topic" "work" {
-  #checkov:skip=CKV_GCP_83:Google-managed encryption, as for the events topic.
-  project = var.project_id
-  name    = local.topology.work.topic
-  labels  = local.common_labels
-
-  depends_on = [google_project_service.this]
-}
-
-resource "google_pubsub_topic" "work_dead_letter" {
-  #checkov:skip=CKV_GCP_83:Google-managed encryption, as for the events topic.
-  project = var.project_id
-  name    = local.topology.work.dead_letter_topic
-  labels  = local.common_labels
-
-  depends_on = [google_project_service.this]
-}
-
-# Work items Pub/Sub gave up on (the worker crashed or timed out on every
-# attempt, or stayed at its max instances throughout): for inspection only;
-# their messages stay due and the next run dispatches them again.
-resource "google_pubsub_subscription" "work_dead_letter_inspect" {
-  project                    = var.project_id
-  name                       = local.topology.work.dead_letter_subscription
-  topic                      = google_pubsub_topic.work_dead_letter.id
-  ack_deadline_seconds       = local.topology.ack_deadline_seconds
-  message_retention_duration = local.topology.message_retention
-  retain_acked_messages      = false
-  labels                     = local.common_labels
-
-  expiration_policy {
-    ttl = ""
-  }
-}
-
-resource "google_pubsub_subscription" "work" {
-  project                    = var.project_id
-  name                       = local.topology.work.subscription
-  topic                      = google_pubsub_topic.work.id
-  ack_deadline_seconds       = local.topology.work.ack_deadline_seconds
-  message_retention_duration = local.topology.work.message_retention
-  labels                     = local.common_labels
-
-  push_config {
-    push_endpoint = "${google_cloudfunctions2_function.this[local.topology.work.entry_point].service_config[0].uri}/${google_pubsub_topic.work.id}"
-
-    oidc_token {
-      service_account_email = google_service_account.push.email
-      audience              = google_cloudfunctions2_function.this[local.topology.work.entry_point].service_config[0].uri
-    }
-  }
-
-  retry_policy {
-    minimum_backoff = local.topology.work.minimum_backoff
-    maximum_backoff = local.topology.work.maximum_backoff
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.work_dead_letter.id
-    max_delivery_attempts = local.topology.work.max_delivery_attempts
-  }
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  lifecycle {
-    precondition {
-      condition     = tonumber(local.tuning.SWEEP_BUDGET_SECONDS) + tonumber(local.tuning.RBM_RETRY_SECONDS) + 35 <= local.topology.work.ack_deadline_seconds
-      error_message = "The work subscription's ack deadline (the worker's timeout) must cover SWEEP_BUDGET_SECONDS plus one RBM call at its longest (RBM_RETRY_SECONDS + 35 s)."
-    }
-  }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.invoker]
-}
-
 # Topic names by the keys of the functions' `publishes`.
 locals {
   topics = {
     events      = google_pubsub_topic.events.name
     dead_letter = google_pubsub_topic.dead_letter.name
-    work        = google_pubsub_topic.work.name
     outcomes    = google_pubsub_topic.outcomes.name
   }
 }
@@ -182,16 +98,14 @@ locals {
 }
 
 resource "google_pubsub_topic_iam_member" "agent_dead_letter" {
-  for_each = { events = google_pubsub_topic.dead_letter.name, work = google_pubsub_topic.work_dead_letter.name }
-
   project = var.project_id
-  topic   = each.value
+  topic   = google_pubsub_topic.dead_letter.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_agent
 }
 
 resource "google_pubsub_subscription_iam_member" "agent_source" {
-  for_each = merge(google_pubsub_subscription.push, { (local.topology.work.subscription) = google_pubsub_subscription.work })
+  for_each = google_pubsub_subscription.push
 
   project      = var.project_id
   subscription = each.value.name

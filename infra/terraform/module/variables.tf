@@ -41,8 +41,8 @@ variable "rbm_api_endpoint" {
 
 variable "rbm_key_from_secret" {
   description = <<-EOT
-    true: send_message and process_due_work (and revoke_expired / send_fallbacks
-    when they act without a work topic) authenticate to the RBM API with the
+    true: send_message and process_due_work (and revoke_expired
+    when it acts without a queue) authenticate to the RBM API with the
     JSON key stored in the secret rbm-service-account-key, mounted as a file (RBM_SERVICE_ACCOUNT_KEY_FILE).
     false (preferred): they use their own identity (no key anywhere); that
     service account must then be the one your RBM partner account authorizes.
@@ -104,9 +104,9 @@ variable "log_level" {
 variable "tuning" {
   description = <<-EOT
     Overrides of the tuning settings, by their environment name; the defaults
-    are in locals.tf (tuning_defaults). Keep SWEEP_BUDGET_SECONDS at least the
-    scheduler period (60 s) and well below the scheduled functions' 120 s
-    timeout, and LEASE_SECONDS at least that timeout.
+    are in locals.tf (tuning_defaults). Keep SWEEP_BUDGET_SECONDS at least 15 s
+    below the scheduled functions' 120 s timeout, and LEASE_SECONDS at least
+    that timeout.
   EOT
   type        = map(string)
   default     = {}
@@ -160,11 +160,12 @@ variable "webhook_max_instances" {
 
 variable "worker_max_instances" {
   description = <<-EOT
-    Upper bound of process_due_work instances. Each has SWEEP_PARALLELISM (16)
-    calls in flight at most, so this times SWEEP_PARALLELISM bounds the calls
-    into RBM and the SMS provider: calls/s ≈ instances × parallelism ÷ seconds
-    per call. Size it from your agent's RBM quota (infra/README.md, "Sizing the worker").
-    Null: infra/functions.json's (5).
+    Upper bound of process_due_work instances. The queues' rates, not the
+    worker, bound the calls into RBM and the SMS provider (rbm_max_calls_per_second,
+    sms_max_sends_per_second); the worker needs room for what both queues
+    dispatch at once: instances × 80 (its concurrency) at least the queues'
+    max_concurrent_dispatches together (infra/README.md, "Sizing the worker").
+    Null: infra/functions.json's (10).
   EOT
   type        = number
   default     = null
@@ -172,6 +173,28 @@ variable "worker_max_instances" {
   validation {
     condition     = coalesce(var.worker_max_instances, 1) >= 1
     error_message = "worker_max_instances must be at least 1."
+  }
+}
+
+variable "rbm_max_calls_per_second" {
+  description = "The most RBM calls per second (revokes, re-sends) the due work makes: the rbm queue's dispatch rate. Your agent's RBM quota; null: infra/topology.json's (50)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = coalesce(var.rbm_max_calls_per_second, 1) > 0 && coalesce(var.rbm_max_calls_per_second, 1) <= 500
+    error_message = "rbm_max_calls_per_second must be above 0 and at most 500 (Cloud Tasks' highest dispatch rate per queue)."
+  }
+}
+
+variable "sms_max_sends_per_second" {
+  description = "The most SMS provider calls per second (sends, look-ups) the fallbacks make: the sms queue's dispatch rate. Your provider's rate; null: infra/topology.json's (20)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = coalesce(var.sms_max_sends_per_second, 1) > 0 && coalesce(var.sms_max_sends_per_second, 1) <= 500
+    error_message = "sms_max_sends_per_second must be above 0 and at most 500 (Cloud Tasks' highest dispatch rate per queue)."
   }
 }
 
