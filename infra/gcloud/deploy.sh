@@ -473,6 +473,7 @@ METRICS=(
   "sms_sent|SMS fallbacks sent."
   "fallback_unknown|SMS sends interrupted with an unknown outcome: never retried, check by hand."
   "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
+  "timer_not_set|Timers a function could not enqueue on Cloud Tasks: the message stays due and the next scheduled pass enqueues it, up to a minute late."
 )
 # Events a metric counts besides the one it is named after (monitoring.tf's log_events_also).
 declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"')
@@ -892,6 +893,8 @@ ensure_policy "rbm-relay: SMS fallback outcome unknown" ERROR "$(log_metric fall
   "An SMS send was interrupted and its outcome cannot be known; it is never retried automatically. Check the provider's log for the message id and settle it by hand. Query: jsonPayload.event=\"fallback_unknown\"."
 ensure_policy "rbm-relay: events dead-lettered by a subscriber" ERROR "$(log_metric event_dead_lettered)" ALIGN_SUM 0 \
   "A subscriber found an event it can never process and dead-lettered it with a reason. Query: jsonPayload.event=\"event_dead_lettered\"; the message waits in the subscription $DEAD_LETTER_SUBSCRIPTION for replay."
+ensure_policy "rbm-relay: timers not set" WARNING "$(log_metric timer_not_set)" ALIGN_SUM 0 \
+  "A function could not create the Cloud Tasks task of a message's timer (jsonPayload.event=\"timer_not_set\", with the message id, duty and reason). The message stays due in Firestore and the next scheduled pass enqueues it, up to one period late, so revokes and SMS come late, not lost. A steady count means every timer fails: look at the reason (a function without roles/cloudtasks.enqueuer on its queue or roles/iam.serviceAccountUser on rbm-tasks, a paused or deleted queue)."
 ensure_policy "rbm-relay: dead-letter backlog" ERROR "$DEAD_LETTER_BACKLOG" ALIGN_MAX 0 \
   "Messages wait in $DEAD_LETTER_SUBSCRIPTION: dead-lettered by a subscriber, or by Pub/Sub after $MAX_DELIVERY_ATTEMPTS failed pushes (a subscriber crashing or erroring on every attempt). Inspect, fix, replay."
 ensure_policy "rbm-relay: webhook answering 5xx" ERROR \

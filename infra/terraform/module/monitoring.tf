@@ -13,6 +13,7 @@ locals {
     sms_sent            = "SMS fallbacks sent."
     fallback_unknown    = "SMS sends interrupted with an unknown outcome: never retried, check by hand."
     event_dead_lettered = "Events a subscriber could not process and dead-lettered, with the reason."
+    timer_not_set       = "Timers a function could not enqueue on Cloud Tasks: the message stays due and the next scheduled pass enqueues it, up to a minute late."
   }
   # Events a metric counts besides the one it is named after: a handshake with an
   # unknown client token fails a credential as a bad signature does, so token
@@ -84,6 +85,14 @@ locals {
       aligner   = "ALIGN_SUM"
       threshold = 0
       doc       = "A subscriber found an event it can never process and dead-lettered it with a reason. Query: jsonPayload.event=\"event_dead_lettered\"; the message waits in the subscription ${local.topology.dead_letter_subscription} for replay."
+    }
+    timer_not_set = {
+      title     = "rbm-relay: timers not set"
+      severity  = "WARNING"
+      filter    = local.log_metric.timer_not_set
+      aligner   = "ALIGN_SUM"
+      threshold = 0
+      doc       = "A function could not create the Cloud Tasks task of a message's timer (jsonPayload.event=\"timer_not_set\", with the message id, duty and reason). The message stays due in Firestore and the next scheduled pass enqueues it, up to one period late, so revokes and SMS come late, not lost. A steady count means every timer fails: look at the reason (a function without roles/cloudtasks.enqueuer on its queue or roles/iam.serviceAccountUser on rbm-tasks, a paused or deleted queue)."
     }
     dead_letter_backlog = {
       title     = "rbm-relay: dead-letter backlog"
