@@ -92,7 +92,7 @@ locals {
       filter    = local.log_metric.timer_not_set
       aligner   = "ALIGN_SUM"
       threshold = 0
-      doc       = "A function could not create the Cloud Tasks task of a message's timer (jsonPayload.event=\"timer_not_set\", with the message id, duty and reason). The message stays due in Firestore and the next scheduled pass enqueues it, up to one period late, so revokes and SMS come late, not lost. A steady count means every timer fails: look at the reason (a function without roles/cloudtasks.enqueuer on its queue or roles/iam.serviceAccountUser on rbm-tasks, a paused or deleted queue)."
+      doc       = "A function could not create the Cloud Tasks task of a message's timer (jsonPayload.event=\"timer_not_set\", with the message id, duty and reason). The message stays due in Firestore and the next scheduled pass enqueues it, up to one period late, so revokes and SMS come late, not lost. A steady count means every timer fails: look at the reason (a function without roles/cloudtasks.enqueuer on its queue or roles/iam.serviceAccountUser on rbm-tasks, a deleted queue; a paused queue still takes tasks, it only holds them)."
     }
     dead_letter_backlog = {
       title     = "rbm-relay: dead-letter backlog"
