@@ -8,7 +8,7 @@ are numbered per message by `seq`, 1, 2, 3… in commit order, continuing the
 last number stored on the message (`Message.outcome_seq`), so a consumer that
 keeps the highest `seq` per message holds the latest truth whatever order
 Pub/Sub delivers them in. A change that changes neither field yields nothing,
-so a redelivered receipt or a replayed work item publishes nothing new.
+so a redelivered receipt or a repeated task publishes nothing new.
 """
 
 import dataclasses

@@ -3,8 +3,8 @@
 A `Sweep` is one kind of due work: which messages are due (an `in` filter on
 one field and a range on a due-time field, backed by a declared composite
 index, so a query's cost follows the number due, not the collection), how one
-is claimed under a lease (a precondition write, so overlapping runs and
-duplicated work items never act twice: one claim wins, the others find it
+is claimed under a lease (a precondition write, so overlapping passes and
+duplicated tasks never act twice: one claim wins, the others find it
 taken), and how it is acted on. The lease *is* the due-time field: a claim
 that is never completed makes the message due again when it runs out.
 """
@@ -111,7 +111,7 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
 
 @functools.cache
 def _executor() -> ThreadPoolExecutor:
-    """The calls in flight of this instance, all work items together: SWEEP_PARALLELISM at most."""
+    """The calls in flight of this instance, all its tasks together: SWEEP_PARALLELISM at most."""
     return ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix="act")
 
 

@@ -3,15 +3,15 @@
 Pub/Sub pushes many messages of a subscription at once, adjusting how many are
 outstanding to the rate of success answers (https://cloud.google.com/pubsub/docs/push,
 "Push subscription workflow"; "Push backoff" for failures). The emulator's
-own push has about two requests outstanding per subscription, so a handler
-that waits (process_due_work waits for an item's due second) or a burst of
-items (a campaign's shared deadline) is held up behind it, which production is
-not. `Pusher` delivers a pull subscription of the emulator to its endpoints
-(one, or several standing for several instances: the least busy gets the next
-message) the way a push subscription does, with up to `concurrency` requests
-outstanding per endpoint:
-the same wrapped JSON body, acknowledged on a success status, otherwise left
-to be redelivered (the subscription's dead-letter policy counts the attempts).
+own push has about two requests outstanding per subscription, so a slow
+endpoint or a burst of messages is held up behind it, which production is not.
+`Pusher` delivers a pull subscription of the emulator to its endpoints (one, or
+several standing for several instances: the least busy gets the next message)
+the way a push subscription does, with up to `concurrency` requests outstanding
+per endpoint: the same wrapped JSON body, acknowledged on a success status,
+otherwise left to be redelivered (the subscription's dead-letter policy counts
+the attempts). The stack's external mode pushes the outcome events with it
+(`--outcomes-push-url`).
 """
 
 import base64
