@@ -250,7 +250,7 @@ def message_ref(message_id: str) -> DocumentReference:
 
 def _due_now(current: Message | None, new: Message) -> Message:
     """`new`, if it changed `current`, with its past due times as the time of writing
-    (transitions.due_from): due at once, its timer set for now."""
+    (transitions.due_from): its timer runs at once."""
     return new if new == current else due_from(new, now())
 
 

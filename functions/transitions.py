@@ -133,9 +133,9 @@ def due_from(m: Message, now: datetime) -> Message:
     """`m` with each due time (`next_action_at`, `fallback_at`) that is already past at
     `now` moved to `now`. A due time written in the past — the sendTime of an event that
     reached us late, a deadline that passed while the message waited to be re-sent — is
-    due from the time of writing: its timer's task (named by that time, timers.name) is
-    scheduled now, and the safety net's slack (dispatch.SAFETY_SLACK_SECONDS) counts from
-    now, so a pass does not take the message for one whose timer was lost."""
+    then the time of writing: its timer's task runs at once, and the scheduled safety net,
+    which leaves alone what fell due in its last dispatch.SAFETY_SLACK_SECONDS (its task is
+    on its way), does not look it up as a lost timer in the same second."""
 
     def moved(at: datetime | None) -> datetime | None:
         return now if at is not None and at < now else at

@@ -25,6 +25,7 @@ from functions import dispatch, events, store, tasks, timers
 from functions.model import SWEPT_FALLBACKS, Fallback, Message, State
 from functions.work_items import Duty, WorkItem
 from local.fake_rbm import now_rfc3339
+from local.fake_sms import FakeSmsWebhook
 from local.processes import PROJECT, free_port
 from tests.integration.test_sweeps import AGENT, SWEEP_ENV, at_once, get, phone, queue, seed, sweep
 from tests.support import wait_for, wait_until_steady
@@ -102,8 +103,9 @@ def revokes(rbm) -> Counter[str]:
     return Counter(r["message_id"] for r in rbm.requests if r["kind"] == "revoke")
 
 
-def texts(twilio) -> Counter[str]:
-    return Counter(s["to"] for s in twilio.sent)
+def texts(sms) -> Counter[str]:
+    """The SMS an SMS fake sent, counted by number."""
+    return Counter(s["to"] for s in sms.sent)
 
 
 def fated(message: Message) -> bool:
@@ -204,22 +206,52 @@ def test_a_purged_queue_leaves_the_message_due_and_the_next_pass_enqueues_it(eng
     assert revokes(rbm) == Counter([message_id]) and len(twilio.sent) == 1
 
 
-def test_a_worker_killed_mid_sms_never_texts_twice(engine, twilio):
+@pytest.fixture(params=["twilio", "gateway"])
+def provider(request, twilio):
+    """(SMS fake, worker env, what an interrupted send ends as): Twilio, whose Messages list
+    tells whether the send went out (SENT), or the signed gateway not declared idempotent,
+    which cannot tell (UNKNOWN, reported, never sent again)."""
+    if request.param == "twilio":
+        yield twilio, {}, Fallback.SENT
+        return
+    with FakeSmsWebhook(secret="gateway-secret") as gateway:
+        env = {
+            "SMS_PROVIDER": "webhook",
+            "SMS_WEBHOOK_URL": gateway.url + "/send",
+            "SMS_WEBHOOK_SECRET": "gateway-secret",
+            "SMS_WEBHOOK_IDEMPOTENT": "false",
+        }
+        yield gateway, env, Fallback.UNKNOWN
+
+
+def test_a_worker_killed_mid_sms_never_texts_twice(engine, provider):
+    sms, env, interrupted = provider
     ids = seed(12, state=State.REVOKED, fallback=Fallback.DUE, deadline=store.now() - timedelta(seconds=60))
-    worker = engine.restart_worker(SWEEP_PARALLELISM="2", LEASE_SECONDS="2")
+    worker = engine.restart_worker(SWEEP_PARALLELISM="2", LEASE_SECONDS="2", **env)
     texter = engine.start("send_fallbacks", LEASE_SECONDS="2")
-    twilio.hold()  # Twilio sends, and keeps its answers
+    sms.hold()  # the provider sends, and keeps its answers
     assert sweep(texter)["enqueued"] == 12  # overdue: the safety net hands each to the queue
-    assert twilio.wait_sent(2, timeout=20)
+    assert sms.wait_sent(2, timeout=20)
     worker.kill()  # between the provider call and the state write, for the two SMS in flight
-    twilio.release()
+    sms.release()
     worker.start()  # the queue retries what failed; the leases run out, and the passes enqueue the rest
     wait_for(lambda: sweep(texter) and not lost(ids), timeout=90, interval=1)
-    assert Counter(get(i).fallback for i in ids) == {Fallback.SENT: 12}  # the two found in Twilio's list
-    assert texts(twilio) == Counter(phone(i) for i in range(12))  # duplicate SMS = 0
+    # The two in flight (SWEEP_PARALLELISM=2, their answers held) end as the provider can tell.
+    assert Counter(get(i).fallback for i in ids) == Counter({Fallback.SENT: 10}) + Counter({interrupted: 2})
+    assert texts(sms) == Counter(phone(i) for i in range(12))  # duplicate SMS = 0
 
 
-def test_a_repeated_enqueue_or_two_passes_at_once_make_one_task(engine, rbm, monkeypatch):
+@pytest.fixture
+def enqueuer(engine, monkeypatch):
+    """This test process as a writer with the engine's settings (its own Cloud Tasks client)."""
+    for name, value in engine.env.items():
+        monkeypatch.setenv(name, value)
+    tasks._client.cache_clear()
+    yield
+    tasks._client.cache_clear()
+
+
+def test_a_repeated_enqueue_or_two_passes_at_once_make_one_task(engine, rbm, enqueuer):
     ids = expiring(rbm, 10, deadline=store.now() - timedelta(seconds=60))
     a, b = engine.start("revoke_expired"), engine.start("revoke_expired")
     first = at_once(lambda: sweep(a), lambda: sweep(b))
@@ -229,16 +261,12 @@ def test_a_repeated_enqueue_or_two_passes_at_once_make_one_task(engine, rbm, mon
     assert sorted(dispatched) == sorted(timers.name(i, Duty.REVOKE, get(i).revoke_at) for i in ids)
     assert set(dispatched.values()) == {1}  # one task per message, each delivered once
     # The hook of one commit, run again (a retried enqueue): the same name, ALREADY_EXISTS.
-    for name, value in engine.env.items():
-        monkeypatch.setenv(name, value)
-    tasks._client.cache_clear()
     [m] = seed(1, start=10, deadline=store.now() + timedelta(minutes=5))
     after = get(m)
     before = Message(after.message_id, after.phone, after.agent_id, state=State.PENDING)
     for _ in range(3):
         timers.schedule(before, after)
     assert engine.tasks.pending(RBM_QUEUE) == 1
-    tasks._client.cache_clear()
 
 
 def test_rbm_429_answers_the_task_503_and_the_queue_backs_off(engine, rbm):
