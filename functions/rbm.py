@@ -150,5 +150,9 @@ class RbmClient:
 
 
 @functools.cache
-def client() -> RbmClient:
-    return RbmClient(_session(), config.rbm_endpoint(), config.rbm_retry_seconds())
+def client(paced: bool = False) -> RbmClient:
+    """The instance's RBM client (one HTTP session). `paced`: for calls a Cloud Tasks queue
+    paces (process_due_work's, RBM_TASKS_QUEUE set): one try each, so a 429 or 5xx comes back
+    TRANSIENT at once and its retry is a new task at the queue's rate, never an extra call
+    above it; otherwise failed tries are retried for up to RBM_RETRY_SECONDS."""
+    return RbmClient(_session(), config.rbm_endpoint(), 0.0 if paced else config.rbm_retry_seconds())

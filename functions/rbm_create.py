@@ -21,11 +21,12 @@ CREATE_FACTS = {
 }
 
 
-def send(message: Message) -> tuple[Message | None, rbm.Result]:
+def send(message: Message, paced: bool = False) -> tuple[Message | None, rbm.Result]:
     """Calls create for a recorded PENDING message and records what RBM answered: (the message
     as stored now, RBM's result), or (None, result) if the call failed transiently
-    (the message stays PENDING for a later retry; the result says when RBM wants it)."""
-    result = rbm.client().create_message(
+    (the message stays PENDING for a later retry; the result says when RBM wants it).
+    `paced`: the call is a queue's task, one try (rbm.client)."""
+    result = rbm.client(paced).create_message(
         message.phone, message.message_id, message.agent_id, message.content, message.traffic_type
     )
     if result.outcome is rbm.Outcome.TRANSIENT:

@@ -68,14 +68,16 @@ def _uncertain(message: Message) -> Outcome:
 
 
 def _act(message: Message) -> Outcome:
+    # With the queue, only its tasks act (the scheduled pass enqueues): one RBM try each (rbm.client).
+    paced = bool(config.rbm_tasks_queue())
     if message.state is State.PENDING and conversations.opted_out(message.agent_id, message.phone):
         now = store.now()  # unsubscribed since it was recorded: never sent; the fallback sweep cancels its SMS
         store.change_message(message.message_id, lambda m: learn(m, Fact.SEND_FAILED, now, error="user opted out"))
         return Outcome.FAILED
     if message.state is State.PENDING:
-        sent, result = rbm_create.send(message)
+        sent, result = rbm_create.send(message, paced)
         return Outcome.RESENT if sent else _retry(message, result)
-    result = rbm.client().revoke_message(message.phone, message.message_id, message.agent_id)
+    result = rbm.client(paced).revoke_message(message.phone, message.message_id, message.agent_id)
     fact = REVOKE_FACTS.get(result.outcome)
     if fact is None:
         return _retry(message, result)

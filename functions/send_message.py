@@ -14,7 +14,7 @@ from typing import Any
 
 import flask
 
-from functions import config, conversations, logs, outbound, rbm_create, store
+from functions import config, conversations, logs, outbound, rbm_create, store, timers
 from functions.model import Message, State
 from functions.replies import Reply, reject, reply
 
@@ -44,6 +44,7 @@ def handle(request: flask.Request) -> Reply:
     if reason := outbound.conflict(stored, wanted):
         return reject(409, reason, message_id=wanted.message_id)
     message = rbm_create.send(stored)[0] if stored.state is State.PENDING else stored
-    if message is None:
+    if message is None:  # its re-send timer now: RBM refused for the moment, not a crash
+        timers.schedule(None, stored)
         return reply(503, {"error": "RBM unavailable; the message stays PENDING and is retried"} | summary(stored))
     return reply(422 if message.state is State.FAILED else 200, summary(message))

@@ -270,6 +270,9 @@ def test_a_repeated_enqueue_or_two_passes_at_once_make_one_task(engine, rbm, enq
 
 
 def test_rbm_429_answers_the_task_503_and_the_queue_backs_off(engine, rbm):
+    # A worker that would retry in the call (RBM_RETRY_SECONDS) still makes one try per task: a
+    # retry is a new task at the queue's rate, never an extra call above it (rbm.client(paced)).
+    engine.restart_worker(RBM_RETRY_SECONDS="5")
     [message_id] = expiring(rbm, 1, deadline=store.now() - timedelta(seconds=60))
     rbm.script("revoke", message_id, [429])
     assert sweep(engine.start("revoke_expired"))["enqueued"] == 1
