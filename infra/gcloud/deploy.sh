@@ -343,6 +343,7 @@ FUNCTIONS=(
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes                -                       dead_letter,outcomes"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
+  "send_batch       rbm-send-batch       clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text         $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       work,outcomes"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       work"
   "process_due_work rbm-process-due-work pubsub    internal-only         $REVOKE_SETTINGS,sms,sms_status                  $WORKER_SECRETS         outcomes"

@@ -80,6 +80,7 @@ ACCESS = {
     "track_delivery": ("write", {"dead_letter", "outcomes"}, set()),
     "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}),
     "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
+    "send_batch": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}),
     "revoke_expired": ("write", {"work", "outcomes"}, set()),
     "send_fallbacks": ("read", {"work"}, set()),
     "process_due_work": (
@@ -285,6 +286,7 @@ def test_main_exposes_the_design_entry_points():
         "track_delivery": "cloud_event",
         "record_inbound": "cloud_event",
         "send_message": "http",
+        "send_batch": "http",
         "revoke_expired": "http",
         "send_fallbacks": "http",
         "process_due_work": "cloud_event",
