@@ -7,13 +7,16 @@ from datetime import timedelta
 
 import pytest
 import requests
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import tasks_v2
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from functions import __main__ as cli
 from functions import batch_request, batches, conversations, outbox, store
 from functions.model import Conversation, Fallback, Message, State
 from functions.transitions import claim_revoke
-from tests.support import AGENT, SWEEP_ENV, valid_outcome
+from local.fake_tasks import max_in_window
+from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
 
 CONTENT = {"text": "Your appointment is tomorrow at 10:00"}
 FALLBACK = {"text": "Appointment tomorrow 10:00"}
@@ -208,3 +211,34 @@ def test_a_batch_that_is_not_one_is_refused(send_batch):
     assert send_batch(too_many).status_code == 413
     assert send_batch({"messages": []}).status_code == 400
     assert send_batch({"messages": [{}], "defaults": {"phone": phone(0)}}).status_code == 400
+
+
+RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
+RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
+
+
+def test_a_batch_through_the_rbm_queue_is_created_at_the_queue_rate_once_each(functions, firestore, rbm, cloud_tasks):
+    client = tasks_v2.CloudTasksClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": cloud_tasks.url}
+    )
+    limits = tasks_v2.RateLimits(max_dispatches_per_second=RATE, max_concurrent_dispatches=20)
+    client.create_queue(
+        parent=RBM_QUEUE.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=RBM_QUEUE, rate_limits=limits)
+    )
+    worker = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, "LEASE_SECONDS": "30"})
+    queued = {
+        "RBM_TASKS_QUEUE": RBM_QUEUE,
+        "CLOUD_TASKS_ENDPOINT": cloud_tasks.url,
+        "WORKER_URL": worker.url,
+        "TASKS_SERVICE_ACCOUNT": "tasks@test-project.iam.gserviceaccount.com",
+    }
+    sender = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queued})
+    rbm.fail_share("create", 0.1, seed=3, status=429)
+    response = requests.post(sender.url, json=batch_of(120, "queued", revoke_after_seconds=600), timeout=120)
+    assert response.status_code == 202 and response.json()["accepted"] == 120
+    wait_for(lambda: {m.state for m in of_batch("queued")} == {State.SENT}, timeout=90, interval=0.5)
+    accepted = [r for r in rbm.requests if r["kind"] == "create" and r["status"] == 200]
+    assert len(accepted) == 120 and len({r["message_id"] for r in accepted}) == 120  # 0 duplicates
+    # The queue is the rate limit: creates in any second stay within its token bucket (rate + burst).
+    creates = [r["time"] for r in rbm.requests if r["kind"] == "create"]
+    assert max_in_window(creates) <= 2 * RATE
