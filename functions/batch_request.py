@@ -84,7 +84,8 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     messages, bad defaults, batch_id or precheck; TooLarge (an InvalidBatch) for more than
     MAX_MESSAGES."""
     _check(isinstance(body, dict), "body must be a JSON object")
-    messages, defaults, precheck = body.get("messages"), body.get("defaults") or {}, body.get("precheck", False)
+    messages, defaults, precheck = body.get("messages"), body.get("defaults"), body.get("precheck", False)
+    defaults = {} if defaults is None else defaults
     _check(isinstance(messages, list) and len(messages) > 0, "messages must be a non-empty array")
     if len(messages) > MAX_MESSAGES:
         raise TooLarge(f"a batch holds at most {MAX_MESSAGES:,} messages")
