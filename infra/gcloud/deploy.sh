@@ -284,6 +284,8 @@ elif cmd == "dashboard":  # service filter, dead-letter backlog filter, push sub
     charts = [  # the same charts as monitoring.tf
         ("Delivery funnel (per 5 min)", False,
          {e: log(e) for e in ("message_sent", "receipt_delivered", "receipt_read", "message_revoked", "sms_sent")}),
+        ("Batch throughput: creates of batch messages (per 5 min)", False,
+         {"batch_message_sent": log("batch_message_sent")}),
         ("Webhook: events published, signatures rejected", False,
          {e: log(e) for e in ("event_published", "signature_rejected")}),
         ("Needs a person: fallbacks UNKNOWN, events dead-lettered", False,
@@ -431,6 +433,7 @@ METRICS=(
   "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature, or a handshake with an unknown client token."
   "event_published|RBM events the webhook published to Pub/Sub."
   "message_sent|Messages the RBM API accepted from send_message or a re-send."
+  "batch_message_sent|Batch messages the RBM API accepted (send_batch's creates, paced by the RBM queue)."
   "receipt_delivered|DELIVERED receipts applied to a message."
   "receipt_read|READ receipts applied to a message."
   "message_revoked|Messages revoked after their deadline (process_due_work)."
@@ -439,7 +442,7 @@ METRICS=(
   "event_dead_lettered|Events a subscriber could not process and dead-lettered, with the reason."
 )
 # Events a metric counts besides the one it is named after (monitoring.tf's log_events_also).
-declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"')
+declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"' [message_sent]='"batch_message_sent"')
 for row in "${METRICS[@]}"; do
   event=${row%%|*} description=${row#*|}
   events="\"$event\"${METRIC_ALSO[$event]:+ OR ${METRIC_ALSO[$event]}}"

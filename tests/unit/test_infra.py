@@ -1569,16 +1569,19 @@ def test_the_outcomes_push_subscription_follows_topology_json_in_both_routes():
 
 
 def test_a_rejected_handshake_counts_with_the_rejected_signatures():
-    # Token guessing (handshakes with an unknown client token) raises the signature alert.
+    # Token guessing (handshakes with an unknown client token) raises the signature alert;
+    # a batch message's create counts among the messages sent.
     also = locals_()["log_events_also"]
-    assert also == {"signature_rejected": ["handshake_rejected"]} and logged_events_match("handshake_rejected")
+    assert also == {"signature_rejected": ["handshake_rejected"], "message_sent": ["batch_message_sent"]}
+    assert logged_events_match("handshake_rejected") and logged_events_match("batch_message_sent")
     counted = 'jsonPayload.event=("signature_rejected" OR "handshake_rejected")'
     (metric,) = (
         c for c in commands("twilio", "gcloud", "logging", "metrics", "create") if c[4].endswith("/signature_rejected")
     )
     assert flag(metric, "--log-filter").endswith(counted)
     for c in commands("twilio", "gcloud", "logging", "metrics", "create"):
-        if c is not metric:
-            assert flag(c, "--log-filter").endswith(f'jsonPayload.event=("{c[4].removeprefix("rbm_relay/")}")')
+        event = c[4].removeprefix("rbm_relay/")
+        counts = " OR ".join(f'"{e}"' for e in [event, *also.get(event, [])])
+        assert flag(c, "--log-filter").endswith(f"jsonPayload.event=({counts})")
     event = resources("google_logging_metric")["event"]
     assert "local.log_events_also" in event["filter"] and "signature_rejected" in also
