@@ -15,8 +15,8 @@ is not in the queue (its enqueue failed after the commit, the queue was
 purged, its lease ran out, or its tasks ran out of attempts) gets its task.
 Without a queue the pass acts on what is due itself, the simplest deployment.
 
-Nothing is lost, only late, by at most one period: a task that never arrives
-leaves its message due for the next pass. Nothing is done twice: a task
+Nothing is lost, only late, by at most one period and the slack: a task that
+never arrives leaves its message due for the next pass. Nothing is done twice: a task
 delivered twice, early, late or to two workers at once finds its messages
 claimed, done or not due yet (sweep.perform).
 """
@@ -59,8 +59,9 @@ def work(s: Sweep, item: WorkItem, owner: str, deadline: float | None = None) ->
 
 def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
     """The safety net for one overdue message: its timer's task, by its due time, left in
-    its queue if there; else created; if that name is taken (ALREADY_EXISTS: its task ran,
-    was deleted, or its queue was purged, in the last hour) created as the pass's rerun."""
+    its queue if there; else created; if that name is taken by no task in the queue
+    (ALREADY_EXISTS, and not there: its task ran, was deleted, or its queue was purged, in
+    the last hour) created under the pass's rerun name, which passes of the same minute share."""
     if time.monotonic() > deadline:
         return Rescue.LEFT
     due = sweep.due_at(s, message)
@@ -69,7 +70,9 @@ def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
             return Rescue.PRESENT
         if timers.enqueue(message.message_id, s.duty, due):
             return Rescue.ENQUEUED
-        # A rerun name already taken is this minute's earlier pass's task.
+        if timers.exists(message.message_id, s.duty, due):  # another pass created it just now
+            return Rescue.PRESENT
+        # A rerun name already taken is this minute's earlier (or concurrent) pass's task.
         return Rescue.ENQUEUED if timers.enqueue(message.message_id, s.duty, due, rerun) else Rescue.PRESENT
     except Exception as exc:  # one message's trouble must not stop the others; the next pass tries again
         logs.error(

@@ -295,8 +295,7 @@ def message_ref(message_id: str) -> DocumentReference:
 
 def _due_now(current: Message | None, new: Message) -> Message:
     """`new`, if it changed `current`, with its past due times as the time of writing
-    (transitions.due_from), so the scheduled runs, which look back only a few
-    seconds, see it at once."""
+    (transitions.due_from): its timer runs at once."""
     return new if new == current else due_from(new, now())
 
 

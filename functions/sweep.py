@@ -3,8 +3,8 @@
 A `Sweep` is one kind of due work: which messages are due (an `in` filter on
 one field and a range on a due-time field, backed by a declared composite
 index, so a query's cost follows the number due, not the collection), how one
-is claimed under a lease (a precondition write, so overlapping runs and
-duplicated work items never act twice: one claim wins, the others find it
+is claimed under a lease (a precondition write, so overlapping passes and
+tasks delivered twice or to two workers never act twice: one claim wins, the others find it
 taken), and how it is acted on. The lease *is* the due-time field: a claim
 that is never completed makes the message due again when it runs out.
 """
@@ -28,7 +28,7 @@ PAGE = 200
 
 
 class Outcome(StrEnum):
-    """What became of one due message; a run's summary counts them by these names."""
+    """What became of one due message; a pass's summary and a task's answer name them so."""
 
     REVOKED = "revoked"  # revoke_expired: the DELETE was answered 200
     DELIVERED = "delivered"  # the DELETE was answered 404: it reached the user first
@@ -40,7 +40,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # given up, the reason recorded
     SKIPPED = "skipped"  # claimed by someone else, no longer due, or not ours
     ERRORS = "errors"  # an unexpected error; its lease makes it due again
-    LEFT = "left"  # not looked at: the run's time was spent
+    LEFT = "left"  # not looked at: the pass's (or the task's) time was spent
 
 
 Claim = Callable[[Message, datetime, timedelta, str], Message | None]
@@ -53,7 +53,7 @@ class Sweep:
     """One kind of due work, whole: its entry point, query, claim, act and outcomes."""
 
     name: str  # the scheduled entry point that runs it
-    duty: Duty  # its name in a work item
+    duty: Duty  # its name in a work item and a task's name
     fields: tuple[str, str]  # (the field filtered with `in`, the due-time field): a declared composite index
     values: tuple[StrEnum, ...]  # the values of the first field that can be due
     claim: Claim
@@ -90,7 +90,7 @@ def due_at(sweep: Sweep, message: Message) -> datetime:
 
 def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | None) -> Outcome:
     """One message: claimed (or found taken) and acted on; a failure stays with it.
-    LEFT untouched, for a later run, once the monotonic `deadline` has passed."""
+    LEFT untouched, for a later pass or task, once the monotonic `deadline` has passed."""
     if deadline is not None and time.monotonic() > deadline:
         return Outcome.LEFT
     now, lease = store.now(), timedelta(seconds=config.lease_seconds())
@@ -111,7 +111,7 @@ def _claim_and_act(sweep: Sweep, message_id: str, owner: str, deadline: float | 
 
 @functools.cache
 def _executor() -> ThreadPoolExecutor:
-    """The calls in flight of this instance, all work items together: SWEEP_PARALLELISM at most."""
+    """The calls in flight of this instance, all its tasks (or its pass) together: SWEEP_PARALLELISM at most."""
     return ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix="act")
 
 

@@ -141,10 +141,11 @@ def _dropped(m: Message) -> Message:
 
 def due_from(m: Message, now: datetime) -> Message:
     """`m` with each due time (`next_action_at`, `fallback_at`) that is already past at
-    `now` moved to `now`. After its first look a scheduled run reads only work whose due
-    time is recent (dispatch.LOOKBACK_SECONDS), so a due time written in the past — the
-    sendTime of an event that reached us late, a deadline that passed while the message
-    waited to be re-sent — would wait for the next run; written as `now`, it is due at once."""
+    `now` moved to `now`. A due time written in the past — the sendTime of an event that
+    reached us late, a deadline that passed while the message waited to be re-sent — is
+    then the time of writing: its timer's task runs at once, and the scheduled safety net,
+    which leaves alone what fell due in its last dispatch.SAFETY_SLACK_SECONDS (its task is
+    on its way), does not look it up as a lost timer in the same second."""
 
     def moved(at: datetime | None) -> datetime | None:
         return now if at is not None and at < now else at

@@ -162,3 +162,19 @@ def test_each_duty_has_its_own_queue(monkeypatch, queried):
     monkeypatch.setattr(timers, "enqueue", lambda *a, **k: pytest.fail("a fallback went to the RBM queue"))
     monkeypatch.setattr(sweep, "perform", lambda s, ids, owner, deadline=None: dict.fromkeys(ids, Outcome.SENT))
     assert dispatch.run(send_fallbacks.FALLBACK)["sent"] == 1
+
+
+def test_a_pass_that_loses_the_race_for_the_timers_name_creates_no_second_task(queue, queried, monkeypatch):
+    _, found = queried
+    found += [overdue(1)]
+    real = timers.enqueue
+
+    def raced(message_id, duty, at, rerun=None):
+        if rerun is None:  # another pass created the timer's task between our look-up and our create
+            queue["present"].add(timers.name(message_id, duty, at))
+            return False
+        return real(message_id, duty, at, rerun)
+
+    monkeypatch.setattr(timers, "enqueue", raced)
+    assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
+    assert queue["created"] == []
