@@ -53,6 +53,14 @@ def send_message(request: flask.Request) -> Reply:
 
 @functions_framework.http
 @json_errors
+def send_batch(request: flask.Request) -> Reply:
+    from functions.send_batch import handle
+
+    return handle(request)
+
+
+@functions_framework.http
+@json_errors
 def revoke_expired(request: flask.Request) -> Reply:
     from functions.revoke_expired import handle
 

@@ -8,6 +8,9 @@
   python -m functions replay [--dry-run]         dead letters back onto the events topic
   python -m functions erase +E164 [--agent ID]   a number's data removed; an opt-out stays, as a keyed marker
   python -m functions migrate-conversations      conversations under unkeyed ids moved to keyed ids
+  python -m functions batch ID [--cancel]        a batch's counts by state, fallback and fate, its rate of
+                                                 creates and time left; --cancel withdraws the messages not
+                                                 yet created (FAILED "batch cancelled", SMS CANCELLED)
 
 They use the environment the functions use: GOOGLE_CLOUD_PROJECT, and the
 emulator hosts locally.
@@ -166,6 +169,21 @@ def migrate_conversations(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch(args: argparse.Namespace) -> int:
+    from functions import batches, store
+
+    stored = batches.get(args.batch_id)
+    if stored is None:
+        print(f"no batch {args.batch_id}", file=sys.stderr)
+        return 1
+    shown: dict[str, Any] = {"batch_id": stored.batch_id, "size": stored.size, "accepted": stored.accepted}
+    shown |= {"rejected": sum(len(r["indexes"]) for r in stored.rejections), "stored": stored.stored}
+    if args.cancel:  # a create in flight finishes within its lease: wait that long for it
+        shown["cancel"] = batches.cancel(args.batch_id, config.lease_seconds())
+    print(json.dumps(shown | batches.progress(args.batch_id, store.now()), indent=2))
+    return 0
+
+
 def _check_emulators() -> None:
     """Fails at once on an emulator that is not listening; the clients would retry for minutes."""
     for var in ("FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST"):
@@ -211,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     recent.add_argument("--fate", choices=[f.value for f in Fate])
     recent.add_argument("--limit", type=int, default=1000)
     recent.set_defaults(run=outcomes)
+    progress = commands.add_parser("batch", help="a batch's progress; --cancel withdraws what is not yet created")
+    progress.add_argument("batch_id")
+    progress.add_argument("--cancel", action="store_true", help="withdraw the messages not yet created")
+    progress.set_defaults(run=batch)
     args = parser.parse_args(argv)
     try:
         _check_emulators()

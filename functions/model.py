@@ -110,6 +110,9 @@ FALLBACK_QUERY = ("fallback", "fallback_at")
 # The outbox of outcome events (functions/outbox.py): one document per event, id = event_id,
 # and its republisher's query: unpublished events, oldest first.
 OUTCOMES_COLLECTION = "rbm_outcomes"
+# send_batch's requests (functions/batches.py): one document per batch, id = batch_id. Its
+# messages are found by equality on `batch_id` (and `state`), which single-field indexes serve.
+BATCHES_COLLECTION = "rbm_batches"
 OUTBOX_QUERY = ("published", "created_at")
 # The operator's `python -m functions outcomes --since … --fate …`: recent events of one fate.
 RECENT_BY_FATE_QUERY = ("fate", "created_at")
@@ -161,6 +164,10 @@ class Message:
     applied: list[str] = field(default_factory=list)  # ids of the RBM events applied
     client_ref: str | None = None  # the sender's reference, echoed in every outcome event
     metadata: dict[str, str] = field(default_factory=dict)  # the sender's key/values, echoed likewise
+    batch_id: str | None = None  # the send_batch request that made it, echoed in every outcome event
+    # A batch message's deadline counts from its own accepted create (transitions.learn), not from the
+    # batch's acceptance: it waits in the queue PENDING with revoke_at unset and this duration kept.
+    revoke_after_seconds: int | None = None
     outcome_seq: int = 0  # seq of the last outcome event committed (functions.outcomes)
     updated_at: datetime | None = None
     expire_at: datetime | None = None  # TTL policy field
@@ -263,3 +270,40 @@ class UserMessage:
     def to_doc(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         return {k: v for k, v in doc.items() if k != "content"} | self.content
+
+
+@dataclass
+class Batch:
+    """rbm_batches/{batch_id}: one send_batch request, so a retry of it answers the same.
+
+    Written when the request is first taken (`stored` false) and completed once every
+    accepted message is stored (`stored` true, the answer filled in): a retry of a batch
+    whose storing was cut short stores the rest, one of a stored batch reads the answer."""
+
+    batch_id: str
+    fingerprint: str  # of the request (batch_request.request_fingerprint): a retry must match it
+    size: int  # messages in the request
+    precheck: bool = False
+    stored: bool = False
+    accepted: int = 0
+    unreachable: int = 0  # accepted messages the pre-check found unreachable: no create, SMS at once
+    rejections: list[dict[str, Any]] = field(default_factory=list)  # [{"error", "indexes": [...]}], by error
+    created_at: datetime | None = None
+    stored_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    updated_at: datetime | None = None
+    expire_at: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, data: dict[str, Any]) -> "Batch":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """The rejected messages as send_batch answers them: [{"index", "error"}], by index."""
+        return sorted(
+            ({"index": i, "error": r["error"]} for r in self.rejections for i in r["indexes"]), key=lambda r: r["index"]
+        )

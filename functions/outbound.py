@@ -86,8 +86,12 @@ class Outbound:
             self.metadata,
         )
 
-    def record(self, now: datetime, resend_after: float) -> Message:
-        """The PENDING document stored before RBM is called."""
+    def record(self, now: datetime, resend_after: float, batch_id: str | None = None) -> Message:
+        """The PENDING document stored before RBM is called. A batch message (`batch_id` set)
+        is due at once, for the queue that paces creates, and keeps its deadline as a
+        duration that counts from its accepted create (transitions.learn): the wait in the
+        queue never eats into its RCS window."""
+        deadline = timedelta(seconds=self.revoke_after_seconds) if self.revoke_after_seconds else None
         return Message(
             message_id=self.message_id,
             phone=self.phone,
@@ -98,12 +102,14 @@ class Outbound:
             fallback_text=self.fallback_text,
             fallback_segments=sms_text.count(self.fallback_text).segments if self.fallback_text else None,
             time_sensitive=self.time_sensitive,
-            revoke_at=now + timedelta(seconds=self.revoke_after_seconds) if self.revoke_after_seconds else None,
-            next_action_at=now + timedelta(seconds=resend_after),
+            revoke_at=now + deadline if deadline and not batch_id else None,
+            next_action_at=now if batch_id else now + timedelta(seconds=resend_after),
             created_at=now,
             fingerprint=self.fingerprint,
             client_ref=self.client_ref,
             metadata=dict(self.metadata),
+            batch_id=batch_id,
+            revoke_after_seconds=self.revoke_after_seconds if batch_id else None,
         )
 
 

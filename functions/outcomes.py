@@ -80,6 +80,7 @@ class OutcomeEvent:
     client_ref: str | None = None
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     reason: str | None = None
+    batch_id: str | None = None  # the send_batch request the message came in
 
     @property
     def event_id(self) -> str:
@@ -102,10 +103,11 @@ class OutcomeEvent:
             "phone": self.phone,
             "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "reason": self.reason,
+            "batch_id": self.batch_id,
         }
 
     def attributes(self) -> dict[str, str]:
-        """Pub/Sub attributes a subscription can filter on; `client_ref` only when set."""
+        """Pub/Sub attributes a subscription can filter on; `client_ref` and `batch_id` only when set."""
         attributes = {
             "event_id": self.event_id,
             "message_id": self.message_id,
@@ -113,7 +115,11 @@ class OutcomeEvent:
             "fate": self.fate.value,
             "agent_id": self.agent_id or "",
         }
-        return attributes | ({"client_ref": self.client_ref} if self.client_ref else {})
+        return (
+            attributes
+            | ({"client_ref": self.client_ref} if self.client_ref else {})
+            | ({"batch_id": self.batch_id} if self.batch_id else {})
+        )
 
     def to_doc(self) -> dict[str, Any]:
         """The event as its outbox document holds it (Firestore keeps the datetime)."""
@@ -134,6 +140,7 @@ class OutcomeEvent:
             client_ref=doc.get("client_ref"),
             metadata=doc.get("metadata") or {},
             reason=doc.get("reason"),
+            batch_id=doc.get("batch_id"),
         )
 
 
@@ -195,6 +202,7 @@ def changes(before: Message | None, after: Message, at: datetime) -> list[Outcom
             client_ref=after.client_ref,
             metadata=dict(after.metadata or {}),
             reason=after.sms_error_code if status == "SMS_UNDELIVERED" else _reason(after, status),
+            batch_id=after.batch_id,
         )
         for i, (status, channel) in enumerate(statuses, start=1)
     ]

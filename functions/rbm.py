@@ -30,6 +30,7 @@ SCOPE = "https://www.googleapis.com/auth/rcsbusinessmessaging"
 # connect, read (s): a create RBM answers only after 10 s still gets its answer, and one
 # call (RBM_RETRY_SECONDS plus one try) stays inside send_message's 60 s timeout.
 TIMEOUT = (3.05, 30)
+MAX_BATCH_GET_USERS = 10_000  # numbers one users.batchGet takes (batch_request.MAX_MESSAGES is the same)
 RETRY_AFTER_CAP = 900.0  # the longest Retry-After honoured, s: RBM's wait, not a stall of the sweep
 
 
@@ -147,6 +148,13 @@ class RbmClient:
         `may_have_acted`, when an earlier try may have revoked it."""
         params = {"agentId": agent_id and agents.api_form(agent_id)}
         return self._call("DELETE", f"phones/{phone}/agentMessages/{message_id}", params)
+
+    def reachable_users(self, phones: list[str], agent_id: str) -> Result:
+        """users.batchGet (RBM reference, v1/users/batchGet): which of `phones` (E.164, at
+        most MAX_BATCH_GET_USERS) the agent can reach over RCS; OK: `body["reachableUsers"]`.
+        The reference documents 600 queries a minute, and the answer may not be current
+        (it comes from a cache): a number it leaves out may have RCS after all."""
+        return self._call("POST", "users:batchGet", {}, {"users": phones, "agentId": agents.api_form(agent_id)})
 
 
 @functools.cache

@@ -1,16 +1,20 @@
 """A recorded PENDING message through RBM's agentMessages.create, and what its answer teaches.
 
 Below both callers: send_message sends a message it has just recorded,
-revoke_expired re-sends one whose create never got through. The platform
+revoke_expired re-sends one whose create never got through (a batch message's
+create is such a re-send, paced by the RBM queue). The platform
 ignores a messageId it has seen (RBM reference, phones.agentMessages.create),
 so a create under the message's own id is safe to repeat; one answered 409
 ALREADY_EXISTS (AIP-133) was accepted by an earlier call: SENT, never a failure.
 """
 
 from functions import logs, rbm, store
-from functions.model import Message
+from functions.model import Message, State
 from functions.transitions import Fact, learn
 
+# A batch message's create accepted: the dashboard's batch throughput; the message_sent
+# metric counts it too (infra: log_events_also).
+BATCH_MESSAGE_SENT = "batch_message_sent"
 # What each create outcome teaches about the message.
 CREATE_FACTS = {
     rbm.Outcome.OK: Fact.ACCEPTED,
@@ -41,9 +45,13 @@ def send(message: Message, paced: bool = False) -> tuple[Message | None, rbm.Res
     fact, now = CREATE_FACTS[result.outcome], store.now()
     error = None if fact is Fact.ACCEPTED else result.error
     message = store.change_message(message.message_id, lambda m: learn(m, fact, now, error=error))
+    event = f"message_{message.state.value.lower()}"
+    if message.batch_id and message.state is State.SENT:
+        event = BATCH_MESSAGE_SENT
     logs.info(
         f"message {message.state.value.lower()}",
-        event=f"message_{message.state.value.lower()}",
+        event=event,
+        batch_id=message.batch_id,
         message_id=message.message_id,
         agent_id=message.agent_id,
         phone=message.phone,

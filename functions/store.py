@@ -12,6 +12,7 @@ UnstorableError and the reason, rather than in every retry.
 import functools
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -23,12 +24,18 @@ from google.cloud.firestore_v1.document import DocumentReference
 from google.cloud.firestore_v1.query import Query
 
 from functions import config, outcomes
-from functions.model import Conversation, Message, UserMessage, expiry
+from functions.model import Batch, Conversation, Message, UserMessage, expiry
 from functions.outcomes import OutcomeEvent
 from functions.transitions import due_from
 
-T = TypeVar("T", Message, Conversation, UserMessage)
+T = TypeVar("T", Message, Conversation, UserMessage, Batch)
 ATTEMPTS = 20
+# Firestore's limit on the writes of one commit ("Quotas and limits").
+BATCH_WRITES = 500
+# Messages created in one commit: each with at most one outcome event (UNREACHABLE, for a batch
+# message the pre-check found unreachable), and room left for the outbox marks (100) a commit carries.
+CREATE_PAGE = 200
+CREATE_PARALLELISM = 8  # commits of create_messages in flight at once
 # Each Firestore call (reads, queries, commits) gives up after this long, its retries
 # of UNAVAILABLE included, so a request in an outage gets an answer (503, or a Pub/Sub
 # redelivery) instead of hanging until the platform ends it; the library's own
@@ -215,26 +222,64 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
         batch = client().batch()
         for ref, snapshot, n in writes:
             stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
-        marks: dict[str, float] = {}
-        if events:  # imported here: a function that never changes a message never loads Pub/Sub
-            from functions import outbox
-
-            marks = outbox.stage(batch, events, at)
-        try:
-            batch.commit(retry=RETRY, timeout=CALL_SECONDS)
-        except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
-            if marks:
-                outbox.unstage(marks)
-            continue
-        except exceptions.NotFound:  # an outbox document to mark is gone: drop the marks, not the change
-            if not marks:
-                raise
-            outbox.forget_marks()
-            continue
-        if events:
-            outbox.deliver(events)
-        return new
+        if _commit(batch, events, at):
+            return new
     raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")
+
+
+def _commit(batch: firestore.WriteBatch, events: list[OutcomeEvent], at: datetime) -> bool:
+    """Commits `batch` with the outbox documents of `events` (outbox.stage) and publishes them
+    once committed. False, nothing written, when a precondition failed (a document written,
+    created or deleted since it was read): the caller reads again."""
+    marks: dict[str, float] = {}
+    if events:  # imported here: a function that never changes a message never loads Pub/Sub
+        from functions import outbox
+
+        marks = outbox.stage(batch, events, at)
+    try:
+        batch.commit(retry=RETRY, timeout=CALL_SECONDS)
+    except (exceptions.FailedPrecondition, exceptions.Conflict, exceptions.AlreadyExists):
+        if marks:
+            outbox.unstage(marks)
+        return False
+    except exceptions.NotFound:  # an outbox document to mark is gone: drop the marks, not the change
+        if not marks:
+            raise
+        outbox.forget_marks()
+        return False
+    if events:
+        outbox.deliver(events)
+    return True
+
+
+def create_messages(new: list[Message]) -> list[Message]:
+    """Creates the documents of `new` that are absent, CREATE_PAGE to a commit with their
+    outcome events' outbox documents, pages in parallel (CREATE_PARALLELISM); a message
+    whose document exists (written by an earlier try of the same request) is left as it
+    is. Returns the messages this call created, as stored. UnstorableError if one can't be
+    stored (its page and the pages not yet committed are not written), ContentionError if
+    a page kept conflicting."""
+    pages = [new[i : i + CREATE_PAGE] for i in range(0, len(new), CREATE_PAGE)]
+    with ThreadPoolExecutor(CREATE_PARALLELISM, thread_name_prefix="create") as pool:
+        return [m for created in pool.map(_create_page, pages) for m in created]
+
+
+def _create_page(page: list[Message]) -> list[Message]:
+    absent = [(message_ref(m.message_id), m) for m in page]
+    for _ in range(ATTEMPTS):
+        if not absent:
+            return []
+        at, batch, events, created = now(), client().batch(), [], []
+        for ref, message in absent:
+            numbered, more = outcomes.numbered(None, message, at)
+            batch.create(ref, check(ref, stamped(numbered.to_doc(), at)))
+            events += more
+            created.append(numbered)
+        if _commit(batch, events, at):
+            return created
+        exist = {s.reference.path for s in _read([ref for ref, _ in absent]) if s.exists}
+        absent = [(ref, m) for ref, m in absent if ref.path not in exist]
+    raise ContentionError(f"{absent[0][0].path}: still contended after {ATTEMPTS} attempts")
 
 
 def update(ref: DocumentReference, kind: type[T], change: Callable[[T | None], T]) -> T:

@@ -76,6 +76,15 @@ def _makes_due(state: State, time_sensitive: bool) -> bool:
     return state in (State.REVOKED, State.UNREACHABLE, State.FAILED)
 
 
+def _deadline(m: Message, accepted_at: datetime) -> datetime | None:
+    """The deadline of a message RBM accepted at `accepted_at`: the one it was stored with,
+    or, for a batch message (stored with none, its `revoke_after_seconds` kept), that long
+    after this first acceptance, so its wait in the queue never shortens its RCS window."""
+    if m.revoke_at is None and m.revoke_after_seconds:
+        return accepted_at + timedelta(seconds=m.revoke_after_seconds)
+    return m.revoke_at
+
+
 def _fallback_for(m: Message) -> Fallback:
     """What a fallback not yet under way should be, given what is known of delivery."""
     if m.fallback not in (Fallback.WAITING, Fallback.DUE):
@@ -102,6 +111,7 @@ def learn(m: Message, fact: Fact, at: datetime, event_id: str | None = None, err
     if m.state not in SWEPT_STATES:
         m.next_action_at = None
     elif fact is Fact.ACCEPTED and m.state is State.SENT:
+        m.revoke_at = _deadline(m, at)
         m.next_action_at, m.attempts = m.revoke_at, 0
     elif fact is Fact.REVOKE_FAILED:
         m.next_action_at = _earliest(m.next_action_at, at)
@@ -191,6 +201,19 @@ def retry_revoke(
         fact = Fact.SEND_FAILED if m.state is State.PENDING else Fact.REVOKE_ABANDONED
         return learn(m, fact, now, error=f"gave up after {m.attempts} attempts: {error}")
     m.next_action_at = now + max(backoff(m.attempts, base), timedelta(seconds=retry_after or 0))
+    return m
+
+
+def cancel_pending(m: Message, now: datetime, reason: str) -> Message:
+    """A message whose create was never made, withdrawn by its sender (a cancelled batch):
+    FAILED with `reason`, and its SMS, not under way, CANCELLED (a withdrawn message is sent
+    on neither channel). A message that is no longer PENDING, or whose create is in flight
+    (claimed, its lease running), is left as it is: that call finishes."""
+    if m.state is not State.PENDING or (m.lease_owner and m.next_action_at and m.next_action_at > now):
+        return m
+    m = learn(m, Fact.SEND_FAILED, now, error=reason)
+    if m.fallback in (Fallback.WAITING, Fallback.DUE):
+        m = dataclasses.replace(m, fallback=Fallback.CANCELLED, fallback_at=None)
     return m
 
 

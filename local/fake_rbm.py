@@ -1,7 +1,7 @@
 """A fake of the RBM platform's REST API, for tests and demos.
 
-It speaks Google's wire format for agentMessages create / delete, agentEvents
-and capabilities, keeps the messages it accepted, and can be told to make a
+It speaks Google's wire format for agentMessages create / delete, agentEvents,
+capabilities and users.batchGet, keeps the messages it accepted, and can be told to make a
 phone unreachable, slow or failing, to throttle with `Retry-After`, or to act
 on a call and drop the connection before answering, so callers meet the
 platform's real answers without the platform.
@@ -21,6 +21,7 @@ takes either spelling as the same agent, and records the one it was given.
 """
 
 import argparse
+import random
 import re
 import time
 from datetime import UTC, datetime
@@ -39,13 +40,20 @@ FEATURES = [
     "ACTION_VIEW_LOCATION",
 ]
 MODES = ("accept", "not_rcs", "error", "slow")
-CONTROLLED = ("create", "revoke")  # kinds of call the controls act on: creates keyed by phone, revokes by message id
+# Kinds of call the controls act on: creates keyed by phone, revokes by message id, users.batchGet by agent id.
+CONTROLLED = ("create", "revoke", "batch_get")
+# users.batchGet (reference/rest/v1/users/batchGet): the numbers one call takes at most (the
+# reference gives none; the issue's 10,000, Twilio's bulk size), and the share of them the
+# random sample holds ("approximately 75% of the total requested"; 0 below 500 numbers).
+BATCH_GET_MAX_USERS = 10_000
+BATCH_GET_SAMPLE_SHARE, BATCH_GET_SAMPLE_MIN = 0.75, 500
 
 _ROUTES = [
     ("POST", re.compile(r"^/v1/phones/([^/]+)/agentMessages$"), "create"),
     ("DELETE", re.compile(r"^/v1/phones/([^/]+)/agentMessages/([^/]+)$"), "revoke"),
     ("POST", re.compile(r"^/v1/phones/([^/]+)/agentEvents$"), "event"),
     ("GET", re.compile(r"^/v1/phones/([^/]+)/capabilities$"), "capabilities"),
+    ("POST", re.compile(r"^/v1/users:batchGet$"), "batch_get"),
 ]
 _MESSAGE_FIELDS = {"name", "sendTime", "contentMessage", "messageTrafficType", "ttl", "expireTime"}
 _DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
@@ -111,6 +119,7 @@ class FakeRbm(FakeServer):
             self._retry_after: dict[tuple[str, str], str] = {}
             self._latency: dict[tuple[str, str], float] = {}
             self._drops: dict[tuple[str, str], int] = {}
+            self._stale: tuple[float, int] = (0.0, 0)
 
     def set_phone(self, phone: str, mode: str = "accept", delay: float = 0.0) -> None:
         """accept | not_rcs (404 on create, events, capabilities) | error (500 on
@@ -144,12 +153,22 @@ class FakeRbm(FakeServer):
             key = _key(method, phone_or_message)
             self._drops[key] = self._drops.get(key, 0) + times
 
-    def fail_share(self, kind: str, share: float, seed: int = 0) -> None:
-        """Answer 500 to a random `share` of create or revoke calls, repeatably."""
+    def fail_share(self, kind: str, share: float, seed: int = 0, status: int = 500) -> None:
+        """Answer `status` (500, or 429 / 503 for a storm) to a random `share` of create or
+        revoke calls, repeatably."""
         if kind not in ("create", "revoke"):
             raise ValueError("kind must be 'create' or 'revoke'")
         with self._lock:
-            self._faults.fail_share(kind, share, seed)
+            self._faults.fail_share(kind, share, seed, status)
+
+    def stale_share(self, share: float, seed: int = 0) -> None:
+        """users.batchGet answers from a cache that "may not be current" (the reference): for
+        a `share` of numbers (the same ones for a given seed) it reports the opposite of the
+        truth, a number without RCS as reachable and one with RCS as not."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError("share must be between 0 and 1")
+        with self._lock:
+            self._stale = (share, seed)
 
     def mark_delivered(self, message_id: str) -> bool:
         """The user's device got the message: a later revoke answers 404.
@@ -188,7 +207,7 @@ class FakeRbm(FakeServer):
     def count(
         self, kind: str, message_id: str | None = None, phone: str | None = None, status: int | None = None
     ) -> int:
-        """How many requests of a kind (create, revoke, event, capabilities) matched."""
+        """How many requests of a kind (create, revoke, event, capabilities, batch_get) matched."""
         with self._lock:
             return sum(
                 1
@@ -207,7 +226,7 @@ class FakeRbm(FakeServer):
         for method, pattern, name in _ROUTES:
             match = pattern.match(request.path)
             if match and request.method == method:
-                kind, phone = name, unquote(match[1])
+                kind, phone = name, unquote(match[1]) if pattern.groups else None
                 path_id = unquote(match[2]) if name == "revoke" else None
         try:
             body = request.json()
@@ -222,7 +241,8 @@ class FakeRbm(FakeServer):
             "kind": kind,
             "phone": phone,
             "message_id": message_id,
-            "agent_id": request.query.get("agentId"),
+            "agent_id": request.query.get("agentId")
+            or (body.get("agentId") if kind == "batch_get" and isinstance(body, dict) else None),
             "query": request.query,
             "body": body,
             "status": None,
@@ -231,7 +251,7 @@ class FakeRbm(FakeServer):
             "dropped": False,
             "retry_after": None,
         }
-        key = (kind, phone if kind == "create" else message_id)
+        key = (kind, {"create": phone, "batch_get": record["agent_id"]}.get(kind, message_id))
         with self._lock:
             status, payload = self._answer(record)
             record["status"] = status
@@ -254,7 +274,7 @@ class FakeRbm(FakeServer):
             return google_error(404, f"Method or path not found: {r['method']} {r['path']}")
         if not r["agent_id"]:
             return google_error(400, "agentId is required.")
-        if not E164.match(r["phone"]):
+        if r["kind"] != "batch_get" and not E164.match(r["phone"]):
             return google_error(400, f"Invalid phone number: {r['phone']!r}")
         return getattr(self, "_" + r["kind"])(r)
 
@@ -337,10 +357,40 @@ class FakeRbm(FakeServer):
             return google_error(404)
         return 200, {"features": list(FEATURES)}
 
+    def _batch_get(self, r: dict) -> tuple[int, Any]:
+        """users.batchGet: of `users`, those with RCS (mode other than not_rcs) in
+        `reachableUsers`, a stale share reported wrong (stale_share), and the random sample's
+        counts; 400 for a body the reference's request does not describe."""
+        body = r["body"]
+        if not isinstance(body, dict) or set(body) - {"users", "agentId"}:
+            return google_error(400, "Invalid JSON payload received. Unknown name: Cannot find field.")
+        users = body.get("users")
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) for u in users):
+            return google_error(400, "users must be a non-empty list of phone numbers.")
+        if len(users) > BATCH_GET_MAX_USERS:
+            return google_error(400, f"At most {BATCH_GET_MAX_USERS} users per request.")
+        if bad := next((u for u in users if not E164.match(u)), None):
+            return google_error(400, f"Invalid phone number: {bad!r}")
+        error = self._faults.next_error(("batch_get", r["agent_id"]), "batch_get")
+        if error:
+            return google_error(error)
+        share, seed = self._stale
+        stale = {u for u in users if random.Random(f"{seed}:{u}").random() < share}
+        reachable = [u for u in dict.fromkeys(users) if (self._mode(u) != "not_rcs") != (u in stale)]
+        sample = users[: int(len(users) * BATCH_GET_SAMPLE_SHARE)] if len(users) >= BATCH_GET_SAMPLE_MIN else []
+        return 200, {
+            "reachableUsers": reachable,
+            "totalRandomSampleUserCount": len(sample),
+            "reachableRandomSampleUserCount": sum(1 for u in sample if self._mode(u) != "not_rcs"),
+        }
+
 
 def _key(method: str, phone_or_message: str) -> tuple[str, str]:
     if method not in CONTROLLED:
-        raise ValueError("method must be 'create' (keyed by phone) or 'revoke' (keyed by message id)")
+        raise ValueError(
+            "method must be 'create' (keyed by phone), 'revoke' (keyed by message id)"
+            " or 'batch_get' (keyed by agent id)"
+        )
     return method, phone_or_message
 
 

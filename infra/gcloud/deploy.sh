@@ -288,6 +288,8 @@ elif cmd == "dashboard":  # service filter, dead-letter backlog filter, queue na
     charts = [  # the same charts as monitoring.tf
         ("Delivery funnel (per 5 min)", False,
          {e: log(e) for e in ("message_sent", "receipt_delivered", "receipt_read", "message_revoked", "sms_sent")}),
+        ("Batch throughput: creates of batch messages (per 5 min)", False,
+         {"batch_message_sent": log("batch_message_sent")}),
         ("Webhook: events published, signatures rejected", False,
          {e: log(e) for e in ("event_published", "signature_rejected")}),
         ("Needs a person: fallbacks UNKNOWN, events dead-lettered", False,
@@ -368,6 +370,7 @@ FUNCTIONS=(
   "track_delivery   rbm-track-delivery   pubsub    internal-only         common,dead_letter,store,outcomes,$TIMERS        -                       dead_letter,outcomes"
   "record_inbound   rbm-record-inbound   pubsub    internal-only         common,dead_letter,store,outcomes,agent,opt_out  CONVERSATION_ID_KEY     dead_letter"
   "send_message     rbm-send-message     clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text,$TIMERS $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
+  "send_batch       rbm-send-batch       clients   $SEND_MESSAGE_INGRESS common,store,outcomes,agent,rbm,sms_text,$TIMERS $REVOKE_SECRETS,CONVERSATION_ID_KEY outcomes"
   "revoke_expired   rbm-revoke-expired   scheduler internal-only         $REVOKE_SETTINGS                                 -                       outcomes"
   "send_fallbacks   rbm-send-fallbacks   scheduler internal-only         $FALLBACK_SETTINGS                               -                       -"
 )
@@ -467,6 +470,7 @@ METRICS=(
   "signature_rejected|Webhook requests rejected for a bad or missing X-Goog-Signature, or a handshake with an unknown client token."
   "event_published|RBM events the webhook published to Pub/Sub."
   "message_sent|Messages the RBM API accepted from send_message or a re-send."
+  "batch_message_sent|Batch messages the RBM API accepted (send_batch's creates, paced by the RBM queue)."
   "receipt_delivered|DELIVERED receipts applied to a message."
   "receipt_read|READ receipts applied to a message."
   "message_revoked|Messages revoked after their deadline (process_due_work)."
@@ -476,7 +480,7 @@ METRICS=(
   "timer_not_set|Timers a function could not enqueue on Cloud Tasks: the message stays due and the next scheduled pass enqueues it, up to a minute late."
 )
 # Events a metric counts besides the one it is named after (monitoring.tf's log_events_also).
-declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"')
+declare -A METRIC_ALSO=([signature_rejected]='"handshake_rejected"' [message_sent]='"batch_message_sent"')
 for row in "${METRICS[@]}"; do
   event=${row%%|*} description=${row#*|}
   events="\"$event\"${METRIC_ALSO[$event]:+ OR ${METRIC_ALSO[$event]}}"

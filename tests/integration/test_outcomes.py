@@ -65,6 +65,7 @@ def test_an_event_whose_publish_failed_after_the_commit_is_published_by_the_next
         "phone": PHONE,
         "occurred_at": event["occurred_at"],
         "reason": "RBM 404",
+        "batch_id": None,
     }
     assert attributes == {
         "event_id": f"{message_id}:1",

@@ -292,6 +292,55 @@ def test_fail_share_is_repeatable_per_seed(rbm):
     assert create(rbm).status_code == 200
 
 
+# RBM: users.batchGet
+
+
+def batch_get(rbm, body):
+    return requests.post(f"{rbm.url}/v1/users:batchGet", json=body, timeout=5)
+
+
+def test_batch_get_reports_the_reachable_numbers_and_a_sample_from_500_on(rbm):
+    rbm.set_phone("+15550000002", "not_rcs")
+    few = batch_get(rbm, {"users": [PHONE, "+15550000002"], "agentId": AGENT})
+    assert few.status_code == 200
+    assert few.json() == {
+        "reachableUsers": [PHONE],
+        "totalRandomSampleUserCount": 0,
+        "reachableRandomSampleUserCount": 0,
+    }
+    many = [f"+1555100{i:04d}" for i in range(600)]
+    rbm.set_phone(many[0], "not_rcs")
+    answer = batch_get(rbm, {"users": many, "agentId": AGENT}).json()
+    assert len(answer["reachableUsers"]) == 599 and answer["totalRandomSampleUserCount"] == 450
+    assert answer["reachableRandomSampleUserCount"] == 449
+    assert rbm.count("batch_get") == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"users": [PHONE]},
+        {"users": [], "agentId": AGENT},
+        {"users": ["4155550123"], "agentId": AGENT},
+        {"users": [PHONE], "agentId": AGENT, "extra": 1},
+        {"users": [f"+1555200{i:04d}" for i in range(10_001)], "agentId": AGENT},
+    ],
+)
+def test_batch_get_refuses_what_the_reference_does_not_describe(rbm, body):
+    assert_google_error(batch_get(rbm, body), 400, "INVALID_ARGUMENT")
+
+
+def test_batch_get_may_answer_stale_for_a_share_of_numbers_and_can_be_scripted(rbm):
+    users = [f"+1555300{i:04d}" for i in range(200)]
+    rbm.stale_share(0.25, seed=1)
+    reachable = batch_get(rbm, {"users": users, "agentId": AGENT}).json()["reachableUsers"]
+    assert 20 < len(users) - len(reachable) < 80  # all have RCS; the cache says some do not
+    assert reachable == batch_get(rbm, {"users": users, "agentId": AGENT}).json()["reachableUsers"]  # repeatable
+    rbm.script("batch_get", AGENT, [429], retry_after="3")
+    throttled = batch_get(rbm, {"users": users, "agentId": AGENT})
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "3"
+
+
 # RBM: agentMessages.delete
 
 

@@ -96,6 +96,7 @@ ACCESS = {
     "track_delivery": ("write", {"dead_letter", "outcomes"}, set(), {"rbm", "sms"}),
     "record_inbound": ("write", {"dead_letter"}, {"CONVERSATION_ID_KEY"}, set()),
     "send_message": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}, {"rbm", "sms"}),
+    "send_batch": ("write", {"outcomes"}, {"RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"}, {"rbm", "sms"}),
     "revoke_expired": ("write", {"outcomes"}, set(), {"rbm"}),
     "send_fallbacks": ("read", set(), set(), {"sms"}),
     "process_due_work": (
@@ -289,12 +290,14 @@ def settings_needed(entry_point: str) -> frozenset[str]:
 
 @cache
 def commits_messages(entry_point: str) -> bool:
-    """Whether the code behind an entry point commits message changes through
-    store.update_message / change_message, the commits that set timers."""
+    """Whether the code behind an entry point sets timers: commits message changes through
+    store.update_message / change_message, or calls functions.timers itself (send_batch)."""
     _, node = entry_points()[entry_point]
     for module in module_closure(imported_modules(node, "main")) - {f"{PACKAGE}.store"}:
         for call in ast.walk(_parse(_module_file(module))):
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in COMMITS:
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            if call.func.attr in COMMITS or (isinstance(call.func.value, ast.Name) and call.func.value.id == "timers"):
                 return True
     return False
 
@@ -321,6 +324,7 @@ def test_main_exposes_the_design_entry_points():
         "track_delivery": "cloud_event",
         "record_inbound": "cloud_event",
         "send_message": "http",
+        "send_batch": "http",
         "revoke_expired": "http",
         "send_fallbacks": "http",
         "process_due_work": "http",
@@ -1855,16 +1859,19 @@ def test_the_outcomes_push_subscription_follows_topology_json_in_both_routes():
 
 
 def test_a_rejected_handshake_counts_with_the_rejected_signatures():
-    # Token guessing (handshakes with an unknown client token) raises the signature alert.
+    # Token guessing (handshakes with an unknown client token) raises the signature alert;
+    # a batch message's create counts among the messages sent.
     also = locals_()["log_events_also"]
-    assert also == {"signature_rejected": ["handshake_rejected"]} and logged_events_match("handshake_rejected")
+    assert also == {"signature_rejected": ["handshake_rejected"], "message_sent": ["batch_message_sent"]}
+    assert logged_events_match("handshake_rejected") and logged_events_match("batch_message_sent")
     counted = 'jsonPayload.event=("signature_rejected" OR "handshake_rejected")'
     (metric,) = (
         c for c in commands("twilio", "gcloud", "logging", "metrics", "create") if c[4].endswith("/signature_rejected")
     )
     assert flag(metric, "--log-filter").endswith(counted)
     for c in commands("twilio", "gcloud", "logging", "metrics", "create"):
-        if c is not metric:
-            assert flag(c, "--log-filter").endswith(f'jsonPayload.event=("{c[4].removeprefix("rbm_relay/")}")')
+        event = c[4].removeprefix("rbm_relay/")
+        counts = " OR ".join(f'"{e}"' for e in [event, *also.get(event, [])])
+        assert flag(c, "--log-filter").endswith(f"jsonPayload.event=({counts})")
     event = resources("google_logging_metric")["event"]
     assert "local.log_events_also" in event["filter"] and "signature_rejected" in also

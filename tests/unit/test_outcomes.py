@@ -131,6 +131,7 @@ def test_data_and_attributes_follow_the_contract():
         "phone",
         "occurred_at",
         "reason",
+        "batch_id",
     }
     assert event.data()["occurred_at"] == "2026-01-01T00:00:00Z"
     assert event.attributes() == {
@@ -143,6 +144,10 @@ def test_data_and_attributes_follow_the_contract():
     }
     assert "client_ref" not in dataclasses.replace(event, client_ref=None).attributes()
     assert type(event).from_doc(event.to_doc()) == event
+    in_batch = dataclasses.replace(event, batch_id="spring-campaign")
+    assert in_batch.data()["batch_id"] == in_batch.attributes()["batch_id"] == "spring-campaign"
+    assert "batch_id" not in event.attributes() and event.data()["batch_id"] is None
+    assert type(event).from_doc(in_batch.to_doc()) == in_batch
 
 
 def test_a_receipt_time_with_an_offset_is_published_in_utc_as_its_republished_copy_is():

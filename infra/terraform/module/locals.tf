@@ -36,6 +36,10 @@ locals {
   #     that is still being processed.
   #   send_message: 20 concurrent calls; 60 s covers RBM_RETRY_SECONDS (10)
   #     plus the Firestore writes around the call.
+  #   send_batch: up to 10,000 messages (a body of up to 32 MiB, Cloud Run's
+  #     request limit) parsed and held at once, so 1Gi and 4 concurrent batches;
+  #     120 s covers the opt-out reads, a users.batchGet per 10,000 numbers and
+  #     the bulk writes (50 commits of 200, 8 in flight) of the largest batch.
   #   revoke_expired, send_fallbacks (scheduled): one request per instance,
   #     one short pass per period: the safety net, which enqueues the task of
   #     any message overdue whose timer is missing (tasks.tf). A hung run is
@@ -108,6 +112,19 @@ locals {
     send_message = {
       name          = "rbm-send-message"
       description   = "Records an outbound message, then sends it through the RBM API."
+      invoker       = "clients"
+      ingress       = var.send_message_ingress
+      min_instances = null
+      max_instances = null
+      settings      = ["common", "store", "outcomes", "agent", "rbm", "sms_text", "tasks", "rbm_queue", "sms_queue"]
+      secrets       = ["RBM_SERVICE_ACCOUNT_KEY_FILE", "CONVERSATION_ID_KEY"]
+      publishes     = ["outcomes"]
+      firestore     = true
+      schedule      = null
+    }
+    send_batch = {
+      name          = "rbm-send-batch"
+      description   = "Stores a batch of outbound messages; the RBM queue paces their creates."
       invoker       = "clients"
       ingress       = var.send_message_ingress
       min_instances = null

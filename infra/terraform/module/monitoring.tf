@@ -7,6 +7,7 @@ locals {
     signature_rejected  = "Webhook requests rejected for a bad or missing X-Goog-Signature, or a handshake with an unknown client token."
     event_published     = "RBM events the webhook published to Pub/Sub."
     message_sent        = "Messages the RBM API accepted from send_message or a re-send."
+    batch_message_sent  = "Batch messages the RBM API accepted (send_batch's creates, paced by the RBM queue)."
     receipt_delivered   = "DELIVERED receipts applied to a message."
     receipt_read        = "READ receipts applied to a message."
     message_revoked     = "Messages revoked after their deadline (process_due_work)."
@@ -18,7 +19,8 @@ locals {
   # Events a metric counts besides the one it is named after: a handshake with an
   # unknown client token fails a credential as a bad signature does, so token
   # guessing raises the same alert.
-  log_events_also = { signature_rejected = ["handshake_rejected"] }
+  # message_sent counts a batch message's create too.
+  log_events_also = { signature_rejected = ["handshake_rejected"], message_sent = ["batch_message_sent"] }
 
   # The functions' Cloud Run services in a Logging filter (the log-based
   # metrics) and in a Monitoring filter (the charts), which has no ("a" OR "b")
@@ -164,6 +166,11 @@ locals {
       title  = "Delivery funnel (per 5 min)"
       gauge  = false
       series = { for k in ["message_sent", "receipt_delivered", "receipt_read", "message_revoked", "sms_sent"] : k => local.log_metric[k] }
+    },
+    {
+      title  = "Batch throughput: creates of batch messages (per 5 min)"
+      gauge  = false
+      series = { batch_message_sent = local.log_metric.batch_message_sent }
     },
     {
       title  = "Webhook: events published, signatures rejected"

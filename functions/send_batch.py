@@ -1,0 +1,37 @@
+"""send_batch: many send_message requests in one call, stored at once and sent at the queue's pace.
+
+The answer, 202 `{"batch_id", "accepted", "rejected": [{"index", "error"}]}`,
+comes once every accepted message is stored (PENDING, or UNREACHABLE after the
+pre-check); nothing is sent by this call. The same batch_id with the same
+request answers the same, storing nothing twice; with another request, 409.
+A body over 32 MiB (Cloud Run's request limit) or of more than 10,000 messages
+answers 413; one that is not a batch, 400.
+"""
+
+import flask
+
+from functions import batch_request, batches, config, logs, store
+from functions.replies import Reply, reject, reply
+
+
+def handle(request: flask.Request) -> Reply:
+    logs.bind_trace(request.headers)
+    if request.method != "POST":
+        return reject(405, "method not allowed")
+    if (request.content_length or 0) > batch_request.MAX_BODY_BYTES:
+        return reject(413, f"body over {batch_request.MAX_BODY_BYTES:,} bytes")
+    try:
+        wanted = batch_request.parse(request.get_json(silent=True), config.agent_id(), config.sms_max_segments())
+    except RecursionError:
+        return reject(400, "body nests maps and arrays too deep")
+    except batch_request.TooLarge as exc:
+        return reject(413, str(exc))
+    except batch_request.InvalidBatch as exc:
+        return reject(400, str(exc))
+    try:
+        batch = batches.take(wanted)
+    except batches.Conflict as exc:
+        return reject(409, str(exc), batch_id=wanted.batch_id)
+    except store.UnstorableError as exc:
+        return reject(400, str(exc), batch_id=wanted.batch_id)
+    return reply(202, batches.answer(batch))

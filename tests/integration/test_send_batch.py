@@ -1,0 +1,244 @@
+"""send_batch as a real process over the Firestore emulator, against the fake RBM platform;
+its creates made by revoke_expired's pass (no RBM queue here), its SMS by send_fallbacks'."""
+
+import contextlib
+import io
+from datetime import timedelta
+
+import pytest
+import requests
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import tasks_v2
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from functions import __main__ as cli
+from functions import batch_request, batches, conversations, outbox, store
+from functions.model import Conversation, Fallback, Message, State
+from functions.transitions import claim_revoke
+from local.fake_tasks import max_in_window
+from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
+
+CONTENT = {"text": "Your appointment is tomorrow at 10:00"}
+FALLBACK = {"text": "Appointment tomorrow 10:00"}
+
+
+def phone(i: int) -> str:
+    return f"+4477009{i:05d}"
+
+
+@pytest.fixture
+def send_batch(functions, firestore, rbm):
+    process = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV})
+    return lambda body: requests.post(process.url, json=body, timeout=120)
+
+
+@pytest.fixture
+def passes(functions, rbm, sms_env):
+    """`passes()` runs one revoke_expired pass (the creates), then one send_fallbacks pass (the SMS)."""
+    revoker = functions("revoke_expired", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV})
+    texter = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+
+    def run() -> None:
+        for process in (revoker, texter):
+            assert requests.post(process.url, json={}, timeout=120).status_code == 200
+
+    return run
+
+
+def of_batch(batch_id: str) -> list[Message]:
+    found = store.query(store.messages().where(filter=FieldFilter("batch_id", "==", batch_id)))
+    return sorted((Message.from_doc(store.found(s)) for s in found), key=lambda m: m.phone)
+
+
+def opt_out(number: str) -> None:
+    store.update(
+        conversations.refs(AGENT, number)[0], Conversation, lambda _: Conversation(AGENT, number, opted_out=True)
+    )
+
+
+def batch_of(count: int, batch_id: str, **defaults) -> dict:
+    messages = [{"phone": phone(i)} for i in range(count)]
+    return {"batch_id": batch_id, "defaults": {"content": CONTENT, **defaults}, "messages": messages}
+
+
+def test_a_mixed_batch_is_stored_then_sent_by_the_queue_one_sms_at_most_none_for_the_opted_out(
+    send_batch, passes, rbm, twilio
+):
+    opt_out(phone(3))
+    rbm.set_phone(phone(4), "not_rcs")
+    body = {
+        "batch_id": "spring-1",
+        "defaults": {"content": CONTENT, "fallback": FALLBACK, "revoke_after_seconds": 600},
+        "messages": [
+            {"phone": phone(0), "client_ref": "a"},
+            {"phone": phone(1), "revoke_after_seconds": 3600},
+            {"phone": "12345"},  # invalid
+            {"phone": phone(0)},  # a duplicate of index 0
+            {"phone": phone(3)},  # opted out
+            {"phone": phone(4)},  # no RCS: its create answers 404
+        ],
+    }
+    response = send_batch(body)
+    assert response.status_code == 202, response.text
+    assert response.json() == {
+        "batch_id": "spring-1",
+        "accepted": 3,
+        "rejected": [
+            {"index": 2, "error": "phone must be an E.164 number like +14155550123"},
+            {"index": 3, "error": "phone already in this batch for this agent, at index 0"},
+            {"index": 4, "error": "the user unsubscribed from this agent"},
+        ],
+    }
+    assert rbm.count("create") == 0  # nothing sent before the answer
+    stored = of_batch("spring-1")
+    assert [m.phone for m in stored] == [phone(0), phone(1), phone(4)]
+    assert {(m.state, m.revoke_at) for m in stored} == {(State.PENDING, None)}  # the deadline waits for the create
+    assert [m.revoke_after_seconds for m in stored] == [600, 3600, 600]
+    assert stored[0].message_id == batch_request.message_id("spring-1", 0)
+
+    passes()
+    sent, later, unreachable = of_batch("spring-1")
+    assert (sent.state, later.state, unreachable.state) == (State.SENT, State.SENT, State.UNREACHABLE)
+    assert sent.revoke_at == sent.sent_at + timedelta(seconds=600)  # counted from its own accepted create
+    assert later.revoke_at == later.sent_at + timedelta(seconds=3600)
+    assert unreachable.fallback is Fallback.SENT
+    assert [s["to"] for s in twilio.sent] == [phone(4)]  # one SMS, to the one without RCS; none for the opted out
+    assert rbm.count("create", phone=phone(3)) == 0
+    events = [valid_outcome(e.data()) for m in of_batch("spring-1") for e in outbox.history(m)]
+    assert events and {e["batch_id"] for e in events} == {"spring-1"}
+
+
+def test_the_same_batch_twice_answers_the_same_and_stores_nothing_twice_another_request_conflicts(send_batch, rbm):
+    body = batch_of(30, "twice", fallback=FALLBACK) | {"messages": [*batch_of(30, "twice")["messages"], {}]}
+    first = send_batch(body)
+    written = {m.message_id: m.updated_at for m in of_batch("twice")}
+    second = send_batch(body)
+    assert first.status_code == second.status_code == 202 and first.json() == second.json()
+    assert first.json()["accepted"] == 30 and [r["index"] for r in first.json()["rejected"]] == [30]
+    assert {m.message_id: m.updated_at for m in of_batch("twice")} == written and len(written) == 30
+    changed = send_batch(body | {"defaults": {"content": {"text": "other"}}})
+    assert changed.status_code == 409 and "different request" in changed.json()["error"]
+    assert rbm.count("create") == 0
+
+
+def test_a_batch_whose_storing_died_half_way_is_completed_by_its_retry_without_rewriting(send_batch, monkeypatch, rbm):
+    body = batch_of(700, "interrupted")  # four commits of 200
+    real, calls = store._create_page, []
+
+    def dies_on_the_third(page):
+        calls.append(len(page))
+        if len(calls) == 3:
+            raise RuntimeError("instance stopped")
+        return real(page)
+
+    monkeypatch.setattr(store, "_create_page", dies_on_the_third)
+    monkeypatch.setattr(store, "CREATE_PARALLELISM", 1)
+    monkeypatch.setattr(batches, "_set_timers", lambda created: None)
+    with pytest.raises(RuntimeError):
+        batches.take(batch_request.parse(body, AGENT))
+    before = {m.message_id: m.updated_at for m in of_batch("interrupted")}
+    assert len(before) == 500 and not batches.get("interrupted").stored  # pages 1, 2 and 4 (of 100) committed
+
+    response = send_batch(body)
+    assert response.status_code == 202 and response.json()["accepted"] == 700
+    after = of_batch("interrupted")
+    assert len(after) == 700 and len({m.message_id for m in after}) == 700
+    assert all(m.updated_at == before[m.message_id] for m in after if m.message_id in before)  # not rewritten
+    assert send_batch(body).json() == response.json()
+
+
+def test_cancel_withdraws_what_is_not_created_and_lets_a_create_in_flight_finish(send_batch, passes, rbm, twilio):
+    assert send_batch(batch_of(20, "cancel-me", fallback=FALLBACK)).status_code == 202
+    claimed = batch_request.message_id("cancel-me", 0)
+    now = store.now()
+    store.claim_message(claimed, lambda m: claim_revoke(m, now, timedelta(seconds=60), "a worker"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["batch", "cancel-me"]) == 0
+    assert '"PENDING": 20' in out.getvalue()
+
+    assert batches.cancel("cancel-me", wait_seconds=0) == {"cancelled": 19, "in_flight": 1}
+    messages = {m.message_id: m for m in of_batch("cancel-me")}
+    assert messages[claimed].state is State.PENDING  # its call finishes on its own
+    cancelled = [m for i, m in messages.items() if i != claimed]
+    assert {(m.state, m.fallback, m.last_error) for m in cancelled} == {
+        (State.FAILED, Fallback.CANCELLED, "batch cancelled")
+    }
+    [event_one, event_two] = [valid_outcome(e.data()) for e in outbox.history(cancelled[0])]
+    assert (event_one["status"], event_two["status"], event_two["fate"]) == ("FAILED", "SMS_CANCELLED", "failed")
+    assert event_one["reason"] == "batch cancelled" and event_two["batch_id"] == "cancel-me"
+    assert batches.get("cancel-me").cancelled_at is not None
+
+    passes()
+    assert rbm.count("create") == 0 and twilio.sent == []  # withdrawn: neither channel
+
+
+def test_a_batch_under_a_429_storm_creates_each_message_once(send_batch, passes, rbm, twilio):
+    rbm.fail_share("create", 0.6, seed=7, status=429)
+    assert send_batch(batch_of(60, "storm", fallback=FALLBACK)).status_code == 202
+    for _ in range(40):
+        passes()
+        if all(m.state is State.SENT for m in of_batch("storm")):
+            break
+    assert {m.state for m in of_batch("storm")} == {State.SENT}
+    accepted = [r for r in rbm.requests if r["kind"] == "create" and r["status"] == 200]
+    assert len(accepted) == 60 and len({r["message_id"] for r in accepted}) == 60  # 0 duplicates
+    assert any(r["status"] == 429 for r in rbm.requests) and twilio.sent == []
+
+
+def test_the_precheck_skips_the_create_of_numbers_rbm_reports_unreachable(send_batch, passes, rbm, twilio):
+    for i in (1, 2):
+        rbm.set_phone(phone(i), "not_rcs")
+    response = send_batch(batch_of(5, "checked", fallback=FALLBACK) | {"precheck": True})
+    assert response.status_code == 202 and response.json()["unreachable"] == 2
+    assert rbm.count("batch_get") == 1 and rbm.count("create") == 0
+    stored = of_batch("checked")
+    assert [m.state for m in stored] == [State.PENDING, State.UNREACHABLE, State.UNREACHABLE, *[State.PENDING] * 2]
+    passes()
+    assert rbm.count("create") == 3 and rbm.count("create", phone=phone(1)) == 0
+    assert sorted(s["to"] for s in twilio.sent) == [phone(1), phone(2)]
+
+
+def test_a_precheck_that_fails_leaves_every_number_to_its_create(send_batch, rbm):
+    rbm.script("batch_get", "agent", [503, 503, 503, 503, 503, 503, 503, 503])
+    response = send_batch(batch_of(3, "unchecked") | {"precheck": True})
+    assert response.status_code == 202 and response.json()["unreachable"] == 0
+    assert {m.state for m in of_batch("unchecked")} == {State.PENDING}
+
+
+def test_a_batch_that_is_not_one_is_refused(send_batch):
+    too_many = {"messages": [{"phone": phone(0)}] * (batch_request.MAX_MESSAGES + 1)}
+    assert send_batch(too_many).status_code == 413
+    assert send_batch({"messages": []}).status_code == 400
+    assert send_batch({"messages": [{}], "defaults": {"phone": phone(0)}}).status_code == 400
+
+
+RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
+RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
+
+
+def test_a_batch_through_the_rbm_queue_is_created_at_the_queue_rate_once_each(functions, firestore, rbm, cloud_tasks):
+    client = tasks_v2.CloudTasksClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": cloud_tasks.url}
+    )
+    limits = tasks_v2.RateLimits(max_dispatches_per_second=RATE, max_concurrent_dispatches=20)
+    client.create_queue(
+        parent=RBM_QUEUE.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=RBM_QUEUE, rate_limits=limits)
+    )
+    worker = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, "LEASE_SECONDS": "30"})
+    queued = {
+        "RBM_TASKS_QUEUE": RBM_QUEUE,
+        "CLOUD_TASKS_ENDPOINT": cloud_tasks.url,
+        "WORKER_URL": worker.url,
+        "TASKS_SERVICE_ACCOUNT": "tasks@test-project.iam.gserviceaccount.com",
+    }
+    sender = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queued})
+    rbm.fail_share("create", 0.1, seed=3, status=429)
+    response = requests.post(sender.url, json=batch_of(120, "queued", revoke_after_seconds=600), timeout=120)
+    assert response.status_code == 202 and response.json()["accepted"] == 120
+    wait_for(lambda: {m.state for m in of_batch("queued")} == {State.SENT}, timeout=90, interval=0.5)
+    accepted = [r for r in rbm.requests if r["kind"] == "create" and r["status"] == 200]
+    assert len(accepted) == 120 and len({r["message_id"] for r in accepted}) == 120  # 0 duplicates
+    # The queue is the rate limit: creates in any second stay within its token bucket (rate + burst).
+    creates = [r["time"] for r in rbm.requests if r["kind"] == "create"]
+    assert max_in_window(creates) <= 2 * RATE

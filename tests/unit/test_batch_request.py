@@ -1,0 +1,155 @@
+"""send_batch's request rules and a batch message's life in the state machine, with no I/O."""
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from functions import batch_request, outbound
+from functions.batch_request import InvalidBatch, TooLarge, message_id, parse
+from functions.model import Batch, Fallback, State
+from functions.outcomes import changes
+from functions.transitions import Fact, cancel_pending, claim_revoke, learn
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CONTENT = {"text": "hi"}
+
+
+def phone(i: int) -> str:
+    return f"+1415555{i:04d}"
+
+
+def test_defaults_are_merged_under_each_message_and_checked_by_send_messages_rules():
+    batch = parse(
+        {
+            "batch_id": "b1",
+            "defaults": {"content": CONTENT, "revoke_after_seconds": 60, "fallback": {"text": "sms"}},
+            "messages": [{"phone": phone(0)}, {"phone": phone(1), "fallback": {"text": "own", "time_sensitive": True}}],
+        },
+        "agent",
+    )
+    (i0, first), (i1, second) = batch.accepted
+    assert (i0, i1, batch.rejected) == (0, 1, [])
+    assert first == outbound.parse(
+        {"phone": phone(0), "content": CONTENT, "revoke_after_seconds": 60, "fallback": {"text": "sms"}}
+        | {"message_id": message_id("b1", 0)},
+        "agent",
+    )
+    assert (second.fallback_text, second.time_sensitive, second.revoke_after_seconds) == ("own", True, 60)
+
+
+def test_message_ids_are_derived_from_the_batch_and_the_index_alone():
+    assert message_id("b1", 0) == message_id("b1", 0) != message_id("b1", 1) != message_id("b2", 1)
+    body = {"batch_id": "b1", "messages": [{"phone": phone(0), "content": CONTENT}]}
+    assert parse(body, "a").accepted[0][1].message_id == message_id("b1", 0)
+
+
+def test_invalid_duplicate_and_self_named_messages_are_rejected_with_their_index():
+    body = {
+        "batch_id": "b1",
+        "defaults": {"content": CONTENT},
+        "messages": [
+            {"phone": phone(0)},
+            {"phone": "+1 415"},
+            {"phone": phone(0)},
+            {"phone": phone(0), "agent_id": "other"},  # another agent: not a duplicate
+            {"phone": phone(2), "message_id": message_id("b1", 9)},
+            "not an object",
+        ],
+    }
+    batch = parse(body, "agent")
+    assert [i for i, _ in batch.accepted] == [0, 3]
+    assert [(r.index, r.error.split(" ")[0]) for r in batch.rejected] == [
+        (1, "phone"),
+        (2, "phone"),
+        (4, "message_id"),
+        (5, "message"),
+    ]
+    assert "at index 0" in batch.rejected[1].error
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ([], "JSON object"),
+        ({"messages": []}, "non-empty"),
+        ({"messages": [{}], "defaults": []}, "defaults"),
+        ({"messages": [{}], "defaults": {"phone": "+14155550123"}}, "may not set"),
+        ({"messages": [{}], "defaults": {"message_id": "x"}}, "may not set"),
+        ({"messages": [{}], "precheck": "yes"}, "precheck"),
+        ({"messages": [{}], "batch_id": "a/b"}, "batch_id"),
+        ({"messages": [{}], "batch_id": "x" * 129}, "batch_id"),
+    ],
+)
+def test_a_body_that_is_no_batch_is_refused_whole(body, reason):
+    with pytest.raises(InvalidBatch, match=reason):
+        parse(body, "agent")
+
+
+def test_more_than_the_maximum_is_too_large():
+    with pytest.raises(TooLarge):
+        parse({"messages": [{}] * (batch_request.MAX_MESSAGES + 1)}, "agent")
+
+
+def test_the_fingerprint_is_the_request_and_not_its_batch_id():
+    body = {"batch_id": "b1", "defaults": {"content": CONTENT}, "messages": [{"phone": phone(0)}]}
+    same = parse(body | {"batch_id": "b2"}, "agent").fingerprint
+    assert parse(body, "agent").fingerprint == same
+    assert parse(body | {"precheck": True}, "agent").fingerprint != same
+    assert parse(body | {"messages": [{"phone": phone(1)}]}, "agent").fingerprint != same
+
+
+def record(revoke_after: int | None = 600, fallback: str | None = "sms"):
+    body = {"phone": phone(0), "content": CONTENT, "revoke_after_seconds": revoke_after}
+    wanted = outbound.parse(body | ({"fallback": {"text": fallback}} if fallback else {}), "agent")
+    return wanted.record(T0, 30, batch_id="b1")
+
+
+def test_a_batch_message_is_due_at_once_and_its_deadline_counts_from_its_accepted_create():
+    m = record()
+    assert (m.state, m.next_action_at, m.revoke_at, m.revoke_after_seconds, m.batch_id) == (
+        State.PENDING,
+        T0,
+        None,
+        600,
+        "b1",
+    )
+    accepted_at = T0 + timedelta(minutes=7)  # it waited in the queue
+    sent = learn(m, Fact.ACCEPTED, accepted_at)
+    assert sent.revoke_at == sent.next_action_at == accepted_at + timedelta(seconds=600)
+    again = learn(sent, Fact.ACCEPTED, accepted_at + timedelta(seconds=5))  # a late 409 keeps the first deadline
+    assert again.revoke_at == sent.revoke_at
+    assert learn(record(revoke_after=None), Fact.ACCEPTED, accepted_at).next_action_at is None
+
+
+def test_cancelling_withdraws_an_unclaimed_pending_message_and_its_sms_with_events_of_its_batch():
+    m = record()
+    cancelled = cancel_pending(m, T0, "batch cancelled")
+    assert (cancelled.state, cancelled.fallback, cancelled.fallback_at, cancelled.next_action_at) == (
+        State.FAILED,
+        Fallback.CANCELLED,
+        None,
+        None,
+    )
+    events = changes(m, cancelled, T0)
+    assert [(e.status, e.fate.value, e.reason, e.batch_id) for e in events] == [
+        ("FAILED", "failed", "batch cancelled", "b1"),
+        ("SMS_CANCELLED", "failed", "batch cancelled", "b1"),
+    ]
+
+
+def test_cancelling_leaves_a_claimed_create_and_a_created_message_alone():
+    claimed = claim_revoke(record(), T0, timedelta(seconds=60), "worker")
+    assert claimed is not None and cancel_pending(claimed, T0, "x") == claimed
+    lapsed = cancel_pending(claimed, T0 + timedelta(seconds=61), "x")  # its lease ran out: nobody is creating it
+    assert lapsed.state is State.FAILED
+    sent = learn(record(), Fact.ACCEPTED, T0)
+    assert cancel_pending(sent, T0, "x") == sent
+
+
+def test_a_batch_document_answers_its_rejections_by_index():
+    rejections = [{"error": "b", "indexes": [1, 5]}, {"error": "a", "indexes": [3]}]
+    stored = Batch("b1", "f", 6, rejections=rejections)
+    assert stored.rejected() == [{"index": 1, "error": "b"}, {"index": 3, "error": "a"}, {"index": 5, "error": "b"}]
+    assert Batch.from_doc(stored.to_doc()) == stored
+    assert dataclasses.replace(stored, stored=True).to_doc()["stored"] is True
