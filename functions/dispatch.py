@@ -21,6 +21,7 @@ delivered twice, early, late or to two workers at once finds its messages
 claimed, done or not due yet (sweep.perform).
 """
 
+import itertools
 import time
 import uuid
 from collections import Counter
@@ -44,6 +45,7 @@ class Rescue(StrEnum):
 
     ENQUEUED = "enqueued"  # its task created (under its own name, or the pass's rerun name)
     PRESENT = "present"  # its task is in the queue (waiting, or being tried): nothing to do
+    DONE = "done"  # its timer's task ran since the pass read it: the message moved on
     NOT_ENQUEUED = "not_enqueued"  # Cloud Tasks did not take it: the next pass tries again
     LEFT = "left"  # not looked at: the pass's time was spent
 
@@ -72,6 +74,10 @@ def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
             return Rescue.ENQUEUED
         if timers.exists(message.message_id, s.duty, due):  # another pass created it just now
             return Rescue.PRESENT
+        # The name's task ran: most often just now, in a backlog the queue drains, so the message
+        # is read again (one read, only here) before a rerun doubles a task for work already done.
+        if timers.due_at(s.duty, store.get_message(message.message_id)) != due:
+            return Rescue.DONE
         # A rerun name already taken is this minute's earlier (or concurrent) pass's task.
         return Rescue.ENQUEUED if timers.enqueue(message.message_id, s.duty, due, rerun) else Rescue.PRESENT
     except Exception as exc:  # one message's trouble must not stop the others; the next pass tries again
@@ -86,7 +92,9 @@ def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
 
 
 def _safety_net(s: Sweep, deadline: float) -> Counter[str]:
-    overdue = [m for m in sweep.due(s, store.now() - timedelta(seconds=SAFETY_SLACK_SECONDS)) if m.tracked]
+    # Read within the budget too: a large backlog's messages are left to the next pass.
+    found = sweep.due(s, store.now() - timedelta(seconds=SAFETY_SLACK_SECONDS))
+    overdue = [m for m in itertools.takewhile(lambda _: time.monotonic() < deadline, found) if m.tracked]
     rerun = int(time.time() // 60)
     with ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix=s.name) as pool:
         rescues = list(pool.map(lambda m: _rescue(s, m, rerun, deadline), overdue))

@@ -77,6 +77,12 @@ def queue(monkeypatch, queried):
     monkeypatch.setattr(timers, "exists", exists)
     monkeypatch.setattr(timers, "enqueue", enqueue)
     monkeypatch.setattr(sweep, "perform", lambda *a, **k: pytest.fail("the safety net acted itself"))
+    # The stored messages: as the query found them, unless a test puts a newer one in "stored".
+    state["stored"] = {}
+    _, found = queried
+    monkeypatch.setattr(
+        store, "get_message", lambda i: state["stored"].get(i, next((m for m in found if m.message_id == i), None))
+    )
     return state
 
 
@@ -90,6 +96,7 @@ def test_with_a_queue_a_pass_enqueues_only_what_is_overdue_beyond_the_slack(queu
         "scanned": 1,
         "enqueued": 1,
         "present": 0,
+        "done": 0,
         "not_enqueued": 0,
         "left": 0,
         "seconds": 0,
@@ -137,10 +144,23 @@ def test_untracked_messages_are_not_enqueued(queue, queried):
 
 def test_a_pass_whose_time_is_spent_leaves_the_rest(queue, queried, monkeypatch):
     _, found = queried
-    found += [overdue(1)]
+    found += [overdue(1), overdue(2)]
     monkeypatch.setenv("SWEEP_BUDGET_SECONDS", "-1")
-    assert dispatch.run(revoke_expired.REVOKE)["left"] == 1
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert summary["scanned"] == 0, "not even read: a large backlog is left to the next pass"
     assert queue["created"] == []
+
+
+def test_a_taken_name_whose_message_moved_on_gets_no_rerun(queue, queried):
+    """A backlog: the pass read the message overdue, then its timer's task ran and did the
+    work before the pass looked the task up; the message, read again, is no longer due then."""
+    _, found = queried
+    found += [overdue(1)]
+    queue["taken"].add(timers.name("m-1", Duty.REVOKE, T0 - timedelta(seconds=60)))
+    queue["stored"]["m-1"] = Message("m-1", "+447700900001", "agent", state=State.REVOKED)
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert queue["created"] == []
+    assert summary["done"] == 1 and summary["enqueued"] == 0
 
 
 def test_each_duty_has_its_own_queue(monkeypatch, queried):
