@@ -67,8 +67,9 @@ def send_fallbacks(request: flask.Request) -> Reply:
     return handle(request)
 
 
-@functions_framework.cloud_event
-def process_due_work(cloud_event: CloudEvent) -> None:
+@functions_framework.http
+@json_errors
+def process_due_work(request: flask.Request) -> Reply:
     from functions.process_due_work import handle
 
-    handle(cloud_event)
+    return handle(request)

@@ -128,31 +128,46 @@ def retention_days() -> int:
 
 
 def sweep_parallelism() -> int:
-    """Messages acted on at once by one instance, all its runs and work items together (sweep._executor)."""
+    """Messages acted on (or, by the safety net, looked up and enqueued) at once by one instance,
+    all its passes and tasks together (sweep._executor)."""
     return env_int("SWEEP_PARALLELISM", 16)
 
 
 def sweep_budget() -> float:
-    """Seconds a scheduled run may spend, its period included, or a work item may keep claiming;
-    well inside the function timeout."""
+    """Seconds a scheduled pass may spend; well inside the function timeout."""
     return env_float("SWEEP_BUDGET_SECONDS", 90.0)
 
 
-def schedule_period() -> float:
-    """Seconds between two scheduled runs (Cloud Scheduler's period): each run keeps
-    dispatching work at its due second until just before the schedule's next tick
-    (dispatch.seconds_to_run). 0: one pass."""
-    return env_float("SCHEDULE_PERIOD_SECONDS", 0.0)
+def rbm_tasks_queue() -> str:
+    """Cloud Tasks queue (projects/P/locations/L/queues/Q) of the tasks that call RBM
+    (revokes, re-sends of PENDING messages); empty: revoke_expired acts itself."""
+    return env("RBM_TASKS_QUEUE")
 
 
-def work_topic() -> str:
-    """Pub/Sub topic of due work for process_due_work; empty: the scheduled run acts itself."""
-    return env("RBM_WORK_TOPIC")
+def sms_tasks_queue() -> str:
+    """Cloud Tasks queue of the SMS sends and lookups; empty: send_fallbacks acts itself."""
+    return env("SMS_TASKS_QUEUE")
 
 
-def work_item_size() -> int:
-    """Message ids per work item."""
-    return env_int("WORK_ITEM_SIZE", 50)
+def worker_url() -> str:
+    """process_due_work's URL: every task's HTTP target and its OIDC token's audience."""
+    return env("WORKER_URL")
+
+
+def tasks_service_account() -> str:
+    """Email of the service account whose OIDC token each task carries (process_due_work's invoker)."""
+    return env("TASKS_SERVICE_ACCOUNT")
+
+
+def tasks_endpoint() -> str:
+    """Cloud Tasks API root; empty: Google's. A plain http:// root is a local fake and gets no credentials."""
+    return env("CLOUD_TASKS_ENDPOINT").rstrip("/")
+
+
+def tasks_timeout() -> float:
+    """Seconds one Cloud Tasks call (an enqueue, a look-up) may take, retries of 429 / 5xx /
+    connection failures included."""
+    return env_float("TASKS_TIMEOUT_SECONDS", 5.0)
 
 
 def revoke_grace() -> float:

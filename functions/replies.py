@@ -22,8 +22,9 @@ Reply = tuple[str, int, dict[str, str]]
 Handler = Callable[[flask.Request], Reply]
 
 
-def reply(status: int, body: dict[str, Any]) -> Reply:
-    return json.dumps(body), status, _JSON
+def reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Reply:
+    """A JSON answer, with `headers` besides its Content-Type."""
+    return json.dumps(body), status, _JSON | (headers or {})
 
 
 def reject(status: int, reason: str, **fields: Any) -> Reply:

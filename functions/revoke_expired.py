@@ -109,7 +109,7 @@ REVOKE = Sweep(
 
 def handle(request: flask.Request) -> Reply:
     """revoke_expired (Cloud Scheduler): the outcome events left unpublished published
-    (outbox.republish), then one scheduled run of the REVOKE sweep (dispatch.scheduled_run)."""
+    (outbox.republish), then one scheduled pass of the REVOKE sweep (dispatch.scheduled_run)."""
     logs.bind_trace(request.headers)
     outbox.republish(store.now())
     return dispatch.scheduled_run(REVOKE)

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 
 import flask
 
-from functions import config, conversations, dispatch, logs, sms, store
+from functions import config, conversations, dispatch, logs, sms, store, timers
 from functions.model import FALLBACK_QUERY, SWEPT_FALLBACKS, Fallback, Message
 from functions.replies import Reply, reply
 from functions.sweep import Outcome, Sweep
@@ -169,9 +169,9 @@ def unconfigured(what: str) -> str | None:
 
 
 def handle(request: flask.Request) -> Reply:
-    """send_fallbacks (Cloud Scheduler): one scheduled run of the FALLBACK sweep (dispatch.scheduled_run);
-    503 `{"error": reason}` when it would send the SMS itself (no work topic) and no provider is ready."""
+    """send_fallbacks (Cloud Scheduler): one scheduled pass of the FALLBACK sweep (dispatch.scheduled_run);
+    503 `{"error": reason}` when it would send the SMS itself (no SMS_TASKS_QUEUE) and no provider is ready."""
     logs.bind_trace(request.headers)
-    if not config.work_topic() and (reason := unconfigured("send_fallbacks called")):
+    if not timers.queue(Duty.FALLBACK) and (reason := unconfigured("send_fallbacks called")):
         return reply(503, {"error": reason})
     return dispatch.scheduled_run(FALLBACK)

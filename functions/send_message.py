@@ -3,7 +3,9 @@
 The message id is generated (or given) and stored before the API call, and
 the platform ignores a messageId it has seen: whoever retries, a message is
 sent at most once. A create that never got through stays PENDING and
-revoke_expired sends it again, under the same id. A create answered 409
+revoke_expired sends it again, under the same id, once PENDING_RESEND_SECONDS
+have passed (the first record sets no timer: the scheduled safety net finds it;
+every later commit that sets a due time sets one, functions/timers.py). A create answered 409
 ALREADY_EXISTS was accepted by an earlier call (another request in flight, or
 a try whose answer was lost): the message is SENT, like any other.
 """
@@ -35,7 +37,8 @@ def handle(request: flask.Request) -> Reply:
         return reject(409, "the user unsubscribed from this agent", message_id=wanted.message_id)
     fresh = wanted.record(store.now(), config.pending_resend_seconds())
     try:
-        stored = store.update_message(wanted.message_id, lambda current: current or fresh)
+        # No timer for the first record: its re-send is a crash-recovery path the safety net covers.
+        stored = store.update_message(wanted.message_id, lambda current: current or fresh, timer=False)
     except store.UnstorableError as exc:  # checked before the commit: nothing stored, nothing sent
         return reject(400, str(exc), message_id=wanted.message_id)
     if reason := outbound.conflict(stored, wanted):

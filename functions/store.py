@@ -255,10 +255,23 @@ def _due_now(current: Message | None, new: Message) -> Message:
     return new if new == current else due_from(new, now())
 
 
-def update_message(message_id: str, change: Callable[[Message | None], Message]) -> Message:
+def update_message(message_id: str, change: Callable[[Message | None], Message], timer: bool = True) -> Message:
     """The message as `change` makes it from the stored one (None if absent), written
-    (due times as `_due_now` says) if it changed."""
-    return update(message_ref(message_id), Message, lambda current: _due_now(current, change(current)))
+    (due times as `_due_now` says) if it changed; then, unless `timer` is False, a timer
+    for each due time the write set (timers.schedule, against the stored message the
+    last try saw). A failed timer is logged, never raised: the message stays due."""
+    seen: list[Message | None] = [None]
+
+    def changed(current: Message | None) -> Message:
+        seen[0] = current
+        return _due_now(current, change(current))
+
+    after = update(message_ref(message_id), Message, changed)
+    if timer and after != seen[0]:
+        from functions import timers  # imported here: a function that never writes a message never loads it
+
+        timers.schedule(seen[0], after)
+    return after
 
 
 def change_message(message_id: str, change: Callable[[Message], Message]) -> Message:

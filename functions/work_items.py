@@ -1,18 +1,17 @@
-"""Work items: due work on its way from a scheduled run to process_due_work.
+"""Work items: the body of a Cloud Tasks task, due work on its way to process_due_work.
 
-One Pub/Sub message on RBM_WORK_TOPIC per item; its data is JSON
-`{"duty": "revoke" | "fallback", "message_ids": [...], "due_at": RFC 3339}`
-and its attribute `duty` repeats the duty. An item only says "look at these
-messages at this second": the message documents hold the truth, so an item
-delivered twice, late, or to two workers at once changes nothing more.
+JSON `{"duty": "revoke" | "fallback", "message_ids": [...], "due_at": RFC 3339}`.
+A per-message timer (functions/timers.py) carries one id; the format allows
+more, for callers that hand over many messages due at one time. An item only
+says "look at these messages at this time": the message documents hold the
+truth, so an item delivered twice, early, late, or to two workers at once
+changes nothing more.
 """
 
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-
-from functions import config, pubsub
 
 
 class Duty(StrEnum):
@@ -22,7 +21,7 @@ class Duty(StrEnum):
     FALLBACK = "fallback"
 
 
-MAX_IDS = 1000  # far above WORK_ITEM_SIZE; an item beyond it is not ours
+MAX_IDS = 1000  # an item beyond it is not ours
 
 
 class WorkItemError(ValueError):
@@ -35,15 +34,15 @@ class WorkItem:
     message_ids: tuple[str, ...]
     due_at: datetime
 
-    def encode(self) -> tuple[bytes, dict[str, str]]:
-        """(data, attributes) of the Pub/Sub message."""
+    def encode(self) -> bytes:
+        """The item as a task's JSON body."""
         data = {"duty": self.duty, "message_ids": list(self.message_ids), "due_at": self.due_at.isoformat()}
-        return json.dumps(data).encode(), {"duty": self.duty}
+        return json.dumps(data).encode()
 
 
 def decode(data: bytes) -> WorkItem:
-    """The data of a work item's Pub/Sub message → WorkItem; WorkItemError for anything else
-    (not JSON, an unknown duty, no ids or more than MAX_IDS, a `due_at` without its offset)."""
+    """A task's body → WorkItem; WorkItemError for anything else (not JSON, an unknown
+    duty, no ids or more than MAX_IDS, a `due_at` without its offset)."""
     try:
         body = json.loads(data)
         duty, ids, due_at = body["duty"], body["message_ids"], datetime.fromisoformat(body["due_at"])
@@ -58,8 +57,3 @@ def decode(data: bytes) -> WorkItem:
     ):
         raise WorkItemError("not a work item: bad duty, message_ids or due_at")
     return WorkItem(Duty(duty), tuple(ids), due_at)
-
-
-def publish(items: list[WorkItem]) -> None:
-    """Publishes the items to RBM_WORK_TOPIC; raises pubsub.PublishError."""
-    pubsub.publish_batch(config.work_topic(), [item.encode() for item in items])

@@ -11,9 +11,8 @@ from typing import Any
 import jsonschema
 import requests
 
-from functions import dispatch, store
+from functions import store
 from functions.model import Fallback, Message, State
-from local.scheduler import next_tick
 
 # Every outcome event the tests see is checked against the published schema.
 OUTCOME_SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "infra" / "outcome_event.schema.json").read_text())
@@ -64,14 +63,6 @@ def wait_until_steady(read, seconds=2.0, timeout=30.0):
         if (latest := read()) != value:
             value, since = latest, time.monotonic()
     raise AssertionError(f"still changing after {timeout} s")
-
-
-def room_to_run(period: float, seconds: float) -> None:
-    """Waits, if need be, for the next tick of a schedule of `period` seconds, so that a
-    scheduled run called now dispatches for at least `seconds`: a run ends just before
-    the schedule's next tick (dispatch.seconds_to_run), as Cloud Scheduler calls on its grid."""
-    if dispatch.seconds_to_run(time.time(), period) < seconds:
-        time.sleep(max(0.0, next_tick(time.time(), period) - time.time()))
 
 
 AGENT = "agent@rbm.goog"

@@ -1,58 +1,164 @@
-"""How long a scheduled run keeps dispatching (dispatch.seconds_to_run, dispatch.run): it
-ends before the schedule's next tick whatever its start time, since Cloud Scheduler
-never starts a job's next execution before the last one has ended."""
+"""One scheduled pass (dispatch.run): without a queue it acts on what is due by now, once;
+with one it is the safety net, which enqueues each overdue message whose timer is not in
+its queue, under the timer's own name or, if that name is taken, the pass's rerun name."""
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from functions import dispatch, revoke_expired, sweep, work_items
+from functions import dispatch, revoke_expired, send_fallbacks, store, sweep, tasks, timers
+from functions.model import Fallback, Message, State
+from functions.sweep import Outcome
+from functions.work_items import Duty
 
-PERIOD = 60.0
-TICK = 1_800_000_000.0  # a minute boundary (seconds since the epoch), as Cloud Scheduler's cron fires
-
-
-@pytest.mark.parametrize("late", [0.0, 0.3, 10.0, 45.0, 58.5, -0.5])
-def test_a_run_ends_before_the_next_tick_whatever_its_start(late):
-    started = TICK + late
-    ends = started + dispatch.seconds_to_run(started, PERIOD)
-    assert ends <= TICK + PERIOD - dispatch.END_MARGIN_SECONDS + 1e-6
-    assert ends >= started
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+QUEUE = "projects/p/locations/l/queues/rbm-calls"
 
 
-def test_a_run_on_time_dispatches_for_its_whole_period_less_the_margin():
-    assert dispatch.seconds_to_run(TICK, PERIOD) == pytest.approx(PERIOD - dispatch.END_MARGIN_SECONDS)
-    # Fired a little early by a skewed clock, it still belongs to the coming tick.
-    assert dispatch.seconds_to_run(TICK - 0.5, PERIOD) == pytest.approx(PERIOD - dispatch.END_MARGIN_SECONDS + 0.5)
+def overdue(i: int, seconds: float = 60.0, tracked: bool = True) -> Message:
+    return Message(
+        f"m-{i}",
+        "+447700900001",
+        "agent",
+        state=State.SENT,
+        tracked=tracked,
+        next_action_at=T0 - timedelta(seconds=seconds),
+    )
 
 
-def test_without_a_period_a_run_is_one_pass():
-    assert dispatch.seconds_to_run(TICK + 12.0, 0.0) == 0.0
+@pytest.fixture
+def queried(monkeypatch):
+    """sweep.due over a fixed list, recording the `until` of each query; store.now = T0."""
+    calls, found = [], []
+    monkeypatch.setattr(store, "now", lambda: T0)
+    monkeypatch.setattr(sweep, "due", lambda s, until, after=None: calls.append(until) or iter(list(found)))
+    monkeypatch.setattr(dispatch.time, "sleep", lambda seconds: pytest.fail("a pass waited"))
+    return calls, found
 
 
-class Clock:
-    """time.time, time.monotonic and time.sleep over one simulated clock."""
+def test_without_a_queue_a_pass_acts_once_on_what_is_due_by_now(monkeypatch, queried):
+    calls, found = queried
+    monkeypatch.delenv("RBM_TASKS_QUEUE", raising=False)
+    found += [overdue(1), overdue(2, seconds=1)]
+    acted = []
 
-    def __init__(self, at: float):
-        self.at = at
+    def perform(s, ids, owner, deadline=None):
+        acted.append(ids)
+        return dict.fromkeys(ids, Outcome.REVOKED)
 
-    def time(self) -> float:
-        return self.at
+    monkeypatch.setattr(sweep, "perform", perform)
+    monkeypatch.setattr(timers, "enqueue", lambda *a, **k: pytest.fail("enqueued without a queue"))
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert calls == [T0], "one query, of what is due by now: no polling, no look-ahead"
+    assert acted == [["m-1", "m-2"]]
+    assert summary["scanned"] == 2 and summary["revoked"] == 2
+    assert "enqueued" not in summary
 
-    def sleep(self, seconds: float) -> None:
-        self.at += max(0.0, seconds)
+
+@pytest.fixture
+def queue(monkeypatch, queried):
+    """RBM_TASKS_QUEUE set; timers.exists / enqueue over an in-memory queue that records creates."""
+    monkeypatch.setenv("RBM_TASKS_QUEUE", QUEUE)
+    state = {"present": set(), "taken": set(), "created": [], "fail": set()}
+
+    def exists(message_id, duty, due):
+        if message_id in state["fail"]:
+            raise tasks.EnqueueError("unavailable")
+        return timers.name(message_id, duty, due) in state["present"]
+
+    def enqueue(message_id, duty, due, rerun=None):
+        name = timers.name(message_id, duty, due, rerun)
+        if name in state["taken"] | state["present"]:
+            return False
+        state["created"].append((message_id, duty, due, rerun))
+        state["present"].add(name)
+        return True
+
+    monkeypatch.setattr(timers, "exists", exists)
+    monkeypatch.setattr(timers, "enqueue", enqueue)
+    monkeypatch.setattr(sweep, "perform", lambda *a, **k: pytest.fail("the safety net acted itself"))
+    return state
 
 
-def test_a_run_started_late_ends_before_the_next_tick(monkeypatch):
-    clock = Clock(TICK + 40.0)  # the last execution ran long: this one starts 40 s late
-    polls = []
-    monkeypatch.setenv("SCHEDULE_PERIOD_SECONDS", str(PERIOD))
-    monkeypatch.setenv("SWEEP_BUDGET_SECONDS", "90")
-    monkeypatch.setenv("RBM_WORK_TOPIC", "work")
-    monkeypatch.setattr(dispatch.time, "time", clock.time)
-    monkeypatch.setattr(dispatch.time, "monotonic", clock.time)
-    monkeypatch.setattr(dispatch.time, "sleep", clock.sleep)
-    monkeypatch.setattr(sweep, "due", lambda s, until, since: polls.append(clock.at) or [])
-    monkeypatch.setattr(work_items, "publish", lambda batch: None)
-    dispatch.run(revoke_expired.REVOKE)
-    assert polls and polls[0] == TICK + 40.0
-    assert clock.at <= TICK + PERIOD - dispatch.END_MARGIN_SECONDS, "the run held the next tick back"
-    assert polls[-1] >= TICK + PERIOD - dispatch.END_MARGIN_SECONDS - dispatch.POLL_SECONDS
+def test_with_a_queue_a_pass_enqueues_only_what_is_overdue_beyond_the_slack(queue, queried):
+    calls, found = queried
+    found += [overdue(1)]
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert calls == [T0 - timedelta(seconds=dispatch.SAFETY_SLACK_SECONDS)]
+    assert queue["created"] == [("m-1", Duty.REVOKE, T0 - timedelta(seconds=60), None)]
+    assert summary | {"seconds": 0} == {
+        "scanned": 1,
+        "enqueued": 1,
+        "present": 0,
+        "not_enqueued": 0,
+        "left": 0,
+        "seconds": 0,
+    }
+
+
+def test_a_timer_in_its_queue_is_left_alone(queue, queried):
+    _, found = queried
+    found += [overdue(1)]
+    queue["present"].add(timers.name("m-1", Duty.REVOKE, T0 - timedelta(seconds=60)))
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert queue["created"] == []
+    assert summary["present"] == 1 and summary["enqueued"] == 0
+
+
+def test_a_name_taken_by_a_task_that_ran_or_a_purge_is_enqueued_under_the_rerun_name(queue, queried, monkeypatch):
+    _, found = queried
+    found += [overdue(1)]
+    due = T0 - timedelta(seconds=60)
+    queue["taken"].add(timers.name("m-1", Duty.REVOKE, due))  # ran, deleted or purged in the last hour
+    monkeypatch.setattr(dispatch.time, "time", lambda: 1_800_000_030.0)
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert queue["created"] == [("m-1", Duty.REVOKE, due, 30_000_000)]
+    assert summary["enqueued"] == 1
+    # A second pass in the same minute finds the rerun task in the queue.
+    assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
+    assert len(queue["created"]) == 1
+
+
+def test_cloud_tasks_failing_for_one_message_does_not_stop_the_others(queue, queried):
+    _, found = queried
+    found += [overdue(1), overdue(2)]
+    queue["fail"].add("m-1")
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert [c[0] for c in queue["created"]] == ["m-2"]
+    assert (summary["not_enqueued"], summary["enqueued"]) == (1, 1)
+
+
+def test_untracked_messages_are_not_enqueued(queue, queried):
+    _, found = queried
+    found += [overdue(1, tracked=False)]
+    assert dispatch.run(revoke_expired.REVOKE)["scanned"] == 0
+    assert queue["created"] == []
+
+
+def test_a_pass_whose_time_is_spent_leaves_the_rest(queue, queried, monkeypatch):
+    _, found = queried
+    found += [overdue(1)]
+    monkeypatch.setenv("SWEEP_BUDGET_SECONDS", "-1")
+    assert dispatch.run(revoke_expired.REVOKE)["left"] == 1
+    assert queue["created"] == []
+
+
+def test_each_duty_has_its_own_queue(monkeypatch, queried):
+    _, found = queried
+    monkeypatch.setenv("RBM_TASKS_QUEUE", QUEUE)
+    monkeypatch.delenv("SMS_TASKS_QUEUE", raising=False)
+    monkeypatch.setenv("SMS_PROVIDER", "")
+    found.append(
+        Message(
+            "m-9",
+            "+447700900001",
+            "agent",
+            state=State.REVOKED,
+            fallback=Fallback.DUE,
+            fallback_at=T0,
+            fallback_text="x",
+        )
+    )
+    monkeypatch.setattr(timers, "enqueue", lambda *a, **k: pytest.fail("a fallback went to the RBM queue"))
+    monkeypatch.setattr(sweep, "perform", lambda s, ids, owner, deadline=None: dict.fromkeys(ids, Outcome.SENT))
+    assert dispatch.run(send_fallbacks.FALLBACK)["sent"] == 1
