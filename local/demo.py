@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from functions.logs import mask_phone
 from functions.model import Fallback, Message, SmsStatus, State
 from functions.outcomes import fate
 from local.processes import PROJECT, pull_all
-from local.stack import OUTCOMES_SUBSCRIPTION
+from local.stack import OUTCOMES_SUBSCRIPTION, QUEUES
 
 EVENTS: dict[str, dict[int, dict]] = {}  # every outcome event pulled so far: message id → seq → event
 
@@ -276,6 +277,16 @@ def watch(stack, planned: list[Planned], timeout: float, out=sys.stdout) -> dict
     return docs
 
 
+def tasks_line(stack) -> str:
+    """Each queue's deliveries so far, by the worker's answer, e.g. "rbm-calls 12 deliveries (200 ×12)"."""
+    parts = []
+    for queue in QUEUES.values():
+        answers = Counter(str(d["status"] or "no answer") for d in stack.tasks.dispatches(queue))
+        shown = ", ".join(f"{status} ×{n}" for status, n in sorted(answers.items())) or "none"
+        parts.append(f"{queue.rsplit('/', 1)[1]} {answers.total()} deliveries ({shown})")
+    return "; ".join(parts)
+
+
 def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0, out=sys.stdout) -> bool:
     """The demo: launch, watch, then the table, the timings and the verdict."""
     planned = plan(population)
@@ -283,6 +294,7 @@ def run(stack, population: int = 12, deadline: int = 20, timeout: float = 100.0,
     docs = watch(stack, planned, timeout, out)
     delivered = summary(docs, ("send→delivered",))
     print(f"\n{table(planned, docs)}\n\ntimings (s), scheduler period {stack.period:g} s: {delivered}", file=out)
+    print(f"Cloud Tasks: {tasks_line(stack)}", file=out)
     found = problems(stack, planned, docs)
     events = events_of(docs, timeout=0)
     print("\noutcomes, from the events on rbm-outcomes alone:", file=out)

@@ -11,6 +11,7 @@ Plain helpers, no pytest: the tests, the local stack and the benchmarks use them
 
 import functools
 import json
+import math
 import os
 import signal
 import socket
@@ -23,6 +24,8 @@ from typing import ClassVar
 
 import requests
 from google.cloud import pubsub_v1
+
+from local import request_times
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-rbm-relay"  # the project id every local process uses with the emulators
@@ -188,7 +191,8 @@ def runtime_env(target: str) -> dict[str, str]:
 class FunctionProcess:
     """One entry point served by functions-framework's production server
     (gunicorn), as Cloud Run serves it, with the threads it gets when deployed
-    (`runtime_env`).
+    (`runtime_env`), each request's interval recorded (local/request_times.py):
+    `request_seconds()` is the time it spent inside requests.
 
     `env` is merged over os.environ and the deployed server settings, except that
     emulator hosts are inherited only when `env` names them, so a function never
@@ -206,6 +210,7 @@ class FunctionProcess:
         self.env.update(runtime_env(target))
         self.env.update(env or {})
         self.log_path = Path(log_path or Path(tempfile.mkdtemp(prefix="function-")) / f"{target}.log")
+        self.requests_path = self.log_path.with_suffix(".requests.jsonl")
         self._proc = None
 
     @property
@@ -220,8 +225,8 @@ class FunctionProcess:
     def start(self) -> "FunctionProcess":
         cmd = [
             sys.executable,
-            "-m",
-            "functions_framework",
+            str(REPO_ROOT / "local" / "request_times.py"),
+            str(self.requests_path),
             "--target",
             self.target,
             "--source",
@@ -262,6 +267,12 @@ class FunctionProcess:
     def read_log(self) -> str:
         """Everything the server wrote so far, across restarts."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request_seconds(self, since: float = 0.0, until: float = math.inf) -> float:
+        """Seconds between `since` and `until` (epoch) in which the process served at
+        least one request, across restarts: its billed instance time, as one
+        instance (request_times.instance_seconds). Requests still running are not counted."""
+        return request_times.instance_seconds(request_times.read(self.requests_path), since, until)
 
     def __enter__(self):
         return self.start()
@@ -378,3 +389,34 @@ def pull_all(project: str, sub: str, wait_seconds: float, expect=None):
         else:
             time.sleep(0.1)
     return received
+
+
+# Cloud Tasks admin, against the local fake (local/fake_tasks.py), over its REST API.
+
+
+def queue_resource(name: str, settings: dict) -> dict:
+    """The Queue resource (Cloud Tasks v2 REST: Queue, RateLimits, RetryConfig) named
+    `name` (projects/P/locations/L/queues/Q) with a queue's settings as
+    infra/topology.json's "queues" block gives them."""
+    return {
+        "name": name,
+        "rateLimits": {
+            "maxDispatchesPerSecond": settings["max_dispatches_per_second"],
+            "maxConcurrentDispatches": settings["max_concurrent_dispatches"],
+        },
+        "retryConfig": {
+            "maxAttempts": settings["max_attempts"],
+            "minBackoff": settings["min_backoff"],
+            "maxBackoff": settings["max_backoff"],
+            "maxDoublings": settings["max_doublings"],
+        },
+    }
+
+
+def create_queue(endpoint: str, name: str, settings: dict) -> str:
+    """Creates queue `name` with topology `settings` on the Cloud Tasks at `endpoint`
+    (an http:// root); answers its name."""
+    parent = name.rsplit("/queues/", 1)[0]
+    response = _http.post(f"{endpoint}/v2/{parent}/queues", json=queue_resource(name, settings), timeout=10)
+    response.raise_for_status()
+    return str(response.json()["name"])

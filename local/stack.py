@@ -1,21 +1,29 @@
 """The whole pipeline on one machine, on loopback: `make run`.
 
-Google's Pub/Sub and Firestore emulators; the topics and push subscriptions
-of infra/topology.json (the definition production uses: the events fanned out
-to the subscribers, the work items to process_due_work); every entry point as
-its own functions-framework process, as Cloud Run runs them (with their
-deployed threads); a scheduler calling revoke_expired and send_fallbacks on
-the grid of the period as Cloud Scheduler does (never two runs of one job at
-once), each run dispatching due work until just before the next tick; the RBM
-platform simulator and a fake Twilio, or an RBM REST root and a signed SMS
-webhook gateway of your own. Then a demo scenario (local/demo.py), or, with
---no-demo, the URL of every function as one JSON line on stdout and the stack
-running until interrupted. Ctrl-C, or the end of the demo, stops every
+Google's Pub/Sub and Firestore emulators and the Cloud Tasks fake
+(local/fake_tasks.py); the topics, push subscriptions and queues of
+infra/topology.json (the definition production uses: the events fanned out to
+the subscribers; the rbm-calls and sms-sends queues, with their rates and
+retries, whose tasks call process_due_work at each message's due time); every
+entry point as its own functions-framework process, as Cloud Run runs them
+(with their deployed threads); a scheduler calling revoke_expired and
+send_fallbacks on the grid of the period as Cloud Scheduler does (never two
+runs of one job at once), each run one short pass that enqueues what a lost
+task left due; the RBM platform simulator and a fake Twilio, or an RBM REST
+root and a signed SMS webhook gateway of your own. Then a demo scenario
+(local/demo.py), or, with --no-demo, the URL of every function, the emulators
+and the Cloud Tasks endpoint and queues as one JSON line on stdout and the
+stack running until interrupted. Ctrl-C, or the end of the demo, stops every
 process started here, and only those.
+
+Each function process records its requests' intervals (local/request_times.py):
+`Stack.request_seconds()` is the time each spent inside requests, what
+request-based billing charges.
 """
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -26,6 +34,7 @@ from pathlib import Path
 import requests
 
 from local.fake_sms import FakeTwilio
+from local.fake_tasks import FakeTasks
 from local.processes import (
     PROJECT,
     REPO_ROOT,
@@ -34,6 +43,7 @@ from local.processes import (
     FunctionProcess,
     create_pull_subscription,
     create_push_subscription,
+    create_queue,
     create_topic,
     delete_subscription,
     delete_topic,
@@ -44,7 +54,6 @@ from local.scheduler import Scheduler
 from local.simulator import Simulator
 
 TOPOLOGY = json.loads((REPO_ROOT / "infra" / "topology.json").read_text())
-WORK = TOPOLOGY["work"]
 OUTCOMES_SUBSCRIPTION = "rbm-outcomes-local"  # the demo's view of the outcome events
 OUTCOMES_PUSH_SUBSCRIPTION = "rbm-outcomes-push"  # delivered to --outcomes-push-url
 CLIENT_TOKEN = "local-client-token"
@@ -53,13 +62,21 @@ AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
 HTTP_FUNCTIONS = ("receive_webhook", "receive_sms_status", "send_message", "revoke_expired", "send_fallbacks")
 SCHEDULED = ("revoke_expired", "send_fallbacks")
+WORKER = "process_due_work"  # every task's HTTP target (WORKER_URL)
 # Every function runs with its deployed threads (THREADS = its concurrency,
 # local/processes.py), but one worker process stands for the autoscaled fleet:
-# as many items at once as production's default max instances × per-instance
-# concurrency (infra/functions.json: 5 × 8). An item may wait up to a second for
-# its due second, so fewer would queue items behind it.
-WORKER_FLEET = RUNTIME[WORK["entry_point"]]["max_instances"] * RUNTIME[WORK["entry_point"]]["concurrency"]
-BUDGET_SLACK = 30.0  # a run's budget is its period plus this: production's 90 s for its 60 s period
+# as many tasks at once as production's max instances × per-instance
+# concurrency (infra/functions.json). A task may wait up to a second for its
+# due time, so fewer would hold the queues' dispatches back.
+WORKER_FLEET = RUNTIME[WORKER]["max_instances"] * RUNTIME[WORKER]["concurrency"]
+# The queues' location and the account the tasks' OIDC tokens name; the fake checks neither.
+TASKS_LOCATION = "europe-west1"
+TASKS_SERVICE_ACCOUNT = f"rbm-relay-tasks@{PROJECT}.iam.gserviceaccount.com"
+# Each queue's full name, by its key in topology.json: rbm → RBM_TASKS_QUEUE, sms → SMS_TASKS_QUEUE.
+QUEUES = {
+    key: f"projects/{PROJECT}/locations/{TASKS_LOCATION}/queues/{queue['name']}"
+    for key, queue in TOPOLOGY["queues"].items()
+}
 # With the simulator, local time runs in seconds, not minutes; against an RBM
 # root of your own the relay keeps production's defaults.
 FAST = {
@@ -92,26 +109,17 @@ class _Topology:
         self.subscriptions.append(name)
 
     def push(
-        self,
-        topic: str,
-        name: str,
-        process: FunctionProcess | None,
-        dead_letter: str,
-        attempts: int,
-        filter: str = "",
-        ack_deadline: int | None = None,
+        self, topic: str, name: str, process: FunctionProcess, dead_letter: str, attempts: int, filter: str
     ) -> None:
-        """Pushed to `process`; with None, a pull subscription (an empty push endpoint)."""
-        endpoint = f"{process.url}/projects/{PROJECT}/topics/{topic}" if process else ""
+        """Pushed to `process`, with a dead-letter policy and a filter."""
         create_push_subscription(
             PROJECT,
             topic,
             name,
-            endpoint,
+            f"{process.url}/projects/{PROJECT}/topics/{topic}",
             dead_letter_topic=dead_letter,
             max_delivery_attempts=attempts,
             filter=filter,
-            ack_deadline_seconds=ack_deadline,
         )
         self.subscriptions.append(name)
 
@@ -139,8 +147,9 @@ class Stack:
         sms_webhook: tuple[str, str] | None = None,
         outcomes_push_url: str | None = None,
     ):
-        """Emulator hosts given are used as they are; otherwise the stack starts its own.
-        `period`: seconds between scheduled runs (SCHEDULE_PERIOD_SECONDS). `rbm_root`:
+        """Emulator hosts given are used as they are; otherwise the stack starts its own
+        (the Cloud Tasks fake always is the stack's own). `period`: seconds between
+        scheduled runs (Cloud Scheduler's). `rbm_root`:
         the RBM REST root the relay calls instead of the simulator's; `sms_webhook`:
         (url, secret) of a signed SMS webhook gateway instead of the fake Twilio;
         `outcomes_push_url`: where the outcome events are pushed, as a push
@@ -152,10 +161,12 @@ class Stack:
         self.outcomes_push_url = outcomes_push_url
         self.rbm: Simulator | None = None
         self.sms: FakeTwilio | None = None
+        self.tasks: FakeTasks | None = None
         self.functions: dict[str, FunctionProcess] = {}
         # receive_sms_status's port, known before any function starts: the senders pass its
         # URL as StatusCallback (SMS_STATUS_CALLBACK_URL), and it checks Twilio's signatures against it.
         self.status_port = free_port()
+        self.worker_port = free_port()  # so is the worker's: every function that sets a timer names it (WORKER_URL)
         self.started: list = []
 
     def _env(self) -> dict:
@@ -166,13 +177,15 @@ class Stack:
             "RBM_CLIENT_TOKEN": CLIENT_TOKEN,
             "RBM_EVENTS_TOPIC": TOPOLOGY["events_topic"],
             "RBM_DEAD_LETTER_TOPIC": TOPOLOGY["dead_letter_topic"],
-            "RBM_WORK_TOPIC": WORK["topic"],
             "RBM_OUTCOMES_TOPIC": TOPOLOGY["outcomes_topic"],
-            "SCHEDULE_PERIOD_SECONDS": str(self.period),
-            "SWEEP_BUDGET_SECONDS": str(self.period + BUDGET_SLACK),
             "RBM_AGENT_ID": AGENT,
             "CONVERSATION_ID_KEY": CONVERSATION_ID_KEY,
             "SMS_STATUS_CALLBACK_URL": f"http://127.0.0.1:{self.status_port}",
+            "CLOUD_TASKS_ENDPOINT": self.tasks.url if self.tasks else "",
+            "RBM_TASKS_QUEUE": QUEUES["rbm"],
+            "SMS_TASKS_QUEUE": QUEUES["sms"],
+            "WORKER_URL": f"http://127.0.0.1:{self.worker_port}",
+            "TASKS_SERVICE_ACCOUNT": TASKS_SERVICE_ACCOUNT,
         }
         if self.rbm:
             env.update(RBM_API_ENDPOINT=self.rbm.url, **FAST)
@@ -210,8 +223,13 @@ class Stack:
             self.rbm = self._start(
                 Simulator("http://127.0.0.1:0", CLIENT_TOKEN, agent_id=AGENT, **self.simulator_options)
             )
+        self.tasks = self._start(FakeTasks())
+        for key, name in QUEUES.items():
+            create_queue(self.tasks.url, name, TOPOLOGY["queues"][key])
         for name in HTTP_FUNCTIONS:
             self.functions[name] = self._start(self._function(name))
+        worker = self._function(WORKER, THREADS=str(WORKER_FLEET))  # the fleet in one process
+        self.functions[WORKER] = self._start(worker)
         self._topology()
         if self.rbm:
             self.rbm.webhook_url = self.functions["receive_webhook"].url
@@ -220,16 +238,16 @@ class Stack:
         # Each scheduled function called on the grid of the period, the first call at once,
         # one run of each at a time, as Cloud Scheduler does (local/scheduler.py).
         urls = [self.functions[name].url for name in SCHEDULED]
-        self._start(Scheduler(urls, self.period, timeout=self.period + BUDGET_SLACK * 2))
+        self._start(Scheduler(urls, self.period, timeout=max(RUNTIME[name]["timeout_seconds"] for name in SCHEDULED)))
         return self
 
     def _function(self, name: str, **env: str) -> FunctionProcess:
-        port = self.status_port if name == "receive_sms_status" else None
+        port = {"receive_sms_status": self.status_port, WORKER: self.worker_port}.get(name)
         return FunctionProcess(name, {**self._env(), **env}, port=port, log_path=self.workdir / f"{name}.log")
 
     def _topology(self) -> None:
         """Topics and subscriptions as infra declares them, pushing to local processes:
-        the events to their subscribers, the work items to the worker."""
+        the events to their subscribers; the outcome events (`_outcomes`)."""
         topology = self._start(_Topology())
         self._outcomes(topology)
         events, dead = TOPOLOGY["events_topic"], TOPOLOGY["dead_letter_topic"]
@@ -243,30 +261,6 @@ class Stack:
             topology.push(
                 events, subscription["name"], process, dead, TOPOLOGY["max_delivery_attempts"], subscription["filter"]
             )
-        topology.topic(WORK["topic"])
-        topology.topic(WORK["dead_letter_topic"])
-        topology.pull(WORK["dead_letter_topic"], WORK["dead_letter_subscription"])
-        worker = self._function(WORK["entry_point"], THREADS=str(WORKER_FLEET))  # the fleet in one process
-        worker = self.functions[WORK["entry_point"]] = self._start(worker)
-        # Pushed by a Pusher, not by the emulator, which has only about two pushes outstanding (local/pusher.py).
-        topology.push(
-            WORK["topic"],
-            WORK["subscription"],
-            None,
-            WORK["dead_letter_topic"],
-            WORK["max_delivery_attempts"],
-            ack_deadline=WORK["ack_deadline_seconds"],
-        )
-        self._start(
-            Pusher(
-                PROJECT,
-                WORK["subscription"],
-                f"{worker.url}/projects/{PROJECT}/topics/{WORK['topic']}",
-                WORKER_FLEET,
-                timeout=WORK["ack_deadline_seconds"],
-                backoff=float(WORK["minimum_backoff"].rstrip("s")),
-            )
-        )
 
     def _outcomes(self, topology: _Topology) -> None:
         """The outcomes topic; a pull subscription the demo reads (OUTCOMES_SUBSCRIPTION), and
@@ -282,10 +276,27 @@ class Stack:
         """The URL of every function, by entry point."""
         return {name: process.url for name, process in self.functions.items()}
 
+    def cloud_tasks(self) -> dict:
+        """Where the tasks go: the fake's API root (CLOUD_TASKS_ENDPOINT), each queue's full
+        name by its key in topology.json, and the account the tasks act as."""
+        return {
+            "endpoint": self.tasks.url if self.tasks else None,
+            "queues": QUEUES,
+            "service_account": TASKS_SERVICE_ACCOUNT,
+        }
+
+    def request_seconds(self, since: float = 0.0, until: float = math.inf) -> dict[str, float]:
+        """Seconds each function (by entry point) spent inside requests between `since`
+        and `until` (epoch seconds; by default all along): the union of its requests'
+        intervals, what request-based billing charges one instance for
+        (local/request_times.py). The worker is one process standing for the fleet, so
+        under load its figure is the fleet's busy time, not the sum over instances;
+        idle, they agree. Requests still running are not counted."""
+        return {name: process.request_seconds(since, until) for name, process in self.functions.items()}
+
     def sweep(self, name: str) -> dict:
-        """One call of a scheduled function, as Cloud Scheduler makes it; it lasts until
-        just before the schedule's next tick (the run dispatches due work until then)."""
-        response = requests.post(self.functions[name].url, json={}, timeout=self.period + BUDGET_SLACK * 2)
+        """One call of a scheduled function, as Cloud Scheduler makes it: one short pass."""
+        response = requests.post(self.functions[name].url, json={}, timeout=RUNTIME[name]["timeout_seconds"])
         return response.json() if response.ok else {"error": response.status_code}
 
     def send(self, **body) -> requests.Response:
@@ -412,6 +423,7 @@ def _serve(stack: Stack) -> bool:
                 "pubsub_emulator": stack.pubsub_host,
                 "firestore_emulator": stack.firestore_host,
                 "outcomes_topic": TOPOLOGY["outcomes_topic"],
+                "cloud_tasks": stack.cloud_tasks(),
                 "logs": str(stack.workdir),
             }
         ),

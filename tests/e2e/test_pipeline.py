@@ -14,7 +14,7 @@ from functions import conversations
 from functions.signature import sign
 from local import demo
 from local.processes import PROJECT, create_pull_subscription, free_port, pull_all
-from local.stack import AGENT, CLIENT_TOKEN, TOPOLOGY
+from local.stack import AGENT, CLIENT_TOKEN, QUEUES, TOPOLOGY
 from tests.support import wait_for
 
 DEADLINE = 10  # the shortest deadline send_message accepts
@@ -29,8 +29,14 @@ def run_population(stack, kinds=tuple(demo.KINDS), population=12, timeout=60):
 
 
 def test_full_loop_every_message_meets_its_fate_with_one_sms_where_due(stack, simulator):
+    before = {key: len(stack.tasks.dispatches(queue)) for key, queue in QUEUES.items()}
     planned, docs = run_population(stack)
     assert demo.problems(stack, planned, docs) == []
+    # The due work came on tasks: revokes on rbm-calls, each SMS sent on sms-sends.
+    delivered = {key: stack.tasks.dispatches(queue)[before[key] :] for key, queue in QUEUES.items()}
+    texted = sum(m.sms_id is not None for m in docs.values() if m)
+    assert texted and sum(d["status"] == 200 for d in delivered["sms"]) >= texted
+    assert any(d["status"] == 200 for d in delivered["rbm"])
     for p in planned:
         m = docs[p.message_id]
         if p.kind == "urgent":  # revoke failed: SMS at the deadline, RCS arrived later anyway

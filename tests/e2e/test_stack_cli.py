@@ -23,6 +23,7 @@ from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeSmsWebhook
 from local.fakehttp import FakeServer, Request
 from local.processes import EMULATOR_VARS, REPO_ROOT
+from local.stack import TOPOLOGY
 from tests.support import wait_for
 
 PARTNER_AGENT, PARTNER_TOKEN, GATEWAY_SECRET = (
@@ -116,6 +117,13 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             ready = json.loads(first_line(stack.stdout, timeout=240))
             assert set(ready["functions"]) == ENTRY_POINTS
             assert ready["outcomes_topic"] == "rbm-outcomes"
+            # The queues of topology.json, on the Cloud Tasks endpoint the line names, with their rates.
+            tasks = ready["cloud_tasks"]
+            assert set(tasks["queues"]) == set(TOPOLOGY["queues"]) and tasks["service_account"]
+            for key, name in tasks["queues"].items():
+                queue = requests.get(f"{tasks['endpoint']}/v2/{name}", timeout=10).json()
+                rate = TOPOLOGY["queues"][key]["max_dispatches_per_second"]
+                assert (queue["name"], queue["rateLimits"]["maxDispatchesPerSecond"]) == (name, rate)
 
             message_id = str(uuid.uuid4())
             answer = requests.post(
@@ -137,6 +145,10 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             # No RCS: the SMS goes to the partner's gateway, signed with its secret, at once.
             assert gateway.wait_sent(1, timeout=30)
             assert [(s["to"], s["message_id"]) for s in gateway.sent] == [(NO_RCS, message_id)]
+            # It went out on a task of the sms-sends queue, the timer the send set, not a scheduled pass.
+            stats = requests.get(f"{tasks['endpoint']}/fake/stats", timeout=10).json()
+            sms_queue = TOPOLOGY["queues"]["sms"]["name"]
+            assert [d["status"] for d in stats["queues"][sms_queue]["dispatches"]] == [200]
             # The outcome events reach the partner's endpoint as Pub/Sub push bodies.
             wait_for(lambda: len(outcomes.events()) >= 2, timeout=60)
             assert sorted((e["seq"], e["status"], e["fate"]) for e in outcomes.events()) == [

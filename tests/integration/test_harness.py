@@ -5,6 +5,7 @@ import base64
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,21 @@ def test_function_serves_http_and_kill_stops_it(functions):
 
     function.restart()
     assert requests.get(function.url, timeout=5).text == "hello world"
+
+
+def test_function_records_the_time_it_spent_inside_requests_overlaps_once(functions):
+    function = functions("hold", source=SAMPLES)
+    started = time.time()
+    with ThreadPoolExecutor(2) as pool:  # two requests of 1 s at once: one second of instance time
+        assert list(pool.map(lambda _: requests.get(function.url, params={"seconds": 1}, timeout=10).text, "ab")) == [
+            "held",
+            "held",
+        ]
+    time.sleep(1.0)  # idle: not counted
+    requests.get(function.url, params={"seconds": 0.5}, timeout=10)
+    assert 1.5 <= function.request_seconds() < 2.5
+    assert function.request_seconds(since=time.time()) == 0.0
+    assert function.request_seconds(since=started - 60) == function.request_seconds()
 
 
 def test_function_that_cannot_start_fails_with_its_log(functions):

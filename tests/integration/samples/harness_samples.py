@@ -3,6 +3,7 @@ server from the outside."""
 
 import json
 import os
+import time
 
 import functions_framework
 
@@ -10,6 +11,13 @@ import functions_framework
 @functions_framework.http
 def hello(request):
     return f"hello {request.args.get('name', 'world')}"
+
+
+@functions_framework.http
+def hold(request):
+    """Answers after `seconds` (a query parameter)."""
+    time.sleep(float(request.args["seconds"]))
+    return "held"
 
 
 @functions_framework.cloud_event
