@@ -88,28 +88,16 @@ def queue_name(key: str, tag: str) -> str:
 
 
 def create_queues(tasks_url: str, tag: str, rates: dict[str, float] | None = None) -> dict[str, str]:
-    """Creates topology.json's queues at the fake (`tasks_url`) as the deploy routes create them
-    (rate, concurrency and retry settings), `rates` overriding max_dispatches_per_second by key;
-    answers {key: full queue name}."""
-    names = {}
-    for key, q in QUEUES.items():
-        names[key] = queue_name(key, tag)
-        body = {
-            "name": names[key],
-            "rateLimits": {
-                "maxDispatchesPerSecond": (rates or {}).get(key, q["max_dispatches_per_second"]),
-                "maxConcurrentDispatches": q["max_concurrent_dispatches"],
-            },
-            "retryConfig": {
-                "maxAttempts": q["max_attempts"],
-                "minBackoff": q["min_backoff"],
-                "maxBackoff": q["max_backoff"],
-                "maxDoublings": q["max_doublings"],
-            },
-        }
-        parent = names[key].rsplit("/queues/", 1)[0]
-        http_session.post(f"{tasks_url}/v2/{parent}/queues", json=body, timeout=10).raise_for_status()
-    return names
+    """Creates topology.json's queues at the fake (`tasks_url`) with their settings there,
+    `rates` overriding max_dispatches_per_second by key; answers {key: full queue name}."""
+    return {
+        key: processes.create_queue(
+            tasks_url,
+            queue_name(key, tag),
+            q | {"max_dispatches_per_second": (rates or {}).get(key, q["max_dispatches_per_second"])},
+        )
+        for key, q in QUEUES.items()
+    }
 
 
 @dataclass

@@ -32,7 +32,7 @@ import os
 import time
 from email.message import Message as Headers
 
-from bench.common import PROJECT, CpuMeter, Run, http_session, load_average, seed, table
+from bench.common import CpuMeter, Run, http_session, load_average, seed, table
 from bench.flows import AGENT, TASKS_VARS, TWILIO_SID, TWILIO_TOKEN, WORKER_CONCURRENCY, schedule, start_flow
 from bench.sweeps import due
 from local.fake_rbm import FakeRbm
