@@ -110,13 +110,18 @@ def wait_for_sms(twilio: FakeTwilio, phones: list[str], timeout: float) -> bool:
 
 
 def warm_up(flows: dict, sims: dict, twilio: FakeTwilio) -> None:
-    """One no-RCS message per flow, waited for, so every process has imported, connected
-    and built its clients before the measured sends."""
-    phones = {flow: phone(KINDS.index(flow), 9, 0) for flow in flows}
-    for flow, to in phones.items():
-        sims[flow].set_phone(to, "not_rcs")
-        send(flows[flow].functions["send_message"].url, to, str(uuid.uuid4()), 10)
-    if not wait_for_sms(twilio, list(phones.values()), 120):
+    """Per flow, one message without RCS and one the platform expires at once, waited for,
+    so every process (the events path's too) has imported, connected and built its
+    clients before the measured sends."""
+    phones = []
+    for flow in flows:
+        not_rcs, expiring = phone(KINDS.index(flow), 9, 0), phone(KINDS.index(flow), 9, 1)
+        sims[flow].set_phone(not_rcs, "not_rcs")
+        sims[flow].expire_after(expiring, 1.0)
+        for to, deadline in ((not_rcs, 10), (expiring, TTL_DEADLINE)):
+            send(flows[flow].functions["send_message"].url, to, str(uuid.uuid4()), deadline)
+            phones.append(to)
+    if not wait_for_sms(twilio, phones, 120):
         raise RuntimeError("a warm-up SMS never came")
 
 
