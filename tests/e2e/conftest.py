@@ -7,7 +7,7 @@ import pytest
 
 from local.stack import Stack
 
-# Local time runs fast: sweeps every second, leases and backoffs of a second.
+# Local time runs fast: a scheduled pass every second, leases and backoffs of a second.
 SETTINGS = {
     "LEASE_SECONDS": "5",
     "RETRY_BACKOFF_SECONDS": "0.5",

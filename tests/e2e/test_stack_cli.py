@@ -145,10 +145,13 @@ def test_no_demo_mode_serves_a_partners_rbm_and_sms_gateway_and_ctrl_c_stops_eve
             # No RCS: the SMS goes to the partner's gateway, signed with its secret, at once.
             assert gateway.wait_sent(1, timeout=30)
             assert [(s["to"], s["message_id"]) for s in gateway.sent] == [(NO_RCS, message_id)]
+
             # It went out on a task of the sms-sends queue, the timer the send set, not a scheduled pass.
-            stats = requests.get(f"{tasks['endpoint']}/fake/stats", timeout=10).json()
-            sms_queue = TOPOLOGY["queues"]["sms"]["name"]
-            assert [d["status"] for d in stats["queues"][sms_queue]["dispatches"]] == [200]
+            def sms_task_answers() -> list[int | None]:
+                stats = requests.get(f"{tasks['endpoint']}/fake/stats", timeout=10).json()
+                return [d["status"] for d in stats["queues"][TOPOLOGY["queues"]["sms"]["name"]]["dispatches"]]
+
+            wait_for(lambda: sms_task_answers() == [200], timeout=30)
             # The outcome events reach the partner's endpoint as Pub/Sub push bodies.
             wait_for(lambda: len(outcomes.events()) >= 2, timeout=60)
             assert sorted((e["seq"], e["status"], e["fate"]) for e in outcomes.events()) == [
