@@ -1,10 +1,14 @@
-"""Cost: Firestore reads and writes, Pub/Sub publishes and function invocations per
-message over its whole life, counted (not timed), issue 12's flow beside today's.
+"""Cost: Firestore reads and writes, Pub/Sub publishes, Cloud Tasks operations and
+function invocations per message over its whole life, counted (not timed), the
+engine before (BASELINE: polling runs, a work topic) beside the engine after
+(Cloud Tasks timers).
 
 Both flows of bench/flows.py run side by side (each its own collection, RBM
-simulator and processes), every function served from bench/counted.py, which
-counts the calls the functions make through Google's clients. Three journeys,
-one after the other, `--messages` messages each:
+simulator and processes), every function served from its checkout's
+bench/counted.py, which counts the calls the functions make through Google's
+clients. Cloud Tasks operations (API calls and deliveries, as the service
+bills them) are the fake's own count. Three journeys, one after the other,
+`--messages` messages each:
 
 - never online: send → deadline → revoke (200) → SMS;
 - online: send → DELIVERED receipt (the simulator's signed webhook →
@@ -18,7 +22,7 @@ scheduled runs polling (one read each, whatever the traffic): they are kept
 out of the per-message reads and reported per hour instead, with the
 scheduled invocations.
 
-    python -m bench.cost [--messages 20] [--period 10] [--deadline 10]
+    python -m bench.cost [--messages 20] [--period 60] [--deadline 10]
 """
 
 import argparse
@@ -28,8 +32,10 @@ import uuid
 
 from bench.common import Run, table
 from bench.counted import totals
-from bench.flows import CLIENT_TOKEN, KINDS, TWILIO_SID, TWILIO_TOKEN, schedule, send, start_flow
+from bench.flows import CLIENT_TOKEN, KINDS, TWILIO_SID, TWILIO_TOKEN, baseline, schedule, send, start_flow
 from local.fake_sms import FakeTwilio
+from local.fake_tasks import FakeTasks
+from local.processes import REPO_ROOT
 from local.simulator import Simulator
 
 JOURNEYS = {  # journey → (simulated device, the fate that ends it: state, fallback)
@@ -45,6 +51,7 @@ MEASURES = (
     "firestore_queries",
     "pubsub_messages",
     "pubsub_publish_requests",
+    "tasks_operations",
 )
 PER_MESSAGE_INVOCATIONS = ("send_message", "receive_webhook", "track_delivery", "process_due_work")
 
@@ -56,10 +63,11 @@ def settled(collection: str, ids: list[str], fate: tuple[str, str]) -> bool:
     return all(s.exists and (s.get("state"), s.get("fallback")) == fate for s in store.client().get_all(refs))
 
 
-def journey(flows, sims, folders, name: str, count: int, deadline: int, period: float, first: int) -> dict:
+def journey(flows, sims, folders, tasks, name: str, count: int, deadline: int, period: float, first: int) -> dict:
     """One journey in both flows at once; each flow's counts for it."""
     device, fate = JOURNEYS[name]
     before = {kind: totals(folders[kind]) for kind in KINDS}
+    operations = tasks.operations()
     started = time.monotonic()
     ids = {kind: [] for kind in KINDS}
     for i in range(count):
@@ -78,6 +86,8 @@ def journey(flows, sims, folders, name: str, count: int, deadline: int, period: 
     for kind in KINDS:
         counted = totals(folders[kind])
         counted.subtract(before[kind])
+        if kind == "after":
+            counted["tasks_operations"] = tasks.operations() - operations
         result[kind] = {"done": done[kind], "seconds": round(elapsed, 1), "counts": dict(counted)}
     print(
         f"{name}: {count} messages per flow in {elapsed:.0f} s, fates {'met' if all(done.values()) else 'NOT all met'}",
@@ -101,8 +111,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--period",
         type=float,
-        default=10.0,
-        help="scheduler period, seconds (10; counts per message do not depend on it)",
+        default=60.0,
+        help="scheduler period, seconds (60, as in production)",
     )
     parser.add_argument(
         "--deadline", type=int, default=10, help="revoke_after_seconds (10, the least send_message takes)"
@@ -110,10 +120,11 @@ def main(argv=None) -> None:
     parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
     args = parser.parse_args(argv)
 
-    with Run("cost") as run:
+    with baseline() as checkout, Run("cost") as run:
         run.emulator("pubsub")
         run.emulator("firestore")
         twilio = run.enter_context(FakeTwilio(TWILIO_SID, TWILIO_TOKEN))
+        tasks = run.enter_context(FakeTasks())
         folders, sims, flows = {}, {}, {}
         for kind in KINDS:
             folders[kind] = run.logs / f"counts-{kind}"
@@ -126,6 +137,8 @@ def main(argv=None) -> None:
                 sims[kind].url,
                 twilio.url,
                 args.period,
+                checkout=checkout if kind == "before" else REPO_ROOT,
+                tasks_url=tasks.url,
                 source="bench/counted.py",
                 events=True,
                 settings={"BENCH_COUNTS_DIR": str(folders[kind]), "REVOKE_GRACE_SECONDS": f"{args.grace:g}"},
@@ -136,7 +149,7 @@ def main(argv=None) -> None:
         started = time.monotonic()
         schedule(run, list(flows.values()), args.period)
         results = {
-            name: journey(flows, sims, folders, name, args.messages, args.deadline, args.period, 1000 * j)
+            name: journey(flows, sims, folders, tasks, name, args.messages, args.deadline, args.period, 1000 * j)
             for j, name in enumerate(JOURNEYS)
         }
         elapsed = time.monotonic() - started
@@ -157,6 +170,7 @@ def main(argv=None) -> None:
                     f["firestore_queries"],
                     f["pubsub_messages"],
                     f["pubsub_publish_requests"],
+                    f["tasks_operations"],
                     f["invocations"],
                 ]
             )
@@ -173,6 +187,7 @@ def main(argv=None) -> None:
             "queries (with results)",
             "Pub/Sub msgs",
             "publish calls",
+            "Cloud Tasks ops",
             "invocations",
         ],
         rows,
@@ -193,8 +208,8 @@ def main(argv=None) -> None:
         [[k, v["empty_queries_per_hour"], v["scheduled_invocations_per_hour"]] for k, v in idle.items()],
     )
     print(
-        "\nEmpty polls: the dispatch flow's runs poll every second for their whole period, so about 2 × 3,600 an hour "
-        "whatever the period; today's runs poll once a tick, 2 × 3,600 ÷ period an hour."
+        "\nEmpty polls: before, the runs poll every second for their whole period, so about 2 × 3,600 an hour "
+        "whatever the period; after, each safety-net pass looks once, 2 × 3,600 ÷ period an hour."
     )
     run.save({"args": vars(args), "journeys": results, "idle": idle, "totals": {k: dict(v) for k, v in whole.items()}})
 

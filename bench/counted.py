@@ -12,7 +12,9 @@ the functions make is counted on its way out, as the services bill it:
   read for a query that returns none (the pricing page's minimum charge);
   an aggregation (`count()`) is counted as one read; a write for each write
   in a commit. Round trips (commits, lookups, queries) are counted besides.
-- Pub/Sub: Publish requests and the messages in them, per topic.
+- Pub/Sub: Publish requests and the messages in them, per topic, counted at
+  functions.pubsub.publish_batch (every publish goes through it, on the
+  client's gRPC channel rather than the client's `publish` method).
 - Invocations of each entry point.
 
 After each invocation the process writes its totals to
@@ -28,9 +30,9 @@ from pathlib import Path
 
 import functions_framework
 from google.cloud.firestore_v1.services.firestore.client import FirestoreClient
-from google.pubsub_v1.services.publisher.client import PublisherClient
 
 import main
+from functions import pubsub
 
 COUNTS: collections.Counter = collections.Counter()
 _lock = threading.Lock()
@@ -115,14 +117,18 @@ def _aggregation(method):
     return wrapped
 
 
-def _publish(method):
-    @functools.wraps(method)
-    def wrapped(self, *args, topic=None, messages=(), **kwargs):
-        name = (topic or "").rsplit("/", 1)[-1]
+def _publish(function):
+    @functools.wraps(function)
+    def wrapped(topic, messages, *args, **kwargs):
+        calls = -(-len(messages) // pubsub.MAX_PER_CALL)
         count(
-            **{"pubsub_publish_requests": 1, "pubsub_messages": len(messages), f"pubsub_messages.{name}": len(messages)}
+            **{
+                "pubsub_publish_requests": calls,
+                "pubsub_messages": len(messages),
+                f"pubsub_messages.{topic}": len(messages),
+            }
         )
-        return method(self, *args, topic=topic, messages=messages, **kwargs)
+        return function(topic, messages, *args, **kwargs)
 
     return wrapped
 
@@ -131,7 +137,7 @@ FirestoreClient.batch_get_documents = _lookup(FirestoreClient.batch_get_document
 FirestoreClient.run_query = _query_stream(FirestoreClient.run_query)
 FirestoreClient.run_aggregation_query = _aggregation(FirestoreClient.run_aggregation_query)
 FirestoreClient.commit = _commit(FirestoreClient.commit)
-PublisherClient.publish = _publish(PublisherClient.publish)
+pubsub.publish_batch = _publish(pubsub.publish_batch)
 
 
 def _counted(entry):
@@ -152,4 +158,4 @@ revoke_expired = functions_framework.http(_counted(main.revoke_expired))
 send_fallbacks = functions_framework.http(_counted(main.send_fallbacks))
 track_delivery = functions_framework.cloud_event(_counted(main.track_delivery))
 record_inbound = functions_framework.cloud_event(_counted(main.record_inbound))
-process_due_work = functions_framework.cloud_event(_counted(main.process_due_work))
+process_due_work = functions_framework.http(_counted(main.process_due_work))

@@ -1,41 +1,49 @@
-"""Scale: N messages sharing one deadline, revoked and texted by 1, 2 and 4 worker processes.
+"""Rate = quota, and scale: N messages sharing one deadline, drained through the rate-limited queues.
 
-For each number of workers: N messages are seeded straight into Firestore
-(batched writes of 500) as sent, with a fallback SMS, and a deadline that has
-just passed; each is queued at the fake RBM so its revoke answers 200. The
-fake RBM and the fake Twilio answer every call after `--latency` seconds. Then
-the scheduler starts (revoke_expired and send_fallbacks every `--period`
-seconds with SCHEDULE_PERIOD_SECONDS = the period and a work topic), and the
-clock runs from its first tick until the fake Twilio has received the last
-SMS. Each worker is a process_due_work process with SWEEP_PARALLELISM=P (at
-most P calls in flight) taking at most `--concurrency` pushed items at once;
-the pushes come from local.pusher.Pusher (the emulator pushes 2 at a time).
+N messages are seeded straight into Firestore (batched writes of 500) as sent,
+each with an SMS fallback, all with the same deadline; each is accepted by
+the fake RBM first (through its own create handler, without the socket), so
+its revoke answers 200. Their revoke timers are set as the relay sets them
+after a commit (functions.timers.schedule_all: one Cloud Tasks task per
+message at its deadline) on the paused `rbm-calls` queue; the clock starts
+when both queues are resumed, with the deadline just passed: a backlog of N
+due revokes. Each revoke answered 200 makes the SMS due REVOKE_GRACE_SECONDS
+later (a task on `sms-sends`). The scheduler calls the safety-net passes every
+`--period` seconds meanwhile. The queues have the retry settings of
+infra/topology.json and the dispatch rates `--rbm-rate` / `--sms-rate`; the
+fake RBM and the fake Twilio answer every call after `--latency` seconds. One
+process_due_work server, `--worker-processes` gunicorn workers of the
+deployed concurrency, stands for the worker's instances.
 
-Every message takes two slow calls (the revoke and the SMS), so the ideal
-rate is workers × P ÷ latency calls per second, i.e. half that in messages;
-the grace window (REVOKE_GRACE_SECONDS) adds a fixed wait the ideal ignores.
+Measured from outside, where the calls land: revokes per second at the fake
+RBM and SMS per second at the fake Twilio, the most in any one-second window
+(target ≤ rate × 1.1) and the mean from the first call to the last (target ≥
+0.9 × rate); the time from the start to the last SMS against the ideal
+(grace + N ÷ the slower rate, the revokes running ahead); revoked, texted,
+duplicate SMS; Cloud Tasks operations and deliveries per message; the CPU
+each part used, as cores busy.
 
-    python -m bench.scale [--messages 20000] [--workers 1,2,4] [--parallelism 16] [--latency 0.1] [--period 60]
+    python -m bench.scale [--messages 4000] [--rbm-rate 20] [--sms-rate 10] [--latency 0.1] [--grace 5]
 """
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import time
 from email.message import Message as Headers
 
-from bench.common import PROJECT, CpuMeter, Run, check, http_session, load_average, seed, table
-from bench.flows import AGENT, TWILIO_SID, TWILIO_TOKEN, WORKER_CONCURRENCY, schedule, start_flow
+from bench.common import CpuMeter, Run, http_session, load_average, seed, table
+from bench.flows import AGENT, TASKS_VARS, TWILIO_SID, TWILIO_TOKEN, WORKER_CONCURRENCY, schedule, start_flow
 from bench.sweeps import due
 from local.fake_rbm import FakeRbm
 from local.fake_sms import FakeTwilio
+from local.fake_tasks import FakeTasks, max_in_window
 from local.fakehttp import Request
-from local.processes import reset_firestore
+
+OVER, UNDER = 1.1, 0.9  # the issue's bounds: never above rate × 1.1 in a second, a backlog drained at ≥ 0.9 × rate
 
 
-def queue(rbm: FakeRbm, messages, latency: float) -> None:
+def accept_at(rbm: FakeRbm, messages, latency: float) -> None:
     """Has the fake platform accept each message (its own create handler, without
     the socket), so a revoke answers 200; then every call for its phone is slow."""
     for m in messages:
@@ -54,16 +62,33 @@ def queue(rbm: FakeRbm, messages, latency: float) -> None:
         rbm.set_phone(m.phone, "slow", delay=latency)
 
 
-def warm(workers) -> None:
-    """One push with no work item to each worker: it imports its modules and acknowledges."""
-    envelope = {
-        "message": {"data": "", "messageId": "warm-up", "publishTime": "2026-01-01T00:00:00Z"},
-        "subscription": f"projects/{PROJECT}/subscriptions/warm-up",
+def arm(flow, messages) -> float:
+    """Sets each message's revoke timer as a commit does (timers.schedule_all), from this
+    process with the flow's settings; answers the seconds it took."""
+    from functions import timers
+
+    os.environ.update({k: v for k, v in flow.env.items() if k in TASKS_VARS})
+    started = time.monotonic()
+    timers.schedule_all([(None, m) for m in messages])
+    return time.monotonic() - started
+
+
+def queue_state(tasks_url: str, queue: str, verb: str) -> None:
+    http_session.post(f"{tasks_url}/v2/{queue}:{verb}", json={}, timeout=10).raise_for_status()
+
+
+def rates(times: list[float]) -> dict:
+    """Calls landing at `times`: how many, the most in any one-second window, the mean
+    per second from the first to the last, and when they began and ended."""
+    times = sorted(times)
+    span = times[-1] - times[0] if len(times) > 1 else 0.0
+    return {
+        "calls": len(times),
+        "max_1s": max_in_window(times, 1.0),
+        "mean_per_s": (len(times) - 1) / span if span else 0.0,
+        "first": times[0] if times else None,
+        "last": times[-1] if times else None,
     }
-    for worker in workers:
-        http_session.post(
-            f"{worker.url}/projects/{PROJECT}/topics/warm-up", json=envelope, timeout=60
-        ).raise_for_status()
 
 
 def wait_done(twilio: FakeTwilio, count: int, timeout: float) -> bool:
@@ -75,35 +100,57 @@ def wait_done(twilio: FakeTwilio, count: int, timeout: float) -> bool:
     return False
 
 
-def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, args) -> dict:
-    """N messages revoked and texted by `workers` worker processes; what it took."""
-    reset_firestore(host, PROJECT)
-    rbm.reset()
-    twilio.reset()
-    twilio.set_delay(args.latency)
-    with contextlib.ExitStack() as stack:
-        settings = {"SWEEP_PARALLELISM": str(args.parallelism), "REVOKE_GRACE_SECONDS": f"{args.grace:g}"}
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=4_000, help="messages sharing one deadline (4,000)")
+    parser.add_argument("--rbm-rate", type=float, default=20.0, help="max_dispatches_per_second of rbm-calls (20)")
+    parser.add_argument("--sms-rate", type=float, default=10.0, help="max_dispatches_per_second of sms-sends (10)")
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds each fake RBM / Twilio call takes (0.1)")
+    parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
+    parser.add_argument("--period", type=float, default=60.0, help="scheduler period, seconds (60)")
+    parser.add_argument("--worker-processes", type=int, default=2, help="gunicorn workers of process_due_work (2)")
+    parser.add_argument(
+        "--concurrency", type=int, default=WORKER_CONCURRENCY, help=f"threads per worker ({WORKER_CONCURRENCY})"
+    )
+    parser.add_argument("--timeout", type=float, default=1800.0, help="give the drain at most this long (1800 s)")
+    args = parser.parse_args(argv)
+    load_before = load_average()
+
+    with Run("scale") as run:
+        run.emulator("pubsub")
+        run.emulator("firestore")
+        rbm = run.enter_context(FakeRbm())
+        twilio = run.enter_context(FakeTwilio(TWILIO_SID, TWILIO_TOKEN))
+        twilio.set_delay(args.latency)
+        tasks = run.enter_context(FakeTasks())
         flow = start_flow(
             run,
-            "dispatch",
+            "after",
             rbm.url,
             twilio.url,
             args.period,
-            workers=workers,
+            tasks_url=tasks.url,
+            rates={"rbm": args.rbm_rate, "sms": args.sms_rate},
             concurrency=args.concurrency,
-            settings=settings,
+            worker_processes=args.worker_processes,
+            settings={"REVOKE_GRACE_SECONDS": f"{args.grace:g}"},
             functions=("revoke_expired", "send_fallbacks"),
-            tag=f"-w{workers}",
-            stack=stack,
         )
+        for queue in flow.queues.values():
+            queue_state(tasks.url, queue, "pause")
         os.environ["RBM_MESSAGES_COLLECTION"] = flow.collection  # where seed() writes
-        messages = due(f"w{workers}", args.messages)
+        messages = due("s", args.messages)
         seeding = seed(messages)
-        queue(rbm, messages, args.latency)
-        warm(flow.workers)
-        print(f"{workers} worker(s): seeded {args.messages:,} in {seeding:.1f} s; scheduler starts", flush=True)
-        groups = {f"worker{i}": w.pid for i, w in enumerate(flow.workers)}
-        groups |= {
+        accept_at(rbm, messages, args.latency)
+        arming = arm(flow, messages)
+        operations_before = tasks.operations()
+        print(
+            f"seeded {args.messages:,} in {seeding:.1f} s, their timers set in {arming:.1f} s; "
+            f"queues resume at {args.rbm_rate:g} / {args.sms_rate:g} per second",
+            flush=True,
+        )
+        groups = {
+            "worker": flow.workers[0].pid,
             "firestore": run.emulators["firestore"].pid,
             "pubsub": run.emulators["pubsub"].pid,
             "revoke_expired": flow.functions["revoke_expired"].pid,
@@ -111,120 +158,91 @@ def one(run: Run, host: str, rbm: FakeRbm, twilio: FakeTwilio, workers: int, arg
         }
         with CpuMeter(**groups) as cpu:
             started = time.time()
-            schedule(stack, [flow], args.period)
+            for queue in flow.queues.values():
+                queue_state(tasks.url, queue, "resume")
+            scheduler = schedule(run, [flow], args.period, at_once=False)
             done = wait_done(twilio, args.messages, args.timeout)
+            time.sleep(3.0)  # a duplicate would come now
+        scheduler.stop()
         sent = twilio.sent
-        finished = max((s["time"] for s in sent), default=time.time())
-        phones = {s["to"] for s in sent}
+        revokes = [r["time"] for r in rbm.requests if r["kind"] == "revoke"]
         result = {
-            "workers": workers,
             "done": done,
-            "seconds": round(finished - started, 2),
-            "seeding_s": round(seeding, 2),
+            "seconds": max((s["time"] for s in sent), default=time.time()) - started,
+            "seeding_s": seeding,
+            "arming_s": arming,
             "revoked": rbm.count("revoke", status=200),
-            "revoke_calls": rbm.count("revoke"),
-            "sms": len(sent),
-            "sms_phones": len(phones),
-            "pushed": flow.pusher.delivered,
-            "push_failed": flow.pusher.failed,
+            "rbm": rates(revokes),
+            "sms": rates(twilio.received_at),
+            "dispatched": {k: rates(tasks.dispatch_times(q)) for k, q in flow.queues.items()},
+            "texted": len({s["to"] for s in sent}),
+            "sms_sent": len(sent),
+            "tasks_operations": tasks.operations() - operations_before,
+            "arming_operations": operations_before,
+            "deliveries": {k: len(tasks.dispatches(q)) for k, q in flow.queues.items()},
+            "max_running": {k: tasks.max_running(q) for k, q in flow.queues.items()},
+            "scheduled_answers": [e.status for e in scheduler.executions],
             "cpu_seconds": cpu.seconds,
-            "wall": cpu.wall,
+            "cores": cpu.cores,
         }
-    cores = {k: v / cpu.wall for k, v in cpu.seconds.items()}
-    result["cores"] = {
-        "workers": sum(v for k, v in cores.items() if k.startswith("worker")),
-        "firestore": cores["firestore"],
-        "pubsub": cores["pubsub"],
-        "runs": cores["revoke_expired"] + cores["send_fallbacks"],
-        "bench": cores["bench"],
-    }
-    result["cores"]["total"] = sum(result["cores"].values())
-    print(f"{workers} worker(s): {result['seconds']:.1f} s, cores busy {result['cores']['total']:.2f}", flush=True)
-    return result
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="messages sharing one deadline (20,000)")
-    parser.add_argument("--workers", default="1,2,4", help="numbers of worker processes, comma-separated (1,2,4)")
-    parser.add_argument("--parallelism", type=int, default=16, help="SWEEP_PARALLELISM of each worker (16)")
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=WORKER_CONCURRENCY,
-        help=f"pushed items at once per worker (deployed: {WORKER_CONCURRENCY})",
-    )
-    parser.add_argument("--latency", type=float, default=0.1, help="seconds each fake RBM / Twilio call takes (0.1)")
-    parser.add_argument("--grace", type=float, default=5.0, help="REVOKE_GRACE_SECONDS (5, the default)")
-    parser.add_argument("--period", type=float, default=60.0, help="scheduler period, seconds (60)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="give each size at most this long (1800 s)")
-    args = parser.parse_args(argv)
-    counts = [int(w) for w in args.workers.split(",")]
-    load_before = load_average()
-
-    with Run("scale") as run:
-        run.emulator("pubsub")
-        host = run.emulator("firestore")
-        rbm = run.enter_context(FakeRbm())
-        twilio = run.enter_context(FakeTwilio(TWILIO_SID, TWILIO_TOKEN))
-        results = [one(run, host, rbm, twilio, w, args) for w in counts]
         loads = {"before": load_before, "after": load_average()}
 
+    n = args.messages
+    ideal = args.grace + n / min(args.rbm_rate, args.sms_rate)
+    result["ideal_seconds"] = ideal
     print(f"\nmachine load average before/after: {loads['before']:.2f}/{loads['after']:.2f} ({os.cpu_count()} CPUs)")
-    rows, verdicts = [], {}
-    for i, r in enumerate(results):
-        calls = 2 * args.messages / r["seconds"]
-        ideal = r["workers"] * args.parallelism / args.latency
-        r |= {
-            "messages_per_s": args.messages / r["seconds"],
-            "calls_per_s": calls,
-            "ideal_calls_per_s": ideal,
-            "of_ideal": calls / ideal,
-        }
-        speedup = results[i - 1]["seconds"] / r["seconds"] if i else None
-        factor = r["workers"] / results[i - 1]["workers"] if i else None
-        r["speedup"] = speedup
-        c = r["cores"]
+    rows = []
+    verdicts = {}
+    for key, rate in (("rbm", args.rbm_rate), ("sms", args.sms_rate)):
+        r = result[key]
+        d = result["dispatched"][key]
         rows.append(
             [
-                r["workers"],
-                r["seconds"],
-                r["messages_per_s"],
-                calls,
-                ideal,
-                f"{r['of_ideal']:.2f}x",
-                f"{speedup:.2f}x" if speedup else "-",
-                "/".join(f"{c[k]:.2f}" for k in ("workers", "firestore", "pubsub", "runs", "bench"))
-                + f" = {c['total']:.2f}",
-                f"{r['revoked']}/{r['sms_phones']}/{r['sms'] - r['sms_phones']}",
-                r["pushed"],
+                key,
+                rate,
+                r["calls"],
+                r["max_1s"],
+                r["mean_per_s"],
+                f"{r['mean_per_s'] / rate:.2f}x",
+                f"{d['calls']} / {d['max_1s']} / {d['mean_per_s']:.1f}",
             ]
         )
-        verdicts[f"{r['workers']} worker(s), of the ideal"] = check(r["of_ideal"], 0.7, at_least=True)
-        if speedup:
-            verdicts[f"{results[i - 1]['workers']} → {r['workers']} workers ({factor:g}×), speed-up"] = check(
-                speedup, round(1.6 ** math.log2(factor), 2), at_least=True
-            )
+        verdicts[f"{key}: most calls in one second"] = (
+            f"{r['max_1s']} (target <= {rate * OVER:g}) {'ok' if r['max_1s'] <= rate * OVER else 'MISSED'}"
+        )
+        verdicts[f"{key}: mean while draining"] = (
+            f"{r['mean_per_s']:.1f}/s = {r['mean_per_s'] / rate:.2f}x (target >= {UNDER}x) "
+            + ("ok" if r["mean_per_s"] >= UNDER * rate else "MISSED")
+        )
     table(
-        f"{args.messages:,} messages sharing one deadline, revoked and texted; SWEEP_PARALLELISM={args.parallelism}, "
-        f"fakes answer in {args.latency * 1000:g} ms, grace {args.grace:g} s, scheduler period {args.period:g} s",
+        f"{n:,} messages sharing one deadline; fakes answer in {args.latency * 1000:g} ms, grace {args.grace:g} s",
         [
-            "workers",
-            "seconds",
-            "msgs/s",
-            "calls/s",
-            "ideal calls/s",
-            "of ideal",
-            "speed-up",
-            "cores: workers/firestore/pubsub/runs/bench = total",
-            "revoked/texted/dup SMS",
-            "items pushed",
+            "calls",
+            "configured rate/s",
+            "calls",
+            "most in 1 s",
+            "mean/s",
+            "mean ÷ rate",
+            "queue's deliveries / most in 1 s / mean/s",
         ],
         rows,
     )
+    dup = result["sms_sent"] - result["texted"]
+    verdicts["revoked / texted / duplicate SMS"] = f"{result['revoked']:,} / {result['texted']:,} / {dup}" + (
+        " ok" if result["revoked"] == n and result["texted"] == n and dup == 0 else " MISSED"
+    )
+    verdicts["time, start → last SMS"] = (
+        f"{result['seconds']:.1f} s; ideal grace + N ÷ slower rate = {ideal:.1f} s ({result['seconds'] / ideal:.2f}x)"
+    )
+    verdicts["Cloud Tasks operations per message"] = (
+        f"{(result['tasks_operations'] + result['arming_operations']) / n:.2f} "
+        f"(deliveries: {', '.join(f'{k} {v / n:.2f}' for k, v in result['deliveries'].items())})"
+    )
+    cores = result["cores"]
+    verdicts["cores busy"] = " / ".join(f"{k} {v:.2f}" for k, v in cores.items()) + f" = {sum(cores.values()):.2f}"
     table("Against the targets", ["measure", "result"], [[k, v] for k, v in verdicts.items()])
     print(f"\ncores available: {os.cpu_count()}; where the total nears it, the machine, not the design, sets the pace")
-    run.save({"args": vars(args), "results": results, "load_average": loads, "verdicts": verdicts})
+    run.save({"args": vars(args), "result": result, "load_average": loads, "verdicts": verdicts})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ is scripted (`script_failure`) so that each message's FIRST attempt fails in a
 documented ambiguous way drawn from a seeded mix (500, 502, 504, a reset or a close
 after the request was read; `timeout`, a hold past the relay's 15 s read timeout,
 only if asked for), half of them after the provider really sent the SMS and half
-before. The real send_fallbacks process (no work topic: it sends itself) is then
+before. The real send_fallbacks process (no SMS queue: it sends itself) is then
 called again and again, as Cloud Scheduler would, until every fallback is final.
 Three provider modes:
 
@@ -55,7 +55,6 @@ SWEEP_ENV = {
     "RBM_AGENT_ID": AGENT,
     "LEASE_SECONDS": "20",
     "RETRY_BACKOFF_SECONDS": "0.5",
-    "SCHEDULE_PERIOD_SECONDS": "0",
     "SWEEP_BUDGET_SECONDS": "600",
 }
 
