@@ -16,6 +16,7 @@ from functions import batch_request, batches, conversations, outbox, store
 from functions.model import Conversation, Fallback, Message, State
 from functions.transitions import claim_revoke
 from local.fake_tasks import max_in_window
+from local.processes import free_port
 from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
 
 CONTENT = {"text": "Your appointment is tomorrow at 10:00"}
@@ -225,13 +226,16 @@ def test_a_batch_through_the_rbm_queue_is_created_at_the_queue_rate_once_each(fu
     client.create_queue(
         parent=RBM_QUEUE.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=RBM_QUEUE, rate_limits=limits)
     )
-    worker = functions("process_due_work", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, "LEASE_SECONDS": "30"})
+    port = free_port()
     queued = {
         "RBM_TASKS_QUEUE": RBM_QUEUE,
         "CLOUD_TASKS_ENDPOINT": cloud_tasks.url,
-        "WORKER_URL": worker.url,
+        "WORKER_URL": f"http://127.0.0.1:{port}",
         "TASKS_SERVICE_ACCOUNT": "tasks@test-project.iam.gserviceaccount.com",
     }
+    # The worker as deployed: its commits set the retry timers, and a task makes one RBM try.
+    env = {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, "LEASE_SECONDS": "30", "RETRY_BACKOFF_SECONDS": "1", **queued}
+    functions("process_due_work", env=env, port=port)
     sender = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queued})
     rbm.fail_share("create", 0.1, seed=3, status=429)
     response = requests.post(sender.url, json=batch_of(120, "queued", revoke_after_seconds=600), timeout=120)
