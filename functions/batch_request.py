@@ -92,7 +92,8 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     _check(isinstance(defaults, dict), "defaults must be an object of send_message fields")
     _check(not any(f in defaults for f in NOT_IN_DEFAULTS), f"defaults may not set {' or '.join(NOT_IN_DEFAULTS)}")
     _check(isinstance(precheck, bool), "precheck must be true or false")
-    batch_id = body.get("batch_id") or str(uuid.uuid4())
+    batch_id = body.get("batch_id")
+    batch_id = str(uuid.uuid4()) if batch_id is None else batch_id  # absent: a new id; "" or 0 is a bad one
     _check(
         isinstance(batch_id, str) and BATCH_ID.fullmatch(batch_id) is not None,
         "batch_id must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",

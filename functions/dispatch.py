@@ -92,13 +92,19 @@ def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
 
 
 def _safety_net(s: Sweep, deadline: float) -> Counter[str]:
-    # Read within the budget too: a large backlog's messages are left to the next pass.
+    # Read within the budget too: a large backlog's messages are left to the next pass. Each
+    # message is looked up as soon as it is read, earliest first, so a backlog whose reading
+    # alone would spend the budget still gets its earliest rescued by every pass.
     found = sweep.due(s, store.now() - timedelta(seconds=SAFETY_SLACK_SECONDS))
-    overdue = [m for m in itertools.takewhile(lambda _: time.monotonic() < deadline, found) if m.tracked]
     rerun = int(time.time() // 60)
     with ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix=s.name) as pool:
-        rescues = list(pool.map(lambda m: _rescue(s, m, rerun, deadline), overdue))
-    return Counter({"scanned": len(overdue)}) + Counter(r.value for r in rescues)
+        rescuing = [
+            pool.submit(_rescue, s, m, rerun, deadline)
+            for m in itertools.takewhile(lambda _: time.monotonic() < deadline, found)
+            if m.tracked
+        ]
+        rescues = [f.result() for f in rescuing]
+    return Counter({"scanned": len(rescuing)}) + Counter(r.value for r in rescues)
 
 
 def _act(s: Sweep, owner: str, deadline: float) -> Counter[str]:

@@ -18,8 +18,9 @@ the queue, and a Retry-After is considered):
   provider is ready;
 - 500 when a message hit an unexpected error (its lease makes it due again, for
   the safety net);
-- 400 for a body that is not a work item (logged; Cloud Tasks retries it until
-  the queue's max attempts, harmlessly).
+- 400 for a body that is not a work item, or one naming a message id that can
+  never be a Firestore document id (logged; Cloud Tasks retries it until the
+  queue's max attempts, harmlessly, without a Firestore call).
 """
 
 import math
@@ -29,7 +30,7 @@ from collections import Counter
 
 import flask
 
-from functions import config, dispatch, logs, revoke_expired, send_fallbacks, work_items
+from functions import config, dispatch, logs, revoke_expired, send_fallbacks, store, work_items
 from functions.replies import Reply, reject, reply
 from functions.sweep import Outcome
 
@@ -52,7 +53,9 @@ def handle(request: flask.Request) -> Reply:
         return reject(405, "method not allowed")
     try:
         item = work_items.decode(request.get_data())
-    except work_items.WorkItemError as exc:
+        for message_id in item.message_ids:
+            store.document_id(message_id, "messageId")
+    except (work_items.WorkItemError, store.UnstorableError) as exc:
         logs.error("not a work item", event="work_item_invalid", reason=str(exc))
         return reply(400, {"error": str(exc)})
     s = SWEEPS[item.duty]

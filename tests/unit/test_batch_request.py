@@ -79,6 +79,11 @@ def test_invalid_duplicate_and_self_named_messages_are_rejected_with_their_index
         ({"messages": [{}], "precheck": "yes"}, "precheck"),
         ({"messages": [{}], "batch_id": "a/b"}, "batch_id"),
         ({"messages": [{}], "batch_id": "x" * 129}, "batch_id"),
+        # A falsy idempotency key is a bad one, not an absent one: a random id would store a retry twice.
+        ({"messages": [{}], "batch_id": ""}, "batch_id"),
+        ({"messages": [{}], "batch_id": 0}, "batch_id"),
+        ({"messages": [{}], "batch_id": False}, "batch_id"),
+        ({"messages": [{}], "batch_id": []}, "batch_id"),
     ],
 )
 def test_a_body_that_is_no_batch_is_refused_whole(body, reason):

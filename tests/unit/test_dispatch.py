@@ -2,6 +2,7 @@
 with one it is the safety net, which enqueues each overdue message whose timer is not in
 its queue, under the timer's own name or, if that name is taken, the pass's rerun name."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -198,3 +199,27 @@ def test_a_pass_that_loses_the_race_for_the_timers_name_creates_no_second_task(q
     monkeypatch.setattr(timers, "enqueue", raced)
     assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
     assert queue["created"] == []
+
+
+def test_a_backlog_whose_reading_spends_the_budget_still_gets_what_was_read_first_enqueued(queue, queried, monkeypatch):
+    """A purged queue under a backlog larger than a pass can read in its budget: the messages
+    read first are enqueued while the rest is read, not left because reading spent the time
+    (else every pass reads until its budget and enqueues nothing: timers lost for good)."""
+    clock = [0.0]
+    monkeypatch.setattr(dispatch.time, "monotonic", lambda: clock[0])
+    monkeypatch.setenv("SWEEP_BUDGET_SECONDS", "10")
+    first = [overdue(i) for i in range(5)]
+
+    def due(s, until, after=None):
+        yield from first
+        waited = threading.Event()  # the next page's read takes long: the first page's lookups run meanwhile
+        for _ in range(200):
+            if len(queue["created"]) == len(first) or waited.wait(0.01):
+                break
+        clock[0] = 11.0  # ... and when it comes back, the pass's budget is spent
+        yield from (overdue(i) for i in range(5, 10))
+
+    monkeypatch.setattr(sweep, "due", due)
+    summary = dispatch.run(revoke_expired.REVOKE)
+    assert sorted(c[0] for c in queue["created"]) == [m.message_id for m in first]
+    assert summary["enqueued"] == len(first)
