@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from hypothesis import settings
 
 from local.processes import (
     PROJECT,
@@ -23,6 +24,10 @@ TESTS_DIR = Path(__file__).resolve().parent
 # the tests' own reads of conversations key them the same.
 os.environ.setdefault("CONVERSATION_ID_KEY", "test-conversation-id-key")
 MARKED_DIRS = ("integration", "e2e")
+# Property tests check what holds, never how fast: under coverage on a shared 2-core
+# machine one example can take far beyond hypothesis's default 200 ms deadline.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 STARTED: dict[str, Emulator] = {}  # the emulators this session started, by kind
 
 
