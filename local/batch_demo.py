@@ -22,7 +22,7 @@ from functions.model import Fallback, Message
 from functions.outcomes import Fate, fate
 from local import demo
 from local.fake_tasks import max_in_window
-from local.stack import TOPOLOGY
+from local.stack import QUEUES, TOPOLOGY
 
 KINDS = ("online", "late", "never", "not_rcs")
 RBM_RATE = TOPOLOGY["queues"]["rbm"]["max_dispatches_per_second"]  # the creates' pace
@@ -90,14 +90,17 @@ def fate_table(counts: dict[str, Any]) -> str:
     return "\n".join(f"{name:<9} " + "  ".join(f"{key} {n}" for key, n in cells) for name, cells in rows)
 
 
-def rate_line(counts: dict[str, Any], docs: dict[str, Message | None]) -> str:
-    """The creates' pace: the mean (functions.batches.progress) and the most in any one second,
-    against the rbm queue's configured rate."""
+def rate_line(stack, counts: dict[str, Any], docs: dict[str, Message | None]) -> str:
+    """The accepted creates' pace, the mean (functions.batches.progress) and the most in any one
+    second, and the most the rbm queue dispatched in one second (every task it carries: creates
+    answered or refused, revokes), against the queue's configured rate."""
     times = [m.sent_at.timestamp() for m in docs.values() if m and m.sent_at]
     mean = counts["creates_per_second"]["mean"]
+    dispatched = max_in_window(stack.tasks.dispatch_times(QUEUES["rbm"]))
     return (
         f"creates/s: mean {mean if mean is not None else '-'}, most in one second {max_in_window(times)}"
-        f" ({len(times)} creates); the rbm queue's configured rate {RBM_RATE:g}/s"
+        f" ({len(times)} accepted creates); rbm queue: most in one second {dispatched} tasks,"
+        f" its configured rate {RBM_RATE:g}/s"
     )
 
 
@@ -123,7 +126,7 @@ def run(stack, size: int, deadline: int = 20, timeout: float = 100.0, out: TextI
     docs = documents(batch_id, planned)
     counts = batches.progress(batch_id, store.now())
     print(f"\nbatch {batch_id}, {counts['messages']} messages\n{fate_table(counts)}", file=out)
-    print(rate_line(counts, docs), file=out)
+    print(rate_line(stack, counts, docs), file=out)
     print(f"Cloud Tasks: {demo.tasks_line(stack)}", file=out)
     found = demo.problems(stack, planned, docs)
     print(demo.verdict(found, docs), file=out, flush=True)

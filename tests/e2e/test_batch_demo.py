@@ -7,6 +7,7 @@ import re
 from functions import batches
 from functions.outcomes import fate
 from local import batch_demo
+from local.batch_demo import RBM_RATE
 from local.stack import _arguments
 
 DEADLINE = 10  # the shortest deadline send_message accepts
@@ -31,4 +32,5 @@ def test_batch_demo_brings_every_message_to_its_fate_and_prints_the_fate_table(s
     assert "state     DELIVERED 5  READ 5  REVOKED 5  UNREACHABLE 5" in text
     assert "fallback  CANCELLED 10  SENT 10" in text
     assert "fate      rcs 10  sms 10" in text
-    assert re.search(r"creates/s: mean [\d.]+, most in one second \d+ \(\d+ creates\); the rbm queue's", text)
+    creates = r"creates/s: mean [\d.]+, most in one second \d+ \(15 accepted creates\)"
+    assert re.search(creates + rf"; rbm queue: most in one second \d+ tasks, its configured rate {RBM_RATE:g}/s", text)
