@@ -93,7 +93,8 @@ def fate_table(counts: dict[str, Any]) -> str:
 def rate_line(stack, counts: dict[str, Any], docs: dict[str, Message | None]) -> str:
     """The accepted creates' pace, the mean (functions.batches.progress) and the most in any one
     second, and the most the rbm queue dispatched in one second (every task it carries: creates
-    answered or refused, revokes), against the queue's configured rate."""
+    answered or refused, revokes), against the queue's configured rate. One second can hold up to
+    the token bucket's burst plus the rate (max_burst_size, local/fake_tasks.py); the mean is the pace."""
     times = [m.sent_at.timestamp() for m in docs.values() if m and m.sent_at]
     mean = counts["creates_per_second"]["mean"]
     dispatched = max_in_window(stack.tasks.dispatch_times(QUEUES["rbm"]))
