@@ -143,7 +143,7 @@ def take(request: Request) -> Batch:
     return stored
 
 
-def _of_batch(batch_id: str, state: State | None = None) -> list[Message]:
+def of_batch(batch_id: str, state: State | None = None) -> list[Message]:
     query = store.messages().where(filter=FieldFilter("batch_id", "==", batch_id))
     if state:
         query = query.where(filter=FieldFilter("state", "==", state.value))
@@ -160,7 +160,7 @@ def progress(batch_id: str, now: datetime) -> dict[str, Any]:
     """How far the batch got: counts by state, fallback and fate, creates per second (over the
     last RATE_WINDOW_SECONDS and on average since the first) and the time the PENDING ones
     still need at the recent rate (None while nothing is being created)."""
-    messages = _of_batch(batch_id)
+    messages = of_batch(batch_id)
     sent = sorted(m.sent_at for m in messages if m.sent_at)
     recent = sum(1 for at in sent if at > now - timedelta(seconds=RATE_WINDOW_SECONDS)) / RATE_WINDOW_SECONDS
     span = (sent[-1] - sent[0]).total_seconds() if len(sent) > 1 else 0.0
@@ -199,7 +199,7 @@ def cancel(batch_id: str, wait_seconds: float) -> dict[str, int]:
     store.update(collection().document(store.document_id(batch_id, "batch_id")), Batch, marked)
     cancelled, deadline = 0, time.monotonic() + wait_seconds
     while True:
-        ids = [m.message_id for m in _of_batch(batch_id, State.PENDING)]
+        ids = [m.message_id for m in of_batch(batch_id, State.PENDING)]
         now = store.now()
         after = [m for i in range(0, len(ids), CANCEL_PAGE) for m in _cancel_page(ids[i : i + CANCEL_PAGE], now)]
         cancelled += len([m for m in after if m.state is State.FAILED and m.last_error == CANCELLED])

@@ -64,8 +64,8 @@ def plan(population: int, kinds=tuple(KINDS), first_phone: int = 0) -> list[Plan
     return [Planned(kinds[i % len(kinds)], f"+1555{first_phone + i:07d}", str(uuid.uuid4())) for i in range(population)]
 
 
-def launch(stack, planned: list[Planned], deadline: int) -> None:
-    """Devices into the simulator, then every message through send_message."""
+def devices(stack, planned: list[Planned], deadline: int) -> None:
+    """Each planned user's device into the simulator, as its kind says."""
     rbm = stack.rbm
     for p in planned:
         kind = KINDS[p.kind]
@@ -73,6 +73,12 @@ def launch(stack, planned: list[Planned], deadline: int) -> None:
         rbm.add_device(p.phone, kind.device, online_after=online_after, read_after=1.0 if p.kind == "online" else None)
         if kind.revoke_fails:
             rbm.script("revoke", p.message_id, [500] * 1000)
+
+
+def launch(stack, planned: list[Planned], deadline: int) -> None:
+    """Devices into the simulator, then every message through send_message."""
+    rbm = stack.rbm
+    devices(stack, planned, deadline)
     for p in planned:
         body = {
             "phone": p.phone,

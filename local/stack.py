@@ -60,7 +60,14 @@ CLIENT_TOKEN = "local-client-token"
 CONVERSATION_ID_KEY = "local-conversation-id-key"  # production's comes from Secret Manager
 AGENT = "demo-agent@rbm.goog"
 TWILIO_SID, TWILIO_TOKEN = "AC" + "0" * 32, "local-twilio-token"
-HTTP_FUNCTIONS = ("receive_webhook", "receive_sms_status", "send_message", "revoke_expired", "send_fallbacks")
+HTTP_FUNCTIONS = (
+    "receive_webhook",
+    "receive_sms_status",
+    "send_message",
+    "send_batch",
+    "revoke_expired",
+    "send_fallbacks",
+)
 SCHEDULED = ("revoke_expired", "send_fallbacks")
 WORKER = "process_due_work"  # every task's HTTP target (WORKER_URL)
 # Every function runs with its deployed threads (THREADS = its concurrency,
@@ -302,6 +309,11 @@ class Stack:
     def send(self, **body) -> requests.Response:
         return requests.post(self.functions["send_message"].url, json=body, timeout=30)
 
+    def send_batch(self, body: dict) -> requests.Response:
+        return requests.post(
+            self.functions["send_batch"].url, json=body, timeout=RUNTIME["send_batch"]["timeout_seconds"]
+        )
+
     def stop(self) -> None:
         for thing in reversed(self.started):
             try:
@@ -334,6 +346,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--population", type=int, default=12, help="messages in the demo (12)")
     demo.add_argument("--deadline", type=int, default=20, help="revoke_after_seconds of each message (20)")
     demo.add_argument("--timeout", type=float, default=100, help="give the demo at most this long (100 s)")
+    demo.add_argument(
+        "--batch",
+        type=int,
+        metavar="N",
+        help="instead: N messages as one send_batch, a live progress line, then the batch's fates and its creates/s",
+    )
     demo.add_argument("--keep", action="store_true", help="keep the stack running after the demo until Ctrl-C")
     own = parser.add_argument_group("without the demo")
     own.add_argument(
@@ -383,6 +401,8 @@ def _arguments(argv) -> argparse.Namespace:
         parser.error(
             "--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio"
         )
+    if args.batch is not None and args.batch <= 0:
+        parser.error("--batch must be positive")
     if bool(args.sms_webhook_url) != bool(args.sms_webhook_secret):
         parser.error("--sms-webhook-url and --sms-webhook-secret go together")
     return args
@@ -407,7 +427,12 @@ def _demo(stack: Stack, args: argparse.Namespace) -> bool:
         f"RBM simulator {stack.rbm.url}   fake Twilio {stack.sms.url}   logs in {stack.workdir}",
         flush=True,
     )
-    ok = demo.run(stack, population=args.population, deadline=args.deadline, timeout=args.timeout)
+    if args.batch:
+        from local import batch_demo
+
+        ok = batch_demo.run(stack, size=args.batch, deadline=args.deadline, timeout=args.timeout)
+    else:
+        ok = demo.run(stack, population=args.population, deadline=args.deadline, timeout=args.timeout)
     if args.keep:
         print("stack running; Ctrl-C stops it", flush=True)
         threading.Event().wait()
