@@ -1217,7 +1217,8 @@ DRY_RUN_CONFIGS = {
 }
 
 
-def dry_run_output(config: str) -> str:
+def dry_run_with(config: str = "twilio", **settings: str) -> subprocess.CompletedProcess:
+    """deploy.sh --dry-run with `config`'s settings (DRY_RUN_CONFIGS) and `settings` on top."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -1226,8 +1227,13 @@ def dry_run_output(config: str) -> str:
         "RBM_AGENT_ID": "demo-agent",
         "NOTIFICATION_CHANNELS": "",
         **DRY_RUN_CONFIGS[config],
+        **settings,
     }
-    result = subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def dry_run_output(config: str) -> str:
+    result = dry_run_with(config)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -1449,21 +1455,6 @@ def test_dry_run_queues_follow_topology_json():
     agent = "serviceAccount:service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com"
     bindings = commands("twilio", "gcloud", "pubsub", "topics", "add-iam-policy-binding")
     assert {c[4] for c in bindings if flag(c, "--member") == agent} == {TOPOLOGY["dead_letter_topic"]}
-
-
-def dry_run_with(**settings: str) -> subprocess.CompletedProcess:
-    """deploy.sh --dry-run with the twilio configuration and `settings` on top."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "PROJECT": "demo-project",
-        "REGION": "europe-west1",
-        "RBM_AGENT_ID": "demo-agent",
-        "NOTIFICATION_CHANNELS": "",
-        **DRY_RUN_CONFIGS["twilio"],
-        **settings,
-    }
-    return subprocess.run(["bash", str(DEPLOY_SH), "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_dry_run_queue_rates_are_overridable_within_cloud_tasks_bounds():
