@@ -172,14 +172,19 @@ def test_no_phone_number_or_secret_in_any_log_line_of_the_run(stack, simulator):
     # Not "urgent": with SMS retries its late DELIVERED may rightly cancel the SMS.
     planned, docs = run_population(stack, kinds=tuple(k for k in demo.KINDS if k != "urgent"), population=12)
     assert demo.problems(stack, planned, docs) == []
+    # And a batch, so send_batch has a log too, and its numbers are looked for in every log.
+    batched = [f"+1667{next(phones):07d}" for _ in range(2)]
+    body = {"messages": [{"phone": p, "content": {"text": "hi"}} for p in batched]}
+    assert stack.send_batch(body).status_code == 202
+    wait_for(lambda: {r["phone"] for r in stack.rbm.requests if r["kind"] == "create"} >= set(batched), timeout=60)
     logs = {name: process.read_log() for name, process in stack.functions.items()}
-    assert all(logs.values())
-    phones = {
+    assert all(logs.values()), [name for name, text in logs.items() if not text]
+    numbers = {
         record["event"].get("senderPhoneNumber") or record["event"].get("phoneNumber") for record in stack.rbm.webhooks
     }
-    phones |= {record["to"] for record in stack.sms.sent}
-    phones.discard(None)
-    assert len(phones) >= 12
+    numbers |= {record["to"] for record in stack.sms.sent} | set(batched)
+    numbers.discard(None)
+    assert len(numbers) >= 12
     for name, text in logs.items():
-        for secret in [CLIENT_TOKEN, TWILIO_TOKEN, *phones, *(p.lstrip("+") for p in phones)]:
+        for secret in [CLIENT_TOKEN, TWILIO_TOKEN, *numbers, *(p.lstrip("+") for p in numbers)]:
             assert secret not in text, f"{secret!r} in the log of {name}"
