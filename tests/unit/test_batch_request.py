@@ -143,6 +143,15 @@ def test_cancelling_withdraws_an_unclaimed_pending_message_and_its_sms_with_even
     ]
 
 
+def test_cancelling_a_message_without_a_fallback_leaves_its_fallback_none():
+    cancelled = cancel_pending(record(fallback=None), T0, "batch cancelled")
+    assert (cancelled.state, cancelled.fallback, cancelled.last_error) == (
+        State.FAILED,
+        Fallback.NONE,
+        "batch cancelled",
+    )
+
+
 def test_cancelling_leaves_a_claimed_create_and_a_created_message_alone():
     claimed = claim_revoke(record(), T0, timedelta(seconds=60), "worker")
     assert claimed is not None and cancel_pending(claimed, T0, "x") == claimed
