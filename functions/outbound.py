@@ -16,6 +16,7 @@ from typing import Any
 
 from functions import agents, sms_text
 from functions.model import Fallback, Message
+from functions.store import INT64
 
 E164 = re.compile(r"\+[1-9]\d{6,14}")
 TRAFFIC_TYPES = {"AUTHENTICATION", "SERVICEREQUEST", "ACKNOWLEDGEMENT", "PROMOTION", "TRANSACTION"}
@@ -48,8 +49,9 @@ ITEMS = {"suggestions": (0, 11), "richCard.carouselCard.cardContents": (2, 10)} 
 # and fields"; each seen refused by the emulator): maps and arrays nested at most 20
 # deep, the document's own field counting as 1 (the emulator takes one level more),
 # a field path of at most 1,500 bytes, no empty or `__.*__` field name, no array
-# directly in an array. The 1 MiB document limit needs no rule of its own: content
-# within RBM's 250 KB and an SMS of 1,600 units keep a message document far below it.
+# directly in an array, no integer outside 64 bits (store.INT64). The 1 MiB document
+# limit needs no rule of its own: content within RBM's 250 KB and an SMS of 1,600
+# units keep a message document far below it.
 MAX_NESTING = 20
 MAX_FIELD_PATH_BYTES = 1500
 RESERVED_FIELD_NAME = re.compile(r"__.*__", re.DOTALL)
@@ -232,6 +234,10 @@ def _check_storable(content: dict[str, Any]) -> None:
         _require(
             not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
             f"{path} holds an array directly in an array, which Firestore can't store",
+        )
+        _require(
+            not isinstance(value, int) or isinstance(value, bool) or value in INT64,
+            f"{path} is an integer outside 64 bits, which Firestore can't store",
         )
 
 

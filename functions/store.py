@@ -50,7 +50,7 @@ MAX_VALUE_BYTES = 1_048_487  # of one field's value
 MAX_ID_BYTES = 1_500  # a document id, and a field name
 MAX_DEPTH = 20  # of maps and arrays inside a field
 _RESERVED = re.compile(r"__.*__", re.DOTALL)
-_INT64 = range(-(2**63), 2**63)
+INT64 = range(-(2**63), 2**63)  # the integers Firestore stores
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -134,7 +134,7 @@ def _size(value: object, depth: int, where: str) -> int:
     if isinstance(value, bool) or value is None:
         return 1
     if isinstance(value, int):
-        if value not in _INT64:
+        if value not in INT64:
             raise UnstorableError(f"{where} is an integer outside 64 bits")
         return 8
     if isinstance(value, (float, datetime)):

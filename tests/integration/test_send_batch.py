@@ -214,6 +214,17 @@ def test_a_batch_that_is_not_one_is_refused(send_batch):
     assert send_batch({"messages": [{}], "defaults": {"phone": phone(0)}}).status_code == 400
 
 
+def test_a_message_firestore_cannot_store_is_rejected_alone_and_the_rest_of_its_batch_taken(send_batch):
+    body = batch_of(500, "big-int")  # three commits of 200: the bad message in the last
+    body["messages"][450]["content"] = {"text": "x", "n": 2**70}
+    response = send_batch(body)
+    assert response.status_code == 202, response.text
+    assert response.json()["rejected"] == [
+        {"index": 450, "error": "content.n is an integer outside 64 bits, which Firestore can't store"}
+    ]
+    assert response.json()["accepted"] == len(of_batch("big-int")) == 499
+
+
 RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
 RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
 
