@@ -7,6 +7,7 @@ documents it will refuse; anything else is an `InvalidRequest` naming the field.
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -246,6 +247,10 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
     _require(len(kinds) == 1, f"content must have exactly one of {', '.join(CONTENT_KINDS)}")
     for path, value in _nodes(content, "content", 1):
         pattern = re.sub(r"\[\d+\]", "[]", path).removeprefix("content.")
+        _require(
+            not isinstance(value, float) or math.isfinite(value),
+            f"{path} is not a JSON number (NaN and Infinity are not JSON: RBM's request could not carry it)",
+        )
         if pattern in MAX_CHARACTERS:
             _require(
                 isinstance(value, str) and len(value) <= MAX_CHARACTERS[pattern],

@@ -1,5 +1,6 @@
 """send_message as a real process, against the fake RBM platform and the Firestore emulator."""
 
+import json
 import uuid
 
 import pytest
@@ -130,6 +131,18 @@ def test_what_cannot_be_stored_or_sent_is_400_naming_the_field_and_nothing_is_st
     message_id = str(uuid.uuid4())
     response = send(message_id=message_id, **body)
     assert response.status_code == 400 and field in response.json()["error"]
+    assert store.get_message(message_id) is None
+    assert rbm.count("create") == 0
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_json_does_not_have_is_400_and_nothing_is_stored(send, rbm, literal):
+    # Python's parser takes these; no JSON encoder sends them on to RBM, so the create could never be made.
+    message_id = str(uuid.uuid4())
+    body = json.dumps({"phone": PHONE, "content": {"text": "x", "n": 0}, "message_id": message_id})
+    data = body.replace('"n": 0', f'"n": {literal}').encode()
+    response = requests.post(send.url, data=data, headers={"Content-Type": "application/json"}, timeout=30)
+    assert response.status_code == 400 and "content.n" in response.json()["error"]
     assert store.get_message(message_id) is None
     assert rbm.count("create") == 0
 
