@@ -58,6 +58,11 @@ MAX_FIELD_PATH_BYTES = 1500
 RESERVED_FIELD_NAME = re.compile(r"__.*__", re.DOTALL)
 
 
+# A path named in an error is cut to this many characters: field names are the caller's, of any
+# length, and a reason is echoed in answers, logs and a batch's document (1 MiB in all).
+MAX_SHOWN_PATH = 60
+
+
 class InvalidRequest(ValueError):
     """The request can't be sent as it is; the reason is safe to show the caller."""
 
@@ -188,11 +193,16 @@ def _require(condition: bool, reason: str) -> None:
         raise InvalidRequest(reason)
 
 
+def _shown(path: str) -> str:
+    """`path` as an error names it: at most MAX_SHOWN_PATH characters, then `…`."""
+    return path if len(path) <= MAX_SHOWN_PATH else f"{path[:MAX_SHOWN_PATH]}…"
+
+
 def _nodes(value: Any, path: str = "", depth: int = 0) -> Iterator[tuple[str, object]]:
     """Every value of a JSON tree with its path (`a.b[2].c`). The body is the
     document (depth 0) and its fields are depth 1: a tree nested deeper than
     Firestore stores is refused before it is walked further."""
-    _require(depth <= MAX_NESTING, f"{path} nests maps and arrays more than {MAX_NESTING} deep")
+    _require(depth <= MAX_NESTING, f"{_shown(path)} nests maps and arrays more than {MAX_NESTING} deep")
     yield path, value
     if isinstance(value, dict):
         for key, item in value.items():
@@ -214,9 +224,10 @@ def _unicode(text: str) -> bool:
 def _check_unicode(body: dict[str, Any]) -> None:
     for path, value in _nodes(body):
         keys = value.keys() if isinstance(value, dict) else ()
-        _require(all(_unicode(k) for k in keys), f"{path or 'body'} has a field name that is not valid Unicode")
+        _require(all(_unicode(k) for k in keys), f"{_shown(path) or 'body'} has a field name that is not valid Unicode")
         _require(
-            not isinstance(value, str) or _unicode(value), f"{path} is not valid Unicode text (an unpaired surrogate)"
+            not isinstance(value, str) or _unicode(value),
+            f"{_shown(path)} is not valid Unicode text (an unpaired surrogate)",
         )
 
 
@@ -226,19 +237,19 @@ def _check_storable(content: dict[str, Any]) -> None:
             for key in value:
                 _require(
                     bool(key) and not RESERVED_FIELD_NAME.fullmatch(key),
-                    f"{path} has a field name Firestore can't store: empty or __reserved__",
+                    f"{_shown(path)} has a field name Firestore can't store: empty or __reserved__",
                 )
         _require(
             len(path.encode()) <= MAX_FIELD_PATH_BYTES,
-            f"{path[:60]}… is a field path over {MAX_FIELD_PATH_BYTES} bytes",
+            f"{_shown(path)} is a field path over {MAX_FIELD_PATH_BYTES} bytes",
         )
         _require(
             not (isinstance(value, list) and any(isinstance(v, list) for v in value)),
-            f"{path} holds an array directly in an array, which Firestore can't store",
+            f"{_shown(path)} holds an array directly in an array, which Firestore can't store",
         )
         _require(
             not isinstance(value, int) or isinstance(value, bool) or value in INT64,
-            f"{path} is an integer outside 64 bits, which Firestore can't store",
+            f"{_shown(path)} is an integer outside 64 bits, which Firestore can't store",
         )
 
 
@@ -249,7 +260,7 @@ def _check_rbm(content: dict[str, Any], traffic_type: str | None) -> None:
         pattern = re.sub(r"\[\d+\]", "[]", path).removeprefix("content.")
         _require(
             not isinstance(value, float) or math.isfinite(value),
-            f"{path} is not a JSON number (NaN and Infinity are not JSON: RBM's request could not carry it)",
+            f"{_shown(path)} is not a JSON number (NaN and Infinity are not JSON: RBM's request could not carry it)",
         )
         if pattern in MAX_CHARACTERS:
             _require(

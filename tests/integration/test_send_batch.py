@@ -225,6 +225,16 @@ def test_a_message_firestore_cannot_store_is_rejected_alone_and_the_rest_of_its_
     assert response.json()["accepted"] == len(of_batch("big-int")) == 499
 
 
+def test_a_rejection_naming_a_field_of_any_length_is_short_and_the_rest_of_its_batch_taken(send_batch):
+    body = batch_of(2, "long-name")  # the reason names the caller's field, a name of 1.1 MB here
+    body["messages"][1]["content"] = {"text": "x", "k" * 1_100_000: "see you \ud83d"}
+    response = send_batch(body)
+    assert response.status_code == 202, response.text[:300]
+    [rejected] = response.json()["rejected"]
+    assert rejected["index"] == 1 and rejected["error"].startswith("content.kkk") and len(rejected["error"]) < 200
+    assert response.json()["accepted"] == len(of_batch("long-name")) == 1 and batches.get("long-name").stored
+
+
 RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
 RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
 
