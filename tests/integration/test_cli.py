@@ -85,3 +85,12 @@ def test_erase_refuses_a_number_that_is_not_e164_rather_than_erase_nothing(fires
         refused = cli("erase", typed)
         assert refused.returncode == 2 and "E.164" in refused.stderr, refused.stdout
     assert store.get_message("m-9") is not None
+
+
+def test_batch_refuses_an_id_send_batch_never_takes_rather_than_blame_the_emulator(firestore):
+    """An id send_batch would refuse names no batch: say so, not 'cannot reach Google Cloud' or a traceback."""
+    for typed in ("", "a/b", "..", "__x__", "a" * 129, "spring 1"):
+        refused = cli("batch", typed)
+        assert refused.returncode == 2 and "batch_id must be" in refused.stderr, refused.stderr[-300:]
+    unknown = cli("batch", "spring-1")
+    assert unknown.returncode == 1 and "no batch spring-1" in unknown.stderr
