@@ -158,11 +158,13 @@ def get(batch_id: str) -> Batch | None:
 
 def progress(batch_id: str, now: datetime) -> dict[str, Any]:
     """How far the batch got: counts by state, fallback and fate, creates per second (over the
-    last RATE_WINDOW_SECONDS and on average since the first) and the time the PENDING ones
-    still need at the recent rate (None while nothing is being created)."""
+    last RATE_WINDOW_SECONDS, or the seconds since the first create if fewer, at least one;
+    and on average since the first) and the time the PENDING ones still need at the recent
+    rate (None while nothing is being created)."""
     messages = of_batch(batch_id)
     sent = sorted(m.sent_at for m in messages if m.sent_at)
-    recent = sum(1 for at in sent if at > now - timedelta(seconds=RATE_WINDOW_SECONDS)) / RATE_WINDOW_SECONDS
+    window = min(RATE_WINDOW_SECONDS, max(1.0, (now - sent[0]).total_seconds())) if sent else RATE_WINDOW_SECONDS
+    recent = sum(1 for at in sent if at > now - timedelta(seconds=window)) / window
     span = (sent[-1] - sent[0]).total_seconds() if len(sent) > 1 else 0.0
     pending = sum(1 for m in messages if m.state is State.PENDING)
     return {

@@ -235,6 +235,19 @@ def test_a_rejection_naming_a_field_of_any_length_is_short_and_the_rest_of_its_b
     assert response.json()["accepted"] == len(of_batch("long-name")) == 1 and batches.get("long-name").stored
 
 
+def test_progress_rates_the_first_minute_over_the_seconds_it_has_run(firestore):
+    now = store.now()
+    for i in range(300):  # 200 created over the last 10 s, at 20 a second; 100 still to create
+        sent = now - timedelta(seconds=10 - i / 20) if i < 200 else None
+        state = State.SENT if sent else State.PENDING
+        store.messages().document(f"m-{i}").set(
+            Message(f"m-{i}", phone(i), AGENT, state=state, sent_at=sent, batch_id="young").to_doc()
+        )
+    shown = batches.progress("young", now)
+    assert 19 <= shown["creates_per_second"]["recent"] <= 21  # not 200 / 60
+    assert 4 <= shown["seconds_left"] <= 6
+
+
 RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
 RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
 
