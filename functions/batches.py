@@ -160,7 +160,8 @@ def progress(batch_id: str, now: datetime) -> dict[str, Any]:
     """How far the batch got: counts by state, fallback and fate, creates per second (over the
     last RATE_WINDOW_SECONDS, or the seconds since the first create if fewer, at least one;
     and on average since the first) and the time the PENDING ones still need at the recent
-    rate (None while nothing is being created)."""
+    rate (None while nothing is being created). The mean counts the gaps between creates:
+    n creates over `span` seconds are n - 1 a span."""
     messages = of_batch(batch_id)
     sent = sorted(m.sent_at for m in messages if m.sent_at)
     window = min(RATE_WINDOW_SECONDS, max(1.0, (now - sent[0]).total_seconds())) if sent else RATE_WINDOW_SECONDS
@@ -172,7 +173,7 @@ def progress(batch_id: str, now: datetime) -> dict[str, Any]:
         "state": dict(Counter(m.state.value for m in messages)),
         "fallback": dict(Counter(m.fallback.value for m in messages)),
         "fate": dict(Counter(outcomes.fate(m)[0].value for m in messages)),
-        "creates_per_second": {"recent": round(recent, 2), "mean": round(len(sent) / span, 2) if span else None},
+        "creates_per_second": {"recent": round(recent, 2), "mean": round((len(sent) - 1) / span, 2) if span else None},
         "seconds_left": round(pending / recent) if recent else (0 if not pending else None),
     }
 

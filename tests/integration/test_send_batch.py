@@ -248,6 +248,15 @@ def test_progress_rates_the_first_minute_over_the_seconds_it_has_run(firestore):
     assert 4 <= shown["seconds_left"] <= 6
 
 
+def test_progress_mean_rate_is_creates_over_the_gaps_between_them(firestore):
+    now = store.now()
+    for i in range(3):  # created 2 s, 1 s and 0 s ago: one a second
+        sent = now - timedelta(seconds=2 - i)
+        message = Message(f"m-{i}", phone(i), AGENT, state=State.SENT, sent_at=sent, batch_id="paced")
+        store.messages().document(f"m-{i}").set(message.to_doc())
+    assert batches.progress("paced", now)["creates_per_second"]["mean"] == 1.0  # not 3 in 2 s
+
+
 RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
 RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
 
