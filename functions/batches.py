@@ -59,7 +59,8 @@ def _screened(request: Request) -> tuple[list[tuple[int, Any]], list[Rejected]]:
 
 def _unreachable(messages: list[Message]) -> set[str]:
     """Message ids whose number users.batchGet leaves out of reachableUsers, a call per agent
-    and MAX_BATCH_GET_USERS numbers. A call that fails leaves its numbers to their create."""
+    and MAX_BATCH_GET_USERS numbers; an answer without reachableUsers reaches none of them
+    (proto3 JSON leaves an empty list out). A call that fails leaves its numbers to their create."""
     found: set[str] = set()
     by_agent: dict[str, list[Message]] = {}
     for m in messages:
@@ -68,7 +69,7 @@ def _unreachable(messages: list[Message]) -> set[str]:
         for i in range(0, len(mine), rbm.MAX_BATCH_GET_USERS):
             page = mine[i : i + rbm.MAX_BATCH_GET_USERS]
             result = rbm.client().reachable_users([m.phone for m in page], agent)
-            reachable = result.body.get("reachableUsers")
+            reachable = result.body.get("reachableUsers", [])
             if result.outcome is not rbm.Outcome.OK or not isinstance(reachable, list):
                 logs.warning("pre-check failed; creates decide", event="precheck_failed", reason=result.error)
                 continue

@@ -360,7 +360,8 @@ class FakeRbm(FakeServer):
     def _batch_get(self, r: dict) -> tuple[int, Any]:
         """users.batchGet: of `users`, those with RCS (mode other than not_rcs) in
         `reachableUsers`, a stale share reported wrong (stale_share), and the random sample's
-        counts; 400 for a body the reference's request does not describe."""
+        counts, each left out when empty or 0; 400 for a body the reference's request does
+        not describe."""
         body = r["body"]
         if not isinstance(body, dict) or set(body) - {"users", "agentId"}:
             return google_error(400, "Invalid JSON payload received. Unknown name: Cannot find field.")
@@ -378,11 +379,14 @@ class FakeRbm(FakeServer):
         stale = {u for u in users if random.Random(f"{seed}:{u}").random() < share}
         reachable = [u for u in dict.fromkeys(users) if (self._mode(u) != "not_rcs") != (u in stale)]
         sample = users[: int(len(users) * BATCH_GET_SAMPLE_SHARE)] if len(users) >= BATCH_GET_SAMPLE_MIN else []
-        return 200, {
+        answer = {
             "reachableUsers": reachable,
             "totalRandomSampleUserCount": len(sample),
             "reachableRandomSampleUserCount": sum(1 for u in sample if self._mode(u) != "not_rcs"),
         }
+        # The REST answer is the proto3 JSON of the response, which leaves out a field at its
+        # default value (protobuf.dev, "ProtoJSON Format"): no reachable number, no `reachableUsers`.
+        return 200, {k: v for k, v in answer.items() if v}
 
 
 def _key(method: str, phone_or_message: str) -> tuple[str, str]:

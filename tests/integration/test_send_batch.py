@@ -200,6 +200,14 @@ def test_the_precheck_skips_the_create_of_numbers_rbm_reports_unreachable(send_b
     assert sorted(s["to"] for s in twilio.sent) == [phone(1), phone(2)]
 
 
+def test_a_precheck_that_finds_no_number_reachable_skips_every_create(send_batch, rbm):
+    for i in range(3):  # RBM's answer then has no reachableUsers at all (proto3 JSON leaves an empty list out)
+        rbm.set_phone(phone(i), "not_rcs")
+    response = send_batch(batch_of(3, "none-reachable", fallback=FALLBACK) | {"precheck": True})
+    assert response.status_code == 202 and response.json()["unreachable"] == 3
+    assert {m.state for m in of_batch("none-reachable")} == {State.UNREACHABLE}
+
+
 def test_a_precheck_that_fails_leaves_every_number_to_its_create(send_batch, rbm):
     rbm.script("batch_get", "agent", [503, 503, 503, 503, 503, 503, 503, 503])
     response = send_batch(batch_of(3, "unchecked") | {"precheck": True})
