@@ -46,7 +46,7 @@ class Rejected:
 @dataclass(frozen=True)
 class Batch:
     batch_id: str
-    fingerprint: str  # sha256 of the canonical request without its batch_id: what makes a retry the same request
+    fingerprint: str  # request_fingerprint, of the request without its batch_id: what makes a retry the same request
     precheck: bool
     accepted: list[tuple[int, outbound.Outbound]]  # (index, message), in index order
     rejected: list[Rejected]
@@ -57,9 +57,11 @@ def message_id(batch_id: str, index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{batch_id}:{index}"))
 
 
-def request_fingerprint(defaults: dict[str, Any], messages: list[Any], precheck: bool) -> str:
-    """sha256 hex of the request as canonical JSON (sorted keys, no spaces)."""
-    canonical = {"defaults": defaults, "messages": messages, "precheck": precheck}
+def request_fingerprint(merged: list[Any], precheck: bool) -> str:
+    """sha256 hex of the request as canonical JSON (sorted keys, no spaces), its messages
+    `merged` over the defaults: a field given in `defaults` or in every message is the same
+    request, as send_message's fingerprint is taken after its defaults."""
+    canonical = {"messages": merged, "precheck": precheck}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -68,14 +70,13 @@ def _check(condition: bool, reason: str) -> None:
         raise InvalidBatch(reason)
 
 
-def _one(
-    defaults: dict[str, Any], item: Any, batch_id: str, index: int, agent: str, segments: int | None
-) -> outbound.Outbound:
+def _one(item: Any, batch_id: str, index: int, agent: str, segments: int | None) -> outbound.Outbound:
+    """The message of a batch entry already merged over the defaults (which never set message_id)."""
     if not isinstance(item, dict):
         raise outbound.InvalidRequest("message must be a JSON object")
     if "message_id" in item:
         raise outbound.InvalidRequest("message_id is set by the batch (from batch_id and the index); use client_ref")
-    return outbound.parse(defaults | item | {"message_id": message_id(batch_id, index)}, agent, segments)
+    return outbound.parse(item | {"message_id": message_id(batch_id, index)}, agent, segments)
 
 
 def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) -> Batch:
@@ -99,9 +100,10 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     accepted: list[tuple[int, outbound.Outbound]] = []
     rejected: list[Rejected] = []
     first: dict[tuple[str, str], int] = {}
-    for index, item in enumerate(messages):
+    merged = [defaults | item if isinstance(item, dict) else item for item in messages]
+    for index, item in enumerate(merged):
         try:
-            wanted = _one(defaults, item, batch_id, index, default_agent, sms_max_segments)
+            wanted = _one(item, batch_id, index, default_agent, sms_max_segments)
         except RecursionError:
             rejected.append(Rejected(index, "message nests maps and arrays too deep"))
             continue
@@ -114,4 +116,4 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
             continue
         first[key] = index
         accepted.append((index, wanted))
-    return Batch(batch_id, request_fingerprint(defaults, messages, precheck), precheck, accepted, rejected)
+    return Batch(batch_id, request_fingerprint(merged, precheck), precheck, accepted, rejected)

@@ -122,6 +122,16 @@ def test_the_same_batch_twice_answers_the_same_and_stores_nothing_twice_another_
     assert rbm.count("create") == 0
 
 
+def test_a_retry_that_spells_a_field_in_each_message_instead_of_in_defaults_is_the_same_request(send_batch):
+    body = batch_of(3, "spelled", fallback=FALLBACK) | {"messages": [{"phone": phone(0)}, {}, {"phone": phone(2)}]}
+    first = send_batch(body)
+    explicit = [{"content": CONTENT, "fallback": FALLBACK} | m for m in body["messages"]]
+    again = send_batch({"batch_id": "spelled", "defaults": {"fallback": FALLBACK}, "messages": explicit})
+    assert first.status_code == again.status_code == 202 and again.content == first.content
+    other = [m | {"fallback": {"text": "another SMS"}} for m in explicit]
+    assert send_batch({"batch_id": "spelled", "messages": other}).status_code == 409
+
+
 def test_a_batch_whose_storing_died_half_way_is_completed_by_its_retry_without_rewriting(send_batch, monkeypatch, rbm):
     body = batch_of(700, "interrupted")  # four commits of 200
     real, calls = store._create_page, []
