@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from functions import outbound
+from functions import outbound, store
 
 MAX_MESSAGES = 10_000  # Twilio's Bulk Messaging takes as many per request; so does one users.batchGet
 # Cloud Run functions refuse an HTTP request body over 32 MiB ("Quotas": max HTTP request size);
@@ -27,6 +27,12 @@ BATCH_ID_RULE = "batch_id must be 1 to 128 letters, digits, '.', '_' or '-', sta
 # Fields a batch sets itself: a message's id is derived, a default phone would send every message to one number.
 NOT_IN_DEFAULTS = ("phone", "message_id")
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "rbm-relay:send_batch")
+# The batch document records every rejection in one field, `rejections` (batches._rejections):
+# a map {"error", "indexes"} per distinct reason. Firestore's "Storage size calculations" count
+# a string as its UTF-8 bytes + 1, an integer as 8 and a field name as its bytes + 1: a reason
+# takes its text + 15 bytes, an index 8. Room is kept for the reason the opt-out check adds
+# when the batch is taken (batches.OPTED_OUT).
+REASON_BYTES, INDEX_BYTES, LATER_REASON_BYTES = 15, 8, 64
 
 
 class InvalidBatch(ValueError):
@@ -65,6 +71,13 @@ def request_fingerprint(merged: list[Any], precheck: bool) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _recorded_bytes(rejected: list[Rejected], size: int) -> int:
+    """The most the batch document's `rejections` can take: every reason in `rejected`, an
+    index for each of the batch's `size` messages, and the reason added later."""
+    reasons = {r.error for r in rejected}
+    return sum(len(e.encode()) + REASON_BYTES for e in reasons) + INDEX_BYTES * size + LATER_REASON_BYTES
+
+
 def _check(condition: bool, reason: str) -> None:
     if not condition:
         raise InvalidBatch(reason)
@@ -83,8 +96,8 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     """The batch a send_batch body asks for: each message accepted (as outbound.Outbound,
     defaults applied) or rejected with send_message's reason, or a later duplicate of an
     (agent, phone). InvalidBatch for a body that is not a batch at all: not an object, no
-    messages, bad defaults, batch_id or precheck; TooLarge (an InvalidBatch) for more than
-    MAX_MESSAGES."""
+    messages, bad defaults, batch_id or precheck, or rejections more than its document can
+    record (_recorded_bytes); TooLarge (an InvalidBatch) for more than MAX_MESSAGES."""
     _check(isinstance(body, dict), "body must be a JSON object")
     messages, defaults, precheck = body.get("messages"), body.get("defaults"), body.get("precheck", False)
     defaults = {} if defaults is None else defaults
@@ -116,4 +129,9 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
             continue
         first[key] = index
         accepted.append((index, wanted))
+    if _recorded_bytes(rejected, len(messages)) > store.MAX_VALUE_BYTES:
+        raise InvalidBatch(
+            f"the rejected messages' reasons ({len({r.error for r in rejected}):,} different ones) are more than"
+            f" the batch can record; the first, at index {rejected[0].index}: {rejected[0].error}"
+        )
     return Batch(batch_id, request_fingerprint(merged, precheck), precheck, accepted, rejected)

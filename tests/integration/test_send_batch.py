@@ -253,6 +253,15 @@ def test_a_rejection_naming_a_field_of_any_length_is_short_and_the_rest_of_its_b
     assert response.json()["accepted"] == len(of_batch("long-name")) == 1 and batches.get("long-name").stored
 
 
+def test_a_batch_whose_rejections_could_not_be_recorded_is_refused_whole_before_anything_is_stored(send_batch):
+    # 9,999 different reasons, each naming its own field: more than the batch document holds.
+    messages = [{"phone": phone(i), "content": {"text": "x", f"k{i:050d}": [[1]]}} for i in range(10_000)]
+    messages[0] = {"phone": phone(0), "content": CONTENT}
+    response = send_batch({"batch_id": "reasons", "messages": messages})
+    assert response.status_code == 400 and "reasons" in response.json()["error"], response.text[:300]
+    assert of_batch("reasons") == [] and batches.get("reasons") is None
+
+
 def test_progress_rates_the_first_minute_over_the_seconds_it_has_run(firestore):
     now = store.now()
     for i in range(300):  # 200 created over the last 10 s, at 20 a second; 100 still to create
