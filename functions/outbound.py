@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from functions import agents, sms_text
+from functions.events import MAX_ATTRIBUTE_BYTES
 from functions.model import Fallback, Message
 from functions.store import INT64
 
@@ -316,6 +317,10 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     _require(isinstance(agent_id, str) and bool(agent_id), "agent_id missing and no RBM_AGENT_ID configured")
     agent_id = agents.canonical(agent_id)
     _require(agents.well_formed(agent_id), "agent_id must be an RBM agent id: x_agent or x_agent@rbm.goog")
+    _require(
+        len(agent_id.encode()) <= MAX_ATTRIBUTE_BYTES,
+        f"agent_id must be at most {MAX_ATTRIBUTE_BYTES:,} bytes: outcome events carry it as a Pub/Sub attribute",
+    )
     message_id = body.get("message_id") or str(uuid.uuid4())
     try:
         message_id = str(uuid.UUID(message_id))

@@ -124,6 +124,7 @@ def test_invalid_requests_get_400_with_a_reason(send, rbm, body):
         ({"content": {"text": "x", "extra": {"__name__": 1}}}, "content.extra"),
         ({"content": {"text": "x", "extra": 2**64}}, "content.extra"),  # Firestore integers are 64-bit
         ({"agent_id": "a" * 1_100_000}, "agent_id"),  # over Firestore's value limit
+        ({"agent_id": "a" * 1100}, "agent_id"),  # over Pub/Sub's 1,024 bytes: outcome events carry it as an attribute
         ({"traffic_type": ["AUTHENTICATION"]}, "traffic_type"),
     ],
 )
