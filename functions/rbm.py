@@ -151,7 +151,8 @@ class RbmClient:
 
     def reachable_users(self, phones: list[str], agent_id: str) -> Result:
         """users.batchGet (RBM reference, v1/users/batchGet): which of `phones` (E.164, at
-        most MAX_BATCH_GET_USERS) the agent can reach over RCS; OK: `body["reachableUsers"]`.
+        most MAX_BATCH_GET_USERS) the agent can reach over RCS; OK: `body["reachableUsers"]`,
+        absent when none is (proto3 JSON leaves an empty list out).
         The reference documents 600 queries a minute, and the answer may not be current
         (it comes from a cache): a number it leaves out may have RCS after all."""
         return self._call("POST", "users:batchGet", {}, {"users": phones, "agentId": agents.api_form(agent_id)})
