@@ -66,6 +66,16 @@ def e164(value: str) -> str:
     return value
 
 
+def batch_id(value: str) -> str:
+    """A batch id as send_batch takes it (batch_request.BATCH_ID): no other names a batch,
+    and some (`a/b`) are not even a Firestore document id."""
+    from functions.batch_request import BATCH_ID, BATCH_ID_RULE
+
+    if not BATCH_ID.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"a batch id is {BATCH_ID_RULE}")
+    return value
+
+
 def since(value: str) -> datetime:
     """An RFC 3339 time with its offset, or a duration ago (`90s`, `30m`, `2h`, `1d`)."""
     if match := DURATION.fullmatch(value):
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     recent.add_argument("--limit", type=int, default=1000)
     recent.set_defaults(run=outcomes)
     progress = commands.add_parser("batch", help="a batch's progress; --cancel withdraws what is not yet created")
-    progress.add_argument("batch_id")
+    progress.add_argument("batch_id", type=batch_id)
     progress.add_argument("--cancel", action="store_true", help="withdraw the messages not yet created")
     progress.set_defaults(run=batch)
     args = parser.parse_args(argv)
