@@ -110,6 +110,29 @@ def answer_lost(update):
     return cut_short
 
 
+def stops_on(call: int, real):
+    """`real`, except that its `call`-th call raises: the instance stopped there."""
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise RuntimeError("instance stopped")
+        return real(*args, **kwargs)
+
+    return stopping
+
+
+def take_until_stopped(monkeypatch, body, owner, name, replacement) -> None:
+    """batches.take of `body` in this process, `owner.name` replaced by `replacement` and
+    pages committed one at a time, cut short where the replacement stops the instance."""
+    with monkeypatch.context() as cut:
+        cut.setattr(owner, name, replacement)
+        cut.setattr(store, "CREATE_PARALLELISM", 1)
+        with pytest.raises(RuntimeError, match="instance stopped"):
+            batches.take(batch_request.parse(body, AGENT))
+
+
 def accepted_creates(fake) -> Counter[str]:
     """The creates the fake RBM accepted, by message id."""
     return Counter(r["message_id"] for r in fake.requests if r["kind"] == "create" and r["status"] == 200)
@@ -193,18 +216,7 @@ def test_the_same_batch_twice_answers_the_same_and_stores_nothing_twice_another_
 
 def test_a_batch_whose_storing_died_half_way_is_completed_by_its_retry_without_rewriting(send_batch, monkeypatch, rbm):
     body = batch_of(700, "interrupted")  # four commits of 200
-    real, calls = store._create_page, []
-
-    def dies_on_the_third(page):
-        calls.append(len(page))
-        if len(calls) == 3:
-            raise RuntimeError("instance stopped")
-        return real(page)
-
-    monkeypatch.setattr(store, "_create_page", dies_on_the_third)
-    monkeypatch.setattr(store, "CREATE_PARALLELISM", 1)
-    with pytest.raises(RuntimeError):
-        batches.take(batch_request.parse(body, AGENT))
+    take_until_stopped(monkeypatch, body, store, "_create_page", stops_on(3, store._create_page))
     before = {m.message_id: m.created_at for m in of_batch("interrupted")}
     assert len(before) == 500 and not batches.get("interrupted").stored  # pages 1, 2 and 4 (of 100) committed
 
@@ -222,10 +234,7 @@ def test_nothing_is_sent_before_the_answer_is_recorded_and_a_retry_sends_each_me
 ):
     rbm.set_phone(phone(1), "not_rcs")
     body = batch_of(30, "unanswered", fallback=FALLBACK) | {"precheck": True}
-    with monkeypatch.context() as cut:
-        cut.setattr(store, "update", answer_lost(store.update))
-        with pytest.raises(RuntimeError):
-            batches.take(batch_request.parse(body, AGENT))
+    take_until_stopped(monkeypatch, body, store, "update", answer_lost(store.update))
     stored = of_batch("unanswered")
     assert len(stored) == 30 and not batches.get("unanswered").stored
     assert [m.state for m in stored[:2]] == [State.PENDING, State.UNREACHABLE]
@@ -248,19 +257,7 @@ def test_a_batch_cancelled_before_its_retry_stores_the_rest_withdrawn_and_sends_
     for i in (1, 240):  # one stored by the call cut short, one by its retry
         rbm.set_phone(phone(i), "not_rcs")
     body = batch_of(250, "called-off", fallback=FALLBACK) | {"precheck": True}  # two commits of 200
-    real, calls = store._create_page, []
-
-    def dies_on_the_second(page):
-        calls.append(len(page))
-        if len(calls) == 2:
-            raise RuntimeError("instance stopped")
-        return real(page)
-
-    with monkeypatch.context() as cut:
-        cut.setattr(store, "_create_page", dies_on_the_second)
-        cut.setattr(store, "CREATE_PARALLELISM", 1)
-        with pytest.raises(RuntimeError):
-            batches.take(batch_request.parse(body, AGENT))
+    take_until_stopped(monkeypatch, body, store, "_create_page", stops_on(2, store._create_page))
     assert len(of_batch("called-off")) == 200
     assert batches.cancel("called-off", wait_seconds=0) == {"cancelled": 200, "in_flight": 0}
 
@@ -286,24 +283,13 @@ def test_a_batch_cancelled_before_its_retry_stores_the_rest_withdrawn_and_sends_
 
 
 def test_a_retry_after_the_call_died_releasing_finishes_the_release_and_its_timers(
-    here, functions, queues, rbm, monkeypatch
+    here, functions, queues, rbm, cloud_tasks, task_target, monkeypatch
 ):
     body = batch_of(250, "half-released", revoke_after_seconds=600)  # two release commits: 200, then 50
-    real, calls = batches._release_page, []
-
-    def dies_on_the_second(ids, now):
-        calls.append(len(ids))
-        if len(calls) == 2:
-            raise RuntimeError("instance stopped")
-        return real(ids, now)
-
-    with monkeypatch.context() as cut:
-        cut.setattr(batches, "_release_page", dies_on_the_second)
-        cut.setattr(store, "CREATE_PARALLELISM", 1)
-        with pytest.raises(RuntimeError):
-            batches.take(batch_request.parse(body, AGENT))
+    take_until_stopped(monkeypatch, body, batches, "_release_page", stops_on(2, batches._release_page))
     due = [m for m in of_batch("half-released") if m.next_action_at]
-    assert len(due) == 200 and batches.get("half-released").stored  # answered, released in part, no timer set
+    assert len(due) == 200 and batches.get("half-released").stored  # answered, released in part,
+    assert no_task_set(cloud_tasks, task_target)  # and no timer set
 
     port = free_port()
     env = {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queues(f"http://127.0.0.1:{port}")}
