@@ -282,6 +282,30 @@ def test_a_batch_cancelled_before_its_retry_stores_the_rest_withdrawn_and_sends_
     assert send_batch(body).json() == response.json()
 
 
+def test_a_cancel_while_a_batch_is_being_stored_stops_the_messages_stored_after_it(
+    firestore, passes, rbm, twilio, monkeypatch
+):
+    body = batch_of(250, "cancelled-midway", fallback=FALLBACK)  # two commits of 200
+    real, cancels = store._create_page, []
+
+    def cancelled_after_the_first(page):
+        stored = real(page)
+        if not cancels:  # the operator cancels while the call stores the rest
+            cancels.append(batches.cancel("cancelled-midway", wait_seconds=0))
+        return stored
+
+    monkeypatch.setattr(store, "_create_page", cancelled_after_the_first)
+    monkeypatch.setattr(store, "CREATE_PARALLELISM", 1)
+    batch = batches.take(batch_request.parse(body, AGENT))
+    assert cancels == [{"cancelled": 200, "in_flight": 0}]
+    assert batch.accepted == 250 and batch.cancelled_at and batch.released_at  # answered, the cancel kept
+    passes()
+    assert rbm.count("create") == 0 and twilio.sent == []
+    assert {(m.state, m.fallback, m.last_error) for m in of_batch("cancelled-midway")} == {
+        (State.FAILED, Fallback.CANCELLED, "batch cancelled")
+    }
+
+
 def test_a_retry_after_the_call_died_releasing_finishes_the_release_and_its_timers(
     here, functions, queues, rbm, cloud_tasks, task_target, monkeypatch
 ):
