@@ -16,8 +16,9 @@ still parked). What remains: creates begin while the release runs, so the 202
 follows the first creates by up to that release's seconds, and a call that dies
 in the release has started part of a batch it never answered — its retry
 releases the rest, and sets again the timers of those released but not yet
-tried, which that call may have died before setting. A batch cancelled before its release releases nothing: its
-parked messages are withdrawn instead (transitions.cancel_pending).
+tried, which that call may have died before setting. A batch cancelled before
+its release releases nothing: its parked messages are withdrawn instead
+(transitions.cancel_pending).
 
 This module calls neither RBM's create nor the SMS provider: the RBM queue
 (RBM_TASKS_QUEUE) paces the creates, which revoke_expired's re-send of a PENDING
@@ -265,11 +266,11 @@ def _cancel_page(ids: list[str], now: datetime) -> list[tuple[Message, Message]]
     exists (one deleted meanwhile, an erasure, is gone)."""
     seen: list[Message | None] = []
 
-    def withdrawn(found: list[Message | None]) -> list[Message | None]:
+    def cancelled(found: list[Message | None]) -> list[Message | None]:
         seen[:] = found
         return [m and cancel_pending(m, now, CANCELLED) for m in found]
 
-    after = store.update_all([(store.message_ref(i), Message) for i in ids], withdrawn)
+    after = store.update_all([(store.message_ref(i), Message) for i in ids], cancelled)
     return [(b, a) for b, a in zip(seen, after, strict=True) if b is not None and a is not None]
 
 
