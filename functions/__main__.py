@@ -9,8 +9,9 @@
   python -m functions erase +E164 [--agent ID]   a number's data removed; an opt-out stays, as a keyed marker
   python -m functions migrate-conversations      conversations under unkeyed ids moved to keyed ids
   python -m functions batch ID [--cancel]        a batch's counts by state, fallback and fate, its rate of
-                                                 creates and time left; --cancel withdraws the messages not
-                                                 yet created (FAILED "batch cancelled", SMS CANCELLED)
+                                                 creates and time left; --cancel withdraws the messages whose
+                                                 create was never attempted (FAILED "batch cancelled", SMS
+                                                 CANCELLED)
 
 They use the environment the functions use: GOOGLE_CLOUD_PROJECT, and the
 emulator hosts locally.
@@ -67,12 +68,12 @@ def e164(value: str) -> str:
 
 
 def batch_id(value: str) -> str:
-    """A batch id as send_batch takes it (batch_request.BATCH_ID); any other names no batch,
-    and some (`a/b`, `..`) are no Firestore document id at all."""
+    """A batch id as send_batch takes it (batch_request.BATCH_ID): no other names a batch,
+    and some (`a/b`) are not even a Firestore document id."""
     from functions.batch_request import BATCH_ID, BATCH_ID_RULE
 
     if not BATCH_ID.fullmatch(value):
-        raise argparse.ArgumentTypeError(BATCH_ID_RULE)
+        raise argparse.ArgumentTypeError(f"a batch id is {BATCH_ID_RULE}")
     return value
 
 
@@ -188,6 +189,7 @@ def batch(args: argparse.Namespace) -> int:
         return 1
     shown: dict[str, Any] = {"batch_id": stored.batch_id, "size": stored.size, "accepted": stored.accepted}
     shown |= {"rejected": sum(len(r["indexes"]) for r in stored.rejections), "stored": stored.stored}
+    shown["released"] = stored.released_at is not None  # false: no 202 yet (its call running, failed, or cut short)
     if args.cancel:  # a create in flight finishes within its lease: wait that long for it
         shown["cancel"] = batches.cancel(args.batch_id, config.lease_seconds())
     print(json.dumps(shown | batches.progress(args.batch_id, store.now()), indent=2))
@@ -239,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     recent.add_argument("--fate", choices=[f.value for f in Fate])
     recent.add_argument("--limit", type=int, default=1000)
     recent.set_defaults(run=outcomes)
-    progress = commands.add_parser("batch", help="a batch's progress; --cancel withdraws what is not yet created")
+    progress = commands.add_parser("batch", help="a batch's progress; --cancel withdraws what was never tried")
     progress.add_argument("batch_id", type=batch_id)
-    progress.add_argument("--cancel", action="store_true", help="withdraw the messages not yet created")
+    progress.add_argument(
+        "--cancel", action="store_true", help="withdraw the messages whose create was never attempted"
+    )
     progress.set_defaults(run=batch)
     args = parser.parse_args(argv)
     try:

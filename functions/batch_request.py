@@ -23,7 +23,7 @@ MAX_MESSAGES = 10_000  # Twilio's Bulk Messaging takes as many per request; so d
 # 10,000 messages of ~3 KB each fit, a batch of 10,000 full-size rich cards (250 KB each) does not.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-BATCH_ID_RULE = "batch_id must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+BATCH_ID_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 # Fields a batch sets itself: a message's id is derived, a default phone would send every message to one number.
 NOT_IN_DEFAULTS = ("phone", "message_id")
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "rbm-relay:send_batch")
@@ -109,7 +109,10 @@ def parse(body: Any, default_agent: str, sms_max_segments: int | None = None) ->
     _check(isinstance(precheck, bool), "precheck must be true or false")
     batch_id = body.get("batch_id")
     batch_id = str(uuid.uuid4()) if batch_id is None else batch_id  # absent: a new id; "" or 0 is a bad one
-    _check(isinstance(batch_id, str) and BATCH_ID.fullmatch(batch_id) is not None, BATCH_ID_RULE)
+    _check(
+        isinstance(batch_id, str) and BATCH_ID.fullmatch(batch_id) is not None,
+        f"batch_id must be {BATCH_ID_RULE}",
+    )
     accepted: list[tuple[int, outbound.Outbound]] = []
     rejected: list[Rejected] = []
     first: dict[tuple[str, str], int] = {}

@@ -1,38 +1,61 @@
 """Batches in Firestore: a send_batch request stored once, its progress, its cancelling.
 
-`take` stores a parsed batch (batch_request.parse): its document first
-(`rbm_batches/{batch_id}`, with the request's fingerprint), then every accepted
-message as a PENDING document due at once, created in bulk
-(store.create_messages: create-if-absent, so a retry after a call cut short
-writes only the rest, and nothing twice), then each message's timer
-(timers.schedule_all), then the answer into the batch document. Nothing is
-sent here: the RBM queue (RBM_TASKS_QUEUE) paces the creates, which
-revoke_expired's re-send of a PENDING message makes (rbm_create.send), at the
-rate it shares with revokes; without a queue the scheduled revoke_expired pass
-makes them. With the pre-check, a number users.batchGet reports unreachable
-is stored UNREACHABLE (as a create answered 404), its SMS due at once.
+`take` keeps "nothing is sent before the answer" in three steps, each safe to
+repeat. (1) Store: the batch document (`rbm_batches/{batch_id}`, with the
+request's fingerprint), then every accepted message as a PENDING document
+*parked* — due for nothing, so no timer is set and no scheduled pass finds it
+(transitions.parked) — created in bulk (store.create_messages: create-if-absent,
+so a retry after a call cut short writes only the rest, and nothing twice).
+(2) Answer: the answer recorded in the batch document (`stored`). (3) Release:
+each of the batch's messages still parked made due at once
+(transitions.released, RELEASE_PAGE to a commit), its timer set
+(timers.schedule_all), and `released_at` recorded; send_batch answers 202 after
+it. A call that fails before its answer is recorded has sent nothing; a retry
+with the same request finishes it (stores what is missing, or releases what is
+still parked). What remains: creates begin while the release runs, so the 202
+follows the first creates by up to that release's seconds, and a call that dies
+in the release has started part of a batch it never answered — its retry
+releases the rest, and sets again the timers of those released but not yet
+tried, which that call may have died before setting. A batch cancelled before
+its release releases nothing: its parked messages are withdrawn instead
+(transitions.cancel_pending).
+
+This module calls neither RBM's create nor the SMS provider: the RBM queue
+(RBM_TASKS_QUEUE) paces the creates, which revoke_expired's re-send of a PENDING
+message makes (rbm_create.send), at the rate it shares with revokes; without a
+queue the scheduled revoke_expired pass makes them. With the pre-check, a number
+users.batchGet reports unreachable is stored UNREACHABLE (as a create answered
+404), its SMS parked like a create and due at the release.
 """
 
 import dataclasses
+import functools
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.document import DocumentReference
 
 from functions import conversations, logs, outcomes, rbm, store
 from functions.batch_request import Batch as Request
 from functions.batch_request import Rejected
-from functions.model import BATCHES_COLLECTION, Batch, Message, State
-from functions.transitions import Fact, cancel_pending, learn
+from functions.model import BATCHES_COLLECTION, Batch, Fallback, Message, State
+from functions.transitions import Fact, cancel_pending, learn, parked, released
 
 OPTED_OUT = "the user unsubscribed from this agent"  # send_message's reason, word for word
 UNREACHABLE = "RBM users.batchGet: not reachable over RCS"
 CANCELLED = "batch cancelled"
 CANCEL_PAGE = 100  # messages one cancelling commit changes: each with its two outcome events
+RELEASE_PAGE = 200  # messages one release commit changes: a due time each, no outcome event
 RATE_WINDOW_SECONDS = 60  # progress: the rate of creates over this last window
+
+
+T = TypeVar("T")
 
 
 class Conflict(ValueError):
@@ -78,19 +101,14 @@ def _unreachable(messages: list[Message]) -> set[str]:
 
 
 def _records(request: Request, kept: list[tuple[int, Any]], now: datetime) -> list[Message]:
-    """The documents of the kept messages: PENDING and due at once, or UNREACHABLE (SMS due
-    at once) where the pre-check says so."""
+    """The documents of the kept messages, parked: PENDING (outbound.record), or UNREACHABLE
+    with its SMS DUE where the pre-check says so."""
     records = [o.record(now, 0, request.batch_id) for _, o in kept]
     unreachable = _unreachable(records) if request.precheck else set()
-    return [learn(m, Fact.UNREACHABLE, now, error=UNREACHABLE) if m.message_id in unreachable else m for m in records]
-
-
-def _set_timers(created: list[Message]) -> None:
-    """Each created message's timer (its create, or its SMS). Messages an earlier try created
-    got theirs then, or, if that try died first, the scheduled safety net sets them."""
-    from functions import timers  # loads google-cloud-tasks only where timers are set
-
-    timers.schedule_all([(None, m) for m in created])
+    return [
+        parked(learn(m, Fact.UNREACHABLE, now, error=UNREACHABLE)) if m.message_id in unreachable else m
+        for m in records
+    ]
 
 
 def _rejections(rejected: list[Rejected]) -> list[dict[str, Any]]:
@@ -101,32 +119,35 @@ def _rejections(rejected: list[Rejected]) -> list[dict[str, Any]]:
     return [{"error": error, "indexes": indexes} for error, indexes in grouped.items()]
 
 
-def take(request: Request) -> Batch:
-    """The stored batch of `request`, its messages stored and their timers set: at once for a
-    request already stored, else after storing what is missing. Conflict if the batch id
-    belongs to another request; UnstorableError / ContentionError from store."""
-    ref = collection().document(store.document_id(request.batch_id, "batch_id"))
-    fresh = Batch(
-        request.batch_id, request.fingerprint, len(request.accepted) + len(request.rejected), request.precheck
-    )
-    batch = store.update(ref, Batch, lambda current: current or dataclasses.replace(fresh, created_at=store.now()))
-    if batch.fingerprint != request.fingerprint:
-        raise Conflict("batch_id already used for a different request")
-    if batch.stored:
-        return batch
+def _paged(ids: list[str], size: int, page: Callable[[list[str]], list[T]]) -> list[T]:
+    """`page` applied to `ids`, `size` at a time, store.CREATE_PARALLELISM pages at once; their results in order."""
+    pages = [ids[i : i + size] for i in range(0, len(ids), size)]
+    with ThreadPoolExecutor(store.CREATE_PARALLELISM, thread_name_prefix="batch") as pool:
+        return [r for done in pool.map(page, pages) for r in done]
+
+
+def _store(request: Request, ref: DocumentReference, batch: Batch) -> Batch:
+    """Steps (1) and (2): the kept messages stored parked, then the answer recorded."""
     started = time.monotonic()
     kept, rejected = _screened(request)
     records = _records(request, kept, store.now())
     screened = time.monotonic()
     created = store.create_messages(records)
-    stored_at = time.monotonic()
-    _set_timers(created)
-    timed = time.monotonic()
     unreachable = sum(1 for m in records if m.state is State.UNREACHABLE)
-    done = dataclasses.replace(
-        batch, stored=True, accepted=len(kept), unreachable=unreachable, rejections=_rejections(rejected)
-    )
-    stored = store.update(ref, Batch, lambda current: current if current and current.stored else done)
+
+    def answered(current: Batch | None) -> Batch:  # keeps a `cancelled_at` written meanwhile
+        if current and current.stored:
+            return current
+        return dataclasses.replace(
+            current or batch,
+            stored=True,
+            stored_at=store.now(),
+            accepted=len(kept),
+            unreachable=unreachable,
+            rejections=_rejections(rejected),
+        )
+
+    stored = store.update(ref, Batch, answered)
     logs.info(
         "batch stored",
         event="batch_stored",
@@ -137,11 +158,76 @@ def take(request: Request) -> Batch:
         created=len(created),
         seconds={
             "screen": round(screened - started, 2),  # opt-outs read, and the pre-check
-            "store": round(stored_at - screened, 2),
-            "timers": round(timed - stored_at, 2),
+            "store": round(time.monotonic() - screened, 2),
         },
     )
     return stored
+
+
+def _untried(m: Message) -> bool:
+    """Whether the work of a released message's timer has not begun: a create never claimed, or
+    an SMS never tried. Its timer is set again by a retry, in case the call that released it
+    died before setting it (a task of the same name is refused as ALREADY_EXISTS, timers.enqueue)."""
+    return (m.state is State.PENDING and not m.attempts) or (m.fallback is Fallback.DUE and not m.fallback_attempts)
+
+
+def _release_page(ids: list[str], now: datetime) -> list[Message]:
+    """The parked messages among `ids` made due at `now` (transitions.released) in one commit;
+    returns the page's untried messages, released now or before."""
+    docs = [(store.message_ref(i), Message) for i in ids]
+    after: list[Message | None] = store.update_all(docs, lambda found: [m and released(m, now) for m in found])
+    return [m for m in after if m is not None and _untried(m)]
+
+
+def _release(request: Request, ref: DocumentReference, batch: Batch) -> Batch:
+    """Step (3): the batch's parked messages released and their timers set — or, once the batch
+    is cancelled, withdrawn (cancel_pending) — then `released_at` recorded."""
+    started, now = time.monotonic(), store.now()
+    ids = [o.message_id for _, o in request.accepted]  # those never stored (opted out) are absent: skipped
+    withdrawn: list[tuple[Message, Message]] = []
+    untried: list[Message] = []
+    if batch.cancelled_at:
+        withdrawn = _paged(ids, CANCEL_PAGE, functools.partial(_cancel_page, now=now))
+    else:
+        untried = _paged(ids, RELEASE_PAGE, functools.partial(_release_page, now=now))
+    committed = time.monotonic()
+    from functions import timers  # loads google-cloud-tasks only where timers are set
+
+    timers.schedule_all([(None, m) for m in untried])
+
+    def recorded(current: Batch | None) -> Batch:
+        current = current or batch
+        return current if current.released_at else dataclasses.replace(current, released_at=store.now())
+
+    done = store.update(ref, Batch, recorded)
+    logs.info(
+        "batch released",
+        event="batch_released",
+        batch_id=request.batch_id,
+        untried=len(untried),  # released by this call, or by an earlier one and not yet begun
+        cancelled=sum(1 for before, after in withdrawn if after != before),
+        seconds={"release": round(committed - started, 2), "timers": round(time.monotonic() - committed, 2)},
+    )
+    return done
+
+
+def take(request: Request) -> Batch:
+    """The batch of `request`, answered: its messages stored and released (or, if it was
+    cancelled first, withdrawn). At once for a batch already released; else what is missing
+    is stored, the answer recorded, and what is still parked released. Conflict if the batch
+    id belongs to another request; UnstorableError / ContentionError from store."""
+    ref = collection().document(store.document_id(request.batch_id, "batch_id"))
+    fresh = Batch(
+        request.batch_id, request.fingerprint, len(request.accepted) + len(request.rejected), request.precheck
+    )
+    batch = store.update(ref, Batch, lambda current: current or dataclasses.replace(fresh, created_at=store.now()))
+    if batch.fingerprint != request.fingerprint:
+        raise Conflict("batch_id already used for a different request")
+    if batch.released_at:
+        return batch
+    if not batch.stored:
+        batch = _store(request, ref, batch)
+    return _release(request, ref, batch)
 
 
 def of_batch(batch_id: str, state: State | None = None) -> list[Message]:
@@ -179,35 +265,44 @@ def progress(batch_id: str, now: datetime) -> dict[str, Any]:
     }
 
 
-def _cancel_page(ids: list[str], now: datetime) -> list[Message]:
-    docs = [(store.message_ref(i), Message) for i in ids]
-    changed: list[Message | None] = store.update_all(
-        docs, lambda found: [m and cancel_pending(m, now, CANCELLED) for m in found]
-    )
-    return [m for m in changed if m]  # one deleted meanwhile (an erasure) is gone
+def _cancel_page(ids: list[str], now: datetime) -> list[tuple[Message, Message]]:
+    """cancel_pending on the messages among `ids`, in one commit: (before, after) of each that
+    exists (one deleted meanwhile, an erasure, is gone)."""
+    seen: list[Message | None] = []
+
+    def cancelled(found: list[Message | None]) -> list[Message | None]:
+        seen[:] = found
+        return [m and cancel_pending(m, now, CANCELLED) for m in found]
+
+    after = store.update_all([(store.message_ref(i), Message) for i in ids], cancelled)
+    return [(b, a) for b, a in zip(seen, after, strict=True) if b is not None and a is not None]
 
 
 def cancel(batch_id: str, wait_seconds: float) -> dict[str, int]:
-    """Withdraws the batch's messages not yet created (cancel_pending), CANCEL_PAGE to a
-    commit, each with its outcome events; a create in flight finishes, and a message it
-    leaves PENDING (a transient failure) is withdrawn by the next pass, passes repeated
-    until none is in flight or `wait_seconds` have passed. The batch document records
-    when it was cancelled. Returns {"cancelled", "in_flight"} (in flight when it gave up);
-    LookupError if there is no such batch."""
+    """Withdraws the batch's messages whose create was never attempted (cancel_pending),
+    CANCEL_PAGE to a commit, each with its outcome events, and, in a batch not yet released,
+    its parked SMS. A message whose create was attempted is in flight: it finishes (sent, or
+    given up), never withdrawn; passes are repeated until none is PENDING or `wait_seconds`
+    have passed. The batch document records when it was cancelled, so a send_batch call
+    still storing it, or its retry, releases nothing. Returns {"cancelled", "in_flight"}
+    (withdrawn by this call; still PENDING when it gave up); LookupError if there is no such
+    batch."""
 
     def marked(current: Batch | None) -> Batch:
         if current is None:
             raise LookupError(f"no batch {batch_id}")
         return current if current.cancelled_at else dataclasses.replace(current, cancelled_at=store.now())
 
-    store.update(collection().document(store.document_id(batch_id, "batch_id")), Batch, marked)
+    batch = store.update(collection().document(store.document_id(batch_id, "batch_id")), Batch, marked)
+    # Before its release, the pre-check's UNREACHABLE messages hold parked SMS: the first pass withdraws them.
+    unreleased = [] if batch.released_at else [m.message_id for m in of_batch(batch_id, State.UNREACHABLE)]
     cancelled, deadline = 0, time.monotonic() + wait_seconds
     while True:
-        ids = [m.message_id for m in of_batch(batch_id, State.PENDING)]
-        now = store.now()
-        after = [m for i in range(0, len(ids), CANCEL_PAGE) for m in _cancel_page(ids[i : i + CANCEL_PAGE], now)]
-        cancelled += len([m for m in after if m.state is State.FAILED and m.last_error == CANCELLED])
-        in_flight = len([m for m in after if m.state is State.PENDING])
+        ids = [*unreleased, *(m.message_id for m in of_batch(batch_id, State.PENDING))]
+        unreleased = []
+        pairs = _paged(ids, CANCEL_PAGE, functools.partial(_cancel_page, now=store.now()))
+        cancelled += sum(1 for before, after in pairs if after != before)
+        in_flight = sum(1 for _, after in pairs if after.state is State.PENDING)
         if not in_flight or time.monotonic() > deadline:
             logs.info(
                 "batch cancelled", event="batch_cancelled", batch_id=batch_id, cancelled=cancelled, in_flight=in_flight

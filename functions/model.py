@@ -276,9 +276,11 @@ class UserMessage:
 class Batch:
     """rbm_batches/{batch_id}: one send_batch request, so a retry of it answers the same.
 
-    Written when the request is first taken (`stored` false) and completed once every
-    accepted message is stored (`stored` true, the answer filled in): a retry of a batch
-    whose storing was cut short stores the rest, one of a stored batch reads the answer."""
+    Written when the request is first taken (`stored` false), completed once every
+    accepted message is stored, parked (`stored` true, the answer filled in), and marked
+    once those messages are released (`released_at`; functions/batches.py): a retry of a
+    batch whose storing was cut short stores the rest, one of a stored batch releases what
+    is still parked, one of a released batch reads the answer."""
 
     batch_id: str
     fingerprint: str  # of the request (batch_request.request_fingerprint): a retry must match it
@@ -290,6 +292,7 @@ class Batch:
     rejections: list[dict[str, Any]] = field(default_factory=list)  # [{"error", "indexes": [...]}], by error
     created_at: datetime | None = None
     stored_at: datetime | None = None
+    released_at: datetime | None = None  # its parked messages made due (or, cancelled first, withdrawn)
     cancelled_at: datetime | None = None
     updated_at: datetime | None = None
     expire_at: datetime | None = None

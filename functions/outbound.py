@@ -97,9 +97,10 @@ class Outbound:
 
     def record(self, now: datetime, resend_after: float, batch_id: str | None = None) -> Message:
         """The PENDING document stored before RBM is called. A batch message (`batch_id` set)
-        is due at once, for the queue that paces creates, and keeps its deadline as a
-        duration that counts from its accepted create (transitions.learn): the wait in the
-        queue never eats into its RCS window."""
+        is stored parked, due for nothing until its batch is answered (transitions.released,
+        from batches.take), and keeps its deadline as a duration that counts from its
+        accepted create (transitions.learn): the wait in the queue never eats into its RCS
+        window."""
         deadline = timedelta(seconds=self.revoke_after_seconds) if self.revoke_after_seconds else None
         return Message(
             message_id=self.message_id,
@@ -112,7 +113,7 @@ class Outbound:
             fallback_segments=sms_text.count(self.fallback_text).segments if self.fallback_text else None,
             time_sensitive=self.time_sensitive,
             revoke_at=now + deadline if deadline and not batch_id else None,
-            next_action_at=now if batch_id else now + timedelta(seconds=resend_after),
+            next_action_at=None if batch_id else now + timedelta(seconds=resend_after),
             created_at=now,
             fingerprint=self.fingerprint,
             client_ref=self.client_ref,

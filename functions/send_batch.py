@@ -2,8 +2,12 @@
 
 The answer, 202 `{"batch_id", "accepted", "rejected": [{"index", "error"}]}`,
 comes once every accepted message is stored (PENDING, or UNREACHABLE after the
-pre-check); nothing is sent by this call. The same batch_id with the same
-request answers the same, storing nothing twice; with another request, 409.
+pre-check), the answer recorded, and the messages released to the queue
+(batches.take). A call that fails before its answer is recorded has sent
+nothing; a retry with the same request finishes it. Creates begin while the
+release runs, so the 202 follows the first of them within that release's
+seconds. The same batch_id with the same request answers the same, storing and
+sending nothing twice; with another request, 409.
 A body over 32 MiB (Cloud Run's request limit) or of more than 10,000 messages
 answers 413; one that is not a batch, 400.
 """

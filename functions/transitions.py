@@ -205,15 +205,44 @@ def retry_revoke(
 
 
 def cancel_pending(m: Message, now: datetime, reason: str) -> Message:
-    """A message whose create was never made, withdrawn by its sender (a cancelled batch):
-    FAILED with `reason`, and its SMS, not under way, CANCELLED (a withdrawn message is sent
-    on neither channel). A message that is no longer PENDING, or whose create is in flight
-    (claimed, its lease running), is left as it is: that call finishes."""
-    if m.state is not State.PENDING or (m.lease_owner and m.next_action_at and m.next_action_at > now):
+    """A message whose create was never attempted, withdrawn by its sender (a cancelled
+    batch): FAILED with `reason`, and its SMS, not under way, CANCELLED (a withdrawn message
+    is sent on neither channel). A message no longer PENDING is left as it is, and so is one
+    whose create was claimed (`attempts`, counted by claim_revoke): its lease running, or run
+    out while the call may still be in flight, or its call answered with a timeout or a 5xx
+    that RBM may have acted on — RBM may hold it, so cancelling it could leave the user an
+    RCS message recorded as never sent. Its create finishes: re-sent, if need be, under the
+    same messageId, which RBM ignores once seen (RBM reference, phones.agentMessages.create).
+    A parked SMS (`parked`: the pre-check's UNREACHABLE, its batch not yet released) is
+    CANCELLED with `reason` too: it was never due, so never sent."""
+    if m.fallback is Fallback.DUE and m.fallback_at is None:  # parked: its batch was cancelled before its release
+        return dataclasses.replace(m, fallback=Fallback.CANCELLED, last_error=reason)
+    if m.state is not State.PENDING or m.attempts:
         return m
     m = learn(m, Fact.SEND_FAILED, now, error=reason)
     if m.fallback in (Fallback.WAITING, Fallback.DUE):
         m = dataclasses.replace(m, fallback=Fallback.CANCELLED, fallback_at=None)
+    return m
+
+
+# send_batch: a batch's messages are stored parked and released once the batch is answered.
+
+
+def parked(m: Message) -> Message:
+    """`m` due for nothing until `released`: with neither due time, no timer is set for it
+    and neither sweep's query finds it (a range filter on a field matches no null)."""
+    return dataclasses.replace(m, next_action_at=None, fallback_at=None)
+
+
+def released(m: Message, now: datetime) -> Message:
+    """A parked message made due at `now`: its create if it is PENDING, its SMS if it is
+    DUE (a number the pre-check found unreachable). A due time already set (released
+    before, or claimed since) and a message no longer waiting (cancelled, created) are left
+    as they are, so releasing again changes nothing."""
+    if m.state is State.PENDING and m.next_action_at is None:
+        m = dataclasses.replace(m, next_action_at=now)
+    if m.fallback is Fallback.DUE and m.fallback_at is None:
+        m = dataclasses.replace(m, fallback_at=now)
     return m
 
 

@@ -3,6 +3,7 @@ its creates made by revoke_expired's pass (no RBM queue here), its SMS by send_f
 
 import contextlib
 import io
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -12,8 +13,9 @@ from google.cloud import tasks_v2
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from functions import __main__ as cli
-from functions import batch_request, batches, conversations, outbox, store
-from functions.model import Conversation, Fallback, Message, State
+from functions import batch_request, batches, conversations, outbox, store, tasks
+from functions.model import Batch, Conversation, Fallback, Message, State
+from functions.rbm import client as rbm_client
 from functions.transitions import claim_revoke
 from local.fake_tasks import max_in_window
 from local.processes import free_port
@@ -21,29 +23,119 @@ from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
 
 CONTENT = {"text": "Your appointment is tomorrow at 10:00"}
 FALLBACK = {"text": "Appointment tomorrow 10:00"}
+LOCATION = "projects/test-project/locations/us-central1"
+RBM_QUEUE, SMS_QUEUE = f"{LOCATION}/queues/rbm-calls", f"{LOCATION}/queues/sms-sends"
+RATE = 20  # the RBM queue's max_dispatches_per_second: the agent's quota in these tests
 
 
 def phone(i: int) -> str:
     return f"+4477009{i:05d}"
 
 
+# The processes of these tests set no timer, and the scheduled passes act themselves, whatever
+# queue this test process is given (`here`; a process inherits its environment).
+NO_QUEUES = {"RBM_TASKS_QUEUE": "", "SMS_TASKS_QUEUE": ""}
+
+
 @pytest.fixture
 def send_batch(functions, firestore, rbm):
-    process = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV})
+    process = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **NO_QUEUES})
     return lambda body: requests.post(process.url, json=body, timeout=120)
 
 
 @pytest.fixture
 def passes(functions, rbm, sms_env):
     """`passes()` runs one revoke_expired pass (the creates), then one send_fallbacks pass (the SMS)."""
-    revoker = functions("revoke_expired", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV})
-    texter = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV})
+    revoker = functions("revoke_expired", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **NO_QUEUES})
+    texter = functions("send_fallbacks", env={**sms_env, **SWEEP_ENV, **NO_QUEUES})
 
     def run() -> None:
         for process in (revoker, texter):
             assert requests.post(process.url, json={}, timeout=120).status_code == 200
 
     return run
+
+
+@pytest.fixture
+def queues(cloud_tasks, firestore):
+    """Both queues on the Cloud Tasks fake (RBM_QUEUE at RATE a second); `queues(worker_url)`
+    is the environment of a function that sets timers on them, for a worker at `worker_url`."""
+    client = tasks_v2.CloudTasksClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": cloud_tasks.url}
+    )
+    limits = tasks_v2.RateLimits(max_dispatches_per_second=RATE, max_concurrent_dispatches=20)
+    client.create_queue(parent=LOCATION, queue=tasks_v2.Queue(name=RBM_QUEUE, rate_limits=limits))
+    client.create_queue(parent=LOCATION, queue=tasks_v2.Queue(name=SMS_QUEUE))
+    return lambda worker_url: {
+        "RBM_TASKS_QUEUE": RBM_QUEUE,
+        "SMS_TASKS_QUEUE": SMS_QUEUE,
+        "CLOUD_TASKS_ENDPOINT": cloud_tasks.url,
+        "WORKER_URL": worker_url,
+        "TASKS_SERVICE_ACCOUNT": "tasks@test-project.iam.gserviceaccount.com",
+    }
+
+
+@pytest.fixture
+def here(queues, rbm, task_target, monkeypatch):
+    """This test process as a send_batch instance: RBM at the fake, timers on the fake's queues
+    (their tasks go to `task_target`), so a call of batches.take can be cut short where a test says."""
+    for name, value in {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queues(task_target.url)}.items():
+        monkeypatch.setenv(name, value)
+    tasks._client.cache_clear()
+    rbm_client.cache_clear()
+    yield
+    tasks._client.cache_clear()
+    rbm_client.cache_clear()
+
+
+def no_task_set(cloud_tasks, task_target) -> bool:
+    """No timer was set on either queue: none waits there, none was dispatched."""
+    queued = cloud_tasks.pending(RBM_QUEUE) + cloud_tasks.pending(SMS_QUEUE)
+    return queued == 0 and not cloud_tasks.dispatches(RBM_QUEUE) + cloud_tasks.dispatches(SMS_QUEUE) + task_target.got
+
+
+def answer_lost(update):
+    """store.update, except that the write recording a batch's answer (`stored`) fails: the
+    instance stopped after storing every message, before its answer."""
+
+    def cut_short(ref, kind, change):
+        def answering(current):
+            new = change(current)
+            if kind is Batch and new.stored and not (current and current.stored):
+                raise RuntimeError("instance stopped")
+            return new
+
+        return update(ref, kind, answering)
+
+    return cut_short
+
+
+def stops_on(call: int, real):
+    """`real`, except that its `call`-th call raises: the instance stopped there."""
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise RuntimeError("instance stopped")
+        return real(*args, **kwargs)
+
+    return stopping
+
+
+def take_until_stopped(monkeypatch, body, owner, name, replacement) -> None:
+    """batches.take of `body` in this process, `owner.name` replaced by `replacement` and
+    pages committed one at a time, cut short where the replacement stops the instance."""
+    with monkeypatch.context() as cut:
+        cut.setattr(owner, name, replacement)
+        cut.setattr(store, "CREATE_PARALLELISM", 1)
+        with pytest.raises(RuntimeError, match="instance stopped"):
+            batches.take(batch_request.parse(body, AGENT))
+
+
+def accepted_creates(fake) -> Counter[str]:
+    """The creates the fake RBM accepted, by message id."""
+    return Counter(r["message_id"] for r in fake.requests if r["kind"] == "create" and r["status"] == 200)
 
 
 def of_batch(batch_id: str) -> list[Message]:
@@ -134,44 +226,132 @@ def test_a_retry_that_spells_a_field_in_each_message_instead_of_in_defaults_is_t
 
 def test_a_batch_whose_storing_died_half_way_is_completed_by_its_retry_without_rewriting(send_batch, monkeypatch, rbm):
     body = batch_of(700, "interrupted")  # four commits of 200
-    real, calls = store._create_page, []
-
-    def dies_on_the_third(page):
-        calls.append(len(page))
-        if len(calls) == 3:
-            raise RuntimeError("instance stopped")
-        return real(page)
-
-    monkeypatch.setattr(store, "_create_page", dies_on_the_third)
-    monkeypatch.setattr(store, "CREATE_PARALLELISM", 1)
-    monkeypatch.setattr(batches, "_set_timers", lambda created: None)
-    with pytest.raises(RuntimeError):
-        batches.take(batch_request.parse(body, AGENT))
-    before = {m.message_id: m.updated_at for m in of_batch("interrupted")}
+    take_until_stopped(monkeypatch, body, store, "_create_page", stops_on(3, store._create_page))
+    before = {m.message_id: m.created_at for m in of_batch("interrupted")}
     assert len(before) == 500 and not batches.get("interrupted").stored  # pages 1, 2 and 4 (of 100) committed
 
     response = send_batch(body)
     assert response.status_code == 202 and response.json()["accepted"] == 700
     after = of_batch("interrupted")
     assert len(after) == 700 and len({m.message_id for m in after}) == 700
-    assert all(m.updated_at == before[m.message_id] for m in after if m.message_id in before)  # not rewritten
+    assert all(m.created_at == before[m.message_id] for m in after if m.message_id in before)  # not rewritten
+    assert all(m.next_action_at for m in after)  # all released once answered
     assert send_batch(body).json() == response.json()
 
 
-def test_cancel_withdraws_what_is_not_created_and_lets_a_create_in_flight_finish(send_batch, passes, rbm, twilio):
+def test_nothing_is_sent_before_the_answer_is_recorded_and_a_retry_sends_each_message_once(
+    here, send_batch, passes, rbm, twilio, cloud_tasks, task_target, monkeypatch
+):
+    rbm.set_phone(phone(1), "not_rcs")
+    body = batch_of(30, "unanswered", fallback=FALLBACK) | {"precheck": True}
+    take_until_stopped(monkeypatch, body, store, "update", answer_lost(store.update))
+    stored = of_batch("unanswered")
+    assert len(stored) == 30 and not batches.get("unanswered").stored
+    assert [m.state for m in stored[:2]] == [State.PENDING, State.UNREACHABLE]
+
+    passes()  # a scheduled revoke_expired pass, and a send_fallbacks pass, while the sender has no answer
+    assert rbm.count("create") == 0 and twilio.sent == []
+    assert no_task_set(cloud_tasks, task_target)
+
+    response = send_batch(body)
+    assert response.status_code == 202 and (response.json()["accepted"], response.json()["unreachable"]) == (30, 1)
+    passes()
+    assert accepted_creates(rbm) == Counter(m.message_id for m in stored if m.state is State.PENDING)  # once each
+    assert [s["to"] for s in twilio.sent] == [phone(1)]
+    assert {m.state for m in of_batch("unanswered")} == {State.SENT, State.UNREACHABLE}
+
+
+def test_a_batch_cancelled_before_its_retry_stores_the_rest_withdrawn_and_sends_nothing(
+    here, send_batch, passes, rbm, twilio, cloud_tasks, task_target, monkeypatch
+):
+    for i in (1, 240):  # one stored by the call cut short, one by its retry
+        rbm.set_phone(phone(i), "not_rcs")
+    body = batch_of(250, "called-off", fallback=FALLBACK) | {"precheck": True}  # two commits of 200
+    take_until_stopped(monkeypatch, body, store, "_create_page", stops_on(2, store._create_page))
+    assert len(of_batch("called-off")) == 200
+    assert batches.cancel("called-off", wait_seconds=0) == {"cancelled": 200, "in_flight": 0}
+
+    response = send_batch(body)
+    assert response.status_code == 202 and (response.json()["accepted"], response.json()["unreachable"]) == (250, 2)
+    passes()
+    assert rbm.count("create") == 0 and twilio.sent == [] and no_task_set(cloud_tasks, task_target)
+    messages = of_batch("called-off")
+    unreachable = [m for m in messages if m.state is State.UNREACHABLE]
+    assert len(messages) == 250 and [m.phone for m in unreachable] == [phone(1), phone(240)]
+    assert {(m.state, m.fallback, m.last_error) for m in messages if m not in unreachable} == {
+        (State.FAILED, Fallback.CANCELLED, "batch cancelled")
+    }
+    assert {(m.fallback, m.last_error) for m in unreachable} == {(Fallback.CANCELLED, "batch cancelled")}
+    stored_later = next(m for m in messages if m.phone == phone(230))
+    events = [valid_outcome(e.data()) for e in outbox.history(stored_later)]
+    assert [(e["status"], e["reason"], e["batch_id"]) for e in events] == [
+        ("FAILED", "batch cancelled", "called-off"),
+        ("SMS_CANCELLED", "batch cancelled", "called-off"),
+    ]
+    assert [e.status for e in outbox.history(unreachable[1])] == ["UNREACHABLE", "SMS_CANCELLED"]
+    assert send_batch(body).json() == response.json()
+
+
+def test_a_cancel_while_a_batch_is_being_stored_stops_the_messages_stored_after_it(
+    firestore, passes, rbm, twilio, monkeypatch
+):
+    body = batch_of(250, "cancelled-midway", fallback=FALLBACK)  # two commits of 200
+    real, cancels = store._create_page, []
+
+    def cancelled_after_the_first(page):
+        stored = real(page)
+        if not cancels:  # the operator cancels while the call stores the rest
+            cancels.append(batches.cancel("cancelled-midway", wait_seconds=0))
+        return stored
+
+    monkeypatch.setattr(store, "_create_page", cancelled_after_the_first)
+    monkeypatch.setattr(store, "CREATE_PARALLELISM", 1)
+    batch = batches.take(batch_request.parse(body, AGENT))
+    assert cancels == [{"cancelled": 200, "in_flight": 0}]
+    assert batch.accepted == 250 and batch.cancelled_at and batch.released_at  # answered, the cancel kept
+    passes()
+    assert rbm.count("create") == 0 and twilio.sent == []
+    assert {(m.state, m.fallback, m.last_error) for m in of_batch("cancelled-midway")} == {
+        (State.FAILED, Fallback.CANCELLED, "batch cancelled")
+    }
+
+
+def test_a_retry_after_the_call_died_releasing_finishes_the_release_and_its_timers(
+    here, functions, queues, rbm, cloud_tasks, task_target, monkeypatch
+):
+    body = batch_of(250, "half-released", revoke_after_seconds=600)  # two release commits: 200, then 50
+    take_until_stopped(monkeypatch, body, batches, "_release_page", stops_on(2, batches._release_page))
+    due = [m for m in of_batch("half-released") if m.next_action_at]
+    assert len(due) == 200 and batches.get("half-released").stored  # answered, released in part,
+    assert no_task_set(cloud_tasks, task_target)  # and no timer set
+
+    port = free_port()
+    env = {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queues(f"http://127.0.0.1:{port}")}
+    functions("process_due_work", env=env | {"LEASE_SECONDS": "30", "RETRY_BACKOFF_SECONDS": "1"}, port=port)
+    response = requests.post(functions("send_batch", env=env).url, json=body, timeout=120)
+    assert response.status_code == 202 and response.json()["accepted"] == 250
+    assert batches.get("half-released").released_at is not None
+    # The queue's tasks alone create them (no scheduled pass runs here): the retry set every timer.
+    wait_for(lambda: {m.state for m in of_batch("half-released")} == {State.SENT}, timeout=120, interval=0.5)
+    assert accepted_creates(rbm) == Counter(m.message_id for m in of_batch("half-released"))  # once each
+
+
+def test_cancel_withdraws_what_is_not_created_and_lets_a_create_once_attempted_finish(send_batch, passes, rbm, twilio):
     assert send_batch(batch_of(20, "cancel-me", fallback=FALLBACK)).status_code == 202
-    claimed = batch_request.message_id("cancel-me", 0)
+    claimed, lapsed = batch_request.message_id("cancel-me", 0), batch_request.message_id("cancel-me", 1)
     now = store.now()
     store.claim_message(claimed, lambda m: claim_revoke(m, now, timedelta(seconds=60), "a worker"))
+    # Its lease ran out while its call may still be in flight: RBM may hold the message.
+    store.claim_message(lapsed, lambda m: claim_revoke(m, now, timedelta(0), "a worker"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert cli.main(["batch", "cancel-me"]) == 0
     assert '"PENDING": 20' in out.getvalue()
 
-    assert batches.cancel("cancel-me", wait_seconds=0) == {"cancelled": 19, "in_flight": 1}
+    assert batches.cancel("cancel-me", wait_seconds=0) == {"cancelled": 18, "in_flight": 2}
     messages = {m.message_id: m for m in of_batch("cancel-me")}
-    assert messages[claimed].state is State.PENDING  # its call finishes on its own
-    cancelled = [m for i, m in messages.items() if i != claimed]
+    assert messages[claimed].state is messages[lapsed].state is State.PENDING  # their calls finish on their own
+    cancelled = [m for i, m in messages.items() if i not in (claimed, lapsed)]
     assert {(m.state, m.fallback, m.last_error) for m in cancelled} == {
         (State.FAILED, Fallback.CANCELLED, "batch cancelled")
     }
@@ -180,8 +360,9 @@ def test_cancel_withdraws_what_is_not_created_and_lets_a_create_in_flight_finish
     assert event_one["reason"] == "batch cancelled" and event_two["batch_id"] == "cancel-me"
     assert batches.get("cancel-me").cancelled_at is not None
 
-    passes()
-    assert rbm.count("create") == 0 and twilio.sent == []  # withdrawn: neither channel
+    passes()  # the lapsed claim is due again: its create is made (under its own id), the withdrawn are not
+    assert accepted_creates(rbm) == Counter([lapsed]) and twilio.sent == []  # withdrawn: neither channel
+    assert store.get_message(lapsed).state is State.SENT
 
 
 def test_a_batch_under_a_429_storm_creates_each_message_once(send_batch, passes, rbm, twilio):
@@ -284,35 +465,18 @@ def test_progress_mean_rate_is_creates_over_the_gaps_between_them(firestore):
     assert batches.progress("paced", now)["creates_per_second"]["mean"] == 1.0  # not 3 in 2 s
 
 
-RBM_QUEUE = "projects/test-project/locations/us-central1/queues/rbm-calls"
-RATE = 20  # the queue's max_dispatches_per_second: the agent's quota in this test
-
-
-def test_a_batch_through_the_rbm_queue_is_created_at_the_queue_rate_once_each(functions, firestore, rbm, cloud_tasks):
-    client = tasks_v2.CloudTasksClient(
-        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": cloud_tasks.url}
-    )
-    limits = tasks_v2.RateLimits(max_dispatches_per_second=RATE, max_concurrent_dispatches=20)
-    client.create_queue(
-        parent=RBM_QUEUE.rsplit("/queues/", 1)[0], queue=tasks_v2.Queue(name=RBM_QUEUE, rate_limits=limits)
-    )
+def test_a_batch_through_the_rbm_queue_is_created_at_the_queue_rate_once_each(functions, queues, rbm):
     port = free_port()
-    queued = {
-        "RBM_TASKS_QUEUE": RBM_QUEUE,
-        "CLOUD_TASKS_ENDPOINT": cloud_tasks.url,
-        "WORKER_URL": f"http://127.0.0.1:{port}",
-        "TASKS_SERVICE_ACCOUNT": "tasks@test-project.iam.gserviceaccount.com",
-    }
     # The worker as deployed: its commits set the retry timers, and a task makes one RBM try.
-    env = {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, "LEASE_SECONDS": "30", "RETRY_BACKOFF_SECONDS": "1", **queued}
-    functions("process_due_work", env=env, port=port)
-    sender = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queued})
+    env = {"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **queues(f"http://127.0.0.1:{port}")}
+    functions("process_due_work", env=env | {"LEASE_SECONDS": "30", "RETRY_BACKOFF_SECONDS": "1"}, port=port)
+    sender = functions("send_batch", env=env)
     rbm.fail_share("create", 0.1, seed=3, status=429)
     response = requests.post(sender.url, json=batch_of(120, "queued", revoke_after_seconds=600), timeout=120)
     assert response.status_code == 202 and response.json()["accepted"] == 120
     wait_for(lambda: {m.state for m in of_batch("queued")} == {State.SENT}, timeout=90, interval=0.5)
-    accepted = [r for r in rbm.requests if r["kind"] == "create" and r["status"] == 200]
-    assert len(accepted) == 120 and len({r["message_id"] for r in accepted}) == 120  # 0 duplicates
+    accepted = accepted_creates(rbm)
+    assert len(accepted) == 120 and set(accepted.values()) == {1}  # 0 duplicates
     # The queue is the rate limit: creates in any second stay within its token bucket (rate + burst).
     creates = [r["time"] for r in rbm.requests if r["kind"] == "create"]
     assert max_in_window(creates) <= 2 * RATE

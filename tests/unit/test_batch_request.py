@@ -9,7 +9,16 @@ from functions import batch_request, outbound
 from functions.batch_request import InvalidBatch, TooLarge, message_id, parse
 from functions.model import Batch, Fallback, State
 from functions.outcomes import changes
-from functions.transitions import Fact, cancel_pending, claim_revoke, learn
+from functions.transitions import (
+    Fact,
+    cancel_pending,
+    claim_revoke,
+    fallback_sent,
+    learn,
+    parked,
+    released,
+    retry_revoke,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CONTENT = {"text": "hi"}
@@ -110,21 +119,43 @@ def record(revoke_after: int | None = 600, fallback: str | None = "sms"):
     return wanted.record(T0, 30, batch_id="b1")
 
 
-def test_a_batch_message_is_due_at_once_and_its_deadline_counts_from_its_accepted_create():
+def test_a_batch_message_is_stored_parked_released_due_and_its_deadline_counts_from_its_accepted_create():
     m = record()
-    assert (m.state, m.next_action_at, m.revoke_at, m.revoke_after_seconds, m.batch_id) == (
+    assert (m.state, m.next_action_at, m.fallback_at, m.revoke_at, m.revoke_after_seconds, m.batch_id) == (
         State.PENDING,
-        T0,
+        None,  # parked: no timer, no sweep finds it, until its batch is answered
+        None,
         None,
         600,
         "b1",
     )
+    released_at = T0 + timedelta(seconds=3)
+    due = released(m, released_at)
+    assert (due.next_action_at, due.fallback, due.fallback_at) == (released_at, Fallback.WAITING, None)
     accepted_at = T0 + timedelta(minutes=7)  # it waited in the queue
-    sent = learn(m, Fact.ACCEPTED, accepted_at)
+    sent = learn(due, Fact.ACCEPTED, accepted_at)
     assert sent.revoke_at == sent.next_action_at == accepted_at + timedelta(seconds=600)
     again = learn(sent, Fact.ACCEPTED, accepted_at + timedelta(seconds=5))  # a late 409 keeps the first deadline
     assert again.revoke_at == sent.revoke_at
     assert learn(record(revoke_after=None), Fact.ACCEPTED, accepted_at).next_action_at is None
+
+
+def test_the_precheck_parks_an_unreachable_numbers_sms_until_the_release():
+    unreachable = parked(learn(record(), Fact.UNREACHABLE, T0, error="no RCS"))
+    assert (unreachable.state, unreachable.fallback, unreachable.fallback_at) == (State.UNREACHABLE, Fallback.DUE, None)
+    due = released(unreachable, T0 + timedelta(seconds=3))
+    assert (due.fallback_at, due.next_action_at) == (T0 + timedelta(seconds=3), None)
+
+
+def test_releasing_again_or_releasing_what_moved_on_changes_nothing():
+    due = released(record(), T0)
+    assert released(due, T0 + timedelta(seconds=9)) == due  # its timer's due time stays the first
+    claimed = claim_revoke(due, T0, timedelta(seconds=60), "worker")
+    assert claimed is not None and released(claimed, T0 + timedelta(seconds=9)) == claimed
+    cancelled = cancel_pending(record(), T0, "batch cancelled")
+    assert released(cancelled, T0) == cancelled
+    sms_sent = fallback_sent(released(parked(learn(record(), Fact.UNREACHABLE, T0)), T0), T0, "SM1")
+    assert released(sms_sent, T0 + timedelta(seconds=9)) == sms_sent
 
 
 def test_cancelling_withdraws_an_unclaimed_pending_message_and_its_sms_with_events_of_its_batch():
@@ -152,13 +183,31 @@ def test_cancelling_a_message_without_a_fallback_leaves_its_fallback_none():
     )
 
 
-def test_cancelling_leaves_a_claimed_create_and_a_created_message_alone():
-    claimed = claim_revoke(record(), T0, timedelta(seconds=60), "worker")
+def test_cancelling_leaves_a_create_once_attempted_and_a_created_message_alone():
+    claimed = claim_revoke(released(record(), T0), T0, timedelta(seconds=60), "worker")
     assert claimed is not None and cancel_pending(claimed, T0, "x") == claimed
-    lapsed = cancel_pending(claimed, T0 + timedelta(seconds=61), "x")  # its lease ran out: nobody is creating it
-    assert lapsed.state is State.FAILED
+    # Its lease ran out while the call may still be in flight: RBM may hold the message.
+    assert cancel_pending(claimed, T0 + timedelta(seconds=61), "x") == claimed
+    # Answered with a timeout or a 5xx, which RBM may have acted on: it is re-sent, not withdrawn.
+    transient = retry_revoke(claimed, T0, "503", max_attempts=5, base=1.0)
+    assert transient.state is State.PENDING and cancel_pending(transient, T0 + timedelta(seconds=61), "x") == transient
     sent = learn(record(), Fact.ACCEPTED, T0)
     assert cancel_pending(sent, T0, "x") == sent
+
+
+def test_cancelling_a_batch_before_its_release_cancels_a_parked_sms_with_its_event():
+    unreachable = parked(learn(record(), Fact.UNREACHABLE, T0, error="no RCS"))
+    cancelled = cancel_pending(unreachable, T0, "batch cancelled")
+    assert (cancelled.state, cancelled.fallback, cancelled.fallback_at, cancelled.last_error) == (
+        State.UNREACHABLE,
+        Fallback.CANCELLED,
+        None,
+        "batch cancelled",
+    )
+    events = changes(unreachable, cancelled, T0)
+    assert [(e.status, e.reason, e.batch_id) for e in events] == [("SMS_CANCELLED", "batch cancelled", "b1")]
+    due = released(unreachable, T0)  # released: its SMS is due and goes out, as for any unreachable number
+    assert cancel_pending(due, T0, "batch cancelled") == due
 
 
 def test_a_batch_document_answers_its_rejections_by_index():
