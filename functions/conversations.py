@@ -135,7 +135,9 @@ def _erase_conversation(agent: str, phone: str, found: list[DocumentReference]) 
     current = next((c for c in stored if c), None)
     if current and current.opted_out:
         marker = Conversation(agent, "", opted_out=True, subscription_changed_at=current.subscription_changed_at)
-        references[0].set(store.stamped(marker.to_doc(), store.now()), retry=store.RETRY, timeout=store.CALL_SECONDS)
+        references[0].set(
+            store.stamped(references[0], marker.to_doc(), store.now()), retry=store.RETRY, timeout=store.CALL_SECONDS
+        )
         counts["opt_out_markers"] = 1
     return counts
 

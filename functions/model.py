@@ -194,12 +194,17 @@ def retention(now: datetime) -> datetime:
     return now + timedelta(days=config.retention_days())
 
 
-def expiry(doc: dict[str, Any], now: datetime) -> datetime | None:
-    """The TTL field's value for `doc` written at `now`: `retention(now)`, except None
-    (never deleted by the TTL policy) for a conversation that holds an opt-out. An
-    opt-out lasts until the user opts back in (CTIA Messaging Principles and Best
-    Practices, 5.1.2; Twilio and AWS End User Messaging keep opt-out lists indefinitely)."""
-    return None if doc.get("opted_out") else retention(now)
+def expiry(doc: dict[str, Any], now: datetime, collection: str) -> datetime | None:
+    """The TTL field's value for `doc` written at `now` into `collection`: `retention(now)`,
+    except None (never deleted by the TTL policy) for a conversation that holds an opt-out,
+    and for a batch document. An opt-out lasts until the user opts back in (CTIA Messaging
+    Principles and Best Practices, 5.1.2; Twilio and AWS End User Messaging keep opt-out
+    lists indefinitely). A batch's id is its messages' `batch_id` and derives their ids
+    (batch_request.message_id), and a message is kept until RETENTION_DAYS after its last
+    change, which may come any time (a late READ): a batch document deleted before them
+    would let a new batch under the same id find them in place, count them as its own and
+    send nothing. A batch document holds no phone number."""
+    return None if collection == BATCHES_COLLECTION or doc.get("opted_out") else retention(now)
 
 
 def conversation_id(agent_id: str, phone: str, key: bytes = b"") -> str:

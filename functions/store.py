@@ -79,9 +79,9 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def stamped(doc: dict[str, Any], at: datetime) -> dict[str, Any]:
-    """A document ready to write: its change time and its TTL field set (model.expiry)."""
-    return doc | {"updated_at": at, "expire_at": expiry(doc, at)}
+def stamped(ref: DocumentReference, doc: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """`doc` ready to write at `ref`: its change time and its TTL field set (model.expiry)."""
+    return doc | {"updated_at": at, "expire_at": expiry(doc, at, ref.parent.id)}
 
 
 def stage(
@@ -221,7 +221,7 @@ def update_all(docs: list[tuple[DocumentReference, type[Any]]], change: Callable
             return new
         batch = client().batch()
         for ref, snapshot, n in writes:
-            stage(batch, ref, snapshot, check(ref, stamped(n.to_doc(), at)))
+            stage(batch, ref, snapshot, check(ref, stamped(ref, n.to_doc(), at)))
         if _commit(batch, events, at):
             return new
     raise ContentionError(f"{refs[0].path}: still contended after {ATTEMPTS} attempts")
@@ -272,7 +272,7 @@ def _create_page(page: list[Message]) -> list[Message]:
         at, batch, events, created = now(), client().batch(), [], []
         for ref, message in absent:
             numbered, more = outcomes.numbered(None, message, at)
-            batch.create(ref, check(ref, stamped(numbered.to_doc(), at)))
+            batch.create(ref, check(ref, stamped(ref, numbered.to_doc(), at)))
             events += more
             created.append(numbered)
         if _commit(batch, events, at):

@@ -212,6 +212,10 @@ def test_the_same_batch_twice_answers_the_same_and_stores_nothing_twice_another_
     changed = send_batch(body | {"defaults": {"content": {"text": "other"}}})
     assert changed.status_code == 409 and "different request" in changed.json()["error"]
     assert rbm.count("create") == 0
+    # The batch document outlives its messages (no TTL; they keep theirs): its id, which derives
+    # theirs, is never free for a new batch while they are kept.
+    stored = batches.collection().document("twice").get().to_dict()
+    assert stored["expire_at"] is None and all(m.expire_at for m in of_batch("twice"))
 
 
 def test_a_retry_that_spells_a_field_in_each_message_instead_of_in_defaults_is_the_same_request(send_batch):

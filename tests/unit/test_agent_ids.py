@@ -9,7 +9,7 @@ import requests
 
 from functions import agents, config
 from functions.events import parse as parse_event
-from functions.model import Conversation, Message, conversation_id, conversation_of, expiry
+from functions.model import BATCHES_COLLECTION, Batch, Conversation, Message, conversation_id, conversation_of, expiry
 from functions.outbound import InvalidRequest, conflict, parse
 from functions.rbm import RbmClient
 from local.fake_rbm import FakeRbm
@@ -69,13 +69,15 @@ def test_conversation_ids_are_keyed_and_name_one_agent_in_either_form():
     assert conversation_id("x_agent", PHONE) == unkeyed != keyed
 
 
-def test_an_opt_out_is_never_given_a_ttl_and_everything_else_is():
+def test_an_opt_out_and_a_batch_are_never_given_a_ttl_and_everything_else_is():
     now = datetime(2026, 1, 1, tzinfo=UTC)
     opted_out = Conversation("a@rbm.goog", PHONE, opted_out=True).to_doc()
-    assert expiry(opted_out, now) is None
+    assert expiry(opted_out, now, config.conversations_collection()) is None
     retained = now + timedelta(days=config.retention_days())
-    assert expiry(Conversation("a@rbm.goog", PHONE).to_doc(), now) == retained
-    assert expiry(Message("m", PHONE, "a@rbm.goog").to_doc(), now) == retained
+    assert expiry(Conversation("a@rbm.goog", PHONE).to_doc(), now, config.conversations_collection()) == retained
+    assert expiry(Message("m", PHONE, "a@rbm.goog").to_doc(), now, config.messages_collection()) == retained
+    # A batch's id derives its messages' ids: freed before them, a new batch would find them in place.
+    assert expiry(Batch("b", "f", 1).to_doc(), now, BATCHES_COLLECTION) is None
 
 
 def test_the_keyed_conversation_decides_then_the_unkeyed_one_then_a_new_one():
