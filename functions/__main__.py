@@ -190,6 +190,8 @@ def batch(args: argparse.Namespace) -> int:
     shown: dict[str, Any] = {"batch_id": stored.batch_id, "size": stored.size, "accepted": stored.accepted}
     shown |= {"rejected": sum(len(r["indexes"]) for r in stored.rejections), "stored": stored.stored}
     shown["released"] = stored.released_at is not None  # false: no 202 yet (its call running, failed, or cut short)
+    shown |= {"precheck": stored.precheck, "unreachable": stored.unreachable}
+    shown["cancelled_at"] = stored.cancelled_at.isoformat() if stored.cancelled_at else None
     if args.cancel:  # a create in flight finishes within its lease: wait that long for it
         shown["cancel"] = batches.cancel(args.batch_id, config.lease_seconds())
     print(json.dumps(shown | batches.progress(args.batch_id, store.now()), indent=2))

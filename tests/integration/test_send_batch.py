@@ -3,6 +3,7 @@ its creates made by revoke_expired's pass (no RBM queue here), its SMS by send_f
 
 import contextlib
 import io
+import json
 from collections import Counter
 from datetime import timedelta
 
@@ -363,6 +364,11 @@ def test_cancel_withdraws_what_is_not_created_and_lets_a_create_once_attempted_f
     assert (event_one["status"], event_two["status"], event_two["fate"]) == ("FAILED", "SMS_CANCELLED", "failed")
     assert event_one["reason"] == "batch cancelled" and event_two["batch_id"] == "cancel-me"
     assert batches.get("cancel-me").cancelled_at is not None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["batch", "cancel-me"]) == 0
+    shown = json.loads(out.getvalue())
+    assert shown["cancelled_at"] and (shown["precheck"], shown["unreachable"]) == (False, 0)
 
     passes()  # the lapsed claim is due again: its create is made (under its own id), the withdrawn are not
     assert accepted_creates(rbm) == Counter([lapsed]) and twilio.sent == []  # withdrawn: neither channel
