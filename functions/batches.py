@@ -133,7 +133,10 @@ def _store(request: Request, ref: DocumentReference, batch: Batch) -> Batch:
     records = _records(request, kept, store.now())
     screened = time.monotonic()
     created = store.create_messages(records)
-    unreachable = sum(1 for m in records if m.state is State.UNREACHABLE)
+    # What an earlier try stored stands (its pre-check may have answered otherwise): counted as stored.
+    new_ids = {m.message_id for m in created}
+    earlier = store.get_messages([m.message_id for m in records if m.message_id not in new_ids])
+    unreachable = sum(1 for m in [*created, *earlier] if m.state is State.UNREACHABLE)
 
     def answered(current: Batch | None) -> Batch:  # keeps a `cancelled_at` written meanwhile
         if current and current.stored:

@@ -356,6 +356,13 @@ def query(q: Query) -> list[DocumentSnapshot[DocumentReference]]:
     return list(q.get(retry=RETRY, timeout=CALL_SECONDS))
 
 
+def get_messages(message_ids: list[str]) -> list[Message]:
+    """The stored messages among `message_ids`, in their order, in one round trip; those
+    absent are left out."""
+    snapshots = _read([message_ref(i) for i in message_ids]) if message_ids else []
+    return [Message.from_doc(found(s)) for s in snapshots if s.exists]
+
+
 def get_message(message_id: str) -> Message | None:
     snapshot = message_ref(message_id).get(retry=RETRY, timeout=CALL_SECONDS)
     data = snapshot.to_dict()
