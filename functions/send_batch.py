@@ -12,10 +12,25 @@ A body over 32 MiB (Cloud Run's request limit) or of more than 10,000 messages
 answers 413; one that is not a batch, 400.
 """
 
+import json
+from typing import Any
+
 import flask
 
 from functions import batch_request, batches, config, logs, store
 from functions.replies import Reply, reject, reply
+
+
+def _json(raw: bytes) -> Any:
+    """The JSON value of `raw`, or None if it is not JSON (parse then says it is not a batch)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _too_large() -> Reply:
+    return reject(413, f"body over {batch_request.MAX_BODY_BYTES:,} bytes")
 
 
 def handle(request: flask.Request) -> Reply:
@@ -23,9 +38,14 @@ def handle(request: flask.Request) -> Reply:
     if request.method != "POST":
         return reject(405, "method not allowed")
     if (request.content_length or 0) > batch_request.MAX_BODY_BYTES:
-        return reject(413, f"body over {batch_request.MAX_BODY_BYTES:,} bytes")
+        return _too_large()
+    raw = request.stream.read(batch_request.MAX_BODY_BYTES + 1)  # a chunked body has no length to check first
+    if len(raw) > batch_request.MAX_BODY_BYTES:
+        return _too_large()
     try:
-        wanted = batch_request.parse(request.get_json(silent=True), config.agent_id(), config.sms_max_segments())
+        wanted = batch_request.parse(
+            _json(raw) if request.is_json else None, config.agent_id(), config.sms_max_segments()
+        )
     except RecursionError:
         return reject(400, "body nests maps and arrays too deep")
     except batch_request.TooLarge as exc:

@@ -424,6 +424,17 @@ def test_a_batch_that_is_not_one_is_refused(send_batch):
     assert send_batch({"messages": [{}], "defaults": {"phone": phone(0)}}).status_code == 400
 
 
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_it_all(functions, rbm):
+    process = functions("send_batch", env={"RBM_API_ENDPOINT": rbm.url, **SWEEP_ENV, **NO_QUEUES})
+
+    def chunks():  # no Content-Length to check first: a chunked upload 16 bytes over 32 MiB
+        yield from [b" " * (1 << 20)] * (batch_request.MAX_BODY_BYTES >> 20)
+        yield b" " * 16
+
+    response = requests.post(process.url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=120)
+    assert response.status_code == 413 and "body over" in response.json()["error"]
+
+
 def test_a_message_firestore_cannot_store_is_rejected_alone_and_the_rest_of_its_batch_taken(send_batch):
     body = batch_of(500, "big-int")  # three commits of 200: the bad message in the last
     body["messages"][450]["content"] = {"text": "x", "n": 2**70}
