@@ -343,20 +343,27 @@ def test_a_send_answered_404_and_a_ttl_revoke_get_their_sms_at_once(engine, subs
 
 
 def test_work_that_cannot_be_done_is_refused_in_json_and_logged(engine, rbm):
-    """A body that is not a work item: 400; fallback work without an SMS provider: 503 with
-    Retry-After (the queue retries; the messages stay due, unclaimed); GET: 405."""
+    """A body that is not a work item (not JSON, not one, nested too deep): 400; fallback work
+    without an SMS provider: 503 with Retry-After (the queue retries; the messages stay due,
+    unclaimed); GET: 405."""
     texts_due = seed(3, state=State.REVOKED, fallback=Fallback.DUE)
     worker = engine.start("process_due_work", SMS_PROVIDER="")
     answer = work(worker, "fallback", texts_due)
     assert (answer.status_code, answer.json()) == (503, {"error": "no SMS_PROVIDER configured"})
     assert int(answer.headers["Retry-After"]) >= 1
     assert all(get(i).fallback is Fallback.DUE and get(i).lease_owner is None for i in texts_due)
-    for body in (b"not json", b'{"duty": "sms", "message_ids": ["m"], "due_at": "2026-01-01T00:00:00+00:00"}', b""):
+    not_items = (
+        b"not json",
+        b'{"duty": "sms", "message_ids": ["m"], "due_at": "2026-01-01T00:00:00+00:00"}',
+        b"",
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than the JSON parser reads
+    )
+    for body in not_items:
         answer = requests.post(worker.url, data=body, timeout=30)
         assert answer.status_code == 400 and "not a work item" in answer.json()["error"], answer.text
     assert requests.get(worker.url, timeout=30).status_code == 405
     log = worker.read_log()
-    assert log.count('"work_item_invalid"') == 3 and log.count('"sms_unconfigured"') == 1
+    assert log.count('"work_item_invalid"') == len(not_items) and log.count('"sms_unconfigured"') == 1
     assert '"work_item_done"' not in log
     no_sms = engine.start("send_fallbacks", SMS_PROVIDER="", SMS_TASKS_QUEUE="")  # would text itself: refuses
     answer = requests.post(no_sms.url, timeout=30)
