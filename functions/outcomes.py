@@ -214,7 +214,11 @@ def _sms_leg(m: Message) -> str | None:
 
 
 def _reason(m: Message, status: str) -> str | None:
-    return cause(m.last_error) if status in _WITH_REASON else None
+    """The cause a status carries. An SMS cancelled because RCS reached the user has none:
+    `last_error` then still holds an earlier failure (a revoke retried), not why it was cancelled."""
+    if status not in _WITH_REASON or (status == "SMS_CANCELLED" and m.state in _DELIVERED):
+        return None
+    return cause(m.last_error)
 
 
 def _fact_time(m: Message, status: str) -> datetime | None:

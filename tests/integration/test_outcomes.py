@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from functions import events, store
-from functions.model import OUTCOMES_COLLECTION, Message, State
+from functions.model import OUTCOMES_COLLECTION, Fallback, Message, State
 from local.processes import PROJECT, create_pull_subscription, create_topic, pull_all
 from tests.conftest import STARTED
 from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
@@ -207,3 +207,49 @@ def test_a_mark_whose_outbox_document_is_gone_never_fails_the_change(firestore, 
     store.change_message(message_id, lambda m: dataclasses.replace(m, state=State.DELIVERED))
     assert store.get_message(message_id).state is State.DELIVERED
     assert [(d["seq"], d["published"]) for d in outbox(message_id)] == [(2, False)]
+
+
+def test_an_sms_cancelled_because_rcs_arrived_carries_no_reason_from_an_earlier_retry(
+    functions, firestore, rbm, monkeypatch
+):
+    """A revoke answered 503 (retried: `last_error` "RBM 503: …"), then 404 (the user got the
+    message): DELIVERED and SMS_CANCELLED. The cancel's cause is the delivery, not an error, so
+    its event carries no reason; the earlier retry's error is not passed off as one."""
+    topic = f"outcomes-{uuid.uuid4().hex[:8]}"
+    create_topic(PROJECT, topic)
+    create_pull_subscription(PROJECT, topic, f"{topic}-pull")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", topic)  # this process commits the SENT message
+    message_id = str(uuid.uuid4())
+    store.update_message(
+        message_id,
+        lambda _: Message(
+            message_id,
+            PHONE,
+            AGENT,
+            state=State.SENT,
+            fallback=Fallback.WAITING,
+            fallback_text="sms",
+            revoke_at=store.now(),
+            next_action_at=store.now(),
+        ),
+    )
+    requests.post(
+        f"{rbm.url}/v1/phones/{PHONE}/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": {"text": "x"}},
+        timeout=5,
+    )
+    rbm.script("revoke", message_id, [503])
+    env = {"RBM_API_ENDPOINT": rbm.url, "RBM_OUTCOMES_TOPIC": topic, **SWEEP_ENV, "RBM_RETRY_SECONDS": "0"}
+    revoker = functions("revoke_expired", env=env)  # one RBM try a call: the 503 is the sweep's to retry
+    assert requests.post(revoker.url, json={}, timeout=120).json()["retried"] == 1
+    assert store.get_message(message_id).last_error.startswith("RBM 503")
+    assert rbm.mark_delivered(message_id)  # the device got it: the next DELETE answers 404
+    wait_for(lambda: store.now() > store.get_message(message_id).next_action_at)
+    assert requests.post(revoker.url, json={}, timeout=120).json()["delivered"] == 1
+
+    got = {e["status"]: e for e, _ in received(f"{topic}-pull", expect=3)}
+    assert set(got) == {"SENT", "DELIVERED", "SMS_CANCELLED"}
+    assert (got["SMS_CANCELLED"]["fate"], got["SMS_CANCELLED"]["reason"]) == ("rcs", None)
+    stored = [(d["status"], d["reason"]) for d in outbox(message_id)]
+    assert stored[1:] == [("DELIVERED", None), ("SMS_CANCELLED", None)]
