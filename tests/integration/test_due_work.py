@@ -21,7 +21,7 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
-from functions import dispatch, events, store, tasks, timers
+from functions import dispatch, events, revoke_expired, store, tasks, timers
 from functions.model import SWEPT_FALLBACKS, Fallback, Message, State
 from functions.work_items import Duty, WorkItem
 from local.fake_rbm import now_rfc3339
@@ -204,6 +204,28 @@ def test_a_purged_queue_leaves_the_message_due_and_the_next_pass_enqueues_it(eng
     # The timer's own name stays taken for an hour after a purge: the pass's rerun name carries it.
     assert task.startswith(timers.name(message_id, Duty.REVOKE, deadline) + "-r"), task
     assert revokes(rbm) == Counter([message_id]) and len(twilio.sent) == 1
+
+
+def test_a_rerun_task_waiting_in_a_backlog_is_not_doubled_by_the_next_minutes_pass(engine, rbm, enqueuer, monkeypatch):
+    """A purged queue under a backlog: the task a pass created under a rerun name still waits
+    when the next minute's pass finds the message overdue again; that pass finds it there."""
+    [message_id] = expiring(rbm, 1, deadline=store.now() - timedelta(seconds=60))
+    due = get(message_id).next_action_at
+    client = tasks_v2.CloudTasksClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": engine.tasks.url}
+    )
+    client.pause_queue(name=RBM_QUEUE)  # the backlog: nothing queued runs yet
+    assert timers.enqueue(message_id, Duty.REVOKE, due)  # its timer
+    client.purge_queue(name=RBM_QUEUE)  # lost; the timer's name stays taken for an hour
+    clock = time.time
+    with monkeypatch.context() as earlier:  # the pass of the minute before
+        earlier.setattr(dispatch, "time", SimpleNamespace(time=lambda: clock() - 60, monotonic=time.monotonic))
+        assert dispatch.run(revoke_expired.REVOKE)["enqueued"] == 1
+    assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
+    assert engine.tasks.pending(RBM_QUEUE) == 1
+    client.resume_queue(name=RBM_QUEUE)
+    wait_for(lambda: get(message_id).state is State.REVOKED and engine.tasks.pending(RBM_QUEUE) == 0, timeout=30)
+    assert len(engine.tasks.dispatches(RBM_QUEUE)) == 1 and revokes(rbm) == Counter([message_id])
 
 
 @pytest.fixture(params=["twilio", "gateway"])
