@@ -33,6 +33,7 @@ from pathlib import Path
 
 import requests
 
+from functions.outbound import MAX_REVOKE_SECONDS, MIN_REVOKE_SECONDS
 from local.fake_sms import FakeTwilio
 from local.fake_tasks import FakeTasks
 from local.processes import (
@@ -397,6 +398,12 @@ def _arguments(argv) -> argparse.Namespace:
     args.sms_webhook_secret = args.sms_webhook_secret or os.environ.get("SMS_WEBHOOK_SECRET")
     if args.period <= 0:
         parser.error("--period must be positive")
+    if args.population < 1:
+        parser.error("--population must be at least 1")
+    if not MIN_REVOKE_SECONDS <= args.deadline <= MAX_REVOKE_SECONDS:
+        parser.error(f"--deadline must be from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS} s, as send_message takes")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
     if (args.rbm_root or args.sms_webhook_url) and not args.no_demo:
         parser.error(
             "--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio"
