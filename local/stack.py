@@ -29,6 +29,7 @@ import signal
 import sys
 import tempfile
 import threading
+import urllib.parse
 from pathlib import Path
 
 import requests
@@ -392,6 +393,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _http_url(url: str) -> bool:
+    """Whether `url` is one a request can be made to: http or https, with a host."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _arguments(argv) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -404,6 +411,10 @@ def _arguments(argv) -> argparse.Namespace:
         parser.error(f"--deadline must be from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS} s, as send_message takes")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    for flag in ("--rbm-root", "--sms-webhook-url", "--outcomes-push-url"):
+        url = getattr(args, flag[2:].replace("-", "_"))
+        if url and not _http_url(url):
+            parser.error(f"{flag} must be an http:// or https:// URL, not {url!r}")
     if (args.rbm_root or args.sms_webhook_url) and not args.no_demo:
         parser.error(
             "--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio"
