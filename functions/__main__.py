@@ -77,10 +77,31 @@ def batch_id(value: str) -> str:
     return value
 
 
+def document_id(value: str) -> str:
+    """A message id that can be a Firestore document id (store.document_id); any other names
+    no document, and reading it would fail in the client rather than answer "none"."""
+    from functions import store
+
+    try:
+        return store.document_id(value, "the id")
+    except store.UnstorableError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive(value: str) -> int:
+    """A count of at least 1 (Firestore refuses a negative limit, and 0 would list nothing)."""
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def since(value: str) -> datetime:
     """An RFC 3339 time with its offset, or a duration ago (`90s`, `30m`, `2h`, `1d`)."""
     if match := DURATION.fullmatch(value):
-        return datetime.now(UTC) - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{value!r} reaches back before the year 1") from None
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -213,19 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     show = commands.add_parser("status", help="print a message's document as JSON; exit 1 if it does not exist")
-    show.add_argument("message_id")
+    show.add_argument("message_id", type=document_id)
     show.set_defaults(run=status)
     listing = commands.add_parser("list", help="list messages by delivery or fallback state")
     which = listing.add_mutually_exclusive_group(required=True)
     which.add_argument("--state", choices=[s.value for s in State])
     which.add_argument("--fallback", choices=[f.value for f in Fallback])
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=positive, default=100)
     listing.set_defaults(run=list_messages)
     again = commands.add_parser("replay", help="republish dead letters onto the events topic")
     again.add_argument(
         "--subscription", default="rbm-events-dead-letter-inspect", help="the dead-letter inspect subscription"
     )
-    again.add_argument("--max", type=int, default=1000, help="replay at most this many")
+    again.add_argument("--max", type=positive, default=1000, help="replay at most this many")
     again.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
     again.set_defaults(run=replay)
     forget = commands.add_parser(
@@ -241,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     recent = commands.add_parser("outcomes", help="list recent outcome events, oldest first")
     recent.add_argument("--since", type=since, required=True, help="RFC 3339 time, or a duration ago: 30m, 2h, 1d")
     recent.add_argument("--fate", choices=[f.value for f in Fate])
-    recent.add_argument("--limit", type=int, default=1000)
+    recent.add_argument("--limit", type=positive, default=1000)
     recent.set_defaults(run=outcomes)
     progress = commands.add_parser("batch", help="a batch's progress; --cancel withdraws what was never tried")
     progress.add_argument("batch_id", type=batch_id)

@@ -38,12 +38,15 @@ from functions.work_items import WorkItem
 
 MAX_EARLY_SECONDS = 5.0  # the longest a task's work waits for its due time (a task is not delivered early)
 SAFETY_SLACK_SECONDS = 10.0  # a message this overdue has no timer on its way: the safety net enqueues it
+# Rerun names one due time of a message may take (`_rescue`): a pass a minute uses at most one, and a
+# name is free again an hour after its task ran or was deleted (Cloud Tasks, "Task De-duplication").
+MAX_RERUNS = 60
 
 
 class Rescue(StrEnum):
     """What the safety net did for one overdue message; a pass's summary counts them."""
 
-    ENQUEUED = "enqueued"  # its task created (under its own name, or the pass's rerun name)
+    ENQUEUED = "enqueued"  # its task created (under its own name, or the first free rerun name)
     PRESENT = "present"  # its task is in the queue (waiting, or being tried): nothing to do
     DONE = "done"  # its timer's task ran since the pass read it: the message moved on
     NOT_ENQUEUED = "not_enqueued"  # Cloud Tasks did not take it: the next pass tries again
@@ -59,11 +62,14 @@ def work(s: Sweep, item: WorkItem, owner: str, deadline: float | None = None) ->
     return sweep.perform(s, list(item.message_ids), owner, deadline)
 
 
-def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
+def _rescue(s: Sweep, message: Message, deadline: float) -> Rescue:
     """The safety net for one overdue message: its timer's task, by its due time, left in
-    its queue if there; else created; if that name is taken by no task in the queue
+    its queue if there; else created. If that name is taken by no task in the queue
     (ALREADY_EXISTS, and not there: its task ran, was deleted, or its queue was purged, in
-    the last hour) created under the pass's rerun name, which passes of the same minute share."""
+    the last hour) and the message, read again, is still due then, the rerun names `-r1`,
+    `-r2`, … are tried in turn the same way: the first one free is created, and one still in
+    the queue is an earlier pass's rescue, waiting (in a backlog, or being retried), so
+    nothing more is done. Passes at once, or a minute apart, make one task between them."""
     if time.monotonic() > deadline:
         return Rescue.LEFT
     due = sweep.due_at(s, message)
@@ -78,8 +84,12 @@ def _rescue(s: Sweep, message: Message, rerun: int, deadline: float) -> Rescue:
         # is read again (one read, only here) before a rerun doubles a task for work already done.
         if timers.due_at(s.duty, store.get_message(message.message_id)) != due:
             return Rescue.DONE
-        # A rerun name already taken is this minute's earlier (or concurrent) pass's task.
-        return Rescue.ENQUEUED if timers.enqueue(message.message_id, s.duty, due, rerun) else Rescue.PRESENT
+        for rerun in range(1, MAX_RERUNS + 1):
+            if timers.enqueue(message.message_id, s.duty, due, rerun):
+                return Rescue.ENQUEUED
+            if timers.exists(message.message_id, s.duty, due, rerun):  # an earlier pass's rescue, waiting
+                return Rescue.PRESENT
+        raise RuntimeError(f"its {MAX_RERUNS} rerun names were all used in the last hour")
     except Exception as exc:  # one message's trouble must not stop the others; the next pass tries again
         logs.error(
             "could not enqueue an overdue message; the next pass tries again",
@@ -96,10 +106,9 @@ def _safety_net(s: Sweep, deadline: float) -> Counter[str]:
     # message is looked up as soon as it is read, earliest first, so a backlog whose reading
     # alone would spend the budget still gets its earliest rescued by every pass.
     found = sweep.due(s, store.now() - timedelta(seconds=SAFETY_SLACK_SECONDS))
-    rerun = int(time.time() // 60)
     with ThreadPoolExecutor(config.sweep_parallelism(), thread_name_prefix=s.name) as pool:
         rescuing = [
-            pool.submit(_rescue, s, m, rerun, deadline)
+            pool.submit(_rescue, s, m, deadline)
             for m in itertools.takewhile(lambda _: time.monotonic() < deadline, found)
             if m.tracked
         ]

@@ -88,7 +88,9 @@ class OutcomeEvent:
 
     def data(self) -> dict[str, Any]:
         """The event as published: JSON-ready, `occurred_at` in RFC 3339 (UTC, `Z`) whatever
-        offset the fact's time came with (a sendTime may carry one; Firestore gives it back in UTC)."""
+        offset the fact's time came with (a sendTime may carry one; Firestore gives it back in UTC),
+        `metadata` by key (Firestore gives a map back in an order of its own): a copy republished
+        from the outbox is the same bytes as the first publish."""
         return {
             "event_id": self.event_id,
             "message_id": self.message_id,
@@ -98,7 +100,7 @@ class OutcomeEvent:
             "fate": self.fate.value,
             "final": self.final,
             "client_ref": self.client_ref,
-            "metadata": dict(self.metadata),
+            "metadata": dict(sorted(self.metadata.items())),
             "agent_id": self.agent_id,
             "phone": self.phone,
             "occurred_at": self.occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
@@ -214,7 +216,11 @@ def _sms_leg(m: Message) -> str | None:
 
 
 def _reason(m: Message, status: str) -> str | None:
-    return cause(m.last_error) if status in _WITH_REASON else None
+    """The cause a status carries. An SMS cancelled because RCS reached the user has none:
+    `last_error` then still holds an earlier failure (a revoke retried), not why it was cancelled."""
+    if status not in _WITH_REASON or (status == "SMS_CANCELLED" and m.state in _DELIVERED):
+        return None
+    return cause(m.last_error)
 
 
 def _fact_time(m: Message, status: str) -> datetime | None:

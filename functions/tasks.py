@@ -40,8 +40,8 @@ def task_id(message_id: str, duty: str, due_at: datetime, rerun: int | None = No
     """The task id of a message's duty due at `due_at` (timezone-aware), e.g.
     "3f2a…9c-revoke-1764650000123": 32 hex digits of the message id's SHA-256
     first, so ids spread evenly, then the duty and the due time in whole
-    milliseconds since the epoch; with `rerun` (the safety net's second name,
-    its pass's epoch minute), "…-r29410833" after it. Cloud Tasks allows
+    milliseconds since the epoch; with `rerun` (the safety net's further names
+    for one due time, 1, 2, …), "…-r1" after it. Cloud Tasks allows
     letters, digits, hyphens and underscores, up to 500 characters; raises
     ValueError for a duty outside them, a naive or pre-epoch due time, or a
     negative rerun."""

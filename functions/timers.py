@@ -76,11 +76,12 @@ def enqueue(message_id: str, duty: Duty, due: datetime, rerun: int | None = None
     )
 
 
-def exists(message_id: str, duty: Duty, due: datetime) -> bool:
-    """Whether the timer task of `message_id`'s `duty` at `due` is still in its queue. Raises tasks.EnqueueError."""
+def exists(message_id: str, duty: Duty, due: datetime, rerun: int | None = None) -> bool:
+    """Whether the timer task of `message_id`'s `duty` at `due` (under the rerun name `rerun`, if
+    given) is still in its queue. Raises tasks.EnqueueError."""
     from functions import tasks
 
-    return tasks.exists(queue(duty), name(message_id, duty, due))
+    return tasks.exists(queue(duty), name(message_id, duty, due, rerun))
 
 
 def _timers(before: Message | None, after: Message) -> list[tuple[Duty, datetime]]:

@@ -42,11 +42,12 @@ class WorkItem:
 
 def decode(data: bytes) -> WorkItem:
     """A task's body → WorkItem; WorkItemError for anything else (not JSON, an unknown
-    duty, no ids or more than MAX_IDS, a `due_at` without its offset)."""
+    duty, no ids or more than MAX_IDS, a `due_at` without its offset, JSON nested deeper
+    than the parser reads)."""
     try:
         body = json.loads(data)
         duty, ids, due_at = body["duty"], body["message_ids"], datetime.fromisoformat(body["due_at"])
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise WorkItemError(f"not a work item: {type(exc).__name__}") from None
     if (
         duty not in tuple(Duty)  # compared, not hashed: a JSON list or object is no duty either

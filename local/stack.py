@@ -29,10 +29,12 @@ import signal
 import sys
 import tempfile
 import threading
+import urllib.parse
 from pathlib import Path
 
 import requests
 
+from functions.outbound import MAX_REVOKE_SECONDS, MIN_REVOKE_SECONDS
 from local.fake_sms import FakeTwilio
 from local.fake_tasks import FakeTasks
 from local.processes import (
@@ -391,12 +393,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _http_url(url: str) -> bool:
+    """Whether `url` is one a request can be made to: http or https, with a host."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _arguments(argv) -> argparse.Namespace:
     parser = _parser()
     args = parser.parse_args(argv)
     args.sms_webhook_secret = args.sms_webhook_secret or os.environ.get("SMS_WEBHOOK_SECRET")
     if args.period <= 0:
         parser.error("--period must be positive")
+    if args.population < 1:
+        parser.error("--population must be at least 1")
+    if not MIN_REVOKE_SECONDS <= args.deadline <= MAX_REVOKE_SECONDS:
+        parser.error(f"--deadline must be from {MIN_REVOKE_SECONDS} to {MAX_REVOKE_SECONDS} s, as send_message takes")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    for flag in ("--rbm-root", "--sms-webhook-url", "--outcomes-push-url"):
+        url = getattr(args, flag[2:].replace("-", "_"))
+        if url and not _http_url(url):
+            parser.error(f"{flag} must be an http:// or https:// URL, not {url!r}")
     if (args.rbm_root or args.sms_webhook_url) and not args.no_demo:
         parser.error(
             "--rbm-root and --sms-webhook-url need --no-demo: the demo drives the simulator and the fake Twilio"

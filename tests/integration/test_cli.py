@@ -94,3 +94,22 @@ def test_batch_refuses_an_id_no_batch_can_have_as_a_bad_argument(firestore):
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert "a batch id is 1 to 128 letters" in refused.stderr.splitlines()[-1]
     assert cli("batch", "no-such-batch").returncode == 1
+
+
+def test_bad_arguments_are_usage_errors_not_tracebacks_nor_an_unreachable_cloud(firestore):
+    """An id that can never be a document, a duration past the calendar, a limit below 1: refused
+    with the usage (exit 2), not a traceback (exit 1, like "no such message") nor "cannot reach
+    Google Cloud" (Firestore's own refusal of a negative limit)."""
+    for args in (
+        ("status", "a/b"),
+        ("status", ""),
+        ("batch", "a/b"),
+        ("batch", ""),
+        ("outcomes", "--since", "99999999d"),
+        ("outcomes", "--since", "1h", "--limit", "-1"),
+        ("list", "--state", "SENT", "--limit", "0"),
+        ("replay", "--max", "0", "--dry-run"),
+    ):
+        run = cli(*args)
+        assert (run.returncode, "usage:" in run.stderr) == (2, True), (args, run.stderr[-300:])
+        assert "Traceback" not in run.stderr and "cannot reach" not in run.stderr, (args, run.stderr[-300:])

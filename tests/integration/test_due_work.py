@@ -21,7 +21,7 @@ import requests
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import tasks_v2
 
-from functions import dispatch, events, store, tasks, timers
+from functions import dispatch, events, revoke_expired, store, tasks, timers
 from functions.model import SWEPT_FALLBACKS, Fallback, Message, State
 from functions.work_items import Duty, WorkItem
 from local.fake_rbm import now_rfc3339
@@ -206,6 +206,28 @@ def test_a_purged_queue_leaves_the_message_due_and_the_next_pass_enqueues_it(eng
     assert revokes(rbm) == Counter([message_id]) and len(twilio.sent) == 1
 
 
+def test_a_rerun_task_waiting_in_a_backlog_is_not_doubled_by_the_next_minutes_pass(engine, rbm, enqueuer, monkeypatch):
+    """A purged queue under a backlog: the task a pass created under a rerun name still waits
+    when the next minute's pass finds the message overdue again; that pass finds it there."""
+    [message_id] = expiring(rbm, 1, deadline=store.now() - timedelta(seconds=60))
+    due = get(message_id).next_action_at
+    client = tasks_v2.CloudTasksClient(
+        transport="rest", credentials=AnonymousCredentials(), client_options={"api_endpoint": engine.tasks.url}
+    )
+    client.pause_queue(name=RBM_QUEUE)  # the backlog: nothing queued runs yet
+    assert timers.enqueue(message_id, Duty.REVOKE, due)  # its timer
+    client.purge_queue(name=RBM_QUEUE)  # lost; the timer's name stays taken for an hour
+    clock = time.time
+    with monkeypatch.context() as earlier:  # the pass of the minute before
+        earlier.setattr(dispatch, "time", SimpleNamespace(time=lambda: clock() - 60, monotonic=time.monotonic))
+        assert dispatch.run(revoke_expired.REVOKE)["enqueued"] == 1
+    assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
+    assert engine.tasks.pending(RBM_QUEUE) == 1
+    client.resume_queue(name=RBM_QUEUE)
+    wait_for(lambda: get(message_id).state is State.REVOKED and engine.tasks.pending(RBM_QUEUE) == 0, timeout=30)
+    assert len(engine.tasks.dispatches(RBM_QUEUE)) == 1 and revokes(rbm) == Counter([message_id])
+
+
 @pytest.fixture(params=["twilio", "gateway"])
 def provider(request, twilio):
     """(SMS fake, worker env, what an interrupted send ends as): Twilio, whose Messages list
@@ -343,20 +365,27 @@ def test_a_send_answered_404_and_a_ttl_revoke_get_their_sms_at_once(engine, subs
 
 
 def test_work_that_cannot_be_done_is_refused_in_json_and_logged(engine, rbm):
-    """A body that is not a work item: 400; fallback work without an SMS provider: 503 with
-    Retry-After (the queue retries; the messages stay due, unclaimed); GET: 405."""
+    """A body that is not a work item (not JSON, not one, nested too deep): 400; fallback work
+    without an SMS provider: 503 with Retry-After (the queue retries; the messages stay due,
+    unclaimed); GET: 405."""
     texts_due = seed(3, state=State.REVOKED, fallback=Fallback.DUE)
     worker = engine.start("process_due_work", SMS_PROVIDER="")
     answer = work(worker, "fallback", texts_due)
     assert (answer.status_code, answer.json()) == (503, {"error": "no SMS_PROVIDER configured"})
     assert int(answer.headers["Retry-After"]) >= 1
     assert all(get(i).fallback is Fallback.DUE and get(i).lease_owner is None for i in texts_due)
-    for body in (b"not json", b'{"duty": "sms", "message_ids": ["m"], "due_at": "2026-01-01T00:00:00+00:00"}', b""):
+    not_items = (
+        b"not json",
+        b'{"duty": "sms", "message_ids": ["m"], "due_at": "2026-01-01T00:00:00+00:00"}',
+        b"",
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than the JSON parser reads
+    )
+    for body in not_items:
         answer = requests.post(worker.url, data=body, timeout=30)
         assert answer.status_code == 400 and "not a work item" in answer.json()["error"], answer.text
     assert requests.get(worker.url, timeout=30).status_code == 405
     log = worker.read_log()
-    assert log.count('"work_item_invalid"') == 3 and log.count('"sms_unconfigured"') == 1
+    assert log.count('"work_item_invalid"') == len(not_items) and log.count('"sms_unconfigured"') == 1
     assert '"work_item_done"' not in log
     no_sms = engine.start("send_fallbacks", SMS_PROVIDER="", SMS_TASKS_QUEUE="")  # would text itself: refuses
     answer = requests.post(no_sms.url, timeout=30)

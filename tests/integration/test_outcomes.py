@@ -11,7 +11,8 @@ import pytest
 import requests
 
 from functions import events, store
-from functions.model import OUTCOMES_COLLECTION, Message, State
+from functions.model import OUTCOMES_COLLECTION, Fallback, Message, State
+from functions.outbox import republish
 from local.processes import PROJECT, create_pull_subscription, create_topic, pull_all
 from tests.conftest import STARTED
 from tests.support import AGENT, SWEEP_ENV, valid_outcome, wait_for
@@ -207,3 +208,68 @@ def test_a_mark_whose_outbox_document_is_gone_never_fails_the_change(firestore, 
     store.change_message(message_id, lambda m: dataclasses.replace(m, state=State.DELIVERED))
     assert store.get_message(message_id).state is State.DELIVERED
     assert [(d["seq"], d["published"]) for d in outbox(message_id)] == [(2, False)]
+
+
+def test_an_sms_cancelled_because_rcs_arrived_carries_no_reason_from_an_earlier_retry(
+    functions, firestore, rbm, monkeypatch
+):
+    """A revoke answered 503 (retried: `last_error` "RBM 503: …"), then 404 (the user got the
+    message): DELIVERED and SMS_CANCELLED. The cancel's cause is the delivery, not an error, so
+    its event carries no reason; the earlier retry's error is not passed off as one."""
+    topic = f"outcomes-{uuid.uuid4().hex[:8]}"
+    create_topic(PROJECT, topic)
+    create_pull_subscription(PROJECT, topic, f"{topic}-pull")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", topic)  # this process commits the SENT message
+    message_id = str(uuid.uuid4())
+    store.update_message(
+        message_id,
+        lambda _: Message(
+            message_id,
+            PHONE,
+            AGENT,
+            state=State.SENT,
+            fallback=Fallback.WAITING,
+            fallback_text="sms",
+            revoke_at=store.now(),
+            next_action_at=store.now(),
+        ),
+    )
+    requests.post(
+        f"{rbm.url}/v1/phones/{PHONE}/agentMessages",
+        params={"messageId": message_id, "agentId": AGENT},
+        json={"contentMessage": {"text": "x"}},
+        timeout=5,
+    )
+    rbm.script("revoke", message_id, [503])
+    env = {"RBM_API_ENDPOINT": rbm.url, "RBM_OUTCOMES_TOPIC": topic, **SWEEP_ENV, "RBM_RETRY_SECONDS": "0"}
+    revoker = functions("revoke_expired", env=env)  # one RBM try a call: the 503 is the sweep's to retry
+    assert requests.post(revoker.url, json={}, timeout=120).json()["retried"] == 1
+    assert store.get_message(message_id).last_error.startswith("RBM 503")
+    assert rbm.mark_delivered(message_id)  # the device got it: the next DELETE answers 404
+    wait_for(lambda: store.now() > store.get_message(message_id).next_action_at)
+    assert requests.post(revoker.url, json={}, timeout=120).json()["delivered"] == 1
+
+    got = {e["status"]: e for e, _ in received(f"{topic}-pull", expect=3)}
+    assert set(got) == {"SENT", "DELIVERED", "SMS_CANCELLED"}
+    assert (got["SMS_CANCELLED"]["fate"], got["SMS_CANCELLED"]["reason"]) == ("rcs", None)
+    stored = [(d["status"], d["reason"]) for d in outbox(message_id)]
+    assert stored[1:] == [("DELIVERED", None), ("SMS_CANCELLED", None)]
+
+
+def test_a_republished_duplicate_is_the_same_bytes_as_the_first_publish(firestore, topic, monkeypatch):
+    """A copy of an event (its mark never rode, so the republisher publishes it again) is read
+    back from Firestore, whose maps come back in an order of their own: the data is still
+    byte for byte the first publish's, so a consumer may dedupe or hash on the bytes."""
+    outcomes = topic("outcomes")
+    monkeypatch.setenv("RBM_OUTCOMES_TOPIC", outcomes.topic)
+    monkeypatch.setenv("OUTBOX_GRACE_SECONDS", "0")
+    message_id = str(uuid.uuid4())
+    metadata = {key: f"value of {key}" for key in ("shop", "a.b", "zone", "é", "k`", "order", "Z", "1")}
+    store.update_message(
+        message_id, lambda _: Message(message_id, PHONE, AGENT, state=State.SENT, metadata=metadata, client_ref="r")
+    )
+    [(first, _)] = pull_all(PROJECT, outcomes.subscription, 30, expect=1)
+    assert republish(store.now()) == 1  # its mark awaits a commit that never comes
+    [(again, _)] = pull_all(PROJECT, outcomes.subscription, 30, expect=1)
+    assert json.loads(again) == json.loads(first)
+    assert again == first

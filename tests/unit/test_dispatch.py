@@ -1,6 +1,6 @@
 """One scheduled pass (dispatch.run): without a queue it acts on what is due by now, once;
 with one it is the safety net, which enqueues each overdue message whose timer is not in
-its queue, under the timer's own name or, if that name is taken, the pass's rerun name."""
+its queue, under the timer's own name or, if that name is taken, the first free rerun name."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -62,10 +62,10 @@ def queue(monkeypatch, queried):
     monkeypatch.setenv("RBM_TASKS_QUEUE", QUEUE)
     state = {"present": set(), "taken": set(), "created": [], "fail": set()}
 
-    def exists(message_id, duty, due):
+    def exists(message_id, duty, due, rerun=None):
         if message_id in state["fail"]:
             raise tasks.EnqueueError("unavailable")
-        return timers.name(message_id, duty, due) in state["present"]
+        return timers.name(message_id, duty, due, rerun) in state["present"]
 
     def enqueue(message_id, duty, due, rerun=None):
         name = timers.name(message_id, duty, due, rerun)
@@ -113,18 +113,39 @@ def test_a_timer_in_its_queue_is_left_alone(queue, queried):
     assert summary["present"] == 1 and summary["enqueued"] == 0
 
 
-def test_a_name_taken_by_a_task_that_ran_or_a_purge_is_enqueued_under_the_rerun_name(queue, queried, monkeypatch):
+def test_a_name_taken_by_a_task_that_ran_or_a_purge_is_enqueued_under_the_rerun_name(queue, queried):
     _, found = queried
     found += [overdue(1)]
     due = T0 - timedelta(seconds=60)
     queue["taken"].add(timers.name("m-1", Duty.REVOKE, due))  # ran, deleted or purged in the last hour
-    monkeypatch.setattr(dispatch.time, "time", lambda: 1_800_000_030.0)
     summary = dispatch.run(revoke_expired.REVOKE)
-    assert queue["created"] == [("m-1", Duty.REVOKE, due, 30_000_000)]
+    assert queue["created"] == [("m-1", Duty.REVOKE, due, 1)]
     assert summary["enqueued"] == 1
-    # A second pass in the same minute finds the rerun task in the queue.
+    # A second pass finds the rerun task in the queue.
     assert dispatch.run(revoke_expired.REVOKE)["present"] == 1
     assert len(queue["created"]) == 1
+
+
+def test_a_rerun_task_still_queued_is_found_by_later_passes_and_one_that_ran_gets_the_next_name(
+    queue, queried, monkeypatch
+):
+    """The rerun task a pass created may wait minutes (a purged queue under a backlog, a paused
+    queue, a task being retried): the passes of the next minutes find it, and make no second
+    task; once it ran (its name taken, gone from the queue) and the message is still due, the
+    next rerun name is used."""
+    _, found = queried
+    found += [overdue(1)]
+    due = T0 - timedelta(seconds=60)
+    queue["taken"].add(timers.name("m-1", Duty.REVOKE, due))
+    for minute in range(3):
+        monkeypatch.setattr(dispatch.time, "time", lambda m=minute: 1_800_000_030.0 + 60 * m)
+        dispatch.run(revoke_expired.REVOKE)
+    assert len(queue["created"]) == 1
+    [(_, _, _, first)] = queue["created"]
+    queue["present"].remove(timers.name("m-1", Duty.REVOKE, due, first))  # it ran; the message is still due
+    queue["taken"].add(timers.name("m-1", Duty.REVOKE, due, first))
+    assert dispatch.run(revoke_expired.REVOKE)["enqueued"] == 1
+    assert len({rerun for *_, rerun in queue["created"]}) == 2
 
 
 def test_cloud_tasks_failing_for_one_message_does_not_stop_the_others(queue, queried):

@@ -114,6 +114,15 @@ def test_the_reason_is_our_cause_never_the_provider_text():
     assert cause(None) is None
 
 
+def test_an_sms_cancelled_by_delivery_has_no_reason_and_one_cancelled_by_an_opt_out_has_its_own():
+    retried = dataclasses.replace(learn(new(), Fact.ACCEPTED, T0), last_error="RBM 503: unavailable")
+    delivered = changes(retried, learn(retried, Fact.DELIVERED, T0), T0)
+    assert [(e.status, e.reason) for e in delivered] == [("DELIVERED", None), ("SMS_CANCELLED", None)]
+    revoked = dataclasses.replace(learn(retried, Fact.REVOKED, T0), fallback=Fallback.DUE, fallback_at=T0)
+    opted_out = claim_fallback(revoked, T0, timedelta(seconds=60), "me", opted_out=True)
+    assert [(e.status, e.reason) for e in changes(revoked, opted_out, T0)] == [("SMS_CANCELLED", "user opted out")]
+
+
 def test_data_and_attributes_follow_the_contract():
     before = learn(new(), Fact.ACCEPTED, T0)
     (event, _) = changes(before, learn(before, Fact.DELIVERED, T0), T0)
