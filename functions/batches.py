@@ -283,8 +283,8 @@ def _cancel_page(ids: list[str], now: datetime) -> list[tuple[Message, Message]]
 
 def cancel(batch_id: str, wait_seconds: float) -> dict[str, int]:
     """Withdraws the batch's messages whose create was never attempted (cancel_pending),
-    CANCEL_PAGE to a commit, each with its outcome events, and, in a batch not yet released,
-    its parked SMS. A message whose create was attempted is in flight: it finishes (sent, or
+    CANCEL_PAGE to a commit, each with its outcome events, and the SMS not yet under way of
+    its messages without RCS. A message whose create was attempted is in flight: it finishes (sent, or
     given up), never withdrawn; passes are repeated until none is PENDING or `wait_seconds`
     have passed. The batch document records when it was cancelled, so a send_batch call
     still storing it, or its retry, releases nothing. Returns {"cancelled", "in_flight"}
@@ -296,13 +296,13 @@ def cancel(batch_id: str, wait_seconds: float) -> dict[str, int]:
             raise LookupError(f"no batch {batch_id}")
         return current if current.cancelled_at else dataclasses.replace(current, cancelled_at=store.now())
 
-    batch = store.update(collection().document(store.document_id(batch_id, "batch_id")), Batch, marked)
-    # Before its release, the pre-check's UNREACHABLE messages hold parked SMS: the first pass withdraws them.
-    unreleased = [] if batch.released_at else [m.message_id for m in of_batch(batch_id, State.UNREACHABLE)]
+    store.update(collection().document(store.document_id(batch_id, "batch_id")), Batch, marked)
+    # The UNREACHABLE messages' SMS not yet under way (parked, or due): the first pass withdraws them.
+    unreachable = [m.message_id for m in of_batch(batch_id, State.UNREACHABLE) if m.fallback is Fallback.DUE]
     cancelled, deadline = 0, time.monotonic() + wait_seconds
     while True:
-        ids = [*unreleased, *(m.message_id for m in of_batch(batch_id, State.PENDING))]
-        unreleased = []
+        ids = [*unreachable, *(m.message_id for m in of_batch(batch_id, State.PENDING))]
+        unreachable = []
         pairs = _paged(ids, CANCEL_PAGE, functools.partial(_cancel_page, now=store.now()))
         cancelled += sum(1 for before, after in pairs if after != before)
         in_flight = sum(1 for _, after in pairs if after.state is State.PENDING)

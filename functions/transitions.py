@@ -213,10 +213,12 @@ def cancel_pending(m: Message, now: datetime, reason: str) -> Message:
     that RBM may have acted on — RBM may hold it, so cancelling it could leave the user an
     RCS message recorded as never sent. Its create finishes: re-sent, if need be, under the
     same messageId, which RBM ignores once seen (RBM reference, phones.agentMessages.create).
-    A parked SMS (`parked`: the pre-check's UNREACHABLE, its batch not yet released) is
-    CANCELLED with `reason` too: it was never due, so never sent."""
-    if m.fallback is Fallback.DUE and m.fallback_at is None:  # parked: its batch was cancelled before its release
-        return dataclasses.replace(m, fallback=Fallback.CANCELLED, last_error=reason)
+    The SMS of an UNREACHABLE message (no RCS: the pre-check's, parked or released, or a
+    create answered 404) that is DUE, so not yet under way (a send that may have reached
+    the provider is SENDING, CHECKING or UNKNOWN, never DUE), is CANCELLED with `reason`
+    too: it is the send that message has instead of its create."""
+    if m.state is State.UNREACHABLE and m.fallback is Fallback.DUE:
+        return dataclasses.replace(m, fallback=Fallback.CANCELLED, fallback_at=None, last_error=reason)
     if m.state is not State.PENDING or m.attempts:
         return m
     m = learn(m, Fact.SEND_FAILED, now, error=reason)

@@ -267,6 +267,19 @@ def test_nothing_is_sent_before_the_answer_is_recorded_and_a_retry_sends_each_me
     assert {m.state for m in of_batch("unanswered")} == {State.SENT, State.UNREACHABLE}
 
 
+def test_cancel_after_the_release_withdraws_the_sms_not_yet_sent_of_a_number_without_rcs(
+    send_batch, passes, rbm, twilio
+):
+    rbm.set_phone(phone(1), "not_rcs")
+    assert send_batch(batch_of(3, "late-cancel", fallback=FALLBACK) | {"precheck": True}).status_code == 202
+    assert batches.cancel("late-cancel", wait_seconds=0) == {"cancelled": 3, "in_flight": 0}
+    passes()
+    assert rbm.count("create") == 0 and twilio.sent == []
+    unreachable = next(m for m in of_batch("late-cancel") if m.phone == phone(1))
+    assert (unreachable.fallback, unreachable.last_error) == (Fallback.CANCELLED, "batch cancelled")
+    assert [e.status for e in outbox.history(unreachable)] == ["UNREACHABLE", "SMS_CANCELLED"]
+
+
 def test_a_batch_cancelled_before_its_retry_stores_the_rest_withdrawn_and_sends_nothing(
     here, send_batch, passes, rbm, twilio, cloud_tasks, task_target, monkeypatch
 ):

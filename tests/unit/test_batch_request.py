@@ -12,6 +12,7 @@ from functions.outcomes import changes
 from functions.transitions import (
     Fact,
     cancel_pending,
+    claim_fallback,
     claim_revoke,
     fallback_sent,
     learn,
@@ -195,7 +196,7 @@ def test_cancelling_leaves_a_create_once_attempted_and_a_created_message_alone()
     assert cancel_pending(sent, T0, "x") == sent
 
 
-def test_cancelling_a_batch_before_its_release_cancels_a_parked_sms_with_its_event():
+def test_cancelling_a_batch_cancels_the_sms_not_yet_under_way_of_a_number_without_rcs_with_its_event():
     unreachable = parked(learn(record(), Fact.UNREACHABLE, T0, error="no RCS"))
     cancelled = cancel_pending(unreachable, T0, "batch cancelled")
     assert (cancelled.state, cancelled.fallback, cancelled.fallback_at, cancelled.last_error) == (
@@ -206,8 +207,10 @@ def test_cancelling_a_batch_before_its_release_cancels_a_parked_sms_with_its_eve
     )
     events = changes(unreachable, cancelled, T0)
     assert [(e.status, e.reason, e.batch_id) for e in events] == [("SMS_CANCELLED", "batch cancelled", "b1")]
-    due = released(unreachable, T0)  # released: its SMS is due and goes out, as for any unreachable number
-    assert cancel_pending(due, T0, "batch cancelled") == due
+    due = released(unreachable, T0)  # released: its SMS is due, not yet under way
+    assert cancel_pending(due, T0, "batch cancelled") == dataclasses.replace(cancelled, updated_at=due.updated_at)
+    sending = claim_fallback(due, T0, timedelta(seconds=60), "worker", opted_out=False)
+    assert sending is not None and cancel_pending(sending, T0, "batch cancelled") == sending  # under way: it finishes
 
 
 def test_a_batch_document_answers_its_rejections_by_index():
