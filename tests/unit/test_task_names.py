@@ -5,7 +5,9 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from google.api_core import exceptions
 
+from functions import tasks
 from functions.tasks import task_id
 
 DUE = datetime(2026, 12, 2, 4, 0, 0, 123456, tzinfo=UTC)
@@ -47,3 +49,31 @@ def test_any_message_id_gives_an_id_cloud_tasks_accepts():
 def test_a_duty_that_could_blur_the_name_a_naive_time_or_a_negative_rerun_is_refused(duty, due, rerun):
     with pytest.raises(ValueError):
         task_id("m-1", duty, due, rerun)
+
+
+class _Answer:
+    """A REST answer to a refused CreateTask, as requests gives it to the exception."""
+
+    def __init__(self, body):
+        self.body = body
+
+    def json(self):
+        if isinstance(self.body, Exception):
+            raise self.body
+        return self.body
+
+
+@pytest.mark.parametrize(
+    ("error", "taken"),
+    [
+        (exceptions.AlreadyExists("taken"), True),
+        (exceptions.Conflict("taken", response=_Answer({"error": {"status": "ALREADY_EXISTS"}})), True),
+        (exceptions.Conflict("aborted", response=_Answer({"error": {"status": "ABORTED"}})), False),
+        (exceptions.Conflict("no body", response=_Answer(ValueError("not JSON"))), False),
+        (exceptions.Conflict("another shape", response=_Answer({"message": "x"})), False),
+        (exceptions.Conflict("no answer"), False),
+        (exceptions.NotFound("no queue"), False),
+    ],
+)
+def test_only_already_exists_means_the_name_is_taken(error, taken):
+    assert tasks._already_exists(error) is taken
